@@ -1,0 +1,1 @@
+"""LangChain provider for quantllm (QuantLLM, ChatQuant)."""

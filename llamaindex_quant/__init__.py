@@ -1,0 +1,1 @@
+"""LlamaIndex provider for quantllm (QuantLlamaLLM)."""

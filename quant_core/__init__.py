@@ -1,0 +1,9 @@
+"""quant_core: weight-only quantization of Hugging Face models (config → algorithm → format → kernel)."""
+from .config import QuantConfig, WeightOnlyQuantConfig
+from .formats import FORMATS, get_format
+from .modules import QuantLinear
+from .packed import PackedWeight
+from .quantize import quantize
+
+__all__ = ["QuantConfig", "WeightOnlyQuantConfig", "FORMATS", "get_format", "QuantLinear",
+           "PackedWeight", "quantize"]

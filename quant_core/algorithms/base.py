@@ -1,0 +1,21 @@
+"""What every algorithm returns for one weight."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import QuantConfig
+from ..packed import PackedWeight
+
+
+@dataclass
+class QuantResult:
+    codes: torch.Tensor  # uint8 [N, K]
+    scales: torch.Tensor  # [N, G]
+    zeros: torch.Tensor | None  # [N, G] unsigned codes, None when symmetric
+    g_idx: torch.Tensor | None = None  # [K], None for k // group_size
+
+    def pack(self, config: QuantConfig) -> PackedWeight:
+        return PackedWeight.from_codes(self.codes, self.scales, self.zeros, config.format,
+                                       config.group_size, self.g_idx, config.torch_scale_dtype)

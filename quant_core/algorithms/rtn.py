@@ -1,0 +1,25 @@
+"""Round-to-nearest: each group's scale from its range (optionally MSE-clipped), no data needed."""
+from __future__ import annotations
+
+import torch
+
+from ..config import QuantConfig
+from ..primitives import quantize_weight
+from .base import QuantResult
+
+
+def rtn(weight: torch.Tensor, config: QuantConfig) -> QuantResult:
+    codes, scales, zeros = quantize_weight(
+        weight.detach().float(), config.format, config.group_size, config.sym,
+        mse_clip=config.mse_clip, scale_dtype=config.torch_scale_dtype)
+    return QuantResult(codes, scales, zeros)
+
+
+def quantize_model(model: torch.nn.Module, config: QuantConfig, progress: bool = True, **_) -> torch.nn.Module:
+    from ..quantize import quantizable_linears, replace_linear
+    from tqdm.auto import tqdm
+
+    targets = quantizable_linears(model, config)
+    for name, linear in tqdm(targets, desc="RTN", disable=not progress, unit="layer"):
+        replace_linear(model, name, rtn(linear.weight, config).pack(config), linear.bias, config)
+    return model

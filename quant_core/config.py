@@ -1,0 +1,119 @@
+"""QuantConfig: the validated description of one quantization, and its dict form."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .formats import ALIASES, FORMATS, get_format
+
+CONFIG_VERSION = 1
+ALGORITHMS = ("rtn", "gptq", "awq", "teq")
+COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
+SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_COMPUTE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _choice(value: str, choices, what: str, aliases: dict | None = None) -> str:
+    key = str(value).lower()
+    key = (aliases or {}).get(key, key)
+    if key not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
+    return key
+
+
+class QuantConfig(BaseModel):
+    """How to quantize a model's linear weights.
+
+    ``QuantConfig()`` is int4 (full range), groups of 128, symmetric, RTN, with
+    ``lm_head`` left in float. Names used by Intel's ``WeightOnlyQuantConfig``
+    (``weight_dtype="nf4"``, ``compute_dtype="bf16"``, ``algorithm="RTN"``) are accepted.
+    """
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    version: int = Field(CONFIG_VERSION, description="Format version of this config.")
+    algorithm: str = Field("rtn", description="rtn | gptq | awq | teq")
+    weight_dtype: str = Field("int4_fullrange", description="Weight format; see quant_core.formats.FORMATS.")
+    compute_dtype: str = Field("auto", description="auto | fp32 | bf16 | fp16 (GPU) | int8 (activations quantized per token).")
+    group_size: int = Field(128, description="Input columns per scale; -1 for one scale per output channel.")
+    scheme: Literal["sym", "asym"] = Field("sym", description="sym: fixed zero point; asym: a zero point per group.")
+    scale_dtype: str = Field("fp16", description="Stored scale precision: fp16 | bf16 | fp32.")
+    modules_to_not_convert: list[str] = Field(default_factory=lambda: ["lm_head"],
+                                              description="Linear layers whose name contains one of these stay float.")
+    mse_clip: bool = Field(False, description="RTN: search a per-group clipping ratio that minimises squared error.")
+    kernel: str | None = Field(None, description="Force a kernel by name (error if it cannot run a layer).")
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, v):
+        return _choice(v, ALGORITHMS, "algorithm")
+
+    @field_validator("weight_dtype", mode="before")
+    @classmethod
+    def _weight_dtype(cls, v):
+        return get_format(str(v)).name
+
+    @field_validator("compute_dtype", mode="before")
+    @classmethod
+    def _compute_dtype(cls, v):
+        return _choice(v, COMPUTE_DTYPES, "compute dtype", _COMPUTE_ALIASES)
+
+    @field_validator("scale_dtype", mode="before")
+    @classmethod
+    def _scale_dtype(cls, v):
+        return _choice(v, tuple(SCALE_DTYPES), "scale dtype", _COMPUTE_ALIASES)
+
+    @field_validator("scheme", mode="before")
+    @classmethod
+    def _scheme(cls, v):
+        return _choice(v, ("sym", "asym"), "scheme")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v):
+        if v != -1 and (v <= 0 or v % 8):
+            raise ValueError(f"group_size must be -1 (per output channel) or a positive multiple of 8 "
+                             f"such as 32, 64, 128, 256; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _combination(self):
+        fmt = get_format(self.weight_dtype)
+        if fmt.is_codebook and self.scheme == "asym":
+            raise ValueError(f"{fmt.name} is a codebook format and has no zero point: use scheme='sym', "
+                             f"or an int format ({', '.join(n for n, f in FORMATS.items() if not f.is_codebook)}) for asym")
+        return self
+
+    @property
+    def format(self):
+        return get_format(self.weight_dtype)
+
+    @property
+    def sym(self) -> bool:
+        return self.scheme == "sym"
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        return SCALE_DTYPES[self.scale_dtype]
+
+    def skips(self, module_name: str) -> bool:
+        return any(pat in module_name for pat in self.modules_to_not_convert)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
+        data = {k: v for k, v in data.items() if k not in ("quant_method", "layers", "checksums")}
+        version = data.get("version", CONFIG_VERSION)
+        if version > CONFIG_VERSION:
+            raise ValueError(f"quantization_config version {version} is newer than this quantllm "
+                             f"understands ({CONFIG_VERSION}); upgrade quantllm")
+        return cls(**data)
+
+
+# Intel Extension for Transformers users write this name.
+WeightOnlyQuantConfig = QuantConfig
+
+__all__ = ["QuantConfig", "WeightOnlyQuantConfig", "ALIASES"]

@@ -1,0 +1,65 @@
+"""Kernel chooser: per-device priority lists; every rejection comes with a reason.
+
+Kernels are named here as ``module:Class`` and imported only when considered, so an
+optional backend that is not installed costs nothing and says why it was skipped.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+
+from .base import Kernel, LayerSpec
+
+log = logging.getLogger("quant_core.kernels")
+
+KERNELS: dict[str, str] = {
+    "reference": "quant_core.kernels.reference:ReferenceKernel",
+}
+
+# Fastest first; "reference" last so a choice always exists.
+PRIORITY: dict[str, list[str]] = {
+    "cpu": ["reference"],
+    "cuda": ["reference"],
+}
+
+FORCE_ENV = "QUANTLLM_KERNEL"
+
+
+class NoKernelError(RuntimeError):
+    pass
+
+
+def load_kernel_class(name: str) -> type[Kernel]:
+    if name not in KERNELS:
+        raise NoKernelError(f"unknown kernel {name!r}; known kernels: {', '.join(KERNELS)}")
+    module, cls = KERNELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _ask(name: str, spec: LayerSpec) -> tuple[bool, str]:
+    try:
+        return load_kernel_class(name).can_implement(spec)
+    except Exception as exc:  # an optional backend that fails to import is a reason, not a crash
+        return False, f"unavailable: {type(exc).__name__}: {exc}"
+
+
+def explain(spec: LayerSpec) -> list[tuple[str, bool, str]]:
+    """Every kernel on this device's list with its verdict, in priority order."""
+    return [(name, *_ask(name, spec)) for name in PRIORITY.get(spec.device_type, ["reference"])]
+
+
+def choose_kernel(spec: LayerSpec, forced: str | None = None) -> type[Kernel]:
+    """The first kernel that can run ``spec``; ``forced`` (or $QUANTLLM_KERNEL) must be able to."""
+    forced = forced or os.environ.get(FORCE_ENV) or None
+    if forced:
+        ok, reason = _ask(forced, spec)
+        if not ok:
+            raise NoKernelError(f"kernel {forced!r} was forced but cannot run {spec}: {reason}")
+        return load_kernel_class(forced)
+    verdicts = explain(spec)
+    for name, ok, _ in verdicts:
+        if ok:
+            return load_kernel_class(name)
+    reasons = "; ".join(f"{n}: {r}" for n, _, r in verdicts)
+    raise NoKernelError(f"no kernel can run {spec}. Reasons: {reasons}")

@@ -1,0 +1,97 @@
+"""QuantLinear: a linear layer that holds only packed weights and runs through a chosen kernel."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .formats import get_format
+from .kernels.base import LayerSpec
+from .kernels.registry import choose_kernel
+from .packed import PackedWeight, expected_shapes
+
+log = logging.getLogger("quant_core")
+
+_TENSOR_NAMES = ("qweight", "scales", "zeros", "g_idx")
+
+
+class QuantLinear(nn.Module):
+    """Drop-in for ``nn.Linear`` with a packed weight.
+
+    The packed tensors are buffers (so ``state_dict``/``to()`` carry them); no float
+    copy of the weight is kept. The kernel is chosen on first use for the input's
+    device and kept until the module moves to another device.
+    """
+
+    def __init__(self, in_features: int, out_features: int, weight_dtype: str, group_size: int,
+                 sym: bool, bias: bool, compute_dtype: str = "auto", has_g_idx: bool = False,
+                 scale_dtype: torch.dtype = torch.float16, kernel: str | None = None, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_dtype, self.group_size = get_format(weight_dtype).name, group_size
+        self.compute_dtype, self.forced_kernel = compute_dtype, kernel
+        shapes = expected_shapes(self.weight_dtype, in_features, out_features, group_size,
+                                 not sym, has_g_idx)
+        dtypes = {"qweight": torch.uint8, "scales": scale_dtype, "zeros": torch.uint8, "g_idx": torch.int32}
+        for name in _TENSOR_NAMES:
+            value = torch.empty(shapes[name], dtype=dtypes[name], device=device) if name in shapes else None
+            self.register_buffer(name, value)
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+        self._kernel = None
+        self._kernel_key = None
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeight, bias: torch.Tensor | None, compute_dtype: str = "auto",
+                    kernel: str | None = None) -> "QuantLinear":
+        mod = cls(packed.in_features, packed.out_features, packed.fmt.name, packed.group_size,
+                  packed.sym, bias is not None, compute_dtype, packed.g_idx is not None,
+                  packed.scales.dtype, kernel, device="meta")
+        for name, tensor in packed.tensors().items():
+            setattr(mod, name, tensor)
+        if bias is not None:
+            mod.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        return mod
+
+    @property
+    def packed(self) -> PackedWeight:
+        return PackedWeight(get_format(self.weight_dtype), self.in_features, self.out_features,
+                            self.group_size, self.qweight, self.scales, self.zeros, self.g_idx)
+
+    def resolved_compute_dtype(self, device_type: str, x_dtype: torch.dtype) -> str:
+        if self.compute_dtype != "auto":
+            return self.compute_dtype
+        if device_type == "cpu":
+            return "fp32"  # bf16 matmul is slower than fp32 on AVX2-only CPUs
+        return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(x_dtype, "fp16")
+
+    def layer_spec(self, device_type: str, x_dtype: torch.dtype = torch.float32) -> LayerSpec:
+        return LayerSpec.of(self.packed, self.resolved_compute_dtype(device_type, x_dtype), device_type)
+
+    @property
+    def kernel(self):
+        return self._kernel
+
+    def _prepare(self, x: torch.Tensor):
+        key = (x.device, x.dtype)
+        if self._kernel is None or self._kernel_key != key:
+            spec = self.layer_spec(x.device.type, x.dtype)
+            kernel_cls = choose_kernel(spec, self.forced_kernel)
+            self._kernel, self._kernel_key = kernel_cls(self.packed, spec), key
+        return self._kernel
+
+    def _apply(self, fn, *args, **kwargs):
+        self._kernel = None  # moved or cast: the repacked copy is stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._prepare(x).forward(x)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        kname = self._kernel.name if self._kernel is not None else "unchosen"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"weight_dtype={self.weight_dtype}, group_size={self.group_size}, "
+                f"sym={self.zeros is None}, kernel={kname}")

@@ -1,0 +1,129 @@
+"""Per-group quantization primitives: pure functions on tensors, no modules.
+
+Weights are ``[N, K]`` (out_features, in_features). Groups run along K: column
+``k`` belongs to group ``g_idx[k]`` (``k // group_size`` unless an algorithm
+reorders columns). Scales and zero points are ``[N, n_groups]``; zero points are
+unsigned codes (floats here, rounded), ``None`` for symmetric quantization.
+"""
+from __future__ import annotations
+
+import torch
+
+from .formats import WeightFormat
+
+
+def n_groups(in_features: int, group_size: int) -> int:
+    return 1 if group_size <= 0 else -(-in_features // group_size)
+
+
+def default_g_idx(in_features: int, group_size: int, device=None) -> torch.Tensor:
+    gs = in_features if group_size <= 0 else group_size
+    return torch.arange(in_features, device=device, dtype=torch.int32) // gs
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N, K] -> [N, G, gs], zero-padding a partial last group (zeros are exact in every format)."""
+    n, k = w.shape
+    gs = k if group_size <= 0 else group_size
+    pad = (-k) % gs
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(n, -1, gs)
+
+
+def group_qparams(w: torch.Tensor, fmt: WeightFormat, sym: bool, shrink: torch.Tensor | float = 1.0):
+    """Scales (and zero points) for groups along the last axis of ``w`` (``[..., gs]``).
+
+    ``shrink`` < 1 narrows the range (clipping search). Symmetric int formats take
+    the tightest scale that still reaches both extremes: ``max(wmax/qmax, wmin/qmin)``,
+    which for full-range formats uses the extra negative level instead of wasting it.
+    """
+    w = w.float()
+    wmax = w.amax(-1) * shrink
+    wmin = w.amin(-1) * shrink
+    if fmt.is_codebook:
+        top = max(abs(v) for v in fmt.levels)
+        scale = torch.maximum(wmax.abs(), wmin.abs()) / top
+        return scale.clamp_min(1e-10), None
+    if sym:
+        scale = torch.maximum(wmax.clamp_min(0) / fmt.qmax, wmin.clamp_max(0) / fmt.qmin)
+        return scale.clamp_min(1e-10), None
+    wmax, wmin = wmax.clamp_min(0), wmin.clamp_max(0)
+    scale = ((wmax - wmin) / fmt.max_code).clamp_min(1e-10)
+    zero = torch.round(-wmin / scale).clamp(0, fmt.max_code)
+    return scale, zero
+
+
+def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                    fmt: WeightFormat) -> torch.Tensor:
+    """Float ``[..., gs]`` with qparams ``[...]`` -> uint8 codes ``[..., gs]``."""
+    x = w.float() / scale.unsqueeze(-1)
+    if fmt.is_codebook:
+        levels = fmt.codebook(device=w.device)
+        return _nearest_level(x, levels)
+    z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
+    return torch.clamp(torch.round(x) + z, 0, fmt.max_code).to(torch.uint8)
+
+
+def _nearest_level(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(levels)
+    sorted_levels = levels[order]
+    mids = (sorted_levels[1:] + sorted_levels[:-1]) / 2
+    idx = torch.bucketize(x.contiguous(), mids)
+    return order[idx].to(torch.uint8)
+
+
+def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                      fmt: WeightFormat) -> torch.Tensor:
+    if fmt.is_codebook:
+        return fmt.codebook(device=codes.device)[codes.long()] * scale.unsqueeze(-1).float()
+    z = fmt.sym_zero if zero is None else zero.unsqueeze(-1).float()
+    return (codes.float() - z) * scale.unsqueeze(-1).float()
+
+
+def quantize_weight(w: torch.Tensor, fmt: WeightFormat, group_size: int, sym: bool,
+                    mse_clip: bool = False, clip_grid: int = 20, clip_min: float = 0.5,
+                    scale_dtype: torch.dtype = torch.float32):
+    """RTN of a whole ``[N, K]`` weight: returns ``codes [N, K]``, ``scale [N, G]``, ``zero [N, G] | None``.
+
+    With ``mse_clip`` each group's range is shrunk by the factor (on a grid down to
+    ``clip_min``) that minimises the group's squared reconstruction error. Scales are
+    rounded to ``scale_dtype`` before the codes are chosen, so codes fit the stored scales.
+    """
+    n, k = w.shape
+    groups = _grouped(w.float(), group_size)
+
+    def qparams(ratio):
+        s, z = group_qparams(groups, fmt, sym, shrink=ratio)
+        return s.to(scale_dtype).float().clamp_min(torch.finfo(scale_dtype).tiny), z
+
+    scale, zero = qparams(1.0)
+    if mse_clip:
+        best = _group_error(groups, scale, zero, fmt)
+        for i in range(1, clip_grid + 1):
+            ratio = 1 - (1 - clip_min) * i / clip_grid
+            s, z = qparams(ratio)
+            err = _group_error(groups, s, z, fmt)
+            better = err < best
+            best = torch.where(better, err, best)
+            scale = torch.where(better, s, scale)
+            if zero is not None:
+                zero = torch.where(better, z, zero)
+    codes = quantize_groups(groups, scale, zero, fmt).reshape(n, -1)[:, :k]
+    return codes, scale, zero
+
+
+def _group_error(groups, scale, zero, fmt):
+    q = quantize_groups(groups, scale, zero, fmt)
+    return (dequantize_groups(q, scale, zero, fmt) - groups).pow(2).sum(-1)
+
+
+def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                      fmt: WeightFormat, g_idx: torch.Tensor) -> torch.Tensor:
+    """Codes ``[N, K]`` -> float32 ``[N, K]``, each column using its group's qparams."""
+    g = g_idx.long()
+    s = scale.float()[:, g]
+    if fmt.is_codebook:
+        return fmt.codebook(device=codes.device)[codes.long()] * s
+    z = fmt.sym_zero if zero is None else zero.float()[:, g]
+    return (codes.float() - z) * s

@@ -1,0 +1,67 @@
+"""One entry point: ``quantize(model, config)`` looks up the algorithm's handler by name."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from .config import QuantConfig
+from .modules import QuantLinear
+from .packed import PackedWeight
+
+# algorithm name -> "module:function(model, config, **kwargs) -> model"
+HANDLERS = {
+    "rtn": "quant_core.algorithms.rtn:quantize_model",
+}
+
+
+def quantizable_linears(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear]]:
+    """Every ``nn.Linear`` not excluded by ``modules_to_not_convert``, in module order."""
+    return [(name, mod) for name, mod in model.named_modules()
+            if isinstance(mod, nn.Linear) and not config.skips(name)]
+
+
+def replace_linear(model: nn.Module, name: str, packed: PackedWeight, bias, config: QuantConfig) -> QuantLinear:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    qlinear = QuantLinear.from_packed(packed, bias, config.compute_dtype, config.kernel)
+    setattr(parent, child, qlinear)
+    return qlinear
+
+
+def quantize(model: nn.Module, config: QuantConfig | dict | None = None, **kwargs) -> nn.Module:
+    """Quantize ``model``'s linear weights in place and return it.
+
+    The config is recorded on ``model.config.quantization_config`` (as a dict with
+    ``quant_method: quantllm``) so that ``save_quantized`` can write it.
+    """
+    config = _as_config(config)
+    if any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("model is already quantized; load the float model to quantize it again")
+    if not quantizable_linears(model, config):
+        raise ValueError("model has no nn.Linear layers to quantize (all excluded by modules_to_not_convert?)")
+    module, fn = HANDLERS[config.algorithm].split(":") if config.algorithm in HANDLERS else (None, None)
+    if module is None:
+        raise NotImplementedError(f"algorithm {config.algorithm!r} is not available in this build; "
+                                  f"available: {', '.join(HANDLERS)}")
+    with torch.no_grad():
+        model = getattr(importlib.import_module(module), fn)(model, config, **kwargs)
+    mark_quantized(model, config)
+    return model
+
+
+def mark_quantized(model: nn.Module, config: QuantConfig) -> None:
+    if hasattr(model, "config"):
+        model.config.quantization_config = {"quant_method": "quantllm", **config.to_dict()}
+        model.hf_quantizer = None
+
+
+def _as_config(config) -> QuantConfig:
+    if config is None:
+        return QuantConfig()
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, dict):
+        return QuantConfig.from_dict(config)
+    raise TypeError(f"quantization config must be a QuantConfig or a dict, not {type(config).__name__}")
