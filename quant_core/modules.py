@@ -26,14 +26,17 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, weight_dtype: str, group_size: int,
                  sym: bool, bias: bool, compute_dtype: str = "auto", has_g_idx: bool = False,
-                 scale_dtype: torch.dtype = torch.float16, kernel: str | None = None, device=None):
+                 scale_dtype: torch.dtype = torch.float16, kernel: str | None = None, device=None,
+                 zero_mode: str | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight_dtype, self.group_size = get_format(weight_dtype).name, group_size
         self.compute_dtype, self.forced_kernel = compute_dtype, kernel
         shapes = expected_shapes(self.weight_dtype, in_features, out_features, group_size,
                                  not sym, has_g_idx)
-        dtypes = {"qweight": torch.uint8, "scales": scale_dtype, "zeros": torch.uint8, "g_idx": torch.int32}
+        zero_mode = zero_mode or ("none" if sym else "int")
+        zero_dtype = scale_dtype if zero_mode == "min" else torch.uint8
+        dtypes = {"qweight": torch.uint8, "scales": scale_dtype, "zeros": zero_dtype, "g_idx": torch.int32}
         for name in _TENSOR_NAMES:
             value = torch.empty(shapes[name], dtype=dtypes[name], device=device) if name in shapes else None
             self.register_buffer(name, value)
@@ -46,7 +49,7 @@ class QuantLinear(nn.Module):
                     kernel: str | None = None) -> "QuantLinear":
         mod = cls(packed.in_features, packed.out_features, packed.fmt.name, packed.group_size,
                   packed.sym, bias is not None, compute_dtype, packed.g_idx is not None,
-                  packed.scales.dtype, kernel, device="meta")
+                  packed.scales.dtype, kernel, device="meta", zero_mode=packed.zero_mode)
         for name, tensor in packed.tensors().items():
             setattr(mod, name, tensor)
         if bias is not None:

@@ -15,7 +15,9 @@ class PackedWeight:
 
     qweight: uint8 ``[N, ceil(K/8) * bits]``, codes packed as ``formats`` describes.
     scales:  ``[N, G]`` in the scale dtype.
-    zeros:   uint8 ``[N, G]`` unsigned zero-point codes, or None (symmetric / codebook).
+    zeros:   uint8 ``[N, G]`` unsigned zero-point codes (``w = (u - z) * s``); or float
+             ``[N, G]`` group minimums (``w = u * s + zeros``, GGUF Q4_1's form); or None
+             (symmetric / codebook). ``zero_mode`` names which.
     g_idx:   int32 ``[K]`` group of each input column, or None for ``k // group_size``
              (set by act-order GPTQ; G = ceil(K / group_size) either way).
     """
@@ -44,6 +46,13 @@ class PackedWeight:
         return self.zeros is None
 
     @property
+    def zero_mode(self) -> str:
+        """"none" (symmetric), "int" (zero-point codes) or "min" (float group minimums)."""
+        if self.zeros is None:
+            return "none"
+        return "min" if self.zeros.is_floating_point() else "int"
+
+    @property
     def n_groups(self) -> int:
         return n_groups(self.in_features, self.group_size)
 
@@ -57,7 +66,8 @@ class PackedWeight:
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         """The reference dequantization: float ``[N, K]``."""
-        w = dequantize_weight(self.codes(), self.scales, self.zeros, self.fmt, self.group_index())
+        w = dequantize_weight(self.codes(), self.scales, self.zeros, self.fmt, self.group_index(),
+                              zero_is_min=self.zero_mode == "min")
         return w.to(dtype)
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -119,11 +119,17 @@ def _group_error(groups, scale, zero, fmt):
 
 
 def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
-                      fmt: WeightFormat, g_idx: torch.Tensor) -> torch.Tensor:
-    """Codes ``[N, K]`` -> float32 ``[N, K]``, each column using its group's qparams."""
+                      fmt: WeightFormat, g_idx: torch.Tensor, zero_is_min: bool = False) -> torch.Tensor:
+    """Codes ``[N, K]`` -> float32 ``[N, K]``, each column using its group's qparams.
+
+    ``zero_is_min``: ``zero`` holds float group minimums and ``w = u * s + zero``
+    (the GGUF Q4_1 / "scale + min" form) instead of integer zero-point codes.
+    """
     g = g_idx.long()
     s = scale.float()[:, g]
     if fmt.is_codebook:
         return fmt.codebook(device=codes.device)[codes.long()] * s
+    if zero_is_min:
+        return codes.float() * s + zero.float()[:, g]
     z = fmt.sym_zero if zero is None else zero.float()[:, g]
     return (codes.float() - z) * s

@@ -19,13 +19,15 @@ class LayerSpec:
     out_features: int
     sym: bool
     has_g_idx: bool
+    zero_mode: str  # "none" | "int" | "min" (see PackedWeight.zero_mode)
     compute_dtype: str  # "fp32" | "bf16" | "fp16" | "int8" (already resolved from "auto")
     device_type: str  # "cpu" | "cuda" | ...
 
     @classmethod
     def of(cls, packed: PackedWeight, compute_dtype: str, device_type: str) -> "LayerSpec":
         return cls(packed.fmt.name, packed.fmt.bits, packed.group_size, packed.in_features,
-                   packed.out_features, packed.sym, packed.g_idx is not None, compute_dtype, device_type)
+                   packed.out_features, packed.sym, packed.g_idx is not None, packed.zero_mode,
+                   compute_dtype, device_type)
 
 
 class Kernel:
