@@ -43,6 +43,22 @@ class QuantConfig(BaseModel):
                                               description="Linear layers whose name contains one of these stay float.")
     mse_clip: bool = Field(False, description="RTN: search a per-group clipping ratio that minimises squared error.")
     kernel: str | None = Field(None, description="Force a kernel by name (error if it cannot run a layer).")
+    # Calibration (GPTQ, AWQ, TEQ); see quant_core.calibration.
+    calibration_dataset: str | None = Field(None, description="Calibration text: None (shipped WikiText-2 valid sample), "
+                                            "a text file, or a Hugging Face dataset 'name[:config][@split]'.")
+    n_samples: int = Field(128, gt=0, description="Calibration windows.")
+    seqlen: int = Field(512, gt=0, description="Tokens per calibration window.")
+    calibration_seed: int = Field(0, description="Seed for drawing calibration windows.")
+    calibration_batch_size: int = Field(1, gt=0, description="Calibration windows per forward pass.")
+    # GPTQ.
+    damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ: Hessian damping as a fraction of its mean "
+                                                              "diagonal; raised automatically if Cholesky fails.")
+    act_order: bool = Field(False, description="GPTQ: quantize columns in order of decreasing Hessian diagonal (desc_act).")
+    static_groups: bool = Field(False, description="GPTQ act_order: fix group qparams before reordering "
+                                                   "(no g_idx needed at inference).")
+    true_sequential: bool = Field(True, description="GPTQ: quantize a block's linear groups one after another, "
+                                                    "each seeing the previous groups' quantized outputs.")
+    block_size: int = Field(128, gt=0, description="GPTQ: columns per lazy-batch update.")
 
     @field_validator("algorithm", mode="before")
     @classmethod
