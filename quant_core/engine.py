@@ -1,0 +1,289 @@
+"""One generation engine, shared by the LangChain and LlamaIndex providers.
+
+It takes a (quantized or float) transformers model and its tokenizer and runs a
+batch of prompts together: prompts are left-padded, and every decoding step is
+ONE forward pass for the whole batch (decoder-only and encoder-decoder models).
+It applies the sampling settings, cuts text before stop strings, stops as soon as
+every row is done, counts tokens and streams text deltas.
+
+Threads: every forward pass holds one lock, so passes of different calls never
+interleave. Concurrent ``generate`` calls queue up; the thread that gets to run
+takes the other waiting calls with the same settings into its batch
+(micro-batching), up to ``max_batch_size`` prompts.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .engine_rows import Row, choose_next_tokens
+
+
+@dataclass
+class GenerationParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None  # sampling only; None = torch's global generator
+
+    def validate(self) -> "GenerationParams":
+        """Raise a clear error for a bad setting (called before any model work)."""
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+            raise TypeError(f"stop must be a list of non-empty strings, e.g. stop=['\\n\\n']; got {self.stop!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy); got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it); got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it); got {self.repetition_penalty}")
+        return self
+
+    @property
+    def batchable_with_others(self) -> bool:
+        # A seeded sampling run must not depend on who else is in the batch.
+        return self.temperature == 0 or self.seed is None
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length" | "eos"
+
+
+class _Request:
+    def __init__(self, encoded: list[list[int]], params: GenerationParams):
+        self.encoded, self.params = encoded, params
+        self.outputs: list[GenerationOutput] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class GenerationEngine:
+    """Batched generation with left padding, stop strings, streaming and token counts."""
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, chat_template: str | None = None):
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_batch_size = max_batch_size
+        self.chat_template = chat_template
+        config = model.config
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = _first_not_none(tokenizer.pad_token_id, getattr(config, "pad_token_id", None),
+                                      *sorted(self.eos_ids), 0)
+        accepted = inspect.signature(model.forward).parameters
+        self._pass_positions = not self.is_encoder_decoder and "position_ids" in accepted
+        # transformers 5 renamed past_key_values to cache; older models still take the old name
+        self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
+        # only the last position's logits are needed (saves a [prompt, vocab] matmul at prefill)
+        self._extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self._forward_lock = threading.Lock()  # one forward pass at a time
+        self._leader_lock = threading.Lock()  # one batch being formed and run at a time
+        self._queue_lock = threading.Lock()
+        self._pending: list[_Request] = []
+
+    # ---- public API ---------------------------------------------------------------
+    @property
+    def context_window(self) -> int:
+        """Most tokens (prompt + completion) the model takes."""
+        cfg = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        return int(tok_max) if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else 2048
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self.chat_template or getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Messages ``[{"role": ..., "content": ...}]`` -> prompt text, through the chat template."""
+        if not self.has_chat_template:
+            raise ValueError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
+                             "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
+                             "tokenizer_config.json) or use plain-text generation instead")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise TypeError("messages must be a list of dicts with 'role' and 'content'")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=self.chat_template,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[GenerationOutput]:
+        """One output per prompt, in order. Batches of up to ``max_batch_size`` run together."""
+        params, encoded = self._prepare(prompts, params)
+        request = _Request(encoded, params)
+        with self._queue_lock:
+            self._pending.append(request)
+        with self._leader_lock:
+            if not request.done:  # nobody took us into their batch: run ours (and theirs)
+                self._run_group(self._take_group(request))
+        if request.error is not None:
+            raise request.error
+        return request.outputs
+
+    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
+        """Text deltas of one prompt's completion as they are decoded (stop strings never leak)."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
+        params, encoded = self._prepare([prompt], params)
+        sent = ""
+        for rows in self._decode(encoded, params):
+            text = rows[0].streamable_text()
+            if text.startswith(sent) and len(text) > len(sent):
+                yield text[len(sent):]
+                sent = text
+
+    # ---- internals -----------------------------------------------------------------
+    def _prepare(self, prompts, params) -> tuple[GenerationParams, list[list[int]]]:
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a list of strings, not {type(prompts).__name__}")
+        if not prompts:
+            raise ValueError("prompts is empty: pass at least one prompt")
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError("every prompt must be a string")
+        params = (params or GenerationParams()).validate()
+        encoded = [self._encode(p) for p in prompts]
+        if not self.is_encoder_decoder:
+            longest = max(len(e) for e in encoded)
+            if longest >= self.context_window:
+                raise ValueError(f"a prompt has {longest} tokens but the model's context window is "
+                                 f"{self.context_window}: shorten the prompt")
+        return params, encoded
+
+    def _encode(self, prompt: str) -> list[int]:
+        bos = self.tokenizer.bos_token
+        # A rendered chat template already starts with BOS: do not add a second one.
+        add_special = not (bos and prompt.startswith(bos))
+        ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+        if not ids:  # an empty prompt still needs one token to condition on
+            ids = [_first_not_none(self.tokenizer.bos_token_id, *sorted(self.eos_ids), self.pad_id)]
+        return list(ids)
+
+    def _take_group(self, request: _Request) -> list[_Request]:
+        with self._queue_lock:
+            group, size = [request], len(request.encoded)
+            if request.params.batchable_with_others:
+                for other in self._pending:
+                    if (other is not request and other.params == request.params
+                            and size + len(other.encoded) <= self.max_batch_size):
+                        group.append(other)
+                        size += len(other.encoded)
+            for r in group:
+                self._pending.remove(r)
+        return group
+
+    def _run_group(self, group: list[_Request]) -> None:
+        try:
+            encoded = [e for r in group for e in r.encoded]
+            outputs = []
+            for start in range(0, len(encoded), self.max_batch_size):
+                rows = None
+                for rows in self._decode(encoded[start:start + self.max_batch_size], group[0].params):
+                    pass
+                outputs.extend(row.output() for row in rows)
+            for r in group:
+                r.outputs, outputs = outputs[:len(r.encoded)], outputs[len(r.encoded):]
+        except BaseException as exc:  # every waiting caller must hear about it
+            for r in group:
+                r.error = exc
+            raise
+        finally:
+            for r in group:
+                r.done = True
+
+    def _decode(self, encoded: list[list[int]], params: GenerationParams) -> Iterator[list[Row]]:
+        """Run one batch; yields the rows after every step (one forward pass per step)."""
+        device = _device_of(self.model)
+        window = None if self.is_encoder_decoder else self.context_window
+        rows = [Row(self.tokenizer, params.stop, len(ids),
+                    params.max_new_tokens if window is None else min(params.max_new_tokens, window - len(ids)))
+                for ids in encoded]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        generator = None
+        if params.seed is not None and params.temperature > 0:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        if self.is_encoder_decoder:
+            with self._forward_lock, torch.no_grad():
+                encoder_outputs = self.model.get_encoder()(input_ids=input_ids, attention_mask=mask)
+            start = _decoder_start_id(self.model)
+            history = torch.full((len(rows), 1), start, device=device)
+            history_mask = torch.ones_like(history)
+            step = dict(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=history)
+        else:
+            history, history_mask = input_ids, mask
+            step = dict(input_ids=input_ids, attention_mask=mask)
+            if self._pass_positions:
+                step["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = None
+        while True:
+            with self._forward_lock, torch.no_grad():
+                out = self.model(**step, **{self._cache_arg: cache}, use_cache=True, **self._extra)
+                cache = getattr(out, "cache", None)
+                cache = getattr(out, "past_key_values", None) if cache is None else cache
+                tokens = choose_next_tokens(out.logits[:, -1, :].float(), history, history_mask, params, generator)
+            finished = []
+            for row, token in zip(rows, tokens.tolist()):
+                if not row.finished:
+                    row.add(token, token in self.eos_ids)
+                finished.append(row.finished)
+            yield rows
+            if all(finished):
+                return
+            done = torch.tensor(finished, device=device)
+            tokens = torch.where(done, torch.full_like(tokens, self.pad_id), tokens)[:, None]
+            history = torch.cat([history, tokens], 1)
+            history_mask = torch.cat([history_mask, (~done).long()[:, None]], 1)
+            if self.is_encoder_decoder:
+                step = dict(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tokens)
+            else:
+                # finished rows keep a 1 in the mask so their attention never sees an all-masked row
+                mask = torch.cat([mask, torch.ones_like(tokens)], 1)
+                step = dict(input_ids=tokens, attention_mask=mask)
+                if self._pass_positions:
+                    step["position_ids"] = mask.sum(-1, keepdim=True) - 1
+
+
+def _device_of(model) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _first_not_none(*values):
+    return next(v for v in values if v is not None)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
+
+
+def _decoder_start_id(model) -> int:
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "decoder_start_token_id", None)
+        if value is not None:
+            return value
+    return model.config.pad_token_id
