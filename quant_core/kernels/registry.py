@@ -15,12 +15,15 @@ log = logging.getLogger("quant_core.kernels")
 
 KERNELS: dict[str, str] = {
     "reference": "quant_core.kernels.reference:ReferenceKernel",
+    "cpu_avx512": "quant_core.kernels.cpu_simd:CpuAvx512Kernel",
+    "cpu_avx2": "quant_core.kernels.cpu_simd:CpuAvx2Kernel",
+    "triton": "quant_core.kernels.triton_kernel:TritonKernel",
 }
 
 # Fastest first; "reference" last so a choice always exists.
 PRIORITY: dict[str, list[str]] = {
-    "cpu": ["reference"],
-    "cuda": ["reference"],
+    "cpu": ["cpu_avx512", "cpu_avx2", "reference"],
+    "cuda": ["triton", "reference"],
 }
 
 FORCE_ENV = "QUANTLLM_KERNEL"

@@ -1,0 +1,89 @@
+"""Tiled GEMM for many rows (prefill, batched decode): dequantize a weight tile, then ``tl.dot``.
+
+Each program owns a ``[BLOCK_M, BLOCK_N]`` output tile (grouped along M so
+neighbouring programs reuse weight tiles in L2) and one K split. Per K step it
+reads the activations ``[BLOCK_M, BLOCK_K]`` and the words covering
+``[BLOCK_K, BLOCK_N]`` codes (each word row read once per code it holds; the
+repeats hit L1), dequantizes in fp32 and feeds the tensor cores in the
+activation dtype (fp32 activations: an exact fp32 dot, not tf32). When a whole K step lies in one group the scales are one
+vector per step instead of a tile.
+"""
+from __future__ import annotations
+
+import triton.language as tl
+
+from .triton_jit import jit
+
+
+@jit
+def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
+                M, N, K, GROUP_COLS, stride_xm, stride_om, k_per_split,
+                BITS: tl.constexpr, ZMODE: tl.constexpr, SYM_ZERO: tl.constexpr,
+                CODEBOOK: tl.constexpr, HAS_GIDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                GROUP_M: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr):
+    P: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):  # masked past k_end
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < k_end
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        tile_mask = k_mask[:, None] & n_mask[None, :]
+        w = tl.load(qw_ptr + (offs_k // P)[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
+        u = (w >> ((offs_k % P) * BITS)[:, None]) & MASK
+        if HAS_GIDX:
+            g = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
+            zoff = g[:, None] * N + offs_n[None, :]
+            zm = tile_mask
+            s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
+        elif ONE_GROUP_PER_TILE:
+            g1 = k0 // GROUP_COLS
+            zoff = g1 * N + offs_n
+            zm = n_mask & (k0 + offs_n * 0 < k_end)  # a step past K must not read a group past G
+            s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)[None, :]
+        else:
+            zoff = (offs_k // GROUP_COLS)[:, None] * N + offs_n[None, :]
+            zm = tile_mask
+            s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
+        if CODEBOOK:
+            v = tl.load(lut_ptr + u) * s
+        elif ZMODE == 0:
+            v = (u.to(tl.float32) - SYM_ZERO) * s
+        elif ZMODE == 1:
+            z = tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)
+            if ONE_GROUP_PER_TILE and not HAS_GIDX:
+                z = z[None, :]
+            v = (u.to(tl.float32) - z) * s
+        else:
+            mn = tl.load(z_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
+            if ONE_GROUP_PER_TILE and not HAS_GIDX:
+                mn = mn[None, :]
+            v = u.to(tl.float32) * s + mn
+        if DOT_F32:
+            acc = tl.dot(x.to(tl.float32), v, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, v.to(x.dtype), acc)
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if ATOMIC:
+        tl.atomic_add(out_ptrs, acc, mask=out_mask)
+    else:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)

@@ -1,0 +1,103 @@
+"""Split-K GEMV for few rows (decode): ``out[m] = x[m] @ W.T`` with W dequantized in registers.
+
+Grid: (rows m, blocks of N, K splits). Row m is the fastest grid axis so the
+programs that read the same weight tile run together and share it through L2.
+Each program walks its K range a tile of ``[BLOCK_KW words, BLOCK_N channels]``
+at a time: one coalesced int32 read per word, then the ``P`` codes of each word
+are peeled off with shifts and multiplied by the matching (strided, L1-resident)
+activations. Scales and zero points are applied per word row, not per code:
+``sum_j (u_j - z) * s * x_j = s * (sum_j u_j x_j - z * sum_j x_j)`` within a group.
+With several K splits the fp32 partial sums meet through atomic adds.
+"""
+from __future__ import annotations
+
+import triton.language as tl
+
+from .triton_jit import jit
+
+
+@jit
+def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
+                N, K, KW, GROUP_COLS, stride_xm, stride_om, words_per_split,
+                BITS: tl.constexpr, ZMODE: tl.constexpr, SYM_ZERO: tl.constexpr,
+                CODEBOOK: tl.constexpr, HAS_GIDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, ATOMIC: tl.constexpr):
+    P: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    kw_start = pid_k * words_per_split
+    kw_end = tl.minimum(kw_start + words_per_split, KW)
+    x_row = x_ptr + pid_m * stride_xm
+    acc = tl.zeros([BLOCK_KW, BLOCK_N], dtype=tl.float32)
+    for kw0 in range(kw_start, kw_start + words_per_split, BLOCK_KW):  # masked past kw_end
+        offs_kw = kw0 + tl.arange(0, BLOCK_KW)
+        kw_mask = offs_kw < kw_end
+        tile_mask = kw_mask[:, None] & n_mask[None, :]
+        w = tl.load(qw_ptr + offs_kw[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
+        if HAS_GIDX:
+            # act-order: each column has its own group, so dequantize code by code
+            for j in tl.static_range(P):
+                k = offs_kw * P + j
+                k_ok = k < K
+                xj = tl.load(x_row + k, mask=k_ok, other=0.0).to(tl.float32)
+                g = tl.load(gidx_ptr + k, mask=k_ok, other=0)
+                gm = k_ok[:, None] & n_mask[None, :]
+                s = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=gm, other=0.0).to(tl.float32)
+                u = (w >> (j * BITS)) & MASK
+                if CODEBOOK:
+                    v = tl.load(lut_ptr + u) * s
+                elif ZMODE == 0:
+                    v = (u.to(tl.float32) - SYM_ZERO) * s
+                elif ZMODE == 1:
+                    z = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gm, other=0).to(tl.float32)
+                    v = (u.to(tl.float32) - z) * s
+                else:
+                    mn = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gm, other=0.0).to(tl.float32)
+                    v = u.to(tl.float32) * s + mn
+                acc += v * xj[:, None]
+        else:
+            t = tl.zeros([BLOCK_KW, BLOCK_N], dtype=tl.float32)
+            xs = tl.zeros([BLOCK_KW], dtype=tl.float32)
+            for j in tl.static_range(P):
+                k = offs_kw * P + j
+                xj = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
+                u = (w >> (j * BITS)) & MASK
+                if CODEBOOK:
+                    t += tl.load(lut_ptr + u) * xj[:, None]
+                else:
+                    t += u.to(tl.float32) * xj[:, None]
+                xs += xj
+            if ONE_GROUP_PER_TILE:
+                g1 = (kw0 * P) // GROUP_COLS
+                zoff = g1 * N + offs_n
+                zm = n_mask & (kw0 + offs_n * 0 < kw_end)  # a tile past K must not read a group past G
+                s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)[None, :]
+            else:
+                g2 = (offs_kw * P) // GROUP_COLS
+                zoff = g2[:, None] * N + offs_n[None, :]
+                zm = tile_mask
+                s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
+            if CODEBOOK:
+                acc += t * s
+            elif ZMODE == 0:
+                acc += (t - SYM_ZERO * xs[:, None]) * s
+            elif ZMODE == 1:
+                z = tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)
+                if ONE_GROUP_PER_TILE:
+                    z = z[None, :]
+                acc += (t - z * xs[:, None]) * s
+            else:
+                mn = tl.load(z_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
+                if ONE_GROUP_PER_TILE:
+                    mn = mn[None, :]
+                acc += t * s + mn * xs[:, None]
+    out = tl.sum(acc, axis=0)
+    out_ptrs = out_ptr + pid_m * stride_om + offs_n
+    if ATOMIC:
+        tl.atomic_add(out_ptrs, out, mask=n_mask)
+    else:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=n_mask)
