@@ -1,0 +1,151 @@
+"""AWQ (Lin et al. 2023): activation-aware per-channel scales, then a weight-clipping search.
+
+For each group of linears that share an input (``equalize.ScaleGroup``), scales
+``s = x_mean**r / w_mean**(1 - r)`` are tried for 20 ratios ``r`` in ``[0, 1)``
+(``r = 0`` with ``duo_scaling`` off is plain RTN, so the search never loses to it on
+its objective). The objective is the group's exact squared output error over all
+calibration tokens, ``trace(dW H dW^T)`` with ``H = sum x x^T`` (``InputStats``).
+The best scales are folded into the producer of the input. Then each linear searches,
+per output row and group, how far to shrink the quantization range (the clipping
+search, 10 ratios from 1.0 down to 0.55) with the same output-error objective
+restricted to the group's columns, and is quantized with those ranges into any
+format of the table through ``quant_core.primitives``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..config import QuantConfig
+from ..primitives import _grouped, dequantize_groups, group_qparams, n_groups, quantize_groups
+from .base import QuantResult
+from .equalize import ScaleGroup, check_group, fold_scales, normalized_scales
+from .equalize_blockwise import InputStats, quantize_blockwise
+
+N_GRID = 20  # ratio points of the scale search, as in the paper
+CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5  # clip ratios 1 - i/20 for i < 0.5 * 20
+
+
+def _qparams(groups: torch.Tensor, config: QuantConfig, shrink=1.0):
+    scale, zero = group_qparams(groups, config.format, config.sym, shrink=shrink)
+    dtype = config.torch_scale_dtype  # codes must fit the scales as they will be stored
+    return scale.to(dtype).float().clamp_min(torch.finfo(dtype).tiny), zero
+
+
+def fake_quantize(w: torch.Tensor, config: QuantConfig, shrink=1.0) -> torch.Tensor:
+    """Quantize then dequantize ``[N, K]`` (``shrink``: scalar or ``[N, G]`` clip ratios)."""
+    n, k = w.shape
+    groups = _grouped(w.float(), config.group_size)
+    scale, zero = _qparams(groups, config, shrink)
+    deq = dequantize_groups(quantize_groups(groups, scale, zero, config.format), scale, zero, config.format)
+    return deq.reshape(n, -1)[:, :k]
+
+
+def quantize_clipped(w: torch.Tensor, config: QuantConfig, shrink=1.0) -> QuantResult:
+    n, k = w.shape
+    groups = _grouped(w.float(), config.group_size)
+    scale, zero = _qparams(groups, config, shrink)
+    codes = quantize_groups(groups, scale, zero, config.format).reshape(n, -1)[:, :k]
+    return QuantResult(codes, scale, zero)
+
+
+def output_error(dw: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``trace(dW H dW^T)``: squared error of ``x @ dW.T`` summed over the calibration tokens."""
+    return ((dw @ H) * dw).sum()
+
+
+def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Mean over output rows of |w| relative to its group's max: the weight side of duo scaling."""
+    groups = _grouped(w.abs(), group_size)
+    rel = (groups / (groups.amax(-1, keepdim=True) + 1e-6)).reshape(w.shape[0], -1)[:, :w.shape[1]]
+    return rel.mean(0)
+
+
+@torch.no_grad()
+def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
+                  n_grid: int = N_GRID, duo_scaling: bool = True) -> tuple[torch.Tensor, list[float]]:
+    """Best per-channel scales (``group.n_scales`` entries) and the error of every ratio tried."""
+    w = group.weight()
+    x_mean = group.reduce_mean(stats.abs_mean)
+    w_mean = group.reduce_mean(_w_mean(w, config.group_size))
+    H = stats.H
+    best_err, best_s, errors = float("inf"), None, []
+    for i in range(n_grid):
+        r = i / n_grid
+        s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if duo_scaling else x_mean.pow(r)
+        s = normalized_scales(s)
+        s_in = group.expand(s)
+        dw = w - fake_quantize(w * s_in, config) / s_in
+        err = output_error(dw, H).item()
+        errors.append(err)
+        if err < best_err:
+            best_err, best_s = err, s
+    rtn_err = output_error(w - fake_quantize(w, config), H).item()
+    if rtn_err <= best_err:  # only duo scaling can miss plain RTN (its r = 0 is not s = 1)
+        best_s = torch.ones(group.n_scales)
+    return best_s, errors
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
+                n_grid: int = CLIP_GRID, max_shrink: float = CLIP_MAX_SHRINK) -> torch.Tensor:
+    """Per ``[row, group]`` range-shrink ratio minimising that group's output error.
+
+    The error of row ``n``, group ``g`` is ``dw H_gg dw^T`` with ``H_gg`` the group's
+    diagonal block of ``H``: groups are independent, so each is chosen on its own.
+    """
+    n, k = w.shape
+    gs = k if config.group_size <= 0 else config.group_size
+    g = n_groups(k, config.group_size)
+    pad = g * gs - k
+    Hp = torch.nn.functional.pad(H.float(), (0, pad, 0, pad))
+    blocks = Hp.reshape(g, gs, g, gs).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [G, gs, gs]
+    groups = _grouped(w.float(), config.group_size)  # [N, G, gs]
+    best_err = torch.full((n, g), float("inf"))
+    best_ratio = torch.ones(n, g)
+    for i in range(int(max_shrink * n_grid)):
+        ratio = 1 - i / n_grid
+        scale, zero = _qparams(groups, config, ratio)
+        dw = groups - dequantize_groups(quantize_groups(groups, scale, zero, config.format),
+                                        scale, zero, config.format)
+        err = torch.einsum("ngi,gij,ngj->ng", dw, blocks, dw)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_ratio = torch.where(better, torch.full_like(best_ratio, ratio), best_ratio)
+    return best_ratio
+
+
+def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig,
+              clip: bool = True, duo_scaling: bool = True) -> dict[str, QuantResult]:
+    """Scale, fold, clip and quantize every linear of one block; returns codes per linear name.
+
+    Groups are handled consumer-first (reverse of block order) so that when a group's
+    scales are folded into a producer linear, that producer's own group is searched
+    on its already-rescaled weights. Non-foldable groups keep scales of 1 (see README).
+    """
+    for group in groups:
+        check_group(group)
+        missing = [n for n in group.names if n not in stats or stats[n].n == 0]
+        if missing:
+            raise ValueError(f"no calibration inputs were recorded for {missing}")
+    for group in reversed(groups):
+        if not group.foldable:
+            continue
+        s, _ = search_scales(group, stats[group.names[0]], config, duo_scaling=duo_scaling)
+        fold_scales(group, s)
+        s_in = group.expand(s)
+        for st in {id(stats[n]): stats[n] for n in group.names}.values():  # shared objects once
+            st.rescale(s_in)
+    results = {}
+    for group in groups:
+        for name, lin in zip(group.names, group.linears):
+            w = lin.weight.detach().float()
+            shrink = search_clip(w, stats[name].H, config) if clip else 1.0
+            results[name] = quantize_clipped(w, config, shrink)
+    return results
+
+
+def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
+                   progress: bool = True, device=None, **_) -> torch.nn.Module:
+    """``quantize(model, QuantConfig(algorithm="awq"))``: block by block over the calibration data."""
+    return quantize_blockwise(model, config, awq_block, calibration, tokenizer, progress=progress,
+                              device=device, desc="AWQ")
