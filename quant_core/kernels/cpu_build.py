@@ -1,0 +1,102 @@
+"""Build (once, cached) and load the C++ CPU kernels, one shared library per ISA variant.
+
+The source includes no torch headers, so a variant compiles in a couple of seconds with
+the system's g++; it is loaded with ctypes (which releases the GIL during calls). The
+OpenMP runtime it links is libgomp.so.1, the same soname PyTorch's wheel loads, so both
+share one thread pool instead of fighting over the cores.
+
+Cache: ``$QUANTLLM_CACHE`` or ``~/.cache/quantllm``, keyed by source hash, flags and compiler.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).parent / "csrc" / "cpu_qgemm.cpp"
+CXX_ENV = "CXX"
+VARIANT_FLAGS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+    "avx512_vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                    "-mavx512vnni"],
+}
+BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("QUANTLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "quantllm")
+    return Path(root) / "kernels"
+
+
+def compiler() -> str:
+    cxx = os.environ.get(CXX_ENV) or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise BuildError("no C++ compiler found (install g++, e.g. `apt-get install g++`, or set $CXX)")
+    return cxx
+
+
+def _compiler_id(cxx: str) -> str:
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except Exception as exc:
+        raise BuildError(f"C++ compiler {cxx!r} does not run: {exc}") from exc
+
+
+def library_path(variant: str) -> Path:
+    cxx = compiler()
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(VARIANT_FLAGS[variant] + BASE_FLAGS).encode()
+                         + _compiler_id(cxx).encode()).hexdigest()[:16]
+    return cache_dir() / f"cpu_qgemm_{variant}_{key}.so"
+
+
+def build(variant: str) -> Path:
+    """Compile ``variant`` into the cache unless it is there; returns the library's path."""
+    if variant not in VARIANT_FLAGS:
+        raise BuildError(f"unknown CPU kernel variant {variant!r}; known: {', '.join(VARIANT_FLAGS)}")
+    out = library_path(variant)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cxx = compiler()
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    errors = []
+    # Without OpenMP the kernels still run, on one thread: better than no kernel at all.
+    for openmp in (["-fopenmp"], []):
+        cmd = [cxx, *BASE_FLAGS, *VARIANT_FLAGS[variant], *openmp, str(SOURCE), "-o", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: a concurrent loader never sees half a file
+            return out
+        errors.append(f"{' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    os.unlink(tmp)
+    raise BuildError("building the CPU kernels failed:\n" + "\n".join(errors))
+
+
+@functools.lru_cache(maxsize=None)
+def load_library(variant: str) -> ctypes.CDLL:
+    import torch  # noqa: F401  (load PyTorch's libgomp first so ours resolves to the same one)
+
+    lib = ctypes.CDLL(str(build(variant)))
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p
+    lib.qgemm_f32.argtypes = [p, i, p, i, i, i, i, i, f, f, p, p, i]
+    lib.qgemm_f32.restype = None
+    lib.qgemm_i8.argtypes = [p, p, i, p, i, i, i, i, i, f, f, p, i]
+    lib.qgemm_i8.restype = None
+    lib.qdequant.argtypes = [p, i, i, i, i, i, f, f, p, p, i]
+    lib.qdequant.restype = None
+    lib.qisa.restype = ctypes.c_char_p
+    built = lib.qisa().decode()
+    if built != variant:
+        raise BuildError(f"library {variant} reports ISA {built}; delete {cache_dir()} and retry")
+    return lib

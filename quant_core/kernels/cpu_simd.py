@@ -1,0 +1,126 @@
+"""CPU kernels in C++ with AVX2 or AVX-512 intrinsics (csrc/cpu_qgemm.cpp), one class per ISA.
+
+Small batches (decode) run the fused kernel: codes are unpacked in registers and
+multiplied straight into the activations, so only packed bytes cross the memory bus.
+Large batches (prefill) dequantize the weight once per call into float32 and use
+PyTorch's GEMM, which is compute-bound there and beats any unpack-in-the-loop kernel.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import torch
+
+from .. import cpu_features
+from .base import Kernel, LayerSpec
+from .cpu_build import BuildError, load_library
+from .cpu_repack import LAYOUT_BYTES, group_size_reason, repack
+from .reference import quantize_activations_int8
+
+# Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
+# benchmarks/cpu_speed.py's GEMM rows on 2 threads); $QUANTLLM_CPU_GEMM_ROWS overrides.
+GEMM_ROWS = int(os.environ.get("QUANTLLM_CPU_GEMM_ROWS", "32"))
+COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+@functools.lru_cache(maxsize=None)
+def _library_or_reason(variant: str):
+    try:
+        return load_library(variant), ""
+    except (BuildError, OSError, AttributeError) as exc:
+        return None, f"C++ kernels unavailable ({type(exc).__name__}: {exc})"
+
+
+class _CpuSimdKernel(Kernel):
+    name = "cpu_simd"
+    isa = "avx2"  # minimum cpu_features level
+
+    @classmethod
+    def variant(cls) -> str:
+        return cls.isa
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str]:
+        if spec.device_type != "cpu":
+            return False, f"runs on CPU only, not {spec.device_type}"
+        level = cpu_features.isa_level()
+        if not cpu_features.at_least(cls.isa, level):
+            return False, f"needs {cls.isa.upper()} but this CPU's level is {level}"
+        if spec.bits not in (2, 3, 4, 8):
+            return False, f"{spec.bits}-bit codes have no kernel layout"
+        reason = group_size_reason(spec.group_size)
+        if reason:
+            return False, reason
+        if spec.compute_dtype not in COMPUTE_DTYPES:
+            return False, f"compute_dtype {spec.compute_dtype} not supported ({', '.join(COMPUTE_DTYPES)})"
+        if spec.compute_dtype == "int8" and spec.weight_dtype in ("nf4", "fp4_e2m1"):
+            return False, f"{spec.weight_dtype} levels are not integers: int8 compute needs an int format"
+        lib, why = _library_or_reason(cls.variant())
+        if lib is None:
+            return False, why
+        return True, f"fused {cls.variant()} unpack-and-FMA kernel (dequantize + GEMM from {GEMM_ROWS} rows)"
+
+    def __init__(self, packed, spec: LayerSpec):
+        super().__init__(packed, spec)
+        self.w = repack(packed)
+        self.lib = load_library(self.variant())
+        self.int8 = spec.compute_dtype == "int8"
+
+    def _activations(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        x2 = x.reshape(-1, w.in_features).float()
+        if w.perm is not None:
+            x2 = x2[:, w.perm]
+        if w.padded_in != w.in_features:
+            x2 = torch.nn.functional.pad(x2, (0, w.padded_in - w.in_features))
+        return x2.contiguous()
+
+    def dequantize(self) -> torch.Tensor:
+        """Float32 ``[N, Kp]`` in the kernel's column order (for the GEMM path)."""
+        w = self.w
+        out = torch.empty(w.out_features, w.padded_in)
+        self.lib.qdequant(_ptr(w.qweight), w.layout, w.out_features, w.padded_in, w.n_groups,
+                          w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(w.lut), _ptr(out),
+                          torch.get_num_threads())
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w
+        xa = self._activations(x)
+        m = xa.shape[0]
+        threads = torch.get_num_threads()
+        if self.int8:
+            q, s = quantize_activations_int8(xa)
+            s = s.reshape(-1).contiguous()
+            y = torch.empty(m, w.out_features)
+            self.lib.qgemm_i8(_ptr(q), _ptr(s), m, _ptr(w.qweight), w.layout, w.out_features, w.padded_in,
+                              w.n_groups, w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(y), threads)
+        elif m >= GEMM_ROWS:
+            y = xa @ self.dequantize().t()
+        else:
+            y = torch.empty(m, w.out_features)
+            self.lib.qgemm_f32(_ptr(xa), m, _ptr(w.qweight), w.layout, w.out_features, w.padded_in,
+                               w.n_groups, w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(w.lut),
+                               _ptr(y), threads)
+        return y.reshape(*x.shape[:-1], w.out_features)
+
+
+class CpuAvx2Kernel(_CpuSimdKernel):
+    name = "cpu_avx2"
+    isa = "avx2"
+
+
+class CpuAvx512Kernel(_CpuSimdKernel):
+    name = "cpu_avx512"
+    isa = "avx512"
+
+    @classmethod
+    def variant(cls) -> str:
+        # VNNI only speeds the int8-compute dot products; same layout either way.
+        return "avx512_vnni" if cpu_features.at_least("avx512_vnni") else "avx512"

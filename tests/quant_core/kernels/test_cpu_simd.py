@@ -1,0 +1,133 @@
+"""The C++ CPU kernels against the reference kernel, for every format and compute dtype they accept.
+
+Tolerances (relative to the largest output magnitude): fp32 and int8 compute do the
+reference's arithmetic in another order, so 1e-4; bf16/fp16 compute: the reference
+multiplies in 16-bit floats while the kernels accumulate in fp32, so 2e-2.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant_core import cpu_features
+from quant_core.formats import get_format
+from quant_core.kernels.base import LayerSpec
+from quant_core.kernels.cpu_simd import CpuAvx2Kernel, CpuAvx512Kernel
+from quant_core.kernels.reference import ReferenceKernel
+from quant_core.packed import PackedWeight
+from quant_core.primitives import quantize_weight
+
+TOL = {"fp32": 1e-4, "int8": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
+KERNELS = [
+    pytest.param(CpuAvx2Kernel, id="avx2"),
+    pytest.param(CpuAvx512Kernel, id="avx512", marks=pytest.mark.skipif(
+        not cpu_features.at_least("avx512", cpu_features.detected_isa()), reason="CPU has no AVX-512")),
+]
+if not cpu_features.at_least("avx2", cpu_features.detected_isa()):
+    pytest.skip("CPU has no AVX2+FMA: the C++ kernels never run here", allow_module_level=True)
+
+# (weight dtype, group size, sym): every format, group sizes 32..256, per-channel, asym.
+CASES = [
+    ("int4", 32, True), ("int4", 64, False), ("int4", 128, True), ("int4", 256, False), ("int4", -1, True),
+    ("int4_clip", 128, True), ("int8", -1, True), ("int8", -1, False), ("int8", 128, True),
+    ("nf4", 64, True), ("fp4", 32, True), ("int3", 64, True), ("int2", 32, False),
+]
+# (N, K): odd N; K not a multiple of 32 (padding) and with a partial last group.
+SHAPES = [(37, 100), (16, 320)]
+
+
+def packed_weight(n, k, fmt_name, group_size, sym, seed=0, zero_mode="int"):
+    gen = torch.Generator().manual_seed(seed)
+    fmt = get_format(fmt_name)
+    w = torch.randn(n, k, generator=gen)
+    codes, scales, zeros = quantize_weight(w, fmt, group_size, sym, scale_dtype=torch.float16)
+    packed = PackedWeight.from_codes(codes, scales, zeros, fmt, group_size)
+    if zero_mode == "min":  # GGUF Q4_1 style: float group minimums instead of zero codes
+        packed.zeros = (-packed.zeros.float() * packed.scales.float()).to(torch.float16)
+    return packed
+
+
+def check(kernel_cls, packed, compute, m, seed=1):
+    spec = LayerSpec.of(packed, compute, "cpu")
+    ok, reason = kernel_cls.can_implement(spec)
+    assert ok, reason
+    x = torch.randn(m, packed.in_features, generator=torch.Generator().manual_seed(seed))
+    want = ReferenceKernel(packed, spec).forward(x).float()
+    got = kernel_cls(packed, spec).forward(x).float()
+    assert got.shape == want.shape
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert err <= TOL[compute], f"relative error {err:.2e} > {TOL[compute]}"
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+@pytest.mark.parametrize("fmt_name,group_size,sym", CASES)
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_fp32_matches_reference(kernel_cls, fmt_name, group_size, sym, n, k):
+    packed = packed_weight(n, k, fmt_name, group_size, sym)
+    for m in (1, 3, 6):  # fused kernel: single row, partial tile, one full tile of 4 + 2
+        check(kernel_cls, packed, "fp32", m)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+@pytest.mark.parametrize("fmt_name,group_size,sym", [c for c in CASES if c[0] not in ("nf4", "fp4")])
+def test_int8_compute_matches_reference(kernel_cls, fmt_name, group_size, sym):
+    packed = packed_weight(37, 100, fmt_name, group_size, sym)
+    for m in (1, 5):
+        check(kernel_cls, packed, "int8", m)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+@pytest.mark.parametrize("compute", ["bf16", "fp16"])
+def test_half_compute_matches_reference(kernel_cls, compute):
+    for fmt_name, gs, sym in [("int4", 128, False), ("int8", -1, True), ("nf4", 64, True)]:
+        check(kernel_cls, packed_weight(16, 320, fmt_name, gs, sym), compute, 2)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+def test_gemm_path_for_large_batches(kernel_cls):
+    from quant_core.kernels import cpu_simd
+    packed = packed_weight(37, 100, "int4", 64, False)
+    check(kernel_cls, packed, "fp32", cpu_simd.GEMM_ROWS + 3)
+    check(kernel_cls, packed_weight(16, 320, "nf4", 64, True), "fp32", cpu_simd.GEMM_ROWS)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+def test_float_minimum_zero_points(kernel_cls):
+    packed = packed_weight(37, 100, "int4", 32, False, zero_mode="min")
+    assert packed.zero_mode == "min"
+    check(kernel_cls, packed, "fp32", 1)
+    check(kernel_cls, packed, "int8", 3)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+def test_act_order_g_idx(kernel_cls):
+    packed = packed_weight(16, 320, "int4", 64, True)
+    perm = torch.randperm(320, generator=torch.Generator().manual_seed(3))
+    # Column k of the permuted weight belongs to the group of its original column.
+    packed.qweight = PackedWeight.from_codes(packed.codes()[:, perm], packed.scales, None,
+                                             packed.fmt, 64).qweight
+    packed.g_idx = (perm // 64).to(torch.int32)
+    check(kernel_cls, packed, "fp32", 2)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+def test_batched_3d_input_and_bf16_activations(kernel_cls):
+    packed = packed_weight(16, 320, "int4", 128, True)
+    spec = LayerSpec.of(packed, "fp32", "cpu")
+    x = torch.randn(2, 3, 320).bfloat16()
+    want = ReferenceKernel(packed, spec).forward(x.float())
+    got = kernel_cls(packed, spec).forward(x)
+    assert got.shape == (2, 3, 16)
+    assert torch.allclose(got, want, atol=1e-3 * want.abs().max().item())
+
+
+def test_rejections_say_why():
+    base = LayerSpec("int4_fullrange", 4, 128, 256, 64, True, False, "none", "fp32", "cpu")
+    assert CpuAvx2Kernel.can_implement(base)[0]
+    for spec, words in [
+        (base.__class__(**{**base.__dict__, "group_size": 48}), "multiple of 32"),
+        (base.__class__(**{**base.__dict__, "device_type": "cuda"}), "CPU only"),
+        (base.__class__(**{**base.__dict__, "weight_dtype": "nf4", "compute_dtype": "int8"}), "int format"),
+    ]:
+        ok, reason = CpuAvx2Kernel.can_implement(spec)
+        assert not ok and words in reason
