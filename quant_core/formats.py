@@ -104,6 +104,10 @@ def unpack_codes(packed: torch.Tensor, bits: int, in_features: int) -> torch.Ten
     n = packed.shape[0]
     if bits == 8:
         return packed[:, :in_features]
+    if 8 % bits == 0:  # whole codes per byte: shift bytes directly (the hot path of the reference kernel)
+        shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)
+        codes = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(n, -1)[:, :in_features]
     chunks = packed.reshape(n, -1, bits).to(torch.int64)
     byte_shifts = torch.arange(bits, device=packed.device, dtype=torch.int64) * 8
     word = (chunks << byte_shifts).sum(-1, keepdim=True)

@@ -109,13 +109,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QUANTLLM_CACHE", Path.home() / ".cache" / "quantllm"))
 
 
+def gguf_cache_path(path: Path) -> Path:
+    stat = Path(path).stat()
+    return cache_dir() / "gguf" / f"{Path(path).stem}-{stat.st_size}-{int(stat.st_mtime)}"
+
+
+def embedded_model_dir() -> Path:
+    """A Hugging Face directory (float safetensors + tokenizer) of the embedded model, made on first use."""
+    path = embedded_model_path()
+    cached = gguf_cache_path(path)
+    if not (cached / "config.json").is_file():
+        load_gguf(path)
+    return cached
+
+
 def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, device="cpu"):
     """A GGUF file dequantized to float by transformers, cached as safetensors after the first load
     (dequantizing takes tens of seconds; reading the cache takes about one)."""
     from transformers import AutoTokenizer
     cls = auto_model_class(task)
-    stat = path.stat()
-    cached = cache_dir() / "gguf" / f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    cached = gguf_cache_path(path)
     if (cached / "config.json").is_file():
         model = cls.from_pretrained(cached, dtype=dtype)
         return model.to(device).eval(), AutoTokenizer.from_pretrained(cached)

@@ -1,0 +1,147 @@
+"""``quantllm``: quantize, generate, evaluate and inspect models from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EPILOG = """examples:
+  quantllm quantize --weight-dtype int4_fullrange --group-size 128 -o out/smollm2-int4
+  quantllm generate out/smollm2-int4 "What is the capital of France?" --max-new-tokens 32
+  quantllm eval out/smollm2-int4 --text ../shared/data/wikitext2-test.txt
+  quantllm info out/smollm2-int4
+MODEL is a Hugging Face id or directory, a .gguf file, or a directory saved by quantllm;
+left out, it is the embedded SmolLM2-135M-Instruct."""
+
+
+def _parse_option(text: str):
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quantllm", description="Weight-only quantization of LLMs.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quantize", help="quantize a model and save it", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("model", nargs="?", help="model to quantize (default: embedded SmolLM2-135M-Instruct)")
+    q.add_argument("-o", "--output", required=True, help="directory to write (must not exist unless --overwrite)")
+    q.add_argument("--algorithm", default="rtn", help="rtn | gptq | awq | teq (default: rtn)")
+    q.add_argument("--weight-dtype", default="int4_fullrange",
+                   help="int8, int4_clip, int4_fullrange (int4), nf4, fp4_e2m1 (fp4), int3, int2")
+    q.add_argument("--group-size", type=int, default=128, help="columns per scale; -1 = per channel (default 128)")
+    q.add_argument("--scheme", default="sym", help="sym | asym (default sym)")
+    q.add_argument("--compute-dtype", default="auto", help="auto | fp32 | bf16 | fp16 | int8")
+    q.add_argument("--scale-dtype", default="fp16", help="fp16 | bf16 | fp32 (default fp16)")
+    q.add_argument("--mse-clip", action="store_true", help="RTN: search per-group clipping ratios")
+    q.add_argument("--keep-float", nargs="*", default=["lm_head"], metavar="NAME",
+                   help="linear layers (name substrings) left in float (default: lm_head)")
+    q.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other QuantConfig field, e.g. --option n_samples=64 (repeatable)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+    g = sub.add_parser("generate", help="answer a prompt (chat template applied when the model has one)")
+    g.add_argument("model")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+
+    e = sub.add_parser("eval", help="perplexity on a text file (windows of --seqlen tokens)")
+    e.add_argument("model")
+    e.add_argument("--text", required=True, help="text file, e.g. ../shared/data/wikitext2-test.txt")
+    e.add_argument("--seqlen", type=int, default=512)
+    e.add_argument("--windows", type=int, default=32, help="how many windows (0 = all)")
+    e.add_argument("--device", default="cpu")
+
+    i = sub.add_parser("info", help="quantization config, sizes, and the kernel chosen per layer")
+    i.add_argument("model")
+    i.add_argument("--device", default="cpu", help="device to choose kernels for")
+    return p
+
+
+def cmd_quantize(args) -> int:
+    from pathlib import Path
+
+    from .config import QuantConfig
+    from .loading import load_model
+    from .quantize import quantize
+    from .serialization import save_quantized
+
+    config = QuantConfig(algorithm=args.algorithm, weight_dtype=args.weight_dtype, group_size=args.group_size,
+                         scheme=args.scheme, compute_dtype=args.compute_dtype, scale_dtype=args.scale_dtype,
+                         mse_clip=args.mse_clip, modules_to_not_convert=args.keep_float, **dict(args.option))
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    model, tokenizer = load_model(args.model)
+    start = time.perf_counter()
+    quantize(model, config)
+    elapsed = time.perf_counter() - start
+    save_quantized(model, tokenizer, args.output, overwrite=args.overwrite)
+    print(f"quantized in {elapsed:.1f} s; saved to {args.output}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .loading import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    if not args.raw and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                             add_generation_prompt=True, tokenize=False)
+    else:
+        text = args.prompt
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw).input_ids.to(args.device)
+    sample = args.temperature > 0
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sample,
+                             temperature=args.temperature if sample else None, top_p=None, top_k=None,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import perplexity, read_eval_text
+    from .loading import load_model
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    ppl = perplexity(model, tokenizer, read_eval_text(args.text), args.seqlen, args.windows or None)
+    print(f"perplexity: {ppl:.3f} ({args.windows or 'all'} windows of {args.seqlen} tokens)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .inspect import describe
+    from .loading import load_model
+
+    model, _ = load_model(args.model)
+    print(describe(model, args.device))
+    return 0
+
+
+COMMANDS = {"quantize": cmd_quantize, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as exc:
+        print(f"quantllm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Human-readable summary of a (quantized) model: config, sizes, kernel choice per layer kind."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import torch
+
+from .kernels.registry import explain
+from .modules import QuantLinear
+
+
+def packed_bytes(model) -> int:
+    return sum(m.packed.nbytes() for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def describe(model, device_type: str = "cpu") -> str:
+    qc = getattr(model.config, "quantization_config", None)
+    lines = []
+    if isinstance(qc, dict):
+        shown = {k: v for k, v in qc.items() if k not in ("layers", "checksums")}
+        lines.append("quantization_config: " + json.dumps(shown, sort_keys=True))
+    quant = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    lines.append(f"quantized linear layers: {len(quant)}; packed size {packed_bytes(model) / 1e6:.2f} MB; "
+                 f"other (float) parameters {float_bytes / 1e6:.2f} MB")
+    kinds = defaultdict(list)
+    for name, mod in quant:
+        kinds[name.rsplit(".", 1)[-1]].append(mod)
+    device = torch.device(device_type).type
+    for kind, mods in kinds.items():
+        mod = mods[0]
+        lines.append(f"{kind} x{len(mods)}: {mod.in_features}->{mod.out_features}, {mod.weight_dtype}, "
+                     f"group {mod.group_size}, {'sym' if mod.zeros is None else 'asym'}")
+        verdicts = explain(mod.layer_spec(device))
+        chosen = next((n for n, ok, _ in verdicts if ok), None)
+        for name, ok, reason in verdicts:
+            mark = "chosen" if name == chosen else ("usable" if ok else "rejected")
+            lines.append(f"    {name:<12} {mark:<8} {reason}")
+    if not quant:
+        lines.append("no quantized layers (a float model)")
+    return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random Llama for unit tests, the real SmolLM2 for slow integration tests."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_config():
+    from transformers import LlamaConfig
+    return LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=256, max_position_embeddings=256,
+                       tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+@pytest.fixture
+def tiny_llama(tiny_llama_config):
+    from transformers import LlamaForCausalLM
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """Float Hugging Face directory of the embedded SmolLM2-135M-Instruct (converted once, cached)."""
+    from quant_core.loading import embedded_model_dir
+    return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    """(model, tokenizer) fp32. Session-scoped: tests must not modify the model (deepcopy it)."""
+    from quant_core.loading import load_model
+    return load_model(smollm2_dir)

@@ -1,0 +1,45 @@
+import pytest
+from pydantic import ValidationError
+
+from quant_core import QuantConfig, WeightOnlyQuantConfig
+
+
+def test_defaults_are_int4_g128_sym_rtn():
+    c = QuantConfig()
+    assert (c.algorithm, c.weight_dtype, c.group_size, c.scheme) == ("rtn", "int4_fullrange", 128, "sym")
+    assert c.modules_to_not_convert == ["lm_head"]
+
+
+def test_intel_names_accepted():
+    c = WeightOnlyQuantConfig(weight_dtype="nf4", compute_dtype="bf16", algorithm="RTN", group_size=32)
+    assert (c.weight_dtype, c.compute_dtype, c.algorithm) == ("nf4", "bf16", "rtn")
+    assert QuantConfig(weight_dtype="int4").weight_dtype == "int4_fullrange"
+    assert QuantConfig(weight_dtype="fp4").weight_dtype == "fp4_e2m1"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"weight_dtype": "int5"}, "valid choices"),
+    ({"weight_dtype": "nf4", "scheme": "asym"}, "codebook format"),
+    ({"weight_dtype": "fp4", "scheme": "asym"}, "codebook format"),
+    ({"group_size": 12}, "multiple of 8"),
+    ({"group_size": 0}, "multiple of 8"),
+    ({"compute_dtype": "int4"}, "valid choices"),
+    ({"algorithm": "smoothquant"}, "valid choices"),
+    ({"scheme": "affine"}, "valid choices"),
+    ({"no_such_field": 1}, "no_such_field"),
+])
+def test_invalid_configs_fail_with_choices(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        QuantConfig(**kwargs)
+
+
+def test_dict_round_trip_with_version():
+    c = QuantConfig(weight_dtype="int3", scheme="asym", group_size=-1, mse_clip=True)
+    d = c.to_dict()
+    assert d["version"] == 1
+    assert QuantConfig.from_dict({"quant_method": "quantllm", **d}) == c
+
+
+def test_newer_version_refused():
+    with pytest.raises(ValueError, match="newer"):
+        QuantConfig.from_dict({"version": 99})
