@@ -13,6 +13,9 @@ from .packed import PackedWeight
 # algorithm name -> "module:function(model, config, **kwargs) -> model"
 HANDLERS = {
     "rtn": "quant_core.algorithms.rtn:quantize_model",
+    "gptq": "quant_core.algorithms.gptq:quantize_model",
+    "awq": "quant_core.algorithms.awq:quantize_model",
+    "teq": "quant_core.algorithms.teq:quantize_model",
 }
 
 

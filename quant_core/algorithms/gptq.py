@@ -1,0 +1,204 @@
+"""GPTQ (Frantar et al. 2022): quantize a weight column by column, spreading each column's
+rounding error over the columns not yet quantized, weighted by the inverse Hessian of
+the layer's reconstruction loss (``H = 2/n * sum x x^T`` over calibration inputs).
+
+* Lazy batches: errors are applied inside a block of ``block_size`` columns at once and
+  to the remaining columns once per block (same result, far fewer memory passes).
+* Damping: ``damp_percent * mean(diag H)`` is added to the diagonal; when the Cholesky
+  factorisation still fails the damping is raised tenfold (up to 3 times) with a warning.
+* ``act_order``: columns go in order of decreasing ``diag(H)``; groups are then formed in
+  that order and each column's group is recorded in ``g_idx``, unless ``static_groups``
+  fixes every group's scale (on the unquantized weight, in the natural column order)
+  before reordering, which needs no ``g_idx`` at inference.
+* Every format of the table: int (sym/asym, int2..int8) rounds to the grid, codebook
+  formats (nf4, fp4_e2m1) to the nearest level; scales are rounded to the stored scale
+  dtype first, so codes fit the scales that will be saved. ``mse_clip`` searches each
+  group's clipping ratio when its scale is chosen.
+
+``gptq(weight, hessian, config)`` returns a ``QuantResult`` and never packs;
+``quantize_model`` drives it block by block (``quant_core.blocks``), in true-sequential
+order when ``config.true_sequential``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..config import QuantConfig
+from ..primitives import dequantize_groups, quantize_groups, quantize_weight
+from .base import QuantResult
+
+log = logging.getLogger("quant_core")
+
+DAMP_RETRIES = 3
+
+
+class Hessian:
+    """Running ``2/n * sum x x^T`` over the rows of every input seen (float32, on x's device)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.matrix = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.matrix *= self.n / (self.n + m)
+        self.n += m
+        x = x * math.sqrt(2 / self.n)
+        self.matrix.addmm_(x.t(), x)
+
+
+def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp * I)^-1``, raising the damping until it exists."""
+    damp = damp_percent
+    for attempt in range(DAMP_RETRIES + 1):
+        hd = h.clone()
+        hd.diagonal().add_(damp * torch.mean(torch.diag(h)))
+        try:
+            lower = torch.linalg.cholesky(hd)
+            hinv = torch.cholesky_inverse(lower)
+            return torch.linalg.cholesky(hinv, upper=True)
+        except torch.linalg.LinAlgError:
+            if attempt == DAMP_RETRIES:
+                break
+            log.warning("GPTQ: Hessian not positive definite with damp_percent=%g; retrying with %g",
+                        damp, damp * 10)
+            damp *= 10
+    raise torch.linalg.LinAlgError(
+        f"GPTQ: the Hessian stays singular up to damp_percent={damp:g}; the calibration data may "
+        f"not reach this layer's inputs: use more or longer samples, or algorithm='rtn'")
+
+
+def _qparams(w: torch.Tensor, config: QuantConfig):
+    """Scale and zero point ``[N]`` for the columns ``w [N, k]`` forming one group."""
+    _, scale, zero = quantize_weight(w, config.format, -1, config.sym, mse_clip=config.mse_clip,
+                                     scale_dtype=config.torch_scale_dtype)
+    return scale[:, 0], None if zero is None else zero[:, 0]
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> QuantResult:
+    """GPTQ of one ``[N, K]`` weight with the ``[K, K]`` Hessian of its inputs (see module docstring)."""
+    fmt = config.format
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone().to(w.device)
+    n, k = w.shape
+    if h.shape != (k, k):
+        raise ValueError(f"GPTQ: Hessian of shape {tuple(h.shape)} does not match a weight with {k} inputs")
+    gs = k if config.group_size <= 0 else config.group_size
+    n_groups = -(-k // gs)
+    dynamic = config.group_size > 0 and not (config.act_order and config.static_groups)
+
+    dead = torch.diag(h) == 0  # inputs that were always zero: any value works, 0 is exact
+    h[dead, dead] = 1
+    w[:, dead] = 0
+
+    scales = torch.zeros(n, n_groups, dtype=torch.float32, device=w.device)
+    zeros = None if config.sym else torch.zeros_like(scales)
+    if not dynamic:  # per-channel, or static groups: qparams from the unquantized weight
+        for g in range(n_groups):
+            s, z = _qparams(w[:, g * gs:(g + 1) * gs], config)
+            scales[:, g] = s
+            if zeros is not None:
+                zeros[:, g] = z
+
+    perm = torch.argsort(torch.diag(h), descending=True) if config.act_order else None
+    if perm is not None:
+        w, h = w[:, perm], h[perm][:, perm]
+    col_group = (perm if perm is not None else torch.arange(k, device=w.device)) // gs  # static lookup
+
+    hinv = inverse_cholesky(h, config.damp_percent)
+    codes = torch.zeros(n, k, dtype=torch.uint8, device=w.device)
+    bs = config.block_size
+    for i1 in range(0, k, bs):
+        i2 = min(i1 + bs, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if dynamic:
+                g = col // gs
+                if col % gs == 0:  # a new group starts: its scale from the current (updated) weights
+                    end = min(col + gs, k)
+                    part = w1[:, i:end - i1]
+                    if end > i2:  # columns past this block still owe this block's updates
+                        pending = w[:, i2:end] - err1 @ hinv[i1:i2, i2:end]
+                        part = torch.cat([part, pending], 1)
+                    s, z = _qparams(part, config)
+                    scales[:, g] = s
+                    if zeros is not None:
+                        zeros[:, g] = z
+            else:
+                g = int(col_group[col])
+            s = scales[:, g]
+            z = None if zeros is None else zeros[:, g]
+            c = quantize_groups(w1[:, i:i + 1], s, z, fmt)
+            q = dequantize_groups(c, s, z, fmt)[:, 0]
+            codes[:, col] = c[:, 0]
+            e = (w1[:, i] - q) / hinv1[i, i]
+            w1[:, i + 1:] -= e.unsqueeze(1) * hinv1[i, i + 1:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+
+    g_idx = None
+    if perm is not None:
+        inv = torch.argsort(perm)
+        codes = codes[:, inv]
+        if dynamic:  # group j // gs of the reordered columns, mapped back to each original column
+            g_idx = (torch.arange(k, device=w.device) // gs)[inv].to(torch.int32)
+    return QuantResult(codes, scales, zeros, g_idx)
+
+
+def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
+                   progress: bool = True, device=None, **_) -> torch.nn.Module:
+    """GPTQ every quantizable linear of ``model``'s decoder blocks, block by block.
+
+    ``calibration``: a list of input-id tensors ``[b, T]``; or any text source of
+    ``quant_core.calibration`` (None = ``config.calibration_dataset`` / the shipped sample),
+    which then needs ``tokenizer``.
+    """
+    from .calibrated import calibrate_blockwise
+
+    return calibrate_blockwise(model, config, _gptq_block, calibration=calibration, tokenizer=tokenizer,
+                               progress=progress, device=device, desc="GPTQ")
+
+
+def _gptq_block(block, inputs, groups, config, quantize_group):
+    """Quantize one block's linear groups; ``quantize_group(names, results)`` installs results."""
+    from ..blocks import record_inputs
+
+    class _Stop(Exception):
+        pass
+
+    def collect(names_groups, stop: bool):
+        hessians = {}
+
+        def add(name, x):
+            hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
+            if stop:
+                raise _Stop  # the later parts of the block are not needed for this group
+
+        with record_inputs(block, [names[0] for names in names_groups], add), torch.no_grad():
+            for h, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
+                try:
+                    block(h, *args, **kwargs)
+                except _Stop:
+                    pass
+        return hessians
+
+    def quantize(names, hessian):
+        results = {}
+        for name in names:
+            results[name] = gptq(block.get_submodule(name).weight, hessian.matrix, config)
+        quantize_group(names, results)
+
+    if config.true_sequential:
+        for names in groups:
+            quantize(names, collect([names], stop=True)[names[0]])
+    else:
+        hessians = collect(groups, stop=False)
+        for names in groups:
+            quantize(names, hessians[names[0]])
