@@ -3,13 +3,17 @@
 The first call of a new (path, rows bucket, K, N, format) on a GPU times every
 candidate with ``triton.testing.do_bench`` (median) and keeps the fastest for the
 life of the process. While a CUDA graph is being captured, or under the
-interpreter, nothing is timed: the heuristic default is used.
+interpreter, or with $QUANTLLM_TRITON_TUNE=0, nothing is timed: the first
+candidate (the heuristic default) is used.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
+
+TUNE_ENV = "QUANTLLM_TRITON_TUNE"  # "0": take the first (heuristic) candidate, time nothing
 
 SM_COUNT_FALLBACK = 132  # an H100 SXM
 
@@ -90,7 +94,7 @@ class ConfigCache:
     def choose(self, key: tuple, candidates: list[Config], run, tune: bool) -> Config:
         if key in self.best:
             return self.best[key]
-        if not tune or len(candidates) == 1:
+        if not tune or len(candidates) == 1 or os.environ.get(TUNE_ENV, "1") == "0":
             return candidates[0]
         from triton.testing import do_bench
         timings = []

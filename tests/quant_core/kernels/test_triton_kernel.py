@@ -115,3 +115,67 @@ def test_registry_prefers_triton_on_cuda():
     assert explain(spec())[0][:2] == ("triton", True)
     assert choose_kernel(spec()) is TritonKernel
     assert choose_kernel(spec(fmt="int3")).name == "reference"  # falls back, with the reason logged
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("compute", ["bf16", "fp16"])
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 16, 33, 64, 300])
+@pytest.mark.parametrize("fmt, gs, sym", [("int4", 128, True), ("int4", 32, False), ("int4", 64, True),
+                                          ("int4", -1, True), ("nf4", 64, True), ("fp4_e2m1", 32, True),
+                                          ("int8", -1, True), ("int8", 128, False), ("int2", 64, True)])
+def test_gpu_shapes(fmt, gs, sym, rows, compute):
+    check(make_packed(fmt, 1000, 4096 + 128, gs, sym), rows, compute)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 48])
+def test_gpu_odd_and_act_order(rows):
+    check(make_packed("int4", 4000, 1032, 8, False), rows, "bf16")  # K a multiple of 8 only
+    check(make_packed("int4", 777, 2048, 128, True, act_order=True), rows, "bf16")
+    check(make_packed("int4", 777, 2048, 32, False, zero_mode="min"), rows, "fp16")
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_quantlinear_chooses_triton_and_replays_in_a_graph():
+    from quant_core.modules import QuantLinear
+
+    linear = QuantLinear.from_packed(make_packed("int4", 512, 1024, 128, True), torch.randn(512)).cuda()
+    x = torch.randn(3, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = linear(x)
+    assert linear.kernel.name == "triton"
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = linear(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    assert torch.equal(captured, linear(x)) and not torch.equal(captured, eager)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows", [1, 3, 16, 100])
+def test_gpu_every_tuning_candidate(rows):
+    """The tuner may pick any candidate, so each one must compute the same function."""
+    from quant_core.kernels import triton_tuning
+
+    packed = make_packed("int4", 1500, 2048 + 64, 64, False)
+    packed = PackedWeight(packed.fmt, packed.in_features, packed.out_features, packed.group_size,
+                          *(None if t is None else t.cuda() for t in (packed.qweight, packed.scales, packed.zeros, None)))
+    spec = LayerSpec.of(packed, "bf16", "cuda")
+    kernel, ref = TritonKernel(packed, spec), ReferenceKernel(packed, spec)
+    x = torch.randn(rows, packed.in_features, device="cuda", dtype=torch.bfloat16)
+    expected = ref.forward(x).float()
+    if rows <= GEMV_MAX_ROWS:
+        cands, run = triton_tuning.gemv_candidates(rows, 1500, kernel.weight.n_words, False), kernel._run_gemv
+    else:
+        cands, run = triton_tuning.gemm_candidates(rows, 1500, packed.in_features, False), kernel._run_gemm
+    assert len(cands) > 3
+    for cfg in cands:
+        err = ((run(x, cfg).float() - expected).norm() / expected.norm()).item()
+        assert err < TOLERANCE["bf16"], f"{cfg.label()}: relative error {err:.2e}"

@@ -1,0 +1,190 @@
+"""GPU speed: layer GEMMs (Llama-3-8B shapes), decode tokens/s on a synthetic 8B, GPTQ on GPU.
+
+Run on a CUDA machine:  python benchmarks/gpu_speed.py [--quick] [--skip-decode] [--gptq]
+Prints each figure as it is measured and writes benchmarks/results/gpu_speed.md
+(or --out). Every ratio in a table was measured side by side in this one run.
+
+Layer timing: each kernel is timed eagerly and replayed in a CUDA graph, cycling
+through enough weight copies (>= 4x the L2 size) that every call reads its weight
+from HBM; the figure is the median over repetitions of (time of a round / calls).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from quant_core.formats import get_format, pack_codes  # noqa: E402
+from quant_core.kernels.base import LayerSpec  # noqa: E402
+from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
+from quant_core.packed import PackedWeight  # noqa: E402
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024), (4096, 128256)]  # (K in, N out)
+ROWS = [1, 4, 16, 64, 256]
+OURS = [("int4 g128", "int4", 128, True), ("nf4 g128", "nf4", 128, True), ("int8 per-ch", "int8", -1, True)]
+DEV = "cuda"
+LINES: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def timed(calls, graph: bool, reps: int = 15) -> float:
+    """Median µs per call of ``calls`` (a round of callables), eagerly or as one replayed graph."""
+    calls = list(calls) * max(1, -(-8 // len(calls)))  # at least 8 calls a round
+    for c in calls:
+        c()
+    torch.cuda.synchronize()
+    run = lambda: [c() for c in calls]  # noqa: E731
+    if graph:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            run()
+        run = g.replay
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
+    b = torch.empty_like(a)
+    us = timed([lambda: b.copy_(a)], graph=False, reps=20)
+    return 2 * a.numel() / us / 1e6  # TB/s, bytes read + written
+
+
+def random_packed(fmt_name: str, k: int, n: int, group_size: int) -> PackedWeight:
+    fmt = get_format(fmt_name)
+    g = 1 if group_size <= 0 else k // group_size
+    codes = torch.randint(0, 1 << fmt.bits, (n, k), dtype=torch.uint8, device=DEV)
+    scales = (torch.rand(n, g, device=DEV) * 0.02 + 0.001).half()
+    return PackedWeight(fmt, k, n, group_size, pack_codes(codes, fmt.bits), scales)
+
+
+def tinygemm_op(k: int, n: int):
+    """PyTorch's int4 g128 tinygemm (``_weight_int4pack_mm``), or None where this build lacks it."""
+    try:
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, device=DEV)
+        q8 = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
+        w = torch.ops.aten._convert_weight_to_int4pack(q8, 8)
+        sz = torch.stack([torch.rand(k // 128, n, device=DEV) * 0.02,
+                          torch.zeros(k // 128, n, device=DEV)], -1).to(torch.bfloat16).contiguous()
+        return lambda x: torch.ops.aten._weight_int4pack_mm(x, w, 128, sz), q8.numel() + sz.numel() * 2
+    except Exception as exc:  # noqa: BLE001 - report, don't fail the run
+        say(f"tinygemm unavailable: {type(exc).__name__}: {str(exc)[:120]}")
+        return None
+
+
+def copies_for(nbytes: int) -> int:
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(2, -(-4 * l2 // nbytes))
+
+
+def layer_table(quick: bool, copy_tbs: float) -> None:
+    shapes = SHAPES[:2] + SHAPES[-1:] if quick else SHAPES
+    rows_list = [1, 16, 64] if quick else ROWS
+    say("\n## Layer GEMM, bf16 activations (µs per call: eager / CUDA-graph replay; ×: bf16 time / this time, graph)\n")
+    say("| K×N | M | bf16 cuBLAS | tinygemm int4 g128 | " + " | ".join(f"ours {o[0]}" for o in OURS)
+        + " | ours int4 eff. BW (graph) |")
+    say("|---|---|---|---|" + "---|" * len(OURS) + "---|")
+    for k, n in shapes:
+        wb = torch.randn(n, k, device=DEV, dtype=torch.bfloat16)
+        bf16_w = [wb] + [wb.clone() for _ in range(copies_for(wb.numel() * 2) - 1)]
+        tg = tinygemm_op(k, n)
+        if tg:
+            tg = [tg[0]] + [tinygemm_op(k, n)[0] for _ in range(copies_for(tg[1]) - 1)]
+        ours = []
+        for label, fmt, gs, _ in OURS:
+            p0 = random_packed(fmt, k, n, gs)
+            spec = LayerSpec.of(p0, "bf16", "cuda")
+            kernels = [TritonKernel(p0, spec)]
+            kernels += [TritonKernel(random_packed(fmt, k, n, gs), spec) for _ in range(copies_for(p0.nbytes()) - 1)]
+            ours.append((kernels, p0.nbytes()))
+        for m in rows_list:
+            x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+            cells, base = [], None
+            for name, calls in [("bf16", [lambda w=w: F.linear(x, w) for w in bf16_w])] + \
+                    ([("tg", [lambda f=f: f(x) for f in tg])] if tg else []) + \
+                    [(lbl[0], [lambda kk=kk: kk.forward(x) for kk in ks]) for lbl, (ks, _) in zip(OURS, ours)]:
+                eager, graph = timed(calls, False), timed(calls, True)
+                base = graph if base is None else base
+                cells.append(f"{eager:.1f} / {graph:.1f} ({base / graph:.2f}×)")
+                if name == OURS[0][0]:
+                    int4_graph = graph
+            if not tg:
+                cells.insert(1, "n/a")
+            bw = ours[0][1] / int4_graph / 1e6
+            say(f"| {k}×{n} | {m} | " + " | ".join(cells) + f" | {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) |")
+        del bf16_w, ours, tg
+        torch.cuda.empty_cache()
+
+
+def launch_overhead() -> None:
+    p = random_packed("int4", 4096, 4096, 128)
+    kern = TritonKernel(p, LayerSpec.of(p, "bf16", "cuda"))
+    x = torch.randn(1, 4096, device=DEV, dtype=torch.bfloat16)
+    kern.forward(x)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        kern.forward(x)
+    host = (time.perf_counter() - t0) / 200 * 1e6
+    torch.cuda.synchronize()
+    eager, graph = timed([lambda: kern.forward(x)] * 20, False), timed([lambda: kern.forward(x)] * 20, True)
+    say(f"\nLaunch overhead of our Python path (int4 g128, 4096×4096, M=1): host time per call {host:.1f} µs; "
+        f"eager {eager:.1f} µs vs graph {graph:.1f} µs per call (one weight copy, L2-resident).")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 shapes, M in 1/16/64")
+    ap.add_argument("--skip-layers", action="store_true")
+    ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--gptq", action="store_true", help="also time GPTQ int4 g128 of the synthetic model")
+    ap.add_argument("--decode-layers", type=int, default=32, help="decoder layers of the synthetic Llama-3-8B")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "gpu_speed.md"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_speed.py needs a CUDA GPU; none is visible to PyTorch")
+    import triton
+    props = torch.cuda.get_device_properties(0)
+    say(f"# GPU speed\n\nGPU: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MB), "
+        f"torch {torch.__version__}, triton {triton.__version__}")
+    copy_tbs = copy_bandwidth()
+    say(f"Measured copy bandwidth (1 GiB device-to-device, read + write): {copy_tbs:.2f} TB/s")
+    if not args.skip_layers:
+        layer_table(args.quick, copy_tbs)
+        launch_overhead()
+    if not args.skip_decode or args.gptq:
+        from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
+        if not args.skip_decode:
+            decode_section(say, args.decode_layers)
+        if args.gptq:
+            gptq_section(say, args.decode_layers)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(LINES) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
