@@ -138,15 +138,35 @@ class GenerationEngine:
 
     def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
         """Text deltas of one prompt's completion as they are decoded (stop strings never leak)."""
+        for delta, _ in self.stream_with_output(prompt, params):
+            if delta:
+                yield delta
+
+    def stream_with_output(self, prompt: str, params: GenerationParams | None = None
+                           ) -> Iterator[tuple[str, GenerationOutput | None]]:
+        """Like ``stream``, as ``(delta, None)`` pairs, then ``("", output)`` with the finish reason and
+        token counts once the completion is done (for wrappers that report usage)."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
         params, encoded = self._prepare([prompt], params)
-        sent = ""
+        sent, rows = "", None
         for rows in self._decode(encoded, params):
             text = rows[0].streamable_text()
             if text.startswith(sent) and len(text) > len(sent):
-                yield text[len(sent):]
+                yield text[len(sent):], None
                 sent = text
+        yield "", rows[0].output()
+
+    @classmethod
+    def for_model(cls, model, tokenizer, *, max_batch_size: int = 8) -> "GenerationEngine":
+        """The one engine of ``model`` (created on first use), so that every wrapper of the same
+        model shares its forward lock and micro-batching queue."""
+        engine = getattr(model, "_quantllm_engine", None)
+        if engine is None or engine.tokenizer is not tokenizer:
+            engine = cls(model, tokenizer, max_batch_size=max_batch_size)
+            model._quantllm_engine = engine
+        engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
+        return engine
 
     # ---- internals -----------------------------------------------------------------
     def _prepare(self, prompts, params) -> tuple[GenerationParams, list[list[int]]]:

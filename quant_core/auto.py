@@ -1,0 +1,168 @@
+"""``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM`` as Intel's extension offered them, and the
+cached load-then-quantize step that the LangChain and LlamaIndex providers share.
+
+    from quant_core.auto import AutoModelForSeq2SeqLM
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_id, quantization_config=WeightOnlyQuantConfig(weight_dtype="nf4"))
+
+returns an ordinary transformers model whose linear layers are ``QuantLinear``. Loading and
+quantizing the same source with the same config twice in one process returns the first result.
+A directory saved by quantllm loads packed, without quantizing again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from .config import QuantConfig
+
+log = logging.getLogger("quant_core")
+
+TASKS = ("text-generation", "text2text-generation")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "auto": torch.float32}
+
+_CACHE: dict[tuple, tuple] = {}  # (source, task, config, dtype, device) -> (model, tokenizer)
+_CACHE_LOCK = threading.Lock()
+
+
+def as_quant_config(config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> QuantConfig | None:
+    """None | QuantConfig (= WeightOnlyQuantConfig) | dict, or a ``load_in_*bit`` shortcut -> QuantConfig | None."""
+    if load_in_4bit and load_in_8bit:
+        raise ValueError("pass at most one of load_in_4bit and load_in_8bit")
+    if config is not None and (load_in_4bit or load_in_8bit):
+        raise ValueError("pass either quantization_config or a load_in_*bit shortcut, not both")
+    if load_in_4bit:
+        return QuantConfig(weight_dtype="int4")
+    if load_in_8bit:
+        return QuantConfig(weight_dtype="int8")
+    if config is None or isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, dict):
+        return QuantConfig.from_dict(config)
+    raise TypeError(f"quantization_config must be a QuantConfig/WeightOnlyQuantConfig, a dict or None, "
+                    f"not {type(config).__name__}")
+
+
+def as_device(device=None, device_map=None) -> str:
+    """transformers-pipeline style device (-1, "cpu", "cuda", 0, "cuda:1") -> a torch device string."""
+    if device_map is not None and device in (None, -1):
+        if isinstance(device_map, dict):
+            raise ValueError("a per-module device_map dict is not supported; pass device='cpu' or 'cuda:N'")
+        device = "cuda" if device_map == "auto" and torch.cuda.is_available() else device_map
+        device = "cpu" if device == "auto" else device
+    if device is None or device == -1:
+        return "cpu"
+    if isinstance(device, int) and device >= 0:
+        device = f"cuda:{device}"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use device='cpu' (or -1)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"unknown device {device!r}; use -1 or 'cpu', 'cuda', or a GPU index such as 0")
+    return device
+
+
+def as_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).replace("torch.", "")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def check_source(model_id) -> str | None:
+    """Fail fast (before any loading) when ``model_id`` is neither a local path nor a reachable hub id."""
+    if model_id is None:
+        return None
+    if not isinstance(model_id, (str, os.PathLike)):
+        raise TypeError(f"model_id must be a path or a hub id string, not {type(model_id).__name__}")
+    source = os.fspath(model_id)
+    if Path(source).exists():
+        return str(Path(source).resolve())
+    if source.endswith(".gguf") or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise FileNotFoundError(f"model path {source!r} does not exist")
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return source
+    try:
+        model_info(source, timeout=10)
+    except Exception as exc:  # offline, unknown id, gated: all mean "cannot load this"
+        raise FileNotFoundError(
+            f"model {source!r} is neither a local path nor reachable on the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc)[:200]}); download it and pass its folder, a .gguf file, "
+            f"or model_id=None for the embedded SmolLM2-135M-Instruct") from exc
+    return source
+
+
+def load_for_generation(model_id=None, *, task: str = "text-generation", quantization_config=None,
+                        dtype=None, device="cpu", trust_remote_code: bool = False, progress: bool = True):
+    """``(model, tokenizer)`` ready to generate: loaded, quantized when a config is given, cached."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    config = as_quant_config(quantization_config)
+    dtype, device = as_dtype(dtype), as_device(device)
+    source = check_source(model_id)
+    key = (source, task, json.dumps(config.to_dict(), sort_keys=True) if config else None, str(dtype), device)
+    with _CACHE_LOCK:  # held while loading so two threads never quantize the same model twice
+        if key not in _CACHE:
+            from .loading import load_model
+
+            model, tokenizer = load_model(source, task=task, dtype=dtype, device=device,
+                                          trust_remote_code=trust_remote_code)
+            if config is not None:
+                model = quantize_once(model, config, progress=progress)
+            _CACHE[key] = (model, tokenizer)
+        return _CACHE[key]
+
+
+def quantize_once(model, config: QuantConfig, progress: bool = True):
+    """Quantize ``model`` in place, unless it already is: then it must carry the same config."""
+    from .modules import QuantLinear
+    from .quantize import quantize
+
+    if not any(isinstance(m, QuantLinear) for m in model.modules()):
+        return quantize(model, config, progress=progress)
+    saved = dict(getattr(model.config, "quantization_config", None) or {})
+    saved.pop("quant_method", None)
+    have = QuantConfig.from_dict(saved) if saved else None
+    if have is not None and have != config:
+        log.warning("model is already quantized (%s); the requested config (%s) is ignored: load the float "
+                    "model to quantize it differently", have.weight_dtype, config.weight_dtype)
+    return model
+
+
+class _QuantAutoModel:
+    task = "text-generation"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *, quantization_config=None,
+                        load_in_4bit: bool = False, load_in_8bit: bool = False, device_map=None, device=None,
+                        torch_dtype=None, dtype=None, trust_remote_code: bool = False, **unused):
+        """Load ``pretrained_model_name_or_path`` (a folder, a .gguf file, a quantllm-saved folder, a hub id
+        or None for the embedded SmolLM2) and quantize it with ``quantization_config``."""
+        if unused:
+            log.info("from_pretrained ignores options it does not use: %s", ", ".join(sorted(unused)))
+        config = as_quant_config(quantization_config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
+        model, _ = load_for_generation(pretrained_model_name_or_path, task=cls.task, quantization_config=config,
+                                       dtype=dtype if dtype is not None else torch_dtype,
+                                       device=as_device(device, device_map), trust_remote_code=trust_remote_code)
+        return model
+
+
+class AutoModelForCausalLM(_QuantAutoModel):
+    """Decoder-only model, quantized on load (Intel extension's ``AutoModelForCausalLM``)."""
+    task = "text-generation"
+
+
+class AutoModelForSeq2SeqLM(_QuantAutoModel):
+    """Encoder-decoder model (T5, BART), quantized on load (Intel extension's ``AutoModelForSeq2SeqLM``)."""
+    task = "text2text-generation"
