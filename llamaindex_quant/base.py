@@ -21,12 +21,14 @@ from llama_index.core.base.llms.types import (
     MessageRole,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
-from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.callbacks import EventPayload
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
 from quant_core.config import QuantConfig
-from quant_core.engine import GenerationEngine, GenerationParams, GenerationOutput
+from quant_core.engine import GenerationEngine, GenerationParams
+
+from .responses import completion_response, in_thread, llm_events, to_chat, usage_of
 
 log = logging.getLogger("llamaindex_quant")
 
@@ -139,14 +141,14 @@ class QuantLlamaLLM(CustomLLM):
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
                                **kwargs: Any) -> CompletionResponseAsyncGen:
-        return _in_thread(self._stream(prompt, formatted, kwargs))
+        return in_thread(self._stream(prompt, formatted, kwargs))
 
     def complete_batch(self, prompts: Sequence[str], formatted: bool = False,
                        **kwargs: Any) -> list[CompletionResponse]:
         """Complete several prompts together: one forward pass per decoding step for up to
         ``max_batch_size`` prompts (the engine's real batching). Callbacks fire per prompt."""
         prompts = list(prompts)
-        with _llm_events(self, [{EventPayload.PROMPT: p} for p in prompts]) as finish:
+        with llm_events(self, [{EventPayload.PROMPT: p} for p in prompts]) as finish:
             responses = self._complete_many(prompts, formatted, kwargs)
             finish([{EventPayload.PROMPT: p, EventPayload.COMPLETION: r} for p, r in zip(prompts, responses)])
         return responses
@@ -154,28 +156,28 @@ class QuantLlamaLLM(CustomLLM):
     # ---- chat -------------------------------------------------------------------
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return _to_chat(self.complete_formatted(self.render_messages(messages), kwargs))
+        return to_chat(self.complete_formatted(self.render_messages(messages), kwargs))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return (_to_chat(r) for r in self._stream(self.render_messages(messages), True, kwargs))
+        return (to_chat(r) for r in self._stream(self.render_messages(messages), True, kwargs))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         prompt = self.render_messages(messages)
-        return _to_chat(await asyncio.to_thread(self.complete_formatted, prompt, kwargs))
+        return to_chat(await asyncio.to_thread(self.complete_formatted, prompt, kwargs))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         prompt = self.render_messages(messages)
-        return _in_thread(_to_chat(r) for r in self._stream(prompt, True, kwargs))
+        return in_thread(to_chat(r) for r in self._stream(prompt, True, kwargs))
 
     def chat_batch(self, conversations: Sequence[Sequence[ChatMessage]], **kwargs: Any) -> list[ChatResponse]:
         """Answer several conversations in one batched generation (see ``complete_batch``)."""
         conversations = [list(c) for c in conversations]
         prompts = [self.render_messages(c) for c in conversations]
-        with _llm_events(self, [{EventPayload.MESSAGES: c} for c in conversations]) as finish:
-            responses = [_to_chat(r) for r in self._complete_many(prompts, True, kwargs)]
+        with llm_events(self, [{EventPayload.MESSAGES: c} for c in conversations]) as finish:
+            responses = [to_chat(r) for r in self._complete_many(prompts, True, kwargs)]
             finish([{EventPayload.MESSAGES: c, EventPayload.RESPONSE: r} for c, r in zip(conversations, responses)])
         return responses
 
@@ -235,7 +237,7 @@ class QuantLlamaLLM(CustomLLM):
         params = self._params(kwargs)
         fitted = [self._fit(p, formatted, params) for p in prompts]
         outputs = self._engine.generate([p for p, _ in fitted], params)
-        return [_response(out, cut) for out, (_, cut) in zip(outputs, fitted)]
+        return [completion_response(out, cut) for out, (_, cut) in zip(outputs, fitted)]
 
     def _stream(self, prompt: str, formatted: bool, kwargs: dict) -> CompletionResponseGen:
         params = self._params(kwargs)  # errors raise here, before the generator starts
@@ -249,7 +251,7 @@ class QuantLlamaLLM(CustomLLM):
                 text += delta
                 if final is None:
                     yield CompletionResponse(text=text, delta=delta)
-            usage = _usage(final.prompt_tokens, final.completion_tokens, final.finish_reason, cut)
+            usage = usage_of(final.prompt_tokens, final.completion_tokens, final.finish_reason, cut)
             yield CompletionResponse(text=text, delta="", raw={"usage": usage}, additional_kwargs=usage)
         return gen()
 
@@ -272,46 +274,3 @@ def _resolve_model(model, tokenizer, quant_config, device, trust_remote_code):
             raise ValueError("this model is already quantized (a quantllm checkpoint?); drop quant_config")
         model = quantize(model, quant_config)
     return model, tokenizer
-
-
-def _usage(prompt_tokens: int, completion_tokens: int, finish_reason: str, cut: int) -> dict:
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens, "finish_reason": finish_reason}
-    if cut:
-        usage["truncated_prompt_tokens"] = cut
-    return usage
-
-
-def _response(out: GenerationOutput, cut: int) -> CompletionResponse:
-    usage = _usage(out.prompt_tokens, out.completion_tokens, out.finish_reason, cut)
-    return CompletionResponse(text=out.text, raw={"usage": usage}, additional_kwargs=usage)
-
-
-def _to_chat(r: CompletionResponse) -> ChatResponse:
-    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text),
-                        delta=r.delta, raw=r.raw, additional_kwargs=r.additional_kwargs)
-
-
-async def _in_thread(gen):
-    """A sync generator as an async one; each step runs in a worker thread."""
-    done = object()
-    while (item := await asyncio.to_thread(next, gen, done)) is not done:
-        yield item
-
-
-class _llm_events:
-    """LLM start/end callback events for each item of a batch call."""
-
-    def __init__(self, llm: QuantLlamaLLM, payloads: list[dict]):
-        self.manager, self.payloads = llm.callback_manager, payloads
-
-    def __enter__(self):
-        self.ids = [self.manager.on_event_start(CBEventType.LLM, payload=p) for p in self.payloads]
-        return self.finish
-
-    def finish(self, payloads: list[dict]) -> None:
-        for event_id, payload in zip(self.ids, payloads):
-            self.manager.on_event_end(CBEventType.LLM, payload=payload, event_id=event_id)
-
-    def __exit__(self, *exc):
-        return False
