@@ -16,12 +16,19 @@ from .triton_jit import jit
 
 
 @jit
+def _as_f32(u):
+    """Small non-negative ints to fp32 without the slow int->float unit: put them in the
+    mantissa of 2**23 and subtract it (OR + FADD at full rate instead of I2F)."""
+    return (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@jit
 def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
                 M, N, K, GROUP_COLS, stride_xm, stride_om, k_per_split,
                 BITS: tl.constexpr, ZMODE: tl.constexpr, SYM_ZERO: tl.constexpr,
                 CODEBOOK: tl.constexpr, HAS_GIDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_M: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr):
+                GROUP_M: tl.constexpr, EXPAND: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr):
     P: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     pid = tl.program_id(0)
@@ -47,8 +54,15 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         tile_mask = k_mask[:, None] & n_mask[None, :]
-        w = tl.load(qw_ptr + (offs_k // P)[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
-        u = (w >> ((offs_k % P) * BITS)[:, None]) & MASK
+        if EXPAND:  # one read per word, codes peeled into a [words, P, BLOCK_N] block
+            offs_kw = k0 // P + tl.arange(0, BLOCK_K // P)
+            wmask = (offs_kw < (k_end + P - 1) // P)[:, None] & n_mask[None, :]
+            w = tl.load(qw_ptr + offs_kw[:, None] * N + offs_n[None, :], mask=wmask, other=0)
+            shifts = tl.arange(0, P) * BITS
+            u = tl.reshape((w[:, None, :] >> shifts[None, :, None]) & MASK, (BLOCK_K, BLOCK_N))
+        else:  # each word read once per code it holds (the repeats hit L1)
+            w = tl.load(qw_ptr + (offs_k // P)[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
+            u = (w >> ((offs_k % P) * BITS)[:, None]) & MASK
         if HAS_GIDX:
             g = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
             zoff = g[:, None] * N + offs_n[None, :]
@@ -66,17 +80,17 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
         if CODEBOOK:
             v = tl.load(lut_ptr + u) * s
         elif ZMODE == 0:
-            v = (u.to(tl.float32) - SYM_ZERO) * s
+            v = (_as_f32(u) - SYM_ZERO) * s
         elif ZMODE == 1:
             z = tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)
             if ONE_GROUP_PER_TILE and not HAS_GIDX:
                 z = z[None, :]
-            v = (u.to(tl.float32) - z) * s
+            v = (_as_f32(u) - z) * s
         else:
             mn = tl.load(z_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
             if ONE_GROUP_PER_TILE and not HAS_GIDX:
                 mn = mn[None, :]
-            v = u.to(tl.float32) * s + mn
+            v = _as_f32(u) * s + mn
         if DOT_F32:
             acc = tl.dot(x.to(tl.float32), v, acc, input_precision="ieee")
         else:

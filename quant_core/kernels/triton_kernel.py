@@ -87,7 +87,7 @@ class TritonKernel(Kernel):
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(w.out_features, cfg.block_n), splits)
         gemm_kernel[grid](*self._common(x, out), m, w.out_features, k, w.group_cols,
                           x.stride(0), out.stride(0), per_split, **self._flags(cfg.block_k),
-                          BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8,
+                          BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8, EXPAND=cfg.expand,
                           ATOMIC=splits > 1, DOT_F32=self._dot_f32(x.dtype),
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return out

@@ -26,10 +26,12 @@ class Config:
     split_k: int = 1
     block_m: int = 0  # GEMM only
     num_stages: int = 2
+    expand: bool = False  # GEMM: read each word once and split it in registers
 
     def label(self) -> str:
         m = f"m{self.block_m}" if self.block_m else ""
-        return f"{m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}x{self.split_k}"
+        e = "e" if self.expand else ""
+        return f"{m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}x{self.split_k}{e}"
 
 
 def sm_count() -> int:
@@ -63,7 +65,9 @@ def gemv_candidates(rows: int, n: int, kw: int, interpreting: bool) -> list[Conf
 
 def gemm_candidates(m: int, n: int, k: int, interpreting: bool) -> list[Config]:
     if interpreting:
-        return [Config(block_n=16, block_k=32, num_warps=1, split_k=2 if k >= 64 else 1, block_m=16)]
+        split = 2 if k >= 64 else 1
+        return [Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16),
+                Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16, expand=True)]
     target = 2 * sm_count()
     shapes = [(16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (32, 64, 128, 4, 4), (32, 128, 64, 4, 4),
               (64, 64, 64, 4, 4), (64, 128, 64, 4, 3), (64, 128, 128, 8, 3), (128, 128, 64, 8, 3),
@@ -76,6 +80,7 @@ def gemm_candidates(m: int, n: int, k: int, interpreting: bool) -> list[Config]:
         tiles = -(-m // bm) * -(-n // bn)
         split = _split_for(tiles, -(-k // bk), target)
         out.append(Config(bn, bk, warps, split, bm, stages))
+        out.append(Config(bn, bk, warps, split, bm, stages, expand=True))
         if split > 1:
             out.append(Config(bn, bk, warps, 1, bm, stages))
     return out

@@ -157,25 +157,25 @@ def test_gpu_quantlinear_chooses_triton_and_replays_in_a_graph():
     assert torch.equal(captured, linear(x)) and not torch.equal(captured, eager)
 
 
-@gpu
-@pytest.mark.gpu
 @pytest.mark.parametrize("rows", [1, 3, 16, 100])
-def test_gpu_every_tuning_candidate(rows):
+def test_every_tuning_candidate(rows):
     """The tuner may pick any candidate, so each one must compute the same function."""
     from quant_core.kernels import triton_tuning
+    from quant_core.kernels.triton_jit import interpreting
 
-    packed = make_packed("int4", 1500, 2048 + 64, 64, False)
-    packed = PackedWeight(packed.fmt, packed.in_features, packed.out_features, packed.group_size,
-                          *(None if t is None else t.cuda() for t in (packed.qweight, packed.scales, packed.zeros, None)))
-    spec = LayerSpec.of(packed, "bf16", "cuda")
+    n, k = (1500, 2048 + 64) if DEVICE == "cuda" else (40, 192)
+    packed = make_packed("int4", n, k, 64, False)
+    packed = PackedWeight(packed.fmt, k, n, packed.group_size,
+                          *(None if t is None else t.to(DEVICE) for t in (packed.qweight, packed.scales, packed.zeros, None)))
+    spec = LayerSpec.of(packed, "fp16", "cuda")
     kernel, ref = TritonKernel(packed, spec), ReferenceKernel(packed, spec)
-    x = torch.randn(rows, packed.in_features, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, k, device=DEVICE, dtype=torch.float16)
     expected = ref.forward(x).float()
     if rows <= GEMV_MAX_ROWS:
-        cands, run = triton_tuning.gemv_candidates(rows, 1500, kernel.weight.n_words, False), kernel._run_gemv
+        cands, run = triton_tuning.gemv_candidates(rows, n, kernel.weight.n_words, interpreting()), kernel._run_gemv
     else:
-        cands, run = triton_tuning.gemm_candidates(rows, 1500, packed.in_features, False), kernel._run_gemm
-    assert len(cands) > 3
+        cands, run = triton_tuning.gemm_candidates(rows, n, k, interpreting()), kernel._run_gemm
+    assert rows <= GEMV_MAX_ROWS or any(c.expand for c in cands)
     for cfg in cands:
         err = ((run(x, cfg).float() - expected).norm() / expected.norm()).item()
-        assert err < TOLERANCE["bf16"], f"{cfg.label()}: relative error {err:.2e}"
+        assert err < TOLERANCE["fp16"], f"{cfg.label()}: relative error {err:.2e}"
