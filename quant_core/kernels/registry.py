@@ -17,12 +17,13 @@ KERNELS: dict[str, str] = {
     "reference": "quant_core.kernels.reference:ReferenceKernel",
     "cpu_avx512": "quant_core.kernels.cpu_simd:CpuAvx512Kernel",
     "cpu_avx2": "quant_core.kernels.cpu_simd:CpuAvx2Kernel",
+    "ipex": "quant_core.kernels.ipex:IpexKernel",
     "triton": "quant_core.kernels.triton_kernel:TritonKernel",
 }
 
 # Fastest first; "reference" last so a choice always exists.
 PRIORITY: dict[str, list[str]] = {
-    "cpu": ["cpu_avx512", "cpu_avx2", "reference"],
+    "cpu": ["ipex", "cpu_avx512", "cpu_avx2", "reference"],
     "cuda": ["triton", "reference"],
 }
 

@@ -8,6 +8,7 @@ from torch import nn
 from quant_core import cpu_features
 from quant_core.config import QuantConfig
 from quant_core.kernels import cpu_simd
+from quant_core.kernels import ipex as ipex_kernel
 from quant_core.kernels.base import LayerSpec
 from quant_core.kernels.registry import NoKernelError, choose_kernel, explain
 from quant_core.quantize import quantize
@@ -18,6 +19,8 @@ SPEC = LayerSpec("int4_fullrange", 4, 128, 256, 64, True, False, "none", "fp32",
 def fake_level(monkeypatch, level):
     monkeypatch.setattr(cpu_features, "detected_isa", lambda flags=None: level)
     monkeypatch.delenv(cpu_features.ISA_ENV, raising=False)
+    # These tests are about our kernels: keep an installed IPEX out of the way.
+    monkeypatch.setattr(ipex_kernel, "import_ipex", lambda: (None, "not installed (faked)"))
 
 
 def test_avx2_only_cpu_gets_the_avx2_kernel(monkeypatch):
@@ -51,7 +54,7 @@ def test_missing_compiler_is_a_stated_reason(monkeypatch):
 
 
 def test_env_lowers_isa_level_but_never_raises_it(monkeypatch):
-    monkeypatch.setattr(cpu_features, "detected_isa", lambda flags=None: "avx512")
+    fake_level(monkeypatch, "avx512")
     monkeypatch.setenv(cpu_features.ISA_ENV, "avx2")
     assert cpu_features.isa_level() == "avx2"
     assert choose_kernel(SPEC).name == "cpu_avx2"
