@@ -32,3 +32,15 @@ def smollm2(smollm2_dir):
     """(model, tokenizer) fp32. Session-scoped: tests must not modify the model (deepcopy it)."""
     from quant_core.loading import load_model
     return load_model(smollm2_dir)
+
+
+@pytest.fixture
+def tiny_hf_dir(tiny_llama_config, smollm2_dir, tmp_path):
+    """A local Hugging Face directory: a tiny random Llama sized to SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+    path = tmp_path / "tiny"
+    config = tiny_llama_config.__class__(**{**tiny_llama_config.to_dict(), "vocab_size": 49152})
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(path)
+    return path
