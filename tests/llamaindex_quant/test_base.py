@@ -194,3 +194,21 @@ def test_bad_construction_fails_clearly(tiny_pair, tmp_path, monkeypatch):
         QuantLlamaLLM(model)
     with pytest.raises(ValueError, match="unknown generate_kwargs"):
         QuantLlamaLLM.from_model(model, tokenizer, generate_kwargs={"num_beams": 2})
+
+
+def test_built_from_a_local_dir_and_from_a_quantllm_dir(tiny_pair, make_tiny_model, tmp_path):
+    from quant_core.serialization import save_quantized
+
+    _, tokenizer = tiny_pair
+    float_dir = tmp_path / "float"
+    make_tiny_model(len(tokenizer)).save_pretrained(float_dir)
+    tokenizer.save_pretrained(float_dir)
+    llm = QuantLlamaLLM(str(float_dir), quant_config={"weight_dtype": "int4", "group_size": 32}, max_new_tokens=3)
+    assert llm.metadata.model_name == str(float_dir)
+    assert any(isinstance(m, QuantLinear) for m in llm.engine.model.modules())
+    save_quantized(llm.engine.model, llm.engine.tokenizer, tmp_path / "int4")
+    reloaded = QuantLlamaLLM(tmp_path / "int4", max_new_tokens=3)
+    assert any(isinstance(m, QuantLinear) for m in reloaded.engine.model.modules())
+    assert reloaded.complete(PROMPT).text == llm.complete(PROMPT).text
+    with pytest.raises(ValueError, match="already quantized"):
+        QuantLlamaLLM(tmp_path / "int4", quant_config=QuantConfig(group_size=32))
