@@ -41,7 +41,7 @@ def test_eval_and_generate_run(quantized_dir, tmp_path, capsys):
     assert main(["eval", str(quantized_dir), "--text", str(text), "--seqlen", "32", "--windows", "2"]) == 0
     assert "perplexity:" in capsys.readouterr().out
     assert main(["generate", str(quantized_dir), "Hello", "--max-new-tokens", "3"]) == 0
-    assert capsys.readouterr().out.strip()  # three random tokens decode to some text
+    assert capsys.readouterr().out.endswith("\n")  # random weights: the text itself may be empty
 
 
 def test_bad_input_exits_2_with_message(quantized_dir, tiny_hf_dir, capsys):
