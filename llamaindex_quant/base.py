@@ -257,20 +257,22 @@ class QuantLlamaLLM(CustomLLM):
 
 
 def _resolve_model(model, tokenizer, quant_config, device, trust_remote_code):
-    from quant_core.loading import load_model
+    """A source goes through the core's cached load-then-quantize step (shared with the LangChain
+    provider: one copy of a model per source and config in a process); a model object is used as is."""
+    from quant_core.auto import as_quant_config, load_for_generation
     from quant_core.modules import QuantLinear
     from quant_core.quantize import quantize
 
+    config = as_quant_config(quant_config)
     if model is None or isinstance(model, (str, os.PathLike)):
         if tokenizer is not None:
             raise ValueError("tokenizer= is only for a model object; a model source brings its own tokenizer")
-        config = QuantConfig.from_dict(quant_config) if isinstance(quant_config, dict) else quant_config
-        model, tokenizer = load_model(model, device=device, trust_remote_code=trust_remote_code)
-        quant_config = config
-    elif tokenizer is None:
+        return load_for_generation(model, quantization_config=config, device=device,
+                                   trust_remote_code=trust_remote_code)
+    if tokenizer is None:
         raise ValueError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
-    if quant_config is not None:
+    if config is not None:
         if any(isinstance(m, QuantLinear) for m in model.modules()):
             raise ValueError("this model is already quantized (a quantllm checkpoint?); drop quant_config")
-        model = quantize(model, quant_config)
+        model = quantize(model, config)
     return model, tokenizer

@@ -190,6 +190,8 @@ def test_bad_construction_fails_clearly(tiny_pair, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         QuantLlamaLLM(str(tmp_path / "no-such-model"))
+    with pytest.raises(FileNotFoundError, match="neither a local path nor reachable"):
+        QuantLlamaLLM("no-such-org/no-such-model")
     with pytest.raises(ValueError, match="tokenizer"):
         QuantLlamaLLM(model)
     with pytest.raises(ValueError, match="unknown generate_kwargs"):
@@ -210,5 +212,3 @@ def test_built_from_a_local_dir_and_from_a_quantllm_dir(tiny_pair, make_tiny_mod
     reloaded = QuantLlamaLLM(tmp_path / "int4", max_new_tokens=3)
     assert any(isinstance(m, QuantLinear) for m in reloaded.engine.model.modules())
     assert reloaded.complete(PROMPT).text == llm.complete(PROMPT).text
-    with pytest.raises(ValueError, match="already quantized"):
-        QuantLlamaLLM(tmp_path / "int4", quant_config=QuantConfig(group_size=32))
