@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=None, help="model source (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--weight-dtype", default="int4", help="quantization format (see `quantllm info`)")
     p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--scheme", default="sym", help="sym | asym")
+    p.add_argument("--algorithm", default="rtn", help="rtn | gptq | awq | teq (the last three calibrate: slower)")
     p.add_argument("--fp32", action="store_true", help="skip quantization")
     p.add_argument("--top-k", type=int, default=2, help="chunks retrieved per question")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -51,13 +53,14 @@ def main(argv=None) -> int:
     if not qfile.is_file():
         raise FileNotFoundError(f"questions file {qfile} does not exist; pass --questions FILE.json")
     questions = [q["question"] for q in json.loads(qfile.read_text())]
-    config = None if args.fp32 else QuantConfig(weight_dtype=args.weight_dtype, group_size=args.group_size)
+    config = None if args.fp32 else QuantConfig(weight_dtype=args.weight_dtype, group_size=args.group_size,
+                                                 scheme=args.scheme, algorithm=args.algorithm)
 
     t0 = time.perf_counter()
     llm = QuantLlamaLLM(args.model, quant_config=config, max_new_tokens=args.max_new_tokens)
     Settings.llm = llm
     Settings.embed_model = embed = local_embed_model()
-    print(f"loaded {llm.metadata.model_name} ({'fp32' if config is None else f'{config.weight_dtype} g{config.group_size}'}"
+    print(f"loaded {llm.metadata.model_name} ({'fp32' if config is None else f'{config.algorithm} {config.weight_dtype} g{config.group_size} {config.scheme}'}"
           f", context window {llm.metadata.context_window}) and the embedding model in "
           f"{time.perf_counter() - t0:.1f} s")
 
