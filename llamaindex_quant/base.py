@@ -269,6 +269,9 @@ def _resolve_model(model, tokenizer, quant_config, device, trust_remote_code):
             raise ValueError("tokenizer= is only for a model object; a model source brings its own tokenizer")
         return load_for_generation(model, quantization_config=config, device=device,
                                    trust_remote_code=trust_remote_code)
+    if not hasattr(model, "config") or not callable(model):
+        raise TypeError(f"model must be a source (None, a hub id, a path) or a loaded transformers model, "
+                        f"not {type(model).__name__}")
     if tokenizer is None:
         raise ValueError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
     if config is not None:

@@ -194,6 +194,8 @@ def test_bad_construction_fails_clearly(tiny_pair, tmp_path, monkeypatch):
         QuantLlamaLLM("no-such-org/no-such-model")
     with pytest.raises(ValueError, match="tokenizer"):
         QuantLlamaLLM(model)
+    with pytest.raises(TypeError, match="loaded transformers model"):
+        QuantLlamaLLM.from_model(42, tokenizer)
     with pytest.raises(ValueError, match="unknown generate_kwargs"):
         QuantLlamaLLM.from_model(model, tokenizer, generate_kwargs={"num_beams": 2})
 
