@@ -84,7 +84,7 @@ def cmd_quantize(args) -> int:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
     model, tokenizer = load_model(args.model)
     start = time.perf_counter()
-    quantize(model, config)
+    quantize(model, config, tokenizer=tokenizer)  # calibrated algorithms tokenize their calibration text
     elapsed = time.perf_counter() - start
     save_quantized(model, tokenizer, args.output, overwrite=args.overwrite)
     print(f"quantized in {elapsed:.1f} s; saved to {args.output}")

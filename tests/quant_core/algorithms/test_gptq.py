@@ -172,3 +172,28 @@ def test_smollm2_gptq_int4_beats_rtn_on_a_slice_of_text(smollm2):
                      calibration=batches, progress=False)
         ppl[algorithm] = perplexity(q, tok, text, seqlen=256, max_windows=4, progress=False)
     assert ppl["gptq"] < ppl["rtn"]
+
+
+def test_cli_quantize_gptq_with_the_shipped_calibration_text(tiny_llama, tmp_path):
+    """`quantllm quantize --algorithm gptq` on a local model: default calibration, saved and reloadable."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from quant_core.calibration import DEFAULT_CALIBRATION_FILE
+    from quant_core.cli import main
+    from quant_core.serialization import load_quantized
+
+    words = Counter(DEFAULT_CALIBRATION_FILE.read_text(encoding="utf-8").split()).most_common(250)
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, (w, _) in enumerate(words)}}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    src = tmp_path / "tiny"
+    tiny_llama.save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(src)
+    rc = main(["quantize", str(src), "-o", str(tmp_path / "q"), "--algorithm", "gptq", "--group-size", "32",
+               "--option", "n_samples=4", "--option", "seqlen=32"])
+    assert rc in (0, None)
+    model, _ = load_quantized(tmp_path / "q")
+    assert model.config.quantization_config["algorithm"] == "gptq"
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)

@@ -1,0 +1,42 @@
+"""The quality table's settings as data, shared by quality.py (ours) and quality_peer.py (Neural Compressor).
+
+Each column is one weight format setting; ``quant_config`` gives our QuantConfig fields,
+``nc`` the matching Neural Compressor weight-only arguments (``dtype``/``bits``/``use_sym``/
+``group_size``; ``use_full_range`` where NC has it, so its sym int4 also uses [-8, 7]).
+"""
+COLUMNS = {
+    "int4_g128_sym": dict(label="int4_fullrange g128 sym",
+                          quant_config=dict(weight_dtype="int4_fullrange", group_size=128, scheme="sym"),
+                          nc=dict(dtype="int", bits=4, use_sym=True, group_size=128)),
+    "int4_g128_asym": dict(label="int4_fullrange g128 asym",
+                           quant_config=dict(weight_dtype="int4_fullrange", group_size=128, scheme="asym"),
+                           nc=dict(dtype="int", bits=4, use_sym=False, group_size=128)),
+    "int4_pc_asym": dict(label="int4 per-channel asym",
+                         quant_config=dict(weight_dtype="int4_fullrange", group_size=-1, scheme="asym"),
+                         nc=dict(dtype="int", bits=4, use_sym=False, group_size=-1)),
+    "nf4_g64": dict(label="nf4 g64",
+                    quant_config=dict(weight_dtype="nf4", group_size=64, scheme="sym"),
+                    nc=dict(dtype="nf4", bits=4, use_sym=True, group_size=64)),
+    "fp4_g64": dict(label="fp4_e2m1 g64",
+                    quant_config=dict(weight_dtype="fp4_e2m1", group_size=64, scheme="sym"),
+                    nc=dict(dtype="fp4_e2m1", bits=4, use_sym=True, group_size=64)),
+    "int3_g128_asym": dict(label="int3 g128 asym",
+                           quant_config=dict(weight_dtype="int3", group_size=128, scheme="asym"),
+                           nc=dict(dtype="int", bits=3, use_sym=False, group_size=128)),
+    "int2_g64_asym": dict(label="int2 g64 asym",
+                          quant_config=dict(weight_dtype="int2", group_size=64, scheme="asym"),
+                          nc=dict(dtype="int", bits=2, use_sym=False, group_size=64)),
+}
+
+# Rows: algorithm name -> extra QuantConfig fields.
+ROWS = {
+    "RTN": dict(algorithm="rtn"),
+    "GPTQ": dict(algorithm="gptq", act_order=False),
+    "GPTQ act_order": dict(algorithm="gptq", act_order=True),
+    "AWQ": dict(algorithm="awq"),
+    "TEQ": dict(algorithm="teq"),
+}
+
+EVAL_FILE = "/work/shared/data/wikitext2-test.txt"
+SEQLEN = 512
+WINDOWS = 32
