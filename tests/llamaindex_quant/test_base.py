@@ -145,6 +145,18 @@ def test_callbacks_fire_for_every_call(tiny_pair):
     assert len(pairs) == 5 and all(len(p) == 2 for p in pairs)
 
 
+def test_token_counting_handler_reads_the_engine_counts(tiny_pair):
+    from llama_index.core.callbacks import TokenCountingHandler
+
+    model, tokenizer = tiny_pair
+    # a tokenizer that would count 1000 per string: the counts must come from the responses instead
+    counter = TokenCountingHandler(tokenizer=lambda text: [0] * 1000)
+    llm = QuantLlamaLLM.from_model(model, tokenizer, max_new_tokens=3, callback_manager=CallbackManager([counter]))
+    r = llm.complete(PROMPT)
+    assert counter.prompt_llm_token_count == r.additional_kwargs["prompt_tokens"]
+    assert counter.completion_llm_token_count == r.additional_kwargs["completion_tokens"]
+
+
 def test_settable_as_settings_llm(llm):
     previous = Settings._llm
     try:
