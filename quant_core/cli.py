@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="quantization config, sizes, and the kernel chosen per layer")
     i.add_argument("model")
     i.add_argument("--device", default="cpu", help="device to choose kernels for")
+
+    x = sub.add_parser("export", help="write a quantized model for vLLM / transformers (gptq, awq) or llama.cpp (gguf)")
+    x.add_argument("model", help="a quantllm-saved directory (or a GPTQ/AWQ directory, or FILE.gguf#packed)")
+    x.add_argument("--to", required=True, choices=["gptq", "awq", "gguf"], help="target format")
+    x.add_argument("-o", "--output", required=True, help="directory to write (gptq, awq) or .gguf file (gguf)")
+    x.add_argument("--checkpoint-format", default="gptq", help="gptq: gptq (v1, what vLLM reads) | gptq_v2")
+    x.add_argument("--tokenizer-pre", default="default",
+                   help="gguf: llama.cpp pre-tokenizer name, e.g. smollm for SmolLM2 (default: default)")
     return p
 
 
@@ -131,7 +139,21 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"quantize": cmd_quantize, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info}
+def cmd_export(args) -> int:
+    from .interop import export
+    from .loading import load_model
+
+    model, tokenizer = load_model(args.model)
+    options = ({"checkpoint_format": args.checkpoint_format} if args.to == "gptq" else
+               {"tokenizer_pre": args.tokenizer_pre} if args.to == "gguf" else {})
+    start = time.perf_counter()
+    out = export(model, tokenizer, args.output, args.to, **options)
+    print(f"exported to {args.to} in {time.perf_counter() - start:.1f} s: {out}")
+    return 0
+
+
+COMMANDS = {"quantize": cmd_quantize, "generate": cmd_generate, "eval": cmd_eval, "info": cmd_info,
+            "export": cmd_export}
 
 
 def main(argv=None) -> int:

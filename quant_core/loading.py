@@ -77,9 +77,12 @@ def _load_transformers(source, task, dtype, device, trust_remote_code=False, **k
     return model.to(device).eval(), tokenizer
 
 
+from .interop.detectors import DETECTORS as INTEROP_DETECTORS  # noqa: E402
+
 # (name, matches(source) -> bool, loader(source, task, dtype, device, **kw) -> (model, tokenizer))
 DETECTORS: list[tuple[str, Callable, Callable]] = [
     ("quantllm", lambda s: is_quantllm_dir(Path(s)), _load_quantllm),
+    *INTEROP_DETECTORS,  # GPTQ / AWQ directories, "file.gguf#packed" (quant_core.interop)
     ("gguf", lambda s: str(s).endswith(".gguf"), _load_gguf),
     ("transformers", lambda s: True, _load_transformers),
 ]

@@ -1,0 +1,197 @@
+"""GPTQ checkpoints (the AutoGPTQ / GPTQModel layout) in and out.
+
+Per quantized linear ``prefix`` a GPTQ checkpoint holds, for ``K`` inputs, ``N`` outputs,
+``G`` groups and ``b`` bits:
+
+* ``prefix.qweight`` int32 ``[K * b / 32, N]``: column ``n`` is a little-endian bit stream
+  of the ``K`` unsigned codes of output ``n`` (3-bit codes straddle words).
+* ``prefix.qzeros`` int32 ``[G, N * b / 32]``: row ``g`` is the bit stream of the ``N``
+  zero points of group ``g``. Checkpoint format ``gptq`` (v1) stores ``zero - 1``
+  (readers add 1 and mask to ``b`` bits, as AutoGPTQ's reference kernel does);
+  ``gptq_v2`` stores the zero itself.
+* ``prefix.scales`` fp16 ``[G, N]``; ``prefix.g_idx`` int32 ``[K]``, the group of each
+  input (a permutation of ``k // group_size`` with act-order, ``desc_act: true``).
+
+Dequantization: ``w[n, k] = scales[g_idx[k], n] * (q[k, n] - zero[g_idx[k], n])``, which is
+our ``(u - z) * s`` with the tensors transposed, so import and export move bits without
+touching a float weight.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import QuantConfig
+from ..formats import FORMATS
+from ..modules import QuantLinear
+from ..packed import PackedWeight
+from ..primitives import default_g_idx
+from ._checkpoint import (build_skeleton, finish_model, float_state, load_tokenizer, pack_int32,
+                          read_json, read_tensors, unpack_int32, write_checkpoint)
+
+FORMAT_OF_BITS = {2: "int2", 3: "int3", 4: "int4_fullrange", 8: "int8"}
+CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
+EXPORTABLE = ("int formats int2, int3, int4_fullrange, int4_clip, int8 with scheme 'sym' or 'asym' "
+              "(integer zero points), any group_size, fp16 scales, in_features a multiple of 32")
+
+
+class ExportError(ValueError):
+    """The model uses a setting the target format cannot represent."""
+
+
+# ---------------------------------------------------------------- reading
+def read_gptq_config(path: Path) -> dict | None:
+    """The GPTQ quantization config of a checkpoint directory, or None if it is not GPTQ."""
+    path = Path(path)
+    qc = (read_json(path / "config.json") or {}).get("quantization_config")
+    if isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "gptq":
+        return qc
+    qc = read_json(path / "quantize_config.json")  # AutoGPTQ writes it beside config.json
+    if isinstance(qc, dict) and str(qc.get("quant_method", "gptq")).lower() == "gptq" and "bits" in qc:
+        return qc
+    return None
+
+
+def is_gptq_dir(path) -> bool:
+    return Path(path).is_dir() and read_gptq_config(Path(path)) is not None
+
+
+def layer_from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                    g_idx: torch.Tensor | None, bits: int, group_size: int,
+                    checkpoint_format: str = "gptq") -> PackedWeight:
+    """One GPTQ layer's tensors -> PackedWeight, exact (codes and scales are moved, not recomputed)."""
+    if bits not in FORMAT_OF_BITS:
+        raise ValueError(f"GPTQ bits={bits} is not supported; supported: {sorted(FORMAT_OF_BITS)}")
+    if checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ValueError(f"unknown GPTQ checkpoint_format {checkpoint_format!r}; known: {CHECKPOINT_FORMATS}")
+    fmt = FORMATS[FORMAT_OF_BITS[bits]]
+    n = qweight.shape[1]
+    k = g_idx.shape[0] if g_idx is not None else qweight.shape[0] * 32 // bits
+    # Column n of qweight, read as bytes, is exactly row n of our packed layout.
+    packed_rows = qweight.t().contiguous().reshape(-1).view(torch.uint8).reshape(n, -1)[:, : fmt.packed_row_bytes(k)]
+    zeros = unpack_int32(qzeros, bits, n).t().contiguous()  # [N, G]
+    if checkpoint_format == "gptq":
+        zeros = ((zeros.to(torch.int16) + 1) & fmt.max_code).to(torch.uint8)
+    if bool((zeros == fmt.sym_zero).all()):
+        zeros = None  # symmetric: our fixed zero point 2**(bits-1) is GPTQ's sym zero
+    gs = -1 if group_size in (-1, 0, None) or group_size >= k else group_size
+    if g_idx is not None:
+        g_idx = g_idx.to(torch.int32)
+        if torch.equal(g_idx, default_g_idx(k, gs)):
+            g_idx = None  # the plain k // group_size order needs no index
+    return PackedWeight(fmt, k, n, gs, packed_rows.contiguous(), scales.t().contiguous(), zeros,
+                        None if g_idx is None else g_idx.contiguous())
+
+
+def load_gptq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
+    """Load a GPTQ checkpoint directory into quantllm ``QuantLinear`` layers; returns (model, tokenizer)."""
+    from ..quantize import mark_quantized, replace_linear
+
+    path = Path(path)
+    qc = read_gptq_config(path)
+    if qc is None:
+        raise ValueError(f"{path} is not a GPTQ checkpoint (no quant_method 'gptq' in config.json "
+                         f"or quantize_config.json)")
+    bits, group_size = int(qc["bits"]), int(qc.get("group_size", -1))
+    ckpt_format = str(qc.get("checkpoint_format", qc.get("format", "gptq"))).lower()
+    if bits not in FORMAT_OF_BITS:  # before reading gigabytes
+        raise ValueError(f"GPTQ bits={bits} is not supported; supported: {sorted(FORMAT_OF_BITS)}")
+    if ckpt_format not in CHECKPOINT_FORMATS:
+        raise ValueError(f"GPTQ checkpoint_format {ckpt_format!r} is not supported (marlin/bitblas "
+                         f"repacked checkpoints are not read); supported: {CHECKPOINT_FORMATS}")
+    tensors = read_tensors(path)
+    model = build_skeleton(path, dtype)
+    prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
+    if not prefixes:
+        raise ValueError(f"{path} says it is GPTQ but has no '.qweight' tensors")
+    layer_config = None
+    for prefix in prefixes:
+        packed = layer_from_gptq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
+                                 tensors.pop(f"{prefix}.scales"), tensors.pop(f"{prefix}.g_idx", None),
+                                 bits, group_size, ckpt_format)
+        bias = tensors.pop(f"{prefix}.bias", None)
+        layer_config = imported_config(packed, compute_dtype, layer_config)
+        replace_linear(model, prefix, packed, None if bias is None else bias.to(dtype), layer_config)
+    model = finish_model(model, tensors, dtype, path)
+    mark_quantized(model, layer_config)
+    return model.to(device), load_tokenizer(path)
+
+
+def imported_config(packed: PackedWeight, compute_dtype: str, previous: QuantConfig | None) -> QuantConfig:
+    """The QuantConfig describing imported layers (asym if any layer is)."""
+    scheme = "asym" if (packed.zero_mode != "none" or (previous is not None and not previous.sym)) else "sym"
+    scale_dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[packed.scales.dtype]
+    return QuantConfig(weight_dtype=packed.fmt.name, group_size=packed.group_size, scheme=scheme,
+                       scale_dtype=scale_dtype, compute_dtype=compute_dtype, modules_to_not_convert=["lm_head"])
+
+
+# ---------------------------------------------------------------- writing
+def check_exportable(name: str, packed: PackedWeight, checkpoint_format: str = "gptq") -> None:
+    """Raise ExportError (naming what can be exported) if GPTQ cannot hold this layer exactly."""
+    why = None
+    if packed.fmt.is_codebook:
+        why = f"{packed.fmt.name} is a codebook format; GPTQ stores integer codes"
+    elif packed.fmt.bits not in FORMAT_OF_BITS:
+        why = f"{packed.fmt.bits}-bit codes are not a GPTQ bit width"
+    elif packed.zero_mode == "min":
+        why = "its zero points are float group minimums (GGUF Q4_1 style); GPTQ stores integer zero points"
+    elif packed.in_features * packed.fmt.bits % 32 or packed.out_features * packed.fmt.bits % 32:
+        why = f"in/out features {packed.in_features}/{packed.out_features} do not fill whole int32 words"
+    elif packed.scales.dtype != torch.float16 and not torch.equal(
+            packed.scales.half().to(packed.scales.dtype), packed.scales):
+        why = f"its {packed.scales.dtype} scales are not exactly representable in fp16"
+    elif checkpoint_format == "gptq" and packed.zeros is not None and bool((packed.zeros == 0).any()):
+        why = ("a zero point is 0, which the v1 'gptq' layout (it stores zero - 1) cannot hold; "
+               "export with checkpoint_format='gptq_v2'")
+    if why:
+        raise ExportError(f"cannot export layer {name} to GPTQ: {why}. GPTQ can hold: {EXPORTABLE}")
+
+
+def layer_to_gptq(packed: PackedWeight, checkpoint_format: str = "gptq") -> dict[str, torch.Tensor]:
+    """PackedWeight -> GPTQ tensors (qweight, qzeros, scales, g_idx); exact."""
+    bits, n, k = packed.fmt.bits, packed.out_features, packed.in_features
+    qweight = packed.qweight.contiguous().reshape(-1).view(torch.int32).reshape(n, -1).t().contiguous()  # [K*b/32, N]
+    zeros = packed.zeros if packed.zeros is not None else torch.full(
+        (n, packed.n_groups), packed.fmt.sym_zero, dtype=torch.uint8)
+    if checkpoint_format == "gptq":
+        zeros = zeros - 1  # v1 convention; zero 0 was refused by check_exportable
+    qzeros = pack_int32(zeros.t().contiguous(), bits)  # [G, N*b/32]
+    return {"qweight": qweight, "qzeros": qzeros, "scales": packed.scales.half().t().contiguous(),
+            "g_idx": packed.group_index().to(torch.int32).contiguous()}
+
+
+def quantized_layers(model) -> dict[str, PackedWeight]:
+    layers = {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    if not layers:
+        raise ExportError("the model has no quantized layers: quantize it (quantllm quantize) before exporting")
+    return layers
+
+
+def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq") -> Path:
+    """Write ``model`` as a GPTQ checkpoint that transformers (GPTQ integration), GPTQModel and vLLM load."""
+    if checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ValueError(f"unknown GPTQ checkpoint_format {checkpoint_format!r}; choose one of {CHECKPOINT_FORMATS}")
+    layers = quantized_layers(model)
+    for name, packed in layers.items():  # every refusal before any writing
+        check_exportable(name, packed, checkpoint_format)
+    bits = {p.fmt.bits for p in layers.values()}
+    sizes = {p.group_size for p in layers.values()}
+    if len(bits) > 1 or len(sizes) > 1:
+        raise ExportError(f"GPTQ configs hold one bit width and one group size for the whole model; "
+                          f"this model mixes bits {sorted(bits)} and group sizes {sorted(sizes)}")
+    tensors = float_state(model)
+    for name, packed in layers.items():
+        tensors.update({f"{name}.{k}": v for k, v in layer_to_gptq(packed, checkpoint_format).items()})
+    qc = gptq_config(bits.pop(), sizes.pop(), desc_act=any(p.g_idx is not None for p in layers.values()),
+                     sym=all(p.zeros is None for p in layers.values()), checkpoint_format=checkpoint_format)
+    return write_checkpoint(model, tokenizer, out, tensors, qc, {"quantize_config.json": qc})
+
+
+def gptq_config(bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str) -> dict:
+    """The quantization_config fields transformers' GPTQConfig, GPTQModel and vLLM's
+    GPTQConfig / GPTQMarlinConfig read (vLLM requires bits, group_size, desc_act, sym)."""
+    return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": desc_act,
+            "sym": sym, "true_sequential": True, "static_groups": False, "damp_percent": 0.01,
+            "lm_head": False, "checkpoint_format": checkpoint_format, "format": checkpoint_format,
+            "pack_dtype": "int32", "meta": {"quantizer": ["quantllm:0.1.0"]}}
