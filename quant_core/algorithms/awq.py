@@ -23,6 +23,7 @@ from .equalize_blockwise import InputStats, quantize_blockwise
 
 N_GRID = 20  # ratio points of the scale search, as in the paper
 CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5  # clip ratios 1 - i/20 for i < 0.5 * 20
+PARENT_BATCHES = 32  # calibration batches whose attention/MLP outputs the scale search compares
 
 
 def _qparams(groups: torch.Tensor, config: QuantConfig, shrink=1.0):
@@ -60,28 +61,55 @@ def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return rel.mean(0)
 
 
+def _parent_outputs(group: ScaleGroup) -> list[torch.Tensor]:
+    outs = []
+    for args, kwargs in group.parent_inputs:
+        out = group.parent(*args, **kwargs)
+        outs.append(out[0] if isinstance(out, (tuple, list)) else out)
+    return outs
+
+
 @torch.no_grad()
 def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
                   n_grid: int = N_GRID, duo_scaling: bool = True) -> tuple[torch.Tensor, list[float]]:
-    """Best per-channel scales (``group.n_scales`` entries) and the error of every ratio tried."""
+    """Best per-channel scales (``group.n_scales`` entries) and the error of every ratio tried.
+
+    The error is the parent module's output error (attention, MLP: as AutoAWQ, so softmax
+    and activations weigh the linears' errors) when the group has recorded parent inputs,
+    else the linears' exact output error over all calibration tokens.
+    """
     w = group.weight()
     x_mean = group.reduce_mean(stats.abs_mean)
     w_mean = group.reduce_mean(_w_mean(w, config.group_size))
-    H = stats.H
+    H = stats.H.to(w.device)
+    use_parent = group.parent is not None and bool(group.parent_inputs)
+    originals = [lin.weight.detach().clone() for lin in group.linears]
+    splits = [lin.out_features for lin in group.linears]
+    ref = _parent_outputs(group) if use_parent else None
+
+    def error(w_eff: torch.Tensor) -> float:
+        if not use_parent:
+            return output_error(w - w_eff, H).item()
+        for lin, part in zip(group.linears, w_eff.split(splits)):
+            lin.weight.copy_(part.to(lin.weight.dtype))
+        return sum((o.float() - r.float()).pow(2).sum().item() for o, r in zip(_parent_outputs(group), ref))
+
     best_err, best_s, errors = float("inf"), None, []
-    for i in range(n_grid):
-        r = i / n_grid
-        s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if duo_scaling else x_mean.pow(r)
-        s = normalized_scales(s)
-        s_in = group.expand(s)
-        dw = w - fake_quantize(w * s_in, config) / s_in
-        err = output_error(dw, H).item()
-        errors.append(err)
-        if err < best_err:
-            best_err, best_s = err, s
-    rtn_err = output_error(w - fake_quantize(w, config), H).item()
-    if rtn_err <= best_err:  # only duo scaling can miss plain RTN (its r = 0 is not s = 1)
-        best_s = torch.ones(group.n_scales)
+    try:
+        for i in range(n_grid):
+            r = i / n_grid
+            s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if duo_scaling else x_mean.pow(r)
+            s = normalized_scales(s)
+            s_in = group.expand(s)
+            err = error(fake_quantize(w * s_in, config) / s_in)
+            errors.append(err)
+            if err < best_err:
+                best_err, best_s = err, s
+        if error(fake_quantize(w, config)) <= best_err:  # duo scaling's r = 0 is not s = 1: keep RTN if better
+            best_s = torch.ones(group.n_scales, device=w.device)
+    finally:
+        for lin, original in zip(group.linears, originals):
+            lin.weight.copy_(original)
     return best_s, errors
 
 
@@ -100,8 +128,8 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
     Hp = torch.nn.functional.pad(H.float(), (0, pad, 0, pad))
     blocks = Hp.reshape(g, gs, g, gs).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [G, gs, gs]
     groups = _grouped(w.float(), config.group_size)  # [N, G, gs]
-    best_err = torch.full((n, g), float("inf"))
-    best_ratio = torch.ones(n, g)
+    best_err = torch.full((n, g), float("inf"), device=w.device)
+    best_ratio = torch.ones(n, g, device=w.device)
     for i in range(int(max_shrink * n_grid)):
         ratio = 1 - i / n_grid
         scale, zero = _qparams(groups, config, ratio)
@@ -115,7 +143,7 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
 
 
 def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig,
-              clip: bool = True, duo_scaling: bool = True) -> dict[str, QuantResult]:
+              clip: bool = True, duo_scaling: bool = True, clip_skip: tuple[str, ...] = ()) -> dict[str, QuantResult]:
     """Scale, fold, clip and quantize every linear of one block; returns codes per linear name.
 
     Groups are handled consumer-first (reverse of block order) so that when a group's
@@ -139,13 +167,15 @@ def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
     for group in groups:
         for name, lin in zip(group.names, group.linears):
             w = lin.weight.detach().float()
-            shrink = search_clip(w, stats[name].H, config) if clip else 1.0
+            searched = clip and not any(part in name for part in clip_skip)
+            shrink = search_clip(w, stats[name].H.to(w.device), config) if searched else 1.0
             results[name] = quantize_clipped(w, config, shrink)
     return results
 
 
 def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
-                   progress: bool = True, device=None, **_) -> torch.nn.Module:
+                   progress: bool = True, device=None, parent_batches: int = PARENT_BATCHES,
+                   **_) -> torch.nn.Module:
     """``quantize(model, QuantConfig(algorithm="awq"))``: block by block over the calibration data."""
     return quantize_blockwise(model, config, awq_block, calibration, tokenizer, progress=progress,
-                              device=device, desc="AWQ")
+                              device=device, desc="AWQ", parent_batches=parent_batches)

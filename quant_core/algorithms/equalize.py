@@ -34,7 +34,8 @@ class ScaleGroup:
     prev_rows: slice | None = None  # rows of a fused ``prev`` linear that produce the input
     channel_map: torch.Tensor | None = None  # input channel -> producer channel (GQA repeat)
     prev_name: str = ""
-    extra: dict = field(default_factory=dict)
+    parent: nn.Module | None = None  # smallest module around the linears whose output a search compares
+    parent_inputs: list[tuple[tuple, dict]] = field(default_factory=list)  # recorded (args, kwargs) of parent
 
     @property
     def in_features(self) -> int:
@@ -154,7 +155,10 @@ def scale_groups(block: nn.Module, arch, model_config=None) -> list[ScaleGroup]:
     for lg in arch.groups:
         linears = [block.get_submodule(n) for n in lg.names]
         prev = block.get_submodule(lg.prev_op) if lg.prev_op else None
-        group = ScaleGroup(list(lg.names), linears, prev, prev_name=lg.prev_op or "")
+        parent = block.get_submodule(lg.parent) if lg.parent else block
+        if len(lg.names) == 1 and parent is linears[0]:
+            parent = None  # a lone linear's own output error is computed exactly from its inputs
+        group = ScaleGroup(list(lg.names), linears, prev, prev_name=lg.prev_op or "", parent=parent)
         if isinstance(prev, nn.Linear) and prev.out_features != group.in_features:
             group.channel_map = _gqa_map(model_config, prev.out_features, group.in_features)
             if group.channel_map is None:

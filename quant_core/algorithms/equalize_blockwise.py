@@ -2,6 +2,8 @@
 block-sequential driver run with an equalizing per-block quantizer."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -19,8 +21,8 @@ class InputStats:
 
     def __init__(self, in_features: int, keep_tokens: int = 0, seed: int = 0):
         self.in_features = in_features
-        self.H = torch.zeros(in_features, in_features)
-        self.abs_sum = torch.zeros(in_features)
+        self.H: torch.Tensor | None = None  # allocated on the first input's device
+        self.abs_sum: torch.Tensor | None = None
         self.n = 0
         self.keep_tokens = keep_tokens
         self.sample: torch.Tensor | None = None
@@ -28,12 +30,15 @@ class InputStats:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, self.in_features).float().cpu()
+        x = x.detach().reshape(-1, self.in_features).float()
+        if self.H is None:
+            self.H = torch.zeros(self.in_features, self.in_features, device=x.device)
+            self.abs_sum = torch.zeros(self.in_features, device=x.device)
         self.H.addmm_(x.T, x)
         self.abs_sum += x.abs().sum(0)
         self.n += x.shape[0]
         if self.keep_tokens:  # keep the rows with the smallest random keys: a uniform sample of all seen
-            keys = torch.rand(x.shape[0], generator=self._gen)
+            keys = torch.rand(x.shape[0], generator=self._gen).to(x.device)
             if self.sample is not None:
                 x, keys = torch.cat([self.sample, x]), torch.cat([self._keys, keys])
             keep = keys.argsort()[:self.keep_tokens]
@@ -45,7 +50,7 @@ class InputStats:
 
     def rescale(self, s_in: torch.Tensor) -> None:
         """The input became ``x / s_in`` (scales folded upstream): update the statistics."""
-        s_in = s_in.float()
+        s_in = s_in.float().to(self.H.device)
         self.H /= s_in.unsqueeze(0) * s_in.unsqueeze(1)
         self.abs_sum /= s_in
         if self.sample is not None:
@@ -70,11 +75,12 @@ def check_calibration(batches: list) -> int:
 
 def quantize_blockwise(model: nn.Module, config, block_fn, calibration=None, tokenizer=None,
                        progress: bool = True, device=None, desc: str = "blocks",
-                       keep_tokens: int = 0) -> nn.Module:
+                       keep_tokens: int = 0, parent_batches: int = 0) -> nn.Module:
     """Run the block-sequential driver with an equalizing per-block quantizer.
 
     ``block_fn(groups, stats, config) -> {name: QuantResult}`` sees one block's scale
-    groups and the input statistics of its linears (recorded on the block's float
+    groups (with the parent modules' inputs of the first ``parent_batches`` batches)
+    and the input statistics of its linears (recorded on the block's float
     forward over the calibration inputs) and may rescale weights in place. Linears that
     ``config`` skips keep their (rescaled) float weights; quantizable linears outside
     the decoder blocks are quantized by RTN.
@@ -94,7 +100,8 @@ def quantize_blockwise(model: nn.Module, config, block_fn, calibration=None, tok
         for g in groups:
             shared = InputStats(g.in_features, keep_tokens=keep_tokens, seed=i)
             stats.update({n: shared for n in g.names})
-        with torch.no_grad(), record_inputs(block, [g.names[0] for g in groups], lambda n, x: stats[n].add(x)):
+        with torch.no_grad(), record_inputs(block, [g.names[0] for g in groups], lambda n, x: stats[n].add(x)), \
+                record_parent_inputs(groups, parent_batches):
             inputs.forward(block)
         results = block_fn(groups, stats, config)
         for name, result in results.items():
@@ -125,3 +132,24 @@ def calibration_batches(config, calibration=None, tokenizer=None) -> list[torch.
                                f"{'the shipped default text' if calibration is None else repr(calibration)}, "
                                f"or calibration=[LongTensor [batch, seqlen], ...]")
     return batches_from_config(tokenizer, config, source=calibration)
+
+
+@contextlib.contextmanager
+def record_parent_inputs(groups, max_batches: int):
+    """Keep the (args, kwargs) of each group's parent module for its first ``max_batches`` calls."""
+    handles = []
+    for group in groups:
+        group.parent_inputs = []
+        if group.parent is None or max_batches <= 0:
+            continue
+
+        def hook(_module, args, kwargs, _group=group):
+            if len(_group.parent_inputs) < max_batches:
+                _group.parent_inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                             dict(kwargs)))
+        handles.append(group.parent.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
