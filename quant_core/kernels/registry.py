@@ -64,6 +64,20 @@ def choose_kernel(spec: LayerSpec, forced: str | None = None) -> type[Kernel]:
     verdicts = explain(spec)
     for name, ok, _ in verdicts:
         if ok:
+            _log_choice(name, spec, verdicts)
             return load_kernel_class(name)
     reasons = "; ".join(f"{n}: {r}" for n, _, r in verdicts)
     raise NoKernelError(f"no kernel can run {spec}. Reasons: {reasons}")
+
+
+_LOGGED: set = set()
+
+
+def _log_choice(name: str, spec: LayerSpec, verdicts) -> None:
+    """One log line per distinct layer spec: the kernel chosen and why the ones before it were not."""
+    if spec in _LOGGED:
+        return
+    _LOGGED.add(spec)
+    rejected = "; ".join(f"{n}: {r}" for n, ok, r in verdicts if not ok and n != name)
+    log.info("kernel %s for %s %dx%d group %d (%s compute)%s", name, spec.weight_dtype, spec.in_features,
+             spec.out_features, spec.group_size, spec.compute_dtype, f"; rejected: {rejected}" if rejected else "")

@@ -89,3 +89,14 @@ def test_quantized_model_runs_on_the_fastest_cpu_kernel_by_default():
                    QuantConfig(group_size=32, kernel="reference"))
     ref.load_state_dict(qmodel.state_dict())
     assert torch.allclose(y, ref(x), atol=1e-4)
+
+
+def test_choice_is_logged_once_with_rejections(monkeypatch, caplog):
+    import logging
+    fake_level(monkeypatch, "avx2")
+    spec = LayerSpec("int4_fullrange", 4, 64, 192, 40, True, False, "none", "fp32", "cpu")
+    with caplog.at_level(logging.INFO, logger="quant_core.kernels"):
+        choose_kernel(spec)
+        choose_kernel(spec)
+    lines = [r.getMessage() for r in caplog.records if "kernel cpu_avx2" in r.getMessage()]
+    assert len(lines) == 1 and "cpu_avx512: needs AVX512" in lines[0]
