@@ -1,0 +1,275 @@
+"""CPU speed of quantized models against float, side by side in one run, with llama.cpp as anchor.
+
+    python benchmarks/cpu_speed.py                 # everything (tens of minutes on 2 cores)
+    python benchmarks/cpu_speed.py --models smollm2 --rows fp32 int4_sym --repeats 3
+
+Every (model, row) runs in its own child process so that its peak RSS is its own; the
+parent prints the table and writes benchmarks/results/cpu_speed.md. Figures are medians
+of --repeats runs. Models: the embedded SmolLM2-135M (real weights) and a synthetic 1.1B
+Llama of TinyLlama's shape (random weights built in memory, never written to disk; the
+quantized rows get random codes directly so no float copy ever exists).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS = {  # name -> QuantConfig kwargs (None: a float dtype)
+    "fp32": None, "bf16": None,
+    "int8": dict(weight_dtype="int8", group_size=-1, scheme="sym"),
+    "int4_sym": dict(weight_dtype="int4", group_size=128, scheme="sym"),
+    "int4_asym": dict(weight_dtype="int4", group_size=128, scheme="asym"),
+    "nf4": dict(weight_dtype="nf4", group_size=64, scheme="sym"),
+}
+TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
+GEMM_SHAPES = {"q_proj/o_proj": (2048, 2048), "k_proj/v_proj": (2048, 256), "gate/up_proj": (2048, 5632),
+               "down_proj": (5632, 2048)}
+RESULTS = Path(__file__).parent / "results" / "cpu_speed.md"
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------- model construction (child side)
+def random_packed(fmt_name, k, n, group_size, sym, gen):
+    import torch
+    from quant_core.formats import get_format
+    from quant_core.packed import PackedWeight
+    from quant_core.primitives import n_groups
+    fmt = get_format(fmt_name)
+    g = n_groups(k, group_size)
+    qweight = torch.randint(0, 256, (n, fmt.packed_row_bytes(k)), dtype=torch.uint8, generator=gen)
+    scales = (torch.rand(n, g, generator=gen) * 0.01 + 0.002).to(torch.float16)
+    zeros = None if sym else torch.randint(6, 10, (n, g), dtype=torch.uint8, generator=gen)
+    return PackedWeight(fmt, k, n, group_size, qweight, scales, zeros)
+
+
+def synthetic_llama(row):
+    """TinyLlama-shaped model with random weights; quantized rows never hold float linear weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    from quant_core.config import QuantConfig
+    from quant_core.quantize import mark_quantized, quantizable_linears, replace_linear
+    config = LlamaConfig(**TINYLLAMA)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model.to_empty(device="cpu")  # untouched pages: no RSS until written
+    gen = torch.Generator().manual_seed(0)
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif ROWS[row] is None or not name.endswith("proj.weight"):
+                p.normal_(0, 0.02, generator=gen)
+        if ROWS[row] is not None:
+            qc = QuantConfig(**ROWS[row])
+            for name, lin in quantizable_linears(model, qc):
+                packed = random_packed(qc.weight_dtype, lin.in_features, lin.out_features, qc.group_size, qc.sym, gen)
+                replace_linear(model, name, packed, None, qc)
+            mark_quantized(model, qc)
+    return model.eval()
+
+
+def build(model_name, row):
+    import torch
+    from quant_core.config import QuantConfig
+    from quant_core.quantize import quantize
+    if model_name == "tinyllama-1.1b":
+        model = synthetic_llama(row)
+    else:
+        from quant_core.loading import load_model
+        model, _ = load_model(None)
+        if ROWS[row] is not None:
+            quantize(model, QuantConfig(**ROWS[row]))
+    if row == "bf16":
+        model = model.to(torch.bfloat16)
+    return model.eval()
+
+
+def linear_weight_bytes(model):
+    import torch
+    from quant_core.modules import QuantLinear
+    total = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear):
+            total += mod.packed.nbytes()
+        elif isinstance(mod, torch.nn.Linear) and "lm_head" not in name:
+            total += mod.weight.numel() * mod.weight.element_size()
+    return total
+
+
+def peak_rss_reset():
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak (VmHWM) to the current RSS
+        f.write("5")
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_model(args):
+    import torch
+    from quant_core.decode import StaticDecoder, greedy_generate
+    torch.manual_seed(0)
+    model = build(args.model, args.row)
+    vocab = model.config.vocab_size
+    out = {"weight_bytes": linear_weight_bytes(model)}
+    prompt = torch.randint(100, vocab, (1, 512))
+    with torch.inference_mode():
+        model(input_ids=prompt[:, :8])  # first call repacks weights and builds kernels
+        out["prefill_tok_s"] = 512 / median_time(lambda: model(input_ids=prompt, logits_to_keep=1), args.repeats)
+    peak_rss_reset()
+    for b in (1, 8):
+        ids = torch.randint(100, vocab, (b, 128))
+        dec = StaticDecoder(model, b, 128 + args.new_tokens)
+        runs = [greedy_generate(model, ids, args.new_tokens, decoder=dec)[1] for _ in range(args.repeats)]
+        out[f"decode_b{b}_tok_s"] = b * (args.new_tokens - 1) / statistics.median(r["decode_s"] for r in runs)
+    out["peak_rss_decode_mb"] = peak_rss_mb()
+    if args.dynamic_cache:
+        ids = torch.randint(100, vocab, (1, 128))
+        runs = [greedy_generate(model, ids, args.new_tokens, static_cache=False)[1] for _ in range(args.repeats)]
+        out["decode_b1_dynamic_tok_s"] = (args.new_tokens - 1) / statistics.median(r["decode_s"] for r in runs)
+    kernels = {type(m._kernel).__name__ for m in model.modules() if getattr(m, "_kernel", None) is not None}
+    out["kernels"] = sorted(kernels) or ["torch float"]
+    return out
+
+
+def child_gemm(args):
+    """Per-layer GEMM times (ms) for the 1.1B shapes, rotating over enough copies to defeat the caches."""
+    import torch
+    from quant_core.config import QuantConfig
+    from quant_core.modules import QuantLinear
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for shape_name, (k, n) in GEMM_SHAPES.items():
+        for m in (1, 8, 128):
+            x = torch.randn(m, k)
+            for row in args.rows:
+                if ROWS[row] is None:
+                    dtype = torch.bfloat16 if row == "bf16" else torch.float32
+                    layer_bytes = k * n * (2 if row == "bf16" else 4)
+                    make = lambda: torch.nn.Linear(k, n, bias=False, dtype=dtype)  # noqa: E731
+                    xin = x.to(dtype)
+                else:
+                    qc = QuantConfig(**ROWS[row])
+                    layer_bytes = random_packed(qc.weight_dtype, k, n, qc.group_size, qc.sym, gen).nbytes()
+                    make = lambda qc=qc: QuantLinear.from_packed(  # noqa: E731
+                        random_packed(qc.weight_dtype, k, n, qc.group_size, qc.sym, gen), None, qc.compute_dtype)
+                    xin = x
+                copies = [make() for _ in range(max(2, -(-args.cache_bytes // layer_bytes)))]
+                with torch.inference_mode():
+                    for layer in copies:
+                        layer(xin)
+                    state = {"i": 0}
+
+                    def one():
+                        copies[state["i"] % len(copies)](xin)
+                        state["i"] += 1
+                    reps = max(3, min(len(copies) * 2, 60))
+                    out[f"{shape_name}|{m}|{row}"] = median_time(one, reps) * 1e3
+                del copies
+    return out
+
+
+def child_llamacpp(args):
+    from llama_cpp import Llama
+    from quant_core.loading import embedded_model_path
+    llm = Llama(model_path=str(embedded_model_path()), n_threads=args.threads, n_threads_batch=args.threads,
+                n_ctx=512, verbose=False)
+    prompt = list(range(100, 228))
+    rates = []
+    for _ in range(args.repeats):
+        llm.reset()
+        llm.eval(prompt)
+        t = time.perf_counter()
+        for _ in range(args.new_tokens - 1):
+            llm.eval([llm.sample(temp=0.0)])
+        rates.append((args.new_tokens - 1) / (time.perf_counter() - t))
+    import llama_cpp
+    return {"decode_b1_tok_s": statistics.median(rates), "version": llama_cpp.__version__}
+
+
+# ---------------------------------------------------------------- parent: run children, print table
+def run_child(kind, args, **extra):
+    cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--new-tokens", str(args.new_tokens), "--rows", *args.rows]
+    for key, value in extra.items():
+        cmd += [f"--{key}", str(value)]
+    if args.dynamic_cache:
+        cmd.append("--dynamic-cache")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["smollm2", "tinyllama-1.1b"])
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--cache-bytes", type=int, default=96 << 20, help="GEMM rows rotate over this many bytes of layers")
+    ap.add_argument("--dynamic-cache", action="store_true", help="also decode with the model's dynamic KV cache")
+    ap.add_argument("--no-gemm", action="store_true")
+    ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--row", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    if args.child:
+        import torch
+        torch.set_num_threads(args.threads)
+        fn = {"model": child_model, "gemm": child_gemm, "llamacpp": child_llamacpp}[args.child]
+        print(json.dumps(fn(args)))
+        return 0
+    from cpu_speed_report import write_report  # noqa: E402  (sibling module: table formatting)
+    from quant_core import cpu_features
+    started = time.time()
+    info = cpu_features.summary()
+    info["threads"] = args.threads
+    info["load_avg_start"] = os.getloadavg()  # a shared machine: say how busy it was
+    print("CPU:", json.dumps(info), flush=True)
+    results = {"cpu": info, "args": {k: v for k, v in vars(args).items() if k not in ("child", "model", "row")},
+               "models": {}, "gemm": {}, "llamacpp": None}
+    for model_name in args.models:
+        for row in args.rows:
+            t = time.time()
+            r = run_child("model", args, model=model_name, row=row)
+            results["models"][f"{model_name}|{row}"] = r
+            print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
+    if not args.no_gemm:
+        results["gemm"] = run_child("gemm", args, **{"cache-bytes": args.cache_bytes})
+        print("GEMM ms:", json.dumps(results["gemm"]), flush=True)
+    if not args.no_llamacpp:
+        results["llamacpp"] = run_child("llamacpp", args)
+        print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)
+    results["wall_s"] = time.time() - started
+    info["load_avg_end"] = os.getloadavg()
+    print(write_report(results, RESULTS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Tables and target checks for benchmarks/cpu_speed.py's results (kept apart: formatting only)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+FLOAT = ("fp32", "bf16")
+
+
+def _best_float(models, model_name, key):
+    vals = [models.get(f"{model_name}|{f}", {}).get(key) for f in FLOAT]
+    vals = [v for v in vals if v]
+    return max(vals) if vals else None
+
+
+def _fmt(v, digits=2):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def model_table(results, model_name):
+    models = results["models"]
+    lines = [f"### {model_name}", "",
+             "| row | kernel | linear weights MB | × bf16 bytes | prefill 512 tok/s | × float | decode b1 tok/s | × float "
+             "| decode b8 tok/s | × float | peak RSS decoding MB | × fp32 | decode b1 dynamic cache tok/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    bf16_bytes = models.get(f"{model_name}|bf16", {}).get("weight_bytes")
+    fp32_rss = models.get(f"{model_name}|fp32", {}).get("peak_rss_decode_mb")
+    floats = {k: _best_float(models, model_name, k) for k in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s")}
+    for key, r in models.items():
+        name, row = key.split("|")
+        if name != model_name:
+            continue
+        if "error" in r:
+            lines.append(f"| {row} | error: {r['error']} |" + " |" * 11)
+            continue
+        ratio = lambda k: _fmt(r[k] / floats[k]) if floats[k] else "—"  # noqa: E731
+        lines.append(
+            f"| {row} | {', '.join(r['kernels'])} | {r['weight_bytes'] / 1e6:.1f} | "
+            f"{_fmt(r['weight_bytes'] / bf16_bytes) if bf16_bytes else '—'} | {_fmt(r['prefill_tok_s'], 1)} | "
+            f"{ratio('prefill_tok_s')} | {_fmt(r['decode_b1_tok_s'])} | {ratio('decode_b1_tok_s')} | "
+            f"{_fmt(r['decode_b8_tok_s'])} | {ratio('decode_b8_tok_s')} | {r['peak_rss_decode_mb']:.0f} | "
+            f"{_fmt(r['peak_rss_decode_mb'] / fp32_rss) if fp32_rss else '—'} | "
+            f"{_fmt(r.get('decode_b1_dynamic_tok_s'))} |")
+    return lines
+
+
+def gemm_table(gemm):
+    if not gemm or "error" in gemm:
+        return [f"GEMM timings failed: {gemm.get('error') if gemm else 'not run'}"]
+    rows = sorted({k.split("|")[2] for k in gemm}, key=lambda r: list(gemm).index(next(k for k in gemm if k.endswith("|" + r))))
+    lines = ["| layer (K→N) | M | " + " | ".join(f"{r} ms" for r in rows) + " | best quant × fp32 |",
+             "|---|---|" + "---|" * (len(rows) + 1)]
+    for shape, m in dict.fromkeys((k.split("|")[0], k.split("|")[1]) for k in gemm):
+        vals = {r: gemm.get(f"{shape}|{m}|{r}") for r in rows}
+        quant = [v for r, v in vals.items() if r not in FLOAT and v]
+        speedup = _fmt(vals["fp32"] / min(quant)) if quant and vals.get("fp32") else "—"
+        lines.append(f"| {shape} | {m} | " + " | ".join(_fmt(vals[r], 3) for r in rows) + f" | {speedup} |")
+    return lines
+
+
+def targets(results):
+    m, big, small = results["models"], "tinyllama-1.1b", "smollm2"
+    def ratio(model, row, key, base=None):
+        r = m.get(f"{model}|{row}", {})
+        b = _best_float(m, model, key) if base is None else base
+        return r.get(key) / b if r.get(key) and b else None
+    bf16_bytes = m.get(f"{big}|bf16", {}).get("weight_bytes")
+    int4 = m.get(f"{big}|int4_sym", {})
+    fp32_rss = m.get(f"{big}|fp32", {}).get("peak_rss_decode_mb")
+    lcpp = (results.get("llamacpp") or {}).get("decode_b1_tok_s")
+    checks = [
+        ("1.1B b1 decode int4 ≥ 2.5× float", ratio(big, "int4_sym", "decode_b1_tok_s"), 2.5),
+        ("1.1B b1 decode int8 ≥ 1.6× float", ratio(big, "int8", "decode_b1_tok_s"), 1.6),
+        ("1.1B b1 decode nf4 ≥ 1.5× float", ratio(big, "nf4", "decode_b1_tok_s"), 1.5),
+        ("1.1B b8 decode int4 ≥ 1.2× float", ratio(big, "int4_sym", "decode_b8_tok_s"), 1.2),
+        ("1.1B prefill 512 int4 ≥ 0.8× float", ratio(big, "int4_sym", "prefill_tok_s"), 0.8),
+        ("1.1B int4 weight bytes ≤ 0.3× bf16", int4.get("weight_bytes") / bf16_bytes if bf16_bytes and int4 else None, -0.3),
+        ("1.1B int4 peak RSS decoding ≤ 0.4× fp32", int4.get("peak_rss_decode_mb") / fp32_rss if fp32_rss and int4 else None, -0.4),
+        ("SmolLM2 int4 b1 decode ≥ 0.5× llama.cpp", ratio(small, "int4_sym", "decode_b1_tok_s", lcpp) if lcpp else None, 0.5),
+    ]
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for name, value, bar in checks:
+        met = "—" if value is None else ("yes" if (value >= bar if bar > 0 else value <= -bar) else "NO")
+        lines.append(f"| {name} | {_fmt(value)} | {met} |")
+    return lines
+
+
+def write_report(results, path: Path) -> str:
+    cpu, args = results["cpu"], results["args"]
+    out = ["# CPU speed (benchmarks/cpu_speed.py)", "",
+           f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {results['wall_s'] / 60:.1f} min. "
+           f"Threads: {args['threads']}; medians of {args['repeats']}; decode = {args['new_tokens']} new tokens after a "
+           f"128-token prompt (static KV cache), prefill = one 512-token forward. × float = against the faster of fp32/bf16.",
+           "", f"CPU: ISA level `{cpu['isa_level']}` (detected `{cpu['detected']}`), PyTorch capability "
+           f"`{cpu['torch_capability']}`, flags: {' '.join(cpu['flags'])}", "",
+           f"Load average (1/5/15 min) at start {cpu.get('load_avg_start')}, at end {cpu.get('load_avg_end')} "
+           f"on {os.cpu_count()} logical CPUs: other jobs shared the machine, so times carry their noise.", ""]
+    for model_name in dict.fromkeys(k.split("|")[0] for k in results["models"]):
+        out += model_table(results, model_name) + [""]
+    lcpp = results.get("llamacpp")
+    if lcpp:
+        out += ["### llama.cpp anchor (llama-cpp-python, same SmolLM2 Q4_1 GGUF, batch 1)", "",
+                f"decode b1: {_fmt(lcpp.get('decode_b1_tok_s'))} tok/s" + (f" (llama-cpp-python {lcpp['version']})"
+                                                                          if "version" in lcpp else f" — {lcpp}"), ""]
+    out += ["### Per-layer GEMM, 1.1B shapes (median ms per call, weights rotated through "
+            f"{args['cache_bytes'] >> 20} MiB of copies so caches do not flatter small layers)", ""]
+    out += gemm_table(results.get("gemm")) + ["", "### Targets", ""] + targets(results)
+    out += ["", "<details><summary>raw results</summary>", "", "```json", json.dumps(results, indent=1), "```",
+            "</details>", ""]
+    text = "\n".join(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
