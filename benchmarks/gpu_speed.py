@@ -134,6 +134,9 @@ def layer_table(quick: bool, copy_tbs: float) -> None:
                 cells.insert(1, "n/a")
             bw = ours[0][1] / int4_graph / 1e6
             say(f"| {k}×{n} | {m} | " + " | ".join(cells) + f" | {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) |")
+        from quant_core.kernels.triton_tuning import CACHE
+        print("tuned:", {f"{key[0]} M<={key[1]} {key[4]}b{'cb' if key[6] else ''}": cfg.label()
+                         for key, cfg in CACHE.best.items() if key[2:4] == (k, n)}, flush=True)
         del bf16_w, ours, tg
         torch.cuda.empty_cache()
 

@@ -63,38 +63,49 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
         else:  # each word read once per code it holds (the repeats hit L1)
             w = tl.load(qw_ptr + (offs_k // P)[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
             u = (w >> ((offs_k % P) * BITS)[:, None]) & MASK
-        if HAS_GIDX:
-            g = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
-            zoff = g[:, None] * N + offs_n[None, :]
-            zm = tile_mask
-            s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
-        elif ONE_GROUP_PER_TILE:
+        if ONE_GROUP_PER_TILE:
+            # One group per K step: the dot runs on unscaled codes (small integers, exact in
+            # bf16/fp16) and the step's scale is applied to the [BLOCK_M, BLOCK_N] result,
+            # which saves a multiply per weight element.
             g1 = k0 // GROUP_COLS
             zoff = g1 * N + offs_n
             zm = n_mask & (k0 + offs_n * 0 < k_end)  # a step past K must not read a group past G
             s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)[None, :]
+            if CODEBOOK:
+                v = tl.load(lut_ptr + u)
+            elif ZMODE == 0:
+                v = _as_f32(u) - SYM_ZERO
+            elif ZMODE == 1:
+                v = _as_f32(u) - tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)[None, :]
+            else:
+                v = _as_f32(u)
+            if DOT_F32:
+                part = tl.dot(x.to(tl.float32), v, input_precision="ieee")
+            else:
+                part = tl.dot(x, v.to(x.dtype))
+            acc += part * s
+            if ZMODE == 2:  # w = u * s + min: the min's share is min * sum(x over the step)
+                mn = tl.load(z_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
+                acc += tl.sum(x.to(tl.float32), axis=1)[:, None] * mn[None, :]
         else:
-            zoff = (offs_k // GROUP_COLS)[:, None] * N + offs_n[None, :]
-            zm = tile_mask
-            s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
-        if CODEBOOK:
-            v = tl.load(lut_ptr + u) * s
-        elif ZMODE == 0:
-            v = (_as_f32(u) - SYM_ZERO) * s
-        elif ZMODE == 1:
-            z = tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)
-            if ONE_GROUP_PER_TILE and not HAS_GIDX:
-                z = z[None, :]
-            v = (_as_f32(u) - z) * s
-        else:
-            mn = tl.load(z_ptr + zoff, mask=zm, other=0.0).to(tl.float32)
-            if ONE_GROUP_PER_TILE and not HAS_GIDX:
-                mn = mn[None, :]
-            v = _as_f32(u) * s + mn
-        if DOT_F32:
-            acc = tl.dot(x.to(tl.float32), v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, v.to(x.dtype), acc)
+            if HAS_GIDX:
+                g = tl.load(gidx_ptr + offs_k, mask=k_mask, other=0)
+                zoff = g[:, None] * N + offs_n[None, :]
+            else:
+                zoff = (offs_k // GROUP_COLS)[:, None] * N + offs_n[None, :]
+            s = tl.load(s_ptr + zoff, mask=tile_mask, other=0.0).to(tl.float32)
+            if CODEBOOK:
+                v = tl.load(lut_ptr + u) * s
+            elif ZMODE == 0:
+                v = (_as_f32(u) - SYM_ZERO) * s
+            elif ZMODE == 1:
+                v = (_as_f32(u) - tl.load(z_ptr + zoff, mask=tile_mask, other=0).to(tl.float32)) * s
+            else:
+                v = _as_f32(u) * s + tl.load(z_ptr + zoff, mask=tile_mask, other=0.0).to(tl.float32)
+            if DOT_F32:
+                acc = tl.dot(x.to(tl.float32), v, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, v.to(x.dtype), acc)
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
     if ATOMIC:

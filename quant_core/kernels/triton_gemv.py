@@ -72,12 +72,20 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
             for j in tl.static_range(P):
                 k = offs_kw * P + j
                 xj = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
-                u = (w >> (j * BITS)) & MASK
                 if CODEBOOK:
-                    t += tl.load(lut_ptr + u) * xj[:, None]
+                    t += tl.load(lut_ptr + ((w >> (j * BITS)) & MASK)) * xj[:, None]
                 else:
-                    t += _as_f32(u) * xj[:, None]
+                    # code j moved into the top mantissa bits of 1.0: f = 1 + u / 2**BITS, with one
+                    # shift and one and-or per code (no int->float conversion, no subtraction)
+                    SH: tl.constexpr = 23 - BITS - j * BITS
+                    if SH >= 0:
+                        mant = (w << SH) & (MASK << (23 - BITS))
+                    else:
+                        mant = (w >> (-SH)) & (MASK << (23 - BITS))
+                    t += (mant | 0x3F800000).to(tl.float32, bitcast=True) * xj[:, None]
                 xs += xj
+            if not CODEBOOK:
+                t = (t - xs[:, None]) * (1 << BITS)  # sum_j u_j x_j, from sum_j (1 + u_j / 2**BITS) x_j
             if ONE_GROUP_PER_TILE:
                 g1 = (kw0 * P) // GROUP_COLS
                 zoff = g1 * N + offs_n

@@ -44,53 +44,55 @@ class TritonKernel(Kernel):
         super().__init__(packed, spec)
         self.weight = repack(packed)
         self.dtype = TORCH_DTYPES[spec.compute_dtype]
-        self._configs: dict[int, Config] = {}  # rows -> config, so a decode step skips the lookup
+        self._plans: dict[int, tuple] = {}  # rows -> launch plan
+        w = self.weight  # absent tensors are never read (compile-time flags): pass any pointer
+        self._zeros, self._g_idx, self._lut = (t if t is not None else w.qweight for t in (w.zeros, w.g_idx, w.lut))
 
     # -- launches -------------------------------------------------------------------------
-    def _common(self, x: torch.Tensor, out: torch.Tensor):
-        w = self.weight
-        dummy = w.qweight
-        return (x, w.qweight, w.scales, dummy if w.zeros is None else w.zeros,
-                dummy if w.g_idx is None else w.g_idx, dummy if w.lut is None else w.lut, out)
-
+    # A launch plan (grid, scalar arguments, compile-time flags) depends only on the rows and
+    # the config, so it is built once: a decode step then costs one dict lookup in Python.
     def _flags(self, tile_cols: int) -> dict:
         w = self.weight
         one_group = w.g_idx is None and (w.group_cols >= w.in_features or w.group_cols % tile_cols == 0)
         return dict(BITS=w.bits, ZMODE=w.zmode, SYM_ZERO=w.sym_zero, CODEBOOK=w.lut is not None,
                     HAS_GIDX=w.g_idx is not None, ONE_GROUP_PER_TILE=one_group)
 
-    def _out(self, m: int, split: int) -> torch.Tensor:
-        n = self.weight.out_features
-        if split > 1:  # partial sums meet through fp32 atomic adds
-            return torch.zeros((m, n), device=self.weight.qweight.device, dtype=torch.float32)
-        return torch.empty((m, n), device=self.weight.qweight.device, dtype=self.dtype)
-
-    def _run_gemv(self, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    def _plan(self, path: str, m: int, cfg: Config) -> tuple:
         w = self.weight
-        m, kw = x.shape[0], w.n_words
-        words = triton.cdiv(triton.cdiv(kw, cfg.split_k), cfg.block_k) * cfg.block_k
-        splits = triton.cdiv(kw, words)
-        out = self._out(m, splits)
-        grid = (m, triton.cdiv(w.out_features, cfg.block_n), splits)
-        gemv_kernel[grid](*self._common(x, out), w.out_features, w.in_features, kw, w.group_cols,
-                          x.stride(0), out.stride(0), words, **self._flags(cfg.block_k * w.codes_per_word),
-                          BLOCK_N=cfg.block_n, BLOCK_KW=cfg.block_k, ATOMIC=splits > 1,
-                          num_warps=cfg.num_warps)
-        return out
-
-    def _run_gemm(self, x: torch.Tensor, cfg: Config) -> torch.Tensor:
-        w = self.weight
-        m, k = x.shape[0], w.in_features
+        n, k = w.out_features, w.in_features
+        if path == "gemv":
+            words = triton.cdiv(triton.cdiv(w.n_words, cfg.split_k), cfg.block_k) * cfg.block_k
+            splits = triton.cdiv(w.n_words, words)
+            grid = (m, triton.cdiv(n, cfg.block_n), splits)
+            scalars = (n, k, w.n_words, w.group_cols, k, n, words)
+            kwargs = dict(**self._flags(cfg.block_k * w.codes_per_word), BLOCK_N=cfg.block_n,
+                          BLOCK_KW=cfg.block_k, ATOMIC=splits > 1, num_warps=cfg.num_warps)
+            return gemv_kernel, grid, scalars, kwargs, splits > 1
         per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
         splits = triton.cdiv(k, per_split)
-        out = self._out(m, splits)
-        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(w.out_features, cfg.block_n), splits)
-        gemm_kernel[grid](*self._common(x, out), m, w.out_features, k, w.group_cols,
-                          x.stride(0), out.stride(0), per_split, **self._flags(cfg.block_k),
-                          BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=8, EXPAND=cfg.expand,
-                          ATOMIC=splits > 1, DOT_F32=self._dot_f32(x.dtype),
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), splits)
+        scalars = (m, n, k, w.group_cols, k, n, per_split)
+        kwargs = dict(**self._flags(cfg.block_k), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                      BLOCK_K=cfg.block_k, GROUP_M=8, EXPAND=cfg.expand, ATOMIC=splits > 1,
+                      DOT_F32=self._dot_f32(self.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return gemm_kernel, grid, scalars, kwargs, splits > 1
+
+    def _launch(self, x: torch.Tensor, plan: tuple) -> torch.Tensor:
+        """``x``: contiguous ``[M, K]`` in the compute dtype (the plan assumes those strides)."""
+        kernel, grid, scalars, kwargs, atomic = plan
+        w = self.weight
+        shape = (x.shape[0], w.out_features)
+        # split-K partial sums meet through fp32 atomic adds into a zeroed buffer
+        out = torch.zeros(shape, device=x.device, dtype=torch.float32) if atomic else \
+            torch.empty(shape, device=x.device, dtype=self.dtype)
+        kernel[grid](x, w.qweight, w.scales, self._zeros, self._g_idx, self._lut, out, *scalars, **kwargs)
         return out
+
+    def _run_gemv(self, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+        return self._launch(x, self._plan("gemv", x.shape[0], cfg))
+
+    def _run_gemm(self, x: torch.Tensor, cfg: Config) -> torch.Tensor:
+        return self._launch(x, self._plan("gemm", x.shape[0], cfg))
 
     @staticmethod
     def _dot_f32(dtype: torch.dtype) -> bool:
@@ -99,31 +101,33 @@ class TritonKernel(Kernel):
 
     # -- choice -----------------------------------------------------------------------------
     def config_for(self, x: torch.Tensor) -> tuple[str, Config]:
+        """The path and (tuned) launch config for ``x``'s row count."""
         m = x.shape[0]
         path = "gemv" if m <= GEMV_MAX_ROWS else "gemm"
-        cfg = self._configs.get(m)
-        if cfg is not None:
-            return path, cfg
         w, interp = self.weight, interpreting()
         if path == "gemv":
             cands = gemv_candidates(m, w.out_features, w.n_words, interp)
-            run = lambda c: self._run_gemv(x, c)  # noqa: E731
         else:
             cands = gemm_candidates(m, w.out_features, w.in_features, interp)
-            run = lambda c: self._run_gemm(x, c)  # noqa: E731
         capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
         key = (path, rows_bucket(m), w.in_features, w.out_features, w.bits, w.zmode,
                w.lut is not None, w.g_idx is not None, w.group_cols, x.dtype)
-        cfg = CACHE.choose(key, cands, run, tune=not interp and not capturing)
-        if not capturing:
-            self._configs[m] = cfg
-        return path, cfg
+        run = lambda c: self._launch(x, self._plan(path, m, c))  # noqa: E731
+        return path, CACHE.choose(key, cands, run, tune=not interp and not capturing)
+
+    def _plan_for(self, x: torch.Tensor) -> tuple:
+        plan = self._plans.get(x.shape[0])
+        if plan is None:
+            path, cfg = self.config_for(x)
+            plan = self._plan(path, x.shape[0], cfg)
+            if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+                self._plans[x.shape[0]] = plan  # an untuned default is not kept
+        return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(self.dtype).contiguous()
         if x2.shape[0] == 0:
             return x2.new_empty((*lead, self.weight.out_features))
-        path, cfg = self.config_for(x2)
-        out = self._run_gemv(x2, cfg) if path == "gemv" else self._run_gemm(x2, cfg)
+        out = self._launch(x2, self._plan_for(x2))
         return out.to(self.dtype).reshape(*lead, self.weight.out_features)

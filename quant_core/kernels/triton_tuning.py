@@ -53,13 +53,12 @@ def gemv_candidates(rows: int, n: int, kw: int, interpreting: bool) -> list[Conf
         return [Config(block_n=32, block_k=4, num_warps=1, split_k=2 if kw >= 8 else 1)]
     target = 4 * sm_count()  # rows add programs but share weight tiles, so they don't count
     out = []
-    for block_n, block_kw, warps in ((64, 16, 4), (128, 8, 4), (128, 16, 4), (256, 8, 8),
+    for block_n, block_kw, warps in ((128, 16, 4), (32, 16, 2), (64, 16, 4), (128, 8, 4), (256, 8, 8),
                                      (128, 32, 8), (64, 32, 4), (256, 16, 8)):
-        tiles = -(-n // block_n)
-        split = _split_for(tiles, -(-kw // block_kw), target)
-        out.append(Config(block_n, block_kw, warps, split))
-        if split > 1:
-            out.append(Config(block_n, block_kw, warps, max(1, split // 2)))
+        steps = -(-kw // block_kw)
+        split = _split_for(-(-n // block_n), steps, target)
+        for s in dict.fromkeys((split, max(1, split // 2), min(split * 2, steps), 1)):
+            out.append(Config(block_n, block_kw, warps, s))
     return out
 
 
@@ -69,20 +68,19 @@ def gemm_candidates(m: int, n: int, k: int, interpreting: bool) -> list[Config]:
         return [Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16),
                 Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16, expand=True)]
     target = 2 * sm_count()
-    shapes = [(16, 64, 128, 4, 4), (16, 128, 128, 4, 3), (32, 64, 128, 4, 4), (32, 128, 64, 4, 4),
-              (64, 64, 64, 4, 4), (64, 128, 64, 4, 3), (64, 128, 128, 8, 3), (128, 128, 64, 8, 3),
+    shapes = [(16, 64, 128, 4, 4), (16, 32, 128, 2, 4), (16, 128, 128, 4, 3), (32, 64, 128, 4, 4),
+              (32, 128, 128, 4, 3), (64, 64, 128, 4, 3), (64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
               (128, 256, 64, 8, 3)]
     bm_cap = max(16, 1 << (m - 1).bit_length())
     out = []
     for bm, bn, bk, warps, stages in shapes:
-        if bm > bm_cap:
+        if bm > bm_cap or (m >= 128 and bm < 32):
             continue
         tiles = -(-m // bm) * -(-n // bn)
         split = _split_for(tiles, -(-k // bk), target)
-        out.append(Config(bn, bk, warps, split, bm, stages))
-        out.append(Config(bn, bk, warps, split, bm, stages, expand=True))
-        if split > 1:
-            out.append(Config(bn, bk, warps, 1, bm, stages))
+        for s in dict.fromkeys((split, 1)):
+            out.append(Config(bn, bk, warps, s, bm, stages))
+            out.append(Config(bn, bk, warps, s, bm, stages, expand=True))
     return out
 
 
