@@ -144,12 +144,29 @@ def normalized_scales(s: torch.Tensor) -> torch.Tensor:
     return s / (s.max() * s.min()).sqrt()
 
 
+def _phi3_v_rows(cfg) -> slice:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    q, kv = cfg.num_attention_heads * head_dim, (cfg.num_key_value_heads or cfg.num_attention_heads) * head_dim
+    return slice(q + kv, q + 2 * kv)  # qkv_proj rows are [q | k | v]
+
+
+# Producers that are a row slice of a fused linear, which the driver's table leaves as None:
+# (model_type, first linear of the group) -> (producer, rows(config)).
+FUSED_PRODUCERS = {
+    ("phi3", "self_attn.o_proj"): ("self_attn.qkv_proj", _phi3_v_rows),
+    ("phi3", "mlp.down_proj"): ("mlp.gate_up_proj",  # up = second half; down reads act(gate) * up
+                                lambda cfg: slice(cfg.intermediate_size, 2 * cfg.intermediate_size)),
+    ("gpt2", "attn.c_proj"): ("attn.c_attn", lambda cfg: slice(2 * cfg.n_embd, 3 * cfg.n_embd)),  # [q | k | v]
+}
+
+
 def scale_groups(block: nn.Module, arch, model_config=None) -> list[ScaleGroup]:
     """``blocks.Architecture.groups`` resolved on one block into ``ScaleGroup``s.
 
     A producer linear narrower than the group's input is accepted when grouped-query
-    attention explains it (the scales are then tied per value channel); any other
-    mismatch, or no producer in the table, leaves the group unfoldable.
+    attention explains it (the scales are then tied per value channel); fused producers
+    come from ``FUSED_PRODUCERS``; any other mismatch, or no producer, leaves the group
+    unfoldable (GPT-2's ``mlp.c_proj`` after GELU: it is only clipped).
     """
     groups = []
     for lg in arch.groups:
@@ -159,8 +176,14 @@ def scale_groups(block: nn.Module, arch, model_config=None) -> list[ScaleGroup]:
         if len(lg.names) == 1 and parent is linears[0]:
             parent = None  # a lone linear's own output error is computed exactly from its inputs
         group = ScaleGroup(list(lg.names), linears, prev, prev_name=lg.prev_op or "", parent=parent)
-        if isinstance(prev, nn.Linear) and prev.out_features != group.in_features:
-            group.channel_map = _gqa_map(model_config, prev.out_features, group.in_features)
+        fused = FUSED_PRODUCERS.get((getattr(model_config, "model_type", None), lg.names[0]))
+        if prev is None and fused is not None:
+            group.prev, group.prev_name = block.get_submodule(fused[0]), fused[0]
+            group.prev_rows = fused[1](model_config)
+        produced = (len(range(group.prev.out_features)[group.prev_rows or slice(None)])
+                    if isinstance(group.prev, nn.Linear) else None)
+        if produced is not None and produced != group.in_features:
+            group.channel_map = _gqa_map(model_config, produced, group.in_features)
             if group.channel_map is None:
                 group.prev = None
         groups.append(group)
