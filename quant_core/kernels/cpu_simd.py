@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 
 import torch
 
@@ -21,12 +22,24 @@ from .reference import quantize_activations_int8
 
 # Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
 # benchmarks/cpu_speed.py's GEMM rows on 2 threads); $QUANTLLM_CPU_GEMM_ROWS overrides.
-GEMM_ROWS = int(os.environ.get("QUANTLLM_CPU_GEMM_ROWS", "32"))
+GEMM_ROWS = int(os.environ.get("QUANTLLM_CPU_GEMM_ROWS", "16"))
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
 
 
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+SCRATCH_FLOATS = 1 << 20  # 4 MiB of float32 weight rows per GEMM slab
+_local = threading.local()
+
+
+def _ptr(t: torch.Tensor | None, offset_bytes: int = 0):
+    return None if t is None else ctypes.c_void_p(t.data_ptr() + offset_bytes)
+
+
+def _scratch(numel: int) -> torch.Tensor:
+    """A per-thread float32 buffer reused across calls and layers."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _local.buf = torch.empty(numel)
+    return buf
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,14 +94,30 @@ class _CpuSimdKernel(Kernel):
             x2 = torch.nn.functional.pad(x2, (0, w.padded_in - w.in_features))
         return x2.contiguous()
 
-    def dequantize(self) -> torch.Tensor:
-        """Float32 ``[N, Kp]`` in the kernel's column order (for the GEMM path)."""
+    def dequantize(self, n0: int = 0, n1: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 rows ``[n0, n1)`` of the weight, ``[rows, Kp]`` in the kernel's column order."""
         w = self.w
-        out = torch.empty(w.out_features, w.padded_in)
-        self.lib.qdequant(_ptr(w.qweight), w.layout, w.out_features, w.padded_in, w.n_groups,
-                          w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(w.lut), _ptr(out),
-                          torch.get_num_threads())
+        n1 = w.out_features if n1 is None else n1
+        out = torch.empty(n1 - n0, w.padded_in) if out is None else out
+        row_bytes = w.qweight.shape[1] * w.qweight.element_size()
+        self.lib.qdequant(_ptr(w.qweight, n0 * row_bytes), w.layout, n1 - n0, w.padded_in, w.n_groups,
+                          w.blocks_per_group, _ptr(w.scales, n0 * w.n_groups * 4),
+                          _ptr(w.offs, n0 * w.n_groups * 4), _ptr(w.lut), _ptr(out), torch.get_num_threads())
         return out
+
+    def _gemm(self, xa: torch.Tensor) -> torch.Tensor:
+        """Large batches: dequantize a slab of rows at a time into a reused scratch buffer (no
+        full float copy, no fresh pages per call) and let PyTorch's GEMM do the math."""
+        w = self.w
+        rows = max(16, SCRATCH_FLOATS // w.padded_in)
+        scratch = _scratch(rows * w.padded_in)
+        yt = torch.empty(w.out_features, xa.shape[0])
+        xt = xa.t()
+        for n0 in range(0, w.out_features, rows):
+            n1 = min(n0 + rows, w.out_features)
+            slab = scratch[: (n1 - n0) * w.padded_in].view(n1 - n0, w.padded_in)
+            torch.mm(self.dequantize(n0, n1, slab), xt, out=yt[n0:n1])
+        return yt.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
@@ -102,7 +131,7 @@ class _CpuSimdKernel(Kernel):
             self.lib.qgemm_i8(_ptr(q), _ptr(s), m, _ptr(w.qweight), w.layout, w.out_features, w.padded_in,
                               w.n_groups, w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(y), threads)
         elif m >= GEMM_ROWS:
-            y = xa @ self.dequantize().t()
+            y = self._gemm(xa)
         else:
             y = torch.empty(m, w.out_features)
             self.lib.qgemm_f32(_ptr(xa), m, _ptr(w.qweight), w.layout, w.out_features, w.padded_in,

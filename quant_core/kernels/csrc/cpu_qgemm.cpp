@@ -159,6 +159,8 @@ void gemm_f32(const float* x, int M, const uint8_t* w, int N, int Kp, int G, int
     for (int c = 0; c < chunks; ++c) {
         const int n0 = c * 16, n1 = n0 + 16 < N ? n0 + 16 : N;
         int m = 0;
+        // Tiles of 4 rows share one decode of the weights. (A tile of 8 measured slower than two
+        // of 4 on AVX-512: 3.9 ms vs 2.2 ms for 7 rows of a 2048x5632 int4 layer, one thread.)
         for (; m + 4 <= M; m += 4)
             rows_f32<4, BYTES, CB>(x + (int64_t)m * Kp, Kp, xsum + m * G, w, N, Kp, G, gsb, scales, offs, lut, y + (int64_t)m * N, N, n0, n1);
         switch (M - m) {
