@@ -152,3 +152,16 @@ def test_too_little_calibration_data_is_an_error():
         quantize(tiny(), QuantConfig(algorithm="awq"), calibration=ids(1, 32), progress=False)
     with pytest.raises(CalibrationError, match="tokenizer"):
         quantize(tiny(), QuantConfig(algorithm="awq"), progress=False)
+
+
+def test_awq_model_saves_and_reloads_with_the_folded_norms(tmp_path):
+    from quant_core.serialization import load_quantized, save_quantized
+
+    model = quantize(tiny(), QuantConfig(algorithm="awq", group_size=32), calibration=ids(), progress=False)
+    x = ids(1, 16, seed=3)
+    with torch.no_grad():
+        expected = model(x).logits
+    save_quantized(model, None, tmp_path / "awq")
+    loaded, _ = load_quantized(tmp_path / "awq")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, expected, atol=1e-5, rtol=0)
