@@ -141,3 +141,17 @@ def test_bad_calls_fail_before_any_forward(llm):
         llm.invoke("hi", stop=[3])
     with pytest.raises(ValueError, match="prompt"):
         llm.generate([])
+
+
+def test_text2text_from_model_id_on_a_saved_tiny_t5(tmp_path, monkeypatch):
+    import quant_core.auto as auto
+
+    monkeypatch.setattr(auto, "_CACHE", {})
+    tiny_t5().save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    llm = WeightOnlyQuantPipeline.from_model_id(model_id=str(tmp_path), task="text2text-generation",
+                                                quantization_config=QuantConfig(weight_dtype="nf4", group_size=32),
+                                                pipeline_kwargs={"max_new_tokens": 4})
+    chain = PROMPT | llm
+    assert chain.batch([{"question": q} for q in QUESTIONS]) == [chain.invoke({"question": q}) for q in QUESTIONS]
+    assert any(isinstance(m, QuantLinear) for m in llm.get_engine().model.modules())
