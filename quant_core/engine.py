@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from .engine_rows import Row, choose_next_tokens
+from .engine_rows import Row, choose_next_tokens, decoder_start_id, device_of, eos_ids, first_not_none
 
 
 @dataclass
@@ -82,8 +82,8 @@ class GenerationEngine:
         self.chat_template = chat_template
         config = model.config
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.pad_id = _first_not_none(tokenizer.pad_token_id, getattr(config, "pad_token_id", None),
+        self.eos_ids = eos_ids(model, tokenizer)
+        self.pad_id = first_not_none(tokenizer.pad_token_id, getattr(config, "pad_token_id", None),
                                       *sorted(self.eos_ids), 0)
         accepted = inspect.signature(model.forward).parameters
         self._pass_positions = not self.is_encoder_decoder and "position_ids" in accepted
@@ -191,7 +191,7 @@ class GenerationEngine:
         add_special = not (bos and prompt.startswith(bos))
         ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
         if not ids:  # an empty prompt still needs one token to condition on
-            ids = [_first_not_none(self.tokenizer.bos_token_id, *sorted(self.eos_ids), self.pad_id)]
+            ids = [first_not_none(self.tokenizer.bos_token_id, *sorted(self.eos_ids), self.pad_id)]
         return list(ids)
 
     def _take_group(self, request: _Request) -> list[_Request]:
@@ -228,7 +228,7 @@ class GenerationEngine:
 
     def _decode(self, encoded: list[list[int]], params: GenerationParams) -> Iterator[list[Row]]:
         """Run one batch; yields the rows after every step (one forward pass per step)."""
-        device = _device_of(self.model)
+        device = device_of(self.model)
         window = None if self.is_encoder_decoder else self.context_window
         rows = [Row(self.tokenizer, params.stop, len(ids),
                     params.max_new_tokens if window is None else min(params.max_new_tokens, window - len(ids)))
@@ -242,7 +242,7 @@ class GenerationEngine:
         if self.is_encoder_decoder:
             with self._forward_lock, torch.no_grad():
                 encoder_outputs = self.model.get_encoder()(input_ids=input_ids, attention_mask=mask)
-            start = _decoder_start_id(self.model)
+            start = decoder_start_id(self.model)
             history = torch.full((len(rows), 1), start, device=device)
             history_mask = torch.ones_like(history)
             step = dict(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=history)
@@ -279,31 +279,3 @@ class GenerationEngine:
                 if self._pass_positions:
                     step["position_ids"] = mask.sum(-1, keepdim=True) - 1
 
-
-def _device_of(model) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _first_not_none(*values):
-    return next(v for v in values if v is not None)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return ids
-
-
-def _decoder_start_id(model) -> int:
-    for source in (getattr(model, "generation_config", None), model.config):
-        value = getattr(source, "decoder_start_token_id", None)
-        if value is not None:
-            return value
-    return model.config.pad_token_id

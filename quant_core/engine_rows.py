@@ -1,4 +1,4 @@
-"""Pieces of the generation engine that work on one step's logits or one row's text."""
+"""Pieces of the generation engine: one row's text, one step's next tokens, facts about a model."""
 from __future__ import annotations
 
 import torch
@@ -90,3 +90,34 @@ def choose_next_tokens(logits: torch.Tensor, history: torch.Tensor, history_mask
         logits = TopPLogitsWarper(params.top_p)(history, logits)
     probs = torch.softmax(logits, -1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# ---- facts about a model and tokenizer ----
+
+def device_of(model) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def first_not_none(*values):
+    return next(v for v in values if v is not None)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update(value if isinstance(value, (list, tuple)) else [value])
+    return ids
+
+
+def decoder_start_id(model) -> int:
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "decoder_start_token_id", None)
+        if value is not None:
+            return value
+    return model.config.pad_token_id
