@@ -100,23 +100,15 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import torch
-
+    from .engine import GenerationEngine, GenerationParams
     from .loading import load_model
 
     model, tokenizer = load_model(args.model, device=args.device)
-    if not args.raw and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": args.prompt}],
-                                             add_generation_prompt=True, tokenize=False)
-    else:
-        text = args.prompt
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw).input_ids.to(args.device)
-    sample = args.temperature > 0
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sample,
-                             temperature=args.temperature if sample else None, top_p=None, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    engine = GenerationEngine(model, tokenizer)
+    use_chat = not args.raw and engine.has_chat_template
+    text = engine.render_chat([{"role": "user", "content": args.prompt}]) if use_chat else args.prompt
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    print(engine.generate([text], params)[0].text.strip())
     return 0
 
 
