@@ -46,6 +46,7 @@ def test_qa_prompt_carries_context_and_question():
 
 
 def test_example_rejects_a_missing_folder_before_loading_a_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the example sets it on import: keep it out of other tests
     sys.path.insert(0, str(DATA.parent))
     try:
         import llamaindex_rag
@@ -57,11 +58,12 @@ def test_example_rejects_a_missing_folder_before_loading_a_model(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_rag_on_int4_smollm2_retrieves_the_answering_document(smollm2):
+def test_rag_on_int4_smollm2_retrieves_the_answering_document(smollm2, monkeypatch):
     from llamaindex_quant import QuantLlamaLLM
     from llamaindex_quant.rag import answer_questions, build_index, local_embed_model
     from quant_core import QuantConfig
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # local_embed_model sets it: keep it out of other tests
     model, tokenizer = smollm2
     llm = QuantLlamaLLM.from_model(copy.deepcopy(model), tokenizer,  # the fixture is shared: quantize a copy
                                    QuantConfig(weight_dtype="int4", group_size=128), max_new_tokens=8)
