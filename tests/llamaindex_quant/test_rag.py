@@ -57,6 +57,23 @@ def test_example_rejects_a_missing_folder_before_loading_a_model(tmp_path, monke
         llamaindex_rag.main(["--docs", str(tmp_path / "missing")])
 
 
+def test_query_engine_runs_on_the_llm_plain_and_streaming(tmp_path, make_tiny_tokenizer, make_tiny_model):
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+
+    from llamaindex_quant import QuantLlamaLLM
+
+    tokenizer = make_tiny_tokenizer()
+    llm = QuantLlamaLLM.from_model(make_tiny_model(len(tokenizer), max_positions=1024), tokenizer,
+                                   max_new_tokens=4)
+    index = VectorStoreIndex.from_documents([Document(text="the quick brown fox")], embed_model=MockEmbedding(embed_dim=8))
+    response = index.as_query_engine(llm=llm).query("what jumps?")
+    assert isinstance(response.response, str) and response.response.strip()
+    assert [n.node.get_content() for n in response.source_nodes] == ["the quick brown fox"]
+    streamed = index.as_query_engine(llm=llm, streaming=True).query("what jumps?")
+    assert "".join(streamed.response_gen).strip() == response.response.strip()  # same greedy answer
+
+
 @pytest.mark.slow
 def test_rag_on_int4_smollm2_retrieves_the_answering_document(smollm2, monkeypatch):
     from llamaindex_quant import QuantLlamaLLM
