@@ -77,11 +77,10 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
                 else:
                     # code j moved into the top mantissa bits of 1.0: f = 1 + u / 2**BITS, with one
                     # shift and one and-or per code (no int->float conversion, no subtraction)
-                    SH: tl.constexpr = 23 - BITS - j * BITS
-                    if SH >= 0:
-                        mant = (w << SH) & (MASK << (23 - BITS))
+                    if 23 - BITS - j * BITS >= 0:  # compile-time branch and shift amounts
+                        mant = (w << (23 - BITS - j * BITS)) & (MASK << (23 - BITS))
                     else:
-                        mant = (w >> (-SH)) & (MASK << (23 - BITS))
+                        mant = (w >> (j * BITS + BITS - 23)) & (MASK << (23 - BITS))
                     t += (mant | 0x3F800000).to(tl.float32, bitcast=True) * xj[:, None]
                 xs += xj
             if not CODEBOOK:
