@@ -70,3 +70,23 @@ def test_quantllm_loads_a_checkpoint_gptqmodel_made(tiny_llama_320, tiny_tokeniz
     assert any(m.g_idx is not None for m in ours.modules() if isinstance(m, QuantLinear))  # act order kept
     theirs = gm.GPTQModel.load(str(tmp_path / "theirs"), device="cpu", backend=gm.BACKEND.TORCH, dtype=torch.float16)
     assert_same_as_gptqmodel(ours, theirs.model, torch.tensor([[5, 17, 250, 3, 99]]))
+
+
+@pytest.mark.slow  # importing GPTQModel's kernels through transformers: ~15 s
+@needs_gptqmodel
+def test_transformers_awq_integration_loads_our_awq_export(tiny_llama_320, tiny_tokenizer, tmp_path):
+    """transformers' own AWQ path (AutoModelForCausalLM + quantization_config quant_method awq, which
+    runs GPTQModel's AWQ kernels on CPU) reads our GEMM-layout export."""
+    from transformers import AutoModelForCausalLM
+
+    from quant_core.interop import export_awq
+
+    gptqmodel()
+    model = quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32, scheme="asym"))
+    export_awq(model, tiny_tokenizer, tmp_path / "awq")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "awq", device_map="cpu", dtype=torch.float16)
+    assert "Awq" in type(theirs.model.layers[0].self_attn.q_proj).__name__
+    ids = torch.tensor([[5, 17, 250, 3, 99]])
+    with torch.no_grad():
+        a, b = model(ids).logits, theirs(ids).logits.float()
+    assert (a - b).abs().max().item() < 5e-3 * a.abs().max().item()
