@@ -105,7 +105,8 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
         mark_quantized(model, config.model_copy(update={
             "weight_dtype": blocks.FORMAT_OF[main], "scheme": "asym" if "Q4_1" in kinds else "sym",
             "modules_to_not_convert": [] if "lm_head" in imported else ["lm_head"]}))
-        model.config.quantization_config["gguf_types"] = sorted(set(kinds))
+        # beside quantization_config, which must stay a valid QuantConfig dict
+        model.config.quantllm_import = {"from": "gguf", "types": sorted(set(kinds))}
     return imported
 
 

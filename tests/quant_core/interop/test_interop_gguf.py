@@ -72,7 +72,7 @@ def test_export_reads_back_exactly_in_transformers_and_packed(tiny_llama_320, ti
             assert torch.equal(theirs.get_submodule(name).weight, m.packed.dequantize()), name
     # our packed importer gets the very same packed tensors back
     ours, tokenizer = load_gguf_packed(str(path))
-    assert set(ours.config.quantization_config["gguf_types"]) == {"Q4_0", "Q4_1", "Q8_0"}
+    assert set(ours.config.quantllm_import["types"]) == {"Q4_0", "Q4_1", "Q8_0"}
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
             back = ours.get_submodule(name)
@@ -81,6 +81,11 @@ def test_export_reads_back_exactly_in_transformers_and_packed(tiny_llama_320, ti
     ids = torch.tensor([tokenizer("the lazy fox").input_ids])
     with torch.no_grad():
         assert torch.equal(ours(ids).logits, model(ids).logits)
+    # an imported GGUF model saves and reloads as a quantllm checkpoint (float minimums included)
+    from quant_core.serialization import load_quantized, save_quantized
+    again, _ = load_quantized(save_quantized(ours, tokenizer, tmp_path / "saved"))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
 
 
 @pytest.mark.parametrize("config,match", [

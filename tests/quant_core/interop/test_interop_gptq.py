@@ -12,6 +12,7 @@ from quant_core.interop import ExportError, export_gptq, load_gptq
 from quant_core.interop.gptq import layer_from_gptq, layer_to_gptq
 from quant_core.loading import detect, load_model
 from quant_core.modules import QuantLinear
+from quant_core.serialization import load_quantized, save_quantized
 
 
 def gptq_reference_dequant(qweight, qzeros, scales, g_idx, bits, checkpoint_format):
@@ -80,6 +81,9 @@ def test_round_trip_keeps_logits_exactly(tiny_llama, tmp_path, weight_dtype, gro
     for name, m in tiny_llama.named_modules():
         if isinstance(m, QuantLinear):
             assert torch.equal(model.get_submodule(name).packed.dequantize(), m.packed.dequantize())
+    again, _ = load_quantized(save_quantized(model, None, tmp_path / "saved"))  # and as a quantllm checkpoint
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, ref)
 
 
 def test_act_order_g_idx_survives_the_round_trip(tiny_llama, tmp_path):
