@@ -133,10 +133,11 @@ def child_model(args):
     model = build(args.model, args.row)
     vocab = model.config.vocab_size
     out = {"weight_bytes": linear_weight_bytes(model)}
-    prompt = torch.randint(100, vocab, (1, 512))
+    prompt = torch.randint(100, vocab, (1, args.prefill_tokens))
+    out["settings"] = {"prefill_tokens": args.prefill_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats}
     with torch.inference_mode():
         model(input_ids=prompt[:, :8])  # first call repacks weights and builds kernels
-        out["prefill_tok_s"] = 512 / median_time(lambda: model(input_ids=prompt, logits_to_keep=1), args.repeats)
+        out["prefill_tok_s"] = args.prefill_tokens / median_time(lambda: model(input_ids=prompt, logits_to_keep=1), args.repeats)
     peak_rss_reset()
     for b in (1, 8):
         ids = torch.randint(100, vocab, (b, 128))
@@ -184,7 +185,7 @@ def child_gemm(args):
                     def one():
                         copies[state["i"] % len(copies)](xin)
                         state["i"] += 1
-                    reps = max(3, min(len(copies) * 2, 60))
+                    reps = max(3, min(len(copies), 20))
                     out[f"{shape_name}|{m}|{row}"] = median_time(one, reps) * 1e3
                 del copies
     return out
@@ -209,12 +210,13 @@ def child_llamacpp(args):
 
 
 # ---------------------------------------------------------------- parent: run children, print table
-def run_child(kind, args, **extra):
+def run_child(kind, args, new_tokens=None, prefill_tokens=None, **extra):
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads), "--repeats", str(args.repeats),
-           "--new-tokens", str(args.new_tokens), "--rows", *args.rows]
+           "--new-tokens", str(new_tokens or args.new_tokens), "--prefill-tokens", str(prefill_tokens or args.prefill_tokens),
+           "--rows", *args.rows]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
-    if args.dynamic_cache:
+    if args.dynamic_cache and extra.get("model") == "smollm2":  # the small model is where overhead shows
         cmd.append("--dynamic-cache")
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     if proc.returncode != 0:
@@ -229,6 +231,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--small-rows", nargs="+", choices=list(ROWS), help="rows for SmolLM2 (default: --rows)")
+    ap.add_argument("--big-new-tokens", type=int, help="new tokens for the 1.1B model (default: --new-tokens)")
+    ap.add_argument("--big-prefill-tokens", type=int, help="prefill length for the 1.1B model (default: --prefill-tokens)")
     ap.add_argument("--cache-bytes", type=int, default=96 << 20, help="GEMM rows rotate over this many bytes of layers")
     ap.add_argument("--dynamic-cache", action="store_true", help="also decode with the model's dynamic KV cache")
     ap.add_argument("--no-gemm", action="store_true")
@@ -254,11 +260,15 @@ def main(argv=None):
     results = {"cpu": info, "args": {k: v for k, v in vars(args).items() if k not in ("child", "model", "row")},
                "models": {}, "gemm": {}, "llamacpp": None}
     for model_name in args.models:
-        for row in args.rows:
+        for row in (args.small_rows or args.rows) if model_name == "smollm2" else args.rows:
             t = time.time()
-            r = run_child("model", args, model=model_name, row=row)
+            big = model_name == "tinyllama-1.1b"
+            r = run_child("model", args, new_tokens=args.big_new_tokens if big else None,
+                          prefill_tokens=args.big_prefill_tokens if big else None, model=model_name, row=row)
             results["models"][f"{model_name}|{row}"] = r
             print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
+            results["wall_s"] = time.time() - started
+            write_report(results, RESULTS)  # partial table so far, in case the run is cut short
     if not args.no_gemm:
         results["gemm"] = run_child("gemm", args, **{"cache-bytes": args.cache_bytes})
         print("GEMM ms:", json.dumps(results["gemm"]), flush=True)
