@@ -20,7 +20,8 @@ from typing import Iterator
 
 import torch
 
-from .engine_rows import Row, choose_next_tokens, decoder_start_id, device_of, eos_ids, first_not_none
+from .engine_rows import Row, choose_next_tokens, device_of, eos_ids, first_not_none
+from .engine_steppers import DynamicStepper, Seq2SeqStepper, StaticStepper
 
 
 @dataclass
@@ -74,9 +75,15 @@ class _Request:
 class GenerationEngine:
     """Batched generation with left padding, stop strings, streaming and token counts."""
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, chat_template: str | None = None):
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, chat_template: str | None = None,
+                 kv_cache: str = "auto"):
+        """``kv_cache``: "static" (quant_core.decode's preallocated cache: no per-step growth),
+        "dynamic" (transformers' own), or "auto": static for decoder-only models that transformers
+        marks as compilable (static-cache capable), dynamic otherwise and for encoder-decoders."""
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
+        if kv_cache not in ("auto", "static", "dynamic"):
+            raise ValueError(f"kv_cache must be 'auto', 'static' or 'dynamic'; got {kv_cache!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch_size = max_batch_size
         self.chat_template = chat_template
@@ -91,6 +98,12 @@ class GenerationEngine:
         self._cache_arg = "cache" if "cache" in accepted else "past_key_values"
         # only the last position's logits are needed (saves a [prompt, vocab] matmul at prefill)
         self._extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        if kv_cache == "auto":
+            static_ok = not self.is_encoder_decoder and getattr(model, "_can_compile_fullgraph", False)
+            kv_cache = "static" if static_ok else "dynamic"
+        if kv_cache == "static" and self.is_encoder_decoder:
+            raise ValueError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
+        self.kv_cache = kv_cache
         self._forward_lock = threading.Lock()  # one forward pass at a time
         self._leader_lock = threading.Lock()  # one batch being formed and run at a time
         self._queue_lock = threading.Lock()
@@ -239,25 +252,14 @@ class GenerationEngine:
         generator = None
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=device).manual_seed(params.seed)
-        if self.is_encoder_decoder:
-            with self._forward_lock, torch.no_grad():
-                encoder_outputs = self.model.get_encoder()(input_ids=input_ids, attention_mask=mask)
-            start = decoder_start_id(self.model)
-            history = torch.full((len(rows), 1), start, device=device)
-            history_mask = torch.ones_like(history)
-            step = dict(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=history)
-        else:
-            history, history_mask = input_ids, mask
-            step = dict(input_ids=input_ids, attention_mask=mask)
-            if self._pass_positions:
-                step["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = None
+        stepper = self._stepper(input_ids, mask, width + max(r.budget for r in rows))
+        history = stepper.history
+        history_mask = torch.ones_like(history) if self.is_encoder_decoder else mask
+        with self._forward_lock, torch.no_grad():
+            logits = stepper.first()
         while True:
-            with self._forward_lock, torch.no_grad():
-                out = self.model(**step, **{self._cache_arg: cache}, use_cache=True, **self._extra)
-                cache = getattr(out, "cache", None)
-                cache = getattr(out, "past_key_values", None) if cache is None else cache
-                tokens = choose_next_tokens(out.logits[:, -1, :].float(), history, history_mask, params, generator)
+            with torch.no_grad():
+                tokens = choose_next_tokens(logits, history, history_mask, params, generator)
             finished = []
             for row, token in zip(rows, tokens.tolist()):
                 if not row.finished:
@@ -270,12 +272,12 @@ class GenerationEngine:
             tokens = torch.where(done, torch.full_like(tokens, self.pad_id), tokens)[:, None]
             history = torch.cat([history, tokens], 1)
             history_mask = torch.cat([history_mask, (~done).long()[:, None]], 1)
-            if self.is_encoder_decoder:
-                step = dict(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tokens)
-            else:
-                # finished rows keep a 1 in the mask so their attention never sees an all-masked row
-                mask = torch.cat([mask, torch.ones_like(tokens)], 1)
-                step = dict(input_ids=tokens, attention_mask=mask)
-                if self._pass_positions:
-                    step["position_ids"] = mask.sum(-1, keepdim=True) - 1
+            with self._forward_lock, torch.no_grad():
+                logits = stepper.next(tokens)
 
+    def _stepper(self, input_ids, mask, max_len: int):
+        if self.is_encoder_decoder:
+            return Seq2SeqStepper(self.model, input_ids, mask, self._cache_arg)
+        if self.kv_cache == "static":
+            return StaticStepper(self.model, input_ids, mask, max_len)
+        return DynamicStepper(self.model, input_ids, mask, self._cache_arg, self._extra, self._pass_positions)

@@ -53,11 +53,14 @@ def hf_greedy(model, tok, prompt, n):
     return tok.decode(out[0, start:], skip_special_tokens=True)
 
 
-def test_batch_matches_one_by_one_and_transformers_generate(llama, tok):
-    engine = GenerationEngine(llama, tok)
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_batch_matches_one_by_one_and_transformers_generate(llama, tok, kv_cache):
+    engine = GenerationEngine(llama, tok, kv_cache=kv_cache)
+    assert engine.kv_cache == kv_cache
     batch = engine.generate(PROMPTS, GREEDY)
     assert batch == [engine.generate([p], GREEDY)[0] for p in PROMPTS]
-    assert [o.text for o in batch] == [hf_greedy(llama, tok, p, 10) for p in PROMPTS]
+    if kv_cache == "static":  # the default; transformers' generate is the slow part of this test
+        assert [o.text for o in batch] == [hf_greedy(llama, tok, p, 10) for p in PROMPTS]
     assert [o.prompt_tokens for o in batch] == [len(tok(p).input_ids) for p in PROMPTS]
     assert all(o.completion_tokens == 10 and o.finish_reason == "length" for o in batch)
 
@@ -202,6 +205,15 @@ def test_render_chat_uses_the_template_and_explains_a_missing_one(llama, tok):
         bare.render_chat([{"role": "user", "content": "Hi"}])
     given = GenerationEngine(llama, byte_tokenizer(), chat_template=CHATML_TEMPLATE)
     assert given.render_chat([{"role": "user", "content": "Hi"}]) == text
+
+
+def test_kv_cache_choice():
+    assert GenerationEngine(tiny_llama_lm(), byte_tokenizer()).kv_cache == "static"
+    assert GenerationEngine(tiny_t5(), byte_tokenizer()).kv_cache == "dynamic"
+    with pytest.raises(ValueError, match="decoder-only"):
+        GenerationEngine(tiny_t5(), byte_tokenizer(), kv_cache="static")
+    with pytest.raises(ValueError, match="kv_cache"):
+        GenerationEngine(tiny_llama_lm(), byte_tokenizer(), kv_cache="paged")
 
 
 def test_output_is_a_plain_dataclass():
