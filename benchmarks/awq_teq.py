@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     ap.add_argument("--teq-lr", type=float, default=None, help="TEQ Adam learning rate (default: TEQ's)")
     ap.add_argument("--out", default=str(ROOT / "results" / "awq_teq.md"))
     args = ap.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = False  # figures must not depend on the device's matmul precision
 
     model, tokenizer = load_model(args.model, device=args.device)
     text = read_eval_text(args.text)

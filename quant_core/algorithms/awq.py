@@ -143,7 +143,8 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
 
 
 def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig,
-              clip: bool = True, duo_scaling: bool = True, clip_skip: tuple[str, ...] = ()) -> dict[str, QuantResult]:
+              clip: bool = True, duo_scaling: bool = True, clip_skip: tuple[str, ...] = (),
+              clip_grid: int = CLIP_GRID) -> dict[str, QuantResult]:
     """Scale, fold, clip and quantize every linear of one block; returns codes per linear name.
 
     Groups are handled consumer-first (reverse of block order) so that when a group's
@@ -168,7 +169,7 @@ def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
         for name, lin in zip(group.names, group.linears):
             w = lin.weight.detach().float()
             searched = clip and not any(part in name for part in clip_skip)
-            shrink = search_clip(w, stats[name].H.to(w.device), config) if searched else 1.0
+            shrink = search_clip(w, stats[name].H.to(w.device), config, n_grid=clip_grid) if searched else 1.0
             results[name] = quantize_clipped(w, config, shrink)
     return results
 
