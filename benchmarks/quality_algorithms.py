@@ -32,6 +32,7 @@ from quality_columns import COLUMNS, EVAL_FILE, ROWS, SEQLEN, WINDOWS  # noqa: E
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "quality_algorithms.json"
+TIMING_STORE = RESULTS / "quality_timing.json"  # separate: the CPU timing run and the table run may overlap
 TIMING_COLUMN = "int4_g128_sym"
 
 
@@ -98,19 +99,23 @@ def run_table(args, store: dict) -> None:
 
 def run_timing(args, store: dict) -> None:
     """Each algorithm at int4 g128 sym in a fresh subprocess on this CPU: wall time, peak RSS."""
-    timing = store.setdefault("timing", {})
+    timing = json.loads(TIMING_STORE.read_text()) if TIMING_STORE.is_file() else {}
     for row in args.rows:
         load_avg = f"{os.getloadavg()[0]:.1f}"
-        proc = subprocess.run([sys.executable, __file__, "--timing-one", row, "--n-samples", str(args.n_samples),
-                               "--model", args.model or "", "--batch", str(args.batch)],
-                              capture_output=True, text=True)
-        found = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        timing[row] = ({**json.loads(found[-1][7:]), "load_start": load_avg,
-                        "load_end": f"{os.getloadavg()[0]:.1f}"} if found
-                       else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]})
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--timing-one", row, "--n-samples",
+                                   str(args.n_samples), "--model", args.model or "", "--batch", str(args.batch)],
+                                  capture_output=True, text=True, timeout=args.cell_timeout)
+        except subprocess.TimeoutExpired:
+            timing[row] = {"error": f"did not finish within {args.cell_timeout} s (load {load_avg} at start)"}
+        else:
+            found = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            timing[row] = ({**json.loads(found[-1][7:]), "load_start": load_avg,
+                            "load_end": f"{os.getloadavg()[0]:.1f}"} if found
+                           else {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]})
         print(f"timing {row}: {timing[row]}", flush=True)
-        save(store)
-        write_markdown(store, args.n_samples)
+        TIMING_STORE.write_text(json.dumps(timing, indent=1, sort_keys=True))
+        write_markdown(json.loads(STORE.read_text()) if STORE.is_file() else {}, args.n_samples)
 
 
 def timing_one(args) -> None:
@@ -119,8 +124,11 @@ def timing_one(args) -> None:
     model, tok, _, calibration_batches = load(args)
     batches = calibration_batches(tok, n_samples=args.n_samples, seqlen=SEQLEN, seed=0, batch_size=args.batch)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     _, seconds = quantize_cell(model, tok, batches, args.timing_one, TIMING_COLUMN, args.n_samples, "cpu")
-    print("RESULT " + json.dumps({"seconds": seconds, "threads": torch.get_num_threads(),
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # contention-robust
+    print("RESULT " + json.dumps({"seconds": seconds, "cpu_seconds": cpu_s, "threads": torch.get_num_threads(),
                                   "rss_before_gb": rss_before,
                                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                                   "n_samples": args.n_samples}), flush=True)
@@ -167,16 +175,16 @@ def write_markdown(store: dict, n_samples: int) -> str:
                   "| cell (row:column:samples) | perplexity |", "|---|---|"]
         lines += [f"| {k} | {cells[k]['ppl']:.2f} |" if "ppl" in cells[k] else f"| {k} | error: {cells[k]['error']} |"
                   for k in extra]
-    timing = store.get("timing", {})
+    timing = json.loads(TIMING_STORE.read_text()) if TIMING_STORE.is_file() else {}
     if timing:
         lines += ["", f"Quantize time and peak RSS at {COLUMNS[TIMING_COLUMN]['label']}, CPU of the dev machine "
                       f"(2 cores, shared with other engineers: load average given), one subprocess per algorithm:", "",
-                  "| algorithm | samples | quantize s | peak RSS GB | threads | load avg start / end |",
-                  "|---|---|---|---|---|---|"]
+                  "| algorithm | samples | quantize wall s | quantize CPU s (user+sys) | peak RSS GB | threads | "
+                  "load avg start / end |", "|---|---|---|---|---|---|---|"]
         for row, t in timing.items():
-            lines.append(f"| {row} | error: {t['error']} | | | | |" if "error" in t else
-                         f"| {row} | {t['n_samples']} | {t['seconds']:.0f} | {t['peak_rss_gb']:.2f} | {t['threads']} | "
-                         f"{t['load_start']} / {t['load_end']} |")
+            lines.append(f"| {row} | error: {t['error']} | | | | | |" if "error" in t else
+                         f"| {row} | {t['n_samples']} | {t['seconds']:.0f} | {t.get('cpu_seconds', float('nan')):.0f} | "
+                         f"{t['peak_rss_gb']:.2f} | {t['threads']} | {t['load_start']} / {t['load_end']} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "quality_algorithms.md").write_text(text)
     return text
@@ -193,6 +201,7 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=None, help="compute device (default: cuda if available)")
     p.add_argument("--peer", action="store_true", help="also run our cells at the peer table's sample counts")
     p.add_argument("--timing", action="store_true", help="measure quantize time and peak RSS on this CPU")
+    p.add_argument("--cell-timeout", type=int, default=3000, help="--timing: seconds per algorithm")
     p.add_argument("--timing-one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.model = args.model or None

@@ -35,6 +35,9 @@ ROWS = {
     "GPTQ act_order": dict(algorithm="gptq", act_order=True),
     "AWQ": dict(algorithm="awq"),
     "TEQ": dict(algorithm="teq"),
+    # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
+    "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True),
+    "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True),
 }
 
 EVAL_FILE = "/work/shared/data/wikitext2-test.txt"
