@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from quant_core.engine import GenerationParams
-
 # pipeline / invoke keyword -> GenerationParams field
 _NAMES = {
     "max_new_tokens": "max_new_tokens", "max_tokens": "max_new_tokens",
@@ -20,12 +18,14 @@ _IGNORED = {
 
 
 def generation_params(base: dict[str, Any] | None, overrides: dict[str, Any] | None = None,
-                      stop: list[str] | None = None) -> GenerationParams:
+                      stop: list[str] | None = None):
     """Merge pipeline_kwargs (``base``), per-call kwargs and ``stop`` into validated GenerationParams.
 
     ``do_sample=False`` forces greedy decoding; ``do_sample=True`` without a temperature samples at 1.0.
     Unknown keys raise, listing the known ones, so a typo never silently changes nothing.
     """
+    from quant_core.engine import GenerationParams  # torch: imported on first use, not with the package
+
     merged = {**(base or {}), **(overrides or {})}
     do_sample = merged.pop("do_sample", None)
     fields: dict[str, Any] = {}

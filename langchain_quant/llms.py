@@ -53,9 +53,12 @@ class QuantLLM(BaseLLM):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}")
         config = as_quant_config(self.quantization_config)
+        self.quantization_config = config.to_dict() if config is not None else None
         generation_params(self.pipeline_kwargs)  # bad settings fail here, not at the first call
         if self.engine is not None:
             self._engine = self.engine
+            if self.model_id is None:  # name the wrapped model, not the default one
+                self.model_id = getattr(self.engine.model.config, "name_or_path", None) or "unnamed-model"
         elif self.pipeline is not None:
             self._engine = _engine_from_pipeline(self, config)
         return self
@@ -165,8 +168,8 @@ def _engine_from_pipeline(llm: QuantLLM, config):
                                                      "repetition_penalty", "do_sample")}
     llm.pipeline_kwargs = {**known, **(llm.pipeline_kwargs or {})}
     model = pipe.model if config is None else quantize_once(pipe.model, config)
-    if llm.model_id is None:
-        llm.model_id = getattr(model.config, "name_or_path", None) or None
+    if llm.model_id is None:  # name the wrapped model, not the default one
+        llm.model_id = getattr(model.config, "name_or_path", None) or "unnamed-model"
     return GenerationEngine.for_model(model, pipe.tokenizer, max_batch_size=llm.batch_size)
 
 
