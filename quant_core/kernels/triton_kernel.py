@@ -16,7 +16,10 @@ from .triton_jit import interpreting
 from .triton_layout import SUPPORTED_BITS, repack
 from .triton_tuning import CACHE, Config, gemm_candidates, gemv_candidates, rows_bucket
 
-GEMV_MAX_ROWS = 4
+# Measured on an H100 (benchmarks/results/gpu_speed.md): the GEMV at M=4 (rows as a grid axis,
+# each row's programs re-reading the weight) took 1.1-2.3x the GEMM's time at M=16, on every
+# Llama-3-8B shape, so only single-row calls take the GEMV.
+GEMV_MAX_ROWS = 1
 
 
 class TritonKernel(Kernel):
@@ -38,7 +41,7 @@ class TritonKernel(Kernel):
                            f"between groups; use a multiple of {per_word}")
         if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):
             return False, "needs compute capability 8.0+ (Ampere or newer) for bf16 tensor cores"
-        return True, "Triton split-K GEMV (M <= 4) / tiled GEMM, weight repacked once"
+        return True, "Triton split-K GEMV (M = 1) / tiled GEMM, weight repacked once"
 
     def __init__(self, packed, spec: LayerSpec):
         super().__init__(packed, spec)
