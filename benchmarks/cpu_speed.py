@@ -134,19 +134,20 @@ def child_model(args):
     vocab = model.config.vocab_size
     out = {"weight_bytes": linear_weight_bytes(model)}
     prompt = torch.randint(100, vocab, (1, args.prefill_tokens))
-    out["settings"] = {"prefill_tokens": args.prefill_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats}
+    out["settings"] = {"prefill_tokens": args.prefill_tokens, "prompt_tokens": args.prompt_tokens,
+                       "new_tokens": args.new_tokens, "repeats": args.repeats, "threads": args.threads}
     with torch.inference_mode():
         model(input_ids=prompt[:, :8])  # first call repacks weights and builds kernels
         out["prefill_tok_s"] = args.prefill_tokens / median_time(lambda: model(input_ids=prompt, logits_to_keep=1), args.repeats)
     peak_rss_reset()
     for b in (1, 8):
-        ids = torch.randint(100, vocab, (b, 128))
-        dec = StaticDecoder(model, b, 128 + args.new_tokens)
+        ids = torch.randint(100, vocab, (b, args.prompt_tokens))
+        dec = StaticDecoder(model, b, args.prompt_tokens + args.new_tokens)
         runs = [greedy_generate(model, ids, args.new_tokens, decoder=dec)[1] for _ in range(args.repeats)]
         out[f"decode_b{b}_tok_s"] = b * (args.new_tokens - 1) / statistics.median(r["decode_s"] for r in runs)
     out["peak_rss_decode_mb"] = peak_rss_mb()
     if args.dynamic_cache:
-        ids = torch.randint(100, vocab, (1, 128))
+        ids = torch.randint(100, vocab, (1, args.prompt_tokens))
         runs = [greedy_generate(model, ids, args.new_tokens, static_cache=False)[1] for _ in range(args.repeats)]
         out["decode_b1_dynamic_tok_s"] = (args.new_tokens - 1) / statistics.median(r["decode_s"] for r in runs)
     kernels = {type(m._kernel).__name__ for m in model.modules() if getattr(m, "_kernel", None) is not None}
@@ -210,10 +211,10 @@ def child_llamacpp(args):
 
 
 # ---------------------------------------------------------------- parent: run children, print table
-def run_child(kind, args, new_tokens=None, prefill_tokens=None, **extra):
+def run_child(kind, args, new_tokens=None, prefill_tokens=None, prompt_tokens=None, **extra):
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads), "--repeats", str(args.repeats),
            "--new-tokens", str(new_tokens or args.new_tokens), "--prefill-tokens", str(prefill_tokens or args.prefill_tokens),
-           "--rows", *args.rows]
+           "--prompt-tokens", str(prompt_tokens or args.prompt_tokens), "--rows", *args.rows]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
     if args.dynamic_cache and extra.get("model") == "smollm2":  # the small model is where overhead shows
@@ -232,6 +233,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prefill-tokens", type=int, default=512)
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt before the timed decode")
+    ap.add_argument("--big-prompt-tokens", type=int, help="decode prompt for the 1.1B model (default: --prompt-tokens)")
     ap.add_argument("--small-rows", nargs="+", choices=list(ROWS), help="rows for SmolLM2 (default: --rows)")
     ap.add_argument("--big-new-tokens", type=int, help="new tokens for the 1.1B model (default: --new-tokens)")
     ap.add_argument("--big-prefill-tokens", type=int, help="prefill length for the 1.1B model (default: --prefill-tokens)")
@@ -264,7 +267,8 @@ def main(argv=None):
             t = time.time()
             big = model_name == "tinyllama-1.1b"
             r = run_child("model", args, new_tokens=args.big_new_tokens if big else None,
-                          prefill_tokens=args.big_prefill_tokens if big else None, model=model_name, row=row)
+                          prefill_tokens=args.big_prefill_tokens if big else None,
+                          prompt_tokens=args.big_prompt_tokens if big else None, model=model_name, row=row)
             results["models"][f"{model_name}|{row}"] = r
             print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
             results["wall_s"] = time.time() - started

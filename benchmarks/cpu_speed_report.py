@@ -93,7 +93,7 @@ def write_report(results, path: Path) -> str:
     cpu, args = results["cpu"], results["args"]
     out = ["# CPU speed (benchmarks/cpu_speed.py)", "",
            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {results['wall_s'] / 60:.1f} min. "
-           f"Threads: {args['threads']}; medians of {args['repeats']}; decode = new tokens after a 128-token prompt "
+           f"Threads: {args['threads']}; medians of {args['repeats']}; decode = new tokens after a prompt "
            f"(static KV cache), prefill = one forward of the prompt length given per model. "
            f"× float = against the faster of fp32/bf16.",
            "", f"CPU: ISA level `{cpu['isa_level']}` (detected `{cpu['detected']}`), PyTorch capability "
