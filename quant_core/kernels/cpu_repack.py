@@ -7,10 +7,12 @@ for the byte layout; this file only reshuffles codes and precomputes ``off``.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import torch
 
+from ..formats import pack_codes
 from ..packed import PackedWeight
 from ..primitives import default_g_idx
 
@@ -20,7 +22,7 @@ LAYOUT_NIBBLES, LAYOUT_BYTES = 0, 1
 
 @dataclass
 class CpuWeight:
-    qweight: torch.Tensor  # uint8 [N, Kp/2] (nibbles) or int8-as-uint8 [N, Kp] (bytes)
+    qweight: torch.Tensor  # uint8 [N, Kp/2] (nibbles, checkpoint pairing) or [N, Kp] (bytes)
     layout: int
     in_features: int
     padded_in: int  # Kp
@@ -58,40 +60,63 @@ def _column_order(packed: PackedWeight) -> torch.Tensor | None:
 
 
 def repack(packed: PackedWeight) -> CpuWeight:
+    """Kernel tensors for ``packed``. int8 and 4-bit formats whose rows are whole blocks and
+    in column order reuse the checkpoint's bytes (no copy); others are re-packed once."""
     fmt = packed.fmt
     n, k = packed.out_features, packed.in_features
     reason = group_size_reason(packed.group_size)
     if reason:
         raise ValueError(reason)
+    if fmt.bits not in (2, 3, 4, 8):
+        raise ValueError(f"{fmt.name}: {fmt.bits}-bit codes have no CPU kernel layout")
     kp = -(-k // BLOCK) * BLOCK
     perm = _column_order(packed)
-    codes = packed.codes()
-    if perm is not None:
-        codes = codes[:, perm]
-    codes = torch.nn.functional.pad(codes, (0, kp - k))  # zero codes meet zero activations
+    layout = LAYOUT_BYTES if fmt.bits == 8 else LAYOUT_NIBBLES
+    if perm is None and kp == k and fmt.bits in (4, 8):
+        qweight = packed.qweight.contiguous()  # the checkpoint layout is the kernel layout
+    else:
+        codes = packed.codes()
+        if perm is not None:
+            codes = codes[:, perm]
+        codes = torch.nn.functional.pad(codes, (0, kp - k))  # zero codes meet zero activations
+        qweight = pack_codes(codes, 8 if fmt.bits == 8 else 4)
     scales = packed.scales.float()
     g = scales.shape[1]
     gsb = kp // BLOCK if packed.group_size == -1 else packed.group_size // BLOCK
     lut = None
-    if fmt.bits == 8:
-        layout = LAYOUT_BYTES
-        qweight = (codes.to(torch.int16) - 128).to(torch.int8).view(torch.uint8).contiguous()
-        shift = 128.0  # stored v = u - 128, so w = v * s + (128 - z) * s
-    elif fmt.bits <= 4:
-        layout = LAYOUT_NIBBLES
-        blocks = codes.reshape(n, kp // BLOCK, BLOCK)
-        qweight = (blocks[..., :16] | (blocks[..., 16:] << 4)).reshape(n, kp // 2).contiguous()
-        shift = 0.0
-    else:
-        raise ValueError(f"{fmt.name}: {fmt.bits}-bit codes have no CPU kernel layout")
     if fmt.is_codebook:
         lut = torch.zeros(16)
         lut[: len(fmt.levels)] = torch.tensor(fmt.levels, dtype=torch.float32)
         offs = torch.zeros_like(scales)
     elif packed.zero_mode == "min":
-        offs = shift * scales + packed.zeros.float()
+        offs = packed.zeros.float().clone()
     else:
         z = float(fmt.sym_zero) if packed.zeros is None else packed.zeros.float()
-        offs = (shift - z) * scales
-    return CpuWeight(qweight, layout, k, kp, n, g, gsb, scales.contiguous(), offs.contiguous(),
-                     lut, perm)
+        offs = -z * scales
+    return CpuWeight(qweight, layout, k, kp, n, g, gsb, scales.contiguous(), offs.contiguous(), lut, perm)
+
+
+def kernel_columns(x: torch.Tensor, layout: int) -> torch.Tensor:
+    """Activations ``[M, Kp]`` in the order the kernel reads columns: within each 32-column
+    block of the nibble layout, the even columns (low nibbles) then the odd ones."""
+    if layout != LAYOUT_NIBBLES:
+        return x
+    m, kp = x.shape
+    return x.reshape(m, kp // BLOCK, BLOCK // 2, 2).transpose(-1, -2).reshape(m, kp)
+
+
+def release_freed_memory() -> None:
+    """Hand the repack's freed temporaries back to the OS. Unpacking goes through int64
+    tensors several times the layer's size; glibc keeps such freed heap pages resident,
+    which showed up as peak RSS while decoding (measured by benchmarks/cpu_speed.py)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None

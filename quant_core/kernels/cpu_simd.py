@@ -17,7 +17,7 @@ import torch
 from .. import cpu_features
 from .base import Kernel, LayerSpec
 from .cpu_build import BuildError, load_library
-from .cpu_repack import LAYOUT_BYTES, group_size_reason, repack
+from .cpu_repack import group_size_reason, kernel_columns, release_freed_memory, repack
 from .reference import quantize_activations_int8
 
 # Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
@@ -82,6 +82,7 @@ class _CpuSimdKernel(Kernel):
     def __init__(self, packed, spec: LayerSpec):
         super().__init__(packed, spec)
         self.w = repack(packed)
+        release_freed_memory()  # repack's temporaries are gone now: return their pages
         self.lib = load_library(self.variant())
         self.int8 = spec.compute_dtype == "int8"
 
@@ -92,7 +93,7 @@ class _CpuSimdKernel(Kernel):
             x2 = x2[:, w.perm]
         if w.padded_in != w.in_features:
             x2 = torch.nn.functional.pad(x2, (0, w.padded_in - w.in_features))
-        return x2.contiguous()
+        return kernel_columns(x2, w.layout).contiguous()
 
     def dequantize(self, n0: int = 0, n1: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 rows ``[n0, n1)`` of the weight, ``[rows, Kp]`` in the kernel's column order."""

@@ -7,8 +7,10 @@
 //   K is padded to Kp, a multiple of 32; a "block" is 32 consecutive input columns.
 //   nibble layout (formats of <= 4 bits): 16 bytes per block; byte j holds the code of
 //     column j in its low nibble and column 16 + j in its high nibble (so unpacking gives
-//     contiguous columns without shuffles).
-//   byte layout (int8): one signed byte v = u - 128 per column.
+//     contiguous columns without shuffles). The checkpoint's int4 bytes pair columns 2j and
+//     2j + 1 instead; Python permutes the activations within each block to match, so
+//     checkpoint bytes are used as they are, without a second copy of the weight.
+//   byte layout (int8): one unsigned code byte per column (the checkpoint's bytes).
 //   Group g of a row covers blocks [g * gsb, (g + 1) * gsb) (the last group may be partial).
 // Dequantized weight: w = val(code) * scale[n, g] + off[n, g], where val is the code itself
 // (int formats; offsets fold the zero point in) or lut[code] (codebook formats, off = 0).
@@ -45,8 +47,8 @@ inline void decode_nibbles(const uint8_t* p, const Lut& l, vf* out) {
     else { out[0] = cvt_u8(lo); out[1] = cvt_u8(hi); }
 }
 inline void decode_bytes(const uint8_t* p, vf* out) {
-    out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
-    out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
+    out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)));
+    out[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + 16))));
 }
 #else
 constexpr int W = 8;
@@ -87,7 +89,7 @@ inline void decode_nibbles(const uint8_t* p, const Lut& l, vf* out) {
 }
 inline void decode_bytes(const uint8_t* p, vf* out) {
     for (int i = 0; i < 4; ++i)
-        out[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8 * i))));
+        out[i] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8 * i))));
 }
 #endif
 
@@ -188,9 +190,10 @@ inline __m256i dot_nibbles_i8(const uint8_t* p, const int8_t* q) {
 #endif
 }
 inline __m256i dot_bytes_i8(const uint8_t* p, const int8_t* q) {
-    // Signed x signed: widen to 16 bits (maddubs would saturate on 8-bit weights).
-    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p));
-    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 16)));
+    // Unsigned codes x signed activations, widened to 16 bits (maddubs would saturate:
+    // 255 * 127 * 2 > 2^15); madd's pair sums (< 2^16 * 2) fit its int32 lanes.
+    const __m256i w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p));
+    const __m256i w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(p + 16)));
     const __m256i q0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)q));
     const __m256i q1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(q + 16)));
     return _mm256_add_epi32(_mm256_madd_epi16(w0, q0), _mm256_madd_epi16(w1, q1));
