@@ -273,12 +273,13 @@ def main(argv=None):
             print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
             results["wall_s"] = time.time() - started
             write_report(results, RESULTS)  # partial table so far, in case the run is cut short
+    if not args.no_llamacpp:
+        results["llamacpp"] = run_child("llamacpp", args, new_tokens=args.new_tokens)
+        print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)
+        write_report(results, RESULTS)
     if not args.no_gemm:
         results["gemm"] = run_child("gemm", args, **{"cache-bytes": args.cache_bytes})
         print("GEMM ms:", json.dumps(results["gemm"]), flush=True)
-    if not args.no_llamacpp:
-        results["llamacpp"] = run_child("llamacpp", args)
-        print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)
     results["wall_s"] = time.time() - started
     info["load_avg_end"] = os.getloadavg()
     print(write_report(results, RESULTS))
