@@ -130,12 +130,7 @@ def quantize_once(model, config: QuantConfig, progress: bool = True):
     from .quantize import quantize
 
     if not any(isinstance(m, QuantLinear) for m in model.modules()):
-        # transformers names layers that must stay float (T5's `wo`, whose forward reads .weight.dtype)
-        keep = [k for k in (getattr(model, "_keep_in_fp32_modules", None) or [])
-                if k not in config.modules_to_not_convert]
-        if keep:
-            config = config.model_copy(update={"modules_to_not_convert": config.modules_to_not_convert + keep})
-        return quantize(model, config, progress=progress)
+        return quantize(model, config, progress=progress)  # keeps transformers' fp32-only layers float
     saved = dict(getattr(model.config, "quantization_config", None) or {})
     saved.pop("quant_method", None)
     have = QuantConfig.from_dict(saved) if saved else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -70,6 +71,11 @@ class _Request:
         self.outputs: list[GenerationOutput] | None = None
         self.error: BaseException | None = None
         self.done = False
+
+
+# model -> its engine; kept beside the model, not on it, so the model stays deep-copyable
+# (an engine holds a lock) and the engine goes away with the model.
+_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class GenerationEngine:
@@ -174,10 +180,10 @@ class GenerationEngine:
     def for_model(cls, model, tokenizer, *, max_batch_size: int = 8) -> "GenerationEngine":
         """The one engine of ``model`` (created on first use), so that every wrapper of the same
         model shares its forward lock and micro-batching queue."""
-        engine = getattr(model, "_quantllm_engine", None)
+        engine = _ENGINES.get(model)
         if engine is None or engine.tokenizer is not tokenizer:
             engine = cls(model, tokenizer, max_batch_size=max_batch_size)
-            model._quantllm_engine = engine
+            _ENGINES[model] = engine
         engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
         return engine
 

@@ -20,9 +20,15 @@ HANDLERS = {
 
 
 def quantizable_linears(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear]]:
-    """Every ``nn.Linear`` not excluded by ``modules_to_not_convert``, in module order."""
+    """Every ``nn.Linear`` not excluded by ``modules_to_not_convert``, in module order.
+
+    Layers that transformers keeps in fp32 (``_keep_in_fp32_modules``, e.g. T5's ``wo``,
+    whose forward reads ``.weight``) stay float too.
+    """
+    keep_float = list(getattr(model, "_keep_in_fp32_modules", None) or [])
     return [(name, mod) for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and not config.skips(name)]
+            if isinstance(mod, nn.Linear) and not config.skips(name)
+            and not any(k in name.split(".") for k in keep_float)]
 
 
 def replace_linear(model: nn.Module, name: str, packed: PackedWeight, bias, config: QuantConfig) -> QuantLinear:

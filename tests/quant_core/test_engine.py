@@ -219,3 +219,15 @@ def test_kv_cache_choice():
 def test_output_is_a_plain_dataclass():
     out = GenerationOutput("a", 1, 2, "eos")
     assert (out.text, out.prompt_tokens, out.completion_tokens, out.finish_reason) == ("a", 1, 2, "eos")
+
+
+def test_model_with_engine_stays_deep_copyable():
+    import copy
+
+    from quant_core.engine import GenerationEngine
+    from quant_core.testing import byte_tokenizer, tiny_llama_lm
+
+    model = tiny_llama_lm()
+    engine = GenerationEngine.for_model(model, byte_tokenizer())
+    assert GenerationEngine.for_model(model, engine.tokenizer) is engine
+    copy.deepcopy(model)  # raised "cannot pickle '_thread.lock'" when the engine lived on the model
