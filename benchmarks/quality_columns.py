@@ -40,6 +40,6 @@ ROWS = {
     "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True),
 }
 
-EVAL_FILE = "/work/shared/data/wikitext2-test.txt"
+EVAL_FILE = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.txt")
 SEQLEN = 512
 WINDOWS = 32

@@ -2,6 +2,8 @@
 import copy
 import logging
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -160,18 +162,29 @@ def test_error_paths_raise_before_any_work(tiny_llama):
 @pytest.mark.slow
 def test_smollm2_gptq_int4_beats_rtn_on_a_slice_of_text(smollm2):
     from quant_core.calibration import calibration_batches
-    from quant_core.evaluation import perplexity, read_eval_text
+    from quant_core.evaluation import read_eval_text
 
     model, tok = smollm2
-    text = read_eval_text("/work/shared/data/wikitext2-test.txt")[:20000]
+    model = copy.deepcopy(model)
+    # The first 6 of 30 blocks keep the test within CI's time on 2 cores; a truncated model's
+    # perplexity means nothing, so the measure is the error of its last hidden state on real text.
+    model.model.layers = model.model.layers[:6]
+    model.config.num_hidden_layers = 6
+    path = Path(__file__).resolve().parents[4] / "shared" / "data" / "wikitext2-test.txt"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the shared data folder sits beside the repository)")
+    text = read_eval_text(path)[:20000]
     cfg = dict(weight_dtype="int4_fullrange", group_size=128, scheme="sym")
     batches = calibration_batches(tok, n_samples=8, seqlen=256, batch_size=4)
-    ppl = {}
-    for algorithm in ("rtn", "gptq"):
-        q = quantize(copy.deepcopy(model), QuantConfig(algorithm=algorithm, **cfg),
-                     calibration=batches, progress=False)
-        ppl[algorithm] = perplexity(q, tok, text, seqlen=256, max_windows=4, progress=False)
-    assert ppl["gptq"] < ppl["rtn"]
+    ids = tok(text, return_tensors="pt").input_ids[:, :512]
+    with torch.no_grad():
+        reference = model.model(ids).last_hidden_state
+        error = {}
+        for algorithm in ("rtn", "gptq"):
+            q = quantize(copy.deepcopy(model), QuantConfig(algorithm=algorithm, **cfg),
+                         calibration=batches, progress=False)
+            error[algorithm] = (q.model(ids).last_hidden_state - reference).pow(2).mean().item()
+    assert 0 < error["gptq"] < error["rtn"], error
 
 
 def test_cli_quantize_gptq_with_the_shipped_calibration_text(tiny_llama, tmp_path):
