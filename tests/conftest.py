@@ -16,8 +16,9 @@ def tiny_llama_config():
 @pytest.fixture
 def tiny_llama(tiny_llama_config):
     from transformers import LlamaForCausalLM
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config).eval()
+    import copy
+    torch.manual_seed(0)  # a copy: quantize() records its config on the model's config object
+    return LlamaForCausalLM(copy.deepcopy(tiny_llama_config)).eval()
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,8 @@ def tiny_hf_dir(tiny_llama_config, smollm2_dir, tmp_path):
     """A local Hugging Face directory: a tiny random Llama sized to SmolLM2's tokenizer."""
     from transformers import AutoTokenizer, LlamaForCausalLM
     path = tmp_path / "tiny"
-    config = tiny_llama_config.__class__(**{**tiny_llama_config.to_dict(), "vocab_size": 49152})
+    fields = {k: v for k, v in tiny_llama_config.to_dict().items() if k != "quantization_config"}
+    config = tiny_llama_config.__class__(**{**fields, "vocab_size": 49152})
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(path)
