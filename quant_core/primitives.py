@@ -34,9 +34,12 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
 def group_qparams(w: torch.Tensor, fmt: WeightFormat, sym: bool, shrink: torch.Tensor | float = 1.0):
     """Scales (and zero points) for groups along the last axis of ``w`` (``[..., gs]``).
 
-    ``shrink`` < 1 narrows the range (clipping search). Symmetric int formats take
-    the tightest scale that still reaches both extremes: ``max(wmax/qmax, wmin/qmin)``,
-    which for full-range formats uses the extra negative level instead of wasting it.
+    ``shrink`` < 1 narrows the range (clipping search). Symmetric int formats with an
+    extra negative level (``qmin = -qmax - 1``, e.g. int4_fullrange's -8) take a *signed*
+    scale that maps the group's largest-magnitude value onto ``qmin``, whatever its sign,
+    so every group uses all 2^b levels (llama.cpp's Q4_0 and Neural Compressor do the
+    same; it measured 33.6 vs 36.4 perplexity against an always-positive scale on
+    SmolLM2). Every kernel multiplies by the stored scale, so its sign needs no support.
     """
     w = w.float()
     wmax = w.amax(-1) * shrink
@@ -46,12 +49,25 @@ def group_qparams(w: torch.Tensor, fmt: WeightFormat, sym: bool, shrink: torch.T
         scale = torch.maximum(wmax.abs(), wmin.abs()) / top
         return scale.clamp_min(1e-10), None
     if sym:
-        scale = torch.maximum(wmax.clamp_min(0) / fmt.qmax, wmin.clamp_max(0) / fmt.qmin)
-        return scale.clamp_min(1e-10), None
+        if fmt.qmin == -fmt.qmax:  # symmetric grid: the sign of the scale changes nothing
+            return (torch.maximum(wmax.abs(), wmin.abs()) / fmt.qmax).clamp_min(1e-10), None
+        extreme = torch.where(wmax.abs() > wmin.abs(), wmax, wmin)
+        return clamp_scale(extreme / fmt.qmin, 1e-10), None
     wmax, wmin = wmax.clamp_min(0), wmin.clamp_max(0)
     scale = ((wmax - wmin) / fmt.max_code).clamp_min(1e-10)
     zero = torch.round(-wmin / scale).clamp(0, fmt.max_code)
     return scale, zero
+
+
+def clamp_scale(scale: torch.Tensor, tiny: float) -> torch.Tensor:
+    """``scale`` with magnitude at least ``tiny``, keeping its sign (signed full-range scales)."""
+    sign = torch.where(scale < 0, -1.0, 1.0)
+    return sign * scale.abs().clamp_min(tiny)
+
+
+def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``scale`` rounded to the dtype it will be saved in (so codes fit it), never zero."""
+    return clamp_scale(scale.to(dtype).float(), torch.finfo(dtype).tiny)
 
 
 def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
@@ -95,7 +111,7 @@ def quantize_weight(w: torch.Tensor, fmt: WeightFormat, group_size: int, sym: bo
 
     def qparams(ratio):
         s, z = group_qparams(groups, fmt, sym, shrink=ratio)
-        return s.to(scale_dtype).float().clamp_min(torch.finfo(scale_dtype).tiny), z
+        return stored_scale(s, scale_dtype), z
 
     scale, zero = qparams(1.0)
     if mse_clip:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..config import QuantConfig
-from ..primitives import _grouped, dequantize_groups, group_qparams, n_groups, quantize_groups
+from ..primitives import _grouped, dequantize_groups, group_qparams, n_groups, quantize_groups, stored_scale
 from .base import QuantResult
 from .equalize import ScaleGroup, check_group, fold_scales, normalized_scales
 from .equalize_blockwise import InputStats, quantize_blockwise
@@ -36,8 +36,7 @@ PARENT_BATCHES = 32  # calibration batches whose attention/MLP outputs the scale
 
 def _qparams(groups: torch.Tensor, config: QuantConfig, shrink=1.0):
     scale, zero = group_qparams(groups, config.format, config.sym, shrink=shrink)
-    dtype = config.torch_scale_dtype  # codes must fit the scales as they will be stored
-    return scale.to(dtype).float().clamp_min(torch.finfo(dtype).tiny), zero
+    return stored_scale(scale, config.torch_scale_dtype), zero
 
 
 def fake_quantize(w: torch.Tensor, config: QuantConfig, shrink=1.0) -> torch.Tensor:

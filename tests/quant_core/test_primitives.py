@@ -36,7 +36,7 @@ def test_asym_error_below_range(name):
     for sym in (True, False):
         codes, s, z = quantize_weight(w, fmt, 64, sym)
         deq = dequantize_weight(codes, s, z, fmt, default_g_idx(256, 64))
-        step = s.repeat_interleave(64, dim=1)
+        step = s.abs().repeat_interleave(64, dim=1)
         assert ((deq - w).abs() <= step * (1 if sym else 0.5) + 1e-6).float().mean() > 0.99
 
 
@@ -76,3 +76,19 @@ def test_packed_weight_dequantize_matches_primitives():
     assert torch.equal(packed.codes(), codes)
     assert torch.equal(packed.dequantize(), dequantize_weight(codes, s, z, fmt, default_g_idx(100, 32)))
     assert packed.zero_mode == "int" and packed.n_groups == 4
+
+
+def test_fullrange_sym_scale_is_signed_so_the_largest_magnitude_lands_on_qmin():
+    fmt = get_format("int4_fullrange")
+    w = torch.tensor([[7.9, -1.0, 3.0, 0.0] * 8, [-7.9, 1.0, 3.0, 0.0] * 8])
+    codes, scale, _ = quantize_weight(w, fmt, 32, True)
+    assert scale[0, 0].item() < 0 < scale[1, 0].item()
+    assert codes[0, 0].item() == 0 and codes[1, 0].item() == 0  # both extremes on code 0 (= -8)
+    deq = dequantize_weight(codes, scale, None, fmt, default_g_idx(32, 32))
+    assert (deq - w).abs().max().item() <= 7.9 / 8 / 2 + 1e-6  # nothing clipped here: half a step
+
+
+def test_symmetric_grid_keeps_positive_scales():
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(5))
+    _, scale, _ = quantize_weight(w, get_format("int4_clip"), 32, True)
+    assert (scale > 0).all()
