@@ -26,7 +26,9 @@ log = logging.getLogger("quant_core")
 
 
 def resolve_calibration(config: QuantConfig, calibration=None, tokenizer=None) -> list[torch.Tensor]:
-    """Input-id batches from tensors given directly, or from a text source and a tokenizer."""
+    """Input-id batches: tensors given directly (``[n, T]`` or a list of ``[b, T]``), or
+    ``calibration`` text (``None``: ``config.calibration_dataset``, else the shipped default
+    sample) tokenized with ``tokenizer`` into ``config.n_samples`` windows of ``config.seqlen``."""
     if isinstance(calibration, torch.Tensor):
         calibration = list(calibration.reshape(-1, calibration.shape[-1]).split(config.calibration_batch_size))
     if isinstance(calibration, (list, tuple)) and calibration and isinstance(calibration[0], torch.Tensor):

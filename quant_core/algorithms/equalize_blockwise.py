@@ -87,10 +87,11 @@ def quantize_blockwise(model: nn.Module, config, block_fn, calibration=None, tok
     """
     from ..blocks import architecture_of, record_inputs, run_blockwise
     from ..quantize import quantizable_linears, replace_linear
+    from .calibrated import resolve_calibration
     from .rtn import rtn
 
     arch = architecture_of(model)  # unsupported architectures fail here, before any work
-    batches = calibration_batches(config, calibration, tokenizer)
+    batches = resolve_calibration(config, calibration, tokenizer)
     check_calibration(batches)
 
     def per_block(block, inputs, i):
@@ -114,24 +115,6 @@ def quantize_blockwise(model: nn.Module, config, block_fn, calibration=None, tok
     for name, linear in quantizable_linears(model, config):  # e.g. lm_head when not skipped
         replace_linear(model, name, rtn(linear.weight, config).pack(config), linear.bias, config)
     return model
-
-
-def calibration_batches(config, calibration=None, tokenizer=None) -> list[torch.Tensor]:
-    """Input-id batches: tensors given directly (``[n, T]`` or a list of ``[b, T]``), or
-    ``calibration`` text (``None``: ``config.calibration_dataset``, else the shipped default
-    sample) tokenized with ``tokenizer`` into ``config.n_samples`` windows of ``config.seqlen``."""
-    from ..calibration import CalibrationError, batches_from_config, check_batches
-
-    if isinstance(calibration, torch.Tensor):
-        calibration = list(calibration.reshape(-1, calibration.shape[-1]).split(config.calibration_batch_size))
-    if isinstance(calibration, (list, tuple)) and calibration and isinstance(calibration[0], torch.Tensor):
-        check_batches(calibration)
-        return list(calibration)
-    if tokenizer is None:
-        raise CalibrationError(f"{config.algorithm} needs calibration data: pass tokenizer=... to tokenize "
-                               f"{'the shipped default text' if calibration is None else repr(calibration)}, "
-                               f"or calibration=[LongTensor [batch, seqlen], ...]")
-    return batches_from_config(tokenizer, config, source=calibration)
 
 
 @contextlib.contextmanager
