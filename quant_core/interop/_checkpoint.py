@@ -1,5 +1,6 @@
 """Helpers the GPTQ and AWQ importers/exporters share: int32 bit streams, reading a
-safetensors checkpoint directory, building a model skeleton around imported layers.
+safetensors checkpoint directory, building a model skeleton around imported layers
+(``load_checkpoint``, given the format's per-layer converter).
 
 GPTQ and AWQ both pack codes into int32 words as a little-endian bit stream (code ``i``
 of a word at bit ``i * bits``; GPTQ's 3-bit layout lets codes straddle words, which a
@@ -12,12 +13,15 @@ import copy
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..config import QuantConfig
 from ..formats import pack_codes, unpack_codes
+from ..packed import PackedWeight
 
 if sys.byteorder != "little":  # the int32 <-> byte views below assume it
     raise ImportError("quant_core.interop needs a little-endian host")
@@ -100,6 +104,39 @@ def finish_model(model, rest: dict[str, torch.Tensor], dtype: torch.dtype, sourc
         raise ValueError(f"{source} lacks tensors for: {', '.join(empty[:5])}"
                          + (f" (and {len(empty) - 5} more)" if len(empty) > 5 else ""))
     return model.eval()
+
+
+def imported_config(packed: PackedWeight, compute_dtype: str, previous: QuantConfig | None) -> QuantConfig:
+    """The QuantConfig describing imported layers (asym if any layer is)."""
+    scheme = "asym" if (packed.zero_mode != "none" or (previous is not None and not previous.sym)) else "sym"
+    scale_dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[packed.scales.dtype]
+    return QuantConfig(weight_dtype=packed.fmt.name, group_size=packed.group_size, scheme=scheme,
+                       scale_dtype=scale_dtype, compute_dtype=compute_dtype, modules_to_not_convert=["lm_head"])
+
+
+def load_checkpoint(path: Path, what: str, layer_from: Callable[[str, dict[str, torch.Tensor]], PackedWeight],
+                    dtype: torch.dtype, device, compute_dtype: str):
+    """Load the checkpoint directory ``path`` into quantllm layers; returns (model, tokenizer).
+
+    Every ``prefix.qweight`` marks a quantized linear: ``layer_from(prefix, tensors)`` pops
+    that layer's tensors (format ``what``, named in errors) and returns its PackedWeight;
+    ``prefix.bias`` and the remaining float tensors are loaded as they are."""
+    from ..quantize import mark_quantized, replace_linear
+
+    tensors = read_tensors(path)
+    model = build_skeleton(path, dtype)
+    prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
+    if not prefixes:
+        raise ValueError(f"{path} says it is {what} but has no '.qweight' tensors")
+    config = None
+    for prefix in prefixes:
+        packed = layer_from(prefix, tensors)
+        bias = tensors.pop(f"{prefix}.bias", None)
+        config = imported_config(packed, compute_dtype, config)
+        replace_linear(model, prefix, packed, None if bias is None else bias.to(dtype), config)
+    model = finish_model(model, tensors, dtype, path)
+    mark_quantized(model, config)
+    return model.to(device), load_tokenizer(path)
 
 
 def load_tokenizer(path: Path):

@@ -20,9 +20,8 @@ import torch
 
 from ..formats import FORMATS, pack_codes, unpack_codes
 from ..packed import PackedWeight
-from ._checkpoint import (build_skeleton, finish_model, float_state, load_tokenizer, pack_int32,
-                          read_json, read_tensors, unpack_int32, write_checkpoint)
-from .gptq import ExportError, imported_config, quantized_layers
+from ._checkpoint import float_state, load_checkpoint, pack_int32, read_json, unpack_int32, write_checkpoint
+from .gptq import ExportError, quantized_layers
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_ORDER[i] of its 8
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j sits in nibble AWQ_REVERSE_ORDER[j]
@@ -103,8 +102,6 @@ def check_exportable(name: str, packed: PackedWeight) -> None:
 
 def load_awq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
     """Load an AWQ GEMM checkpoint directory into quantllm layers; returns (model, tokenizer)."""
-    from ..quantize import mark_quantized, replace_linear
-
     path = Path(path)
     qc = read_awq_config(path)
     if qc is None:
@@ -115,21 +112,12 @@ def load_awq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dty
     if bits != 4 or version != "gemm" or not qc.get("zero_point", True):
         raise ValueError(f"only 4-bit AWQ with zero_point=true in the GEMM layout is read; {path} has "
                          f"bits={bits}, version={version!r}, zero_point={qc.get('zero_point', True)}")
-    tensors = read_tensors(path)
-    model = build_skeleton(path, dtype)
-    prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
-    if not prefixes:
-        raise ValueError(f"{path} says it is AWQ but has no '.qweight' tensors")
-    config = None
-    for prefix in prefixes:
-        packed = layer_from_awq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
-                                tensors.pop(f"{prefix}.scales"), group_size)
-        bias = tensors.pop(f"{prefix}.bias", None)
-        config = imported_config(packed, compute_dtype, config)
-        replace_linear(model, prefix, packed, None if bias is None else bias.to(dtype), config)
-    model = finish_model(model, tensors, dtype, path)
-    mark_quantized(model, config)
-    return model.to(device), load_tokenizer(path)
+
+    def layer_from(prefix, tensors):
+        return layer_from_awq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
+                              tensors.pop(f"{prefix}.scales"), group_size)
+
+    return load_checkpoint(path, "AWQ", layer_from, dtype, device, compute_dtype)
 
 
 def export_awq(model, tokenizer, out) -> Path:

@@ -22,13 +22,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import QuantConfig
 from ..formats import FORMATS
 from ..modules import QuantLinear
 from ..packed import PackedWeight
 from ..primitives import default_g_idx
-from ._checkpoint import (build_skeleton, finish_model, float_state, load_tokenizer, pack_int32,
-                          read_json, read_tensors, unpack_int32, write_checkpoint)
+from ._checkpoint import float_state, load_checkpoint, pack_int32, read_json, unpack_int32, write_checkpoint
 
 FORMAT_OF_BITS = {2: "int2", 3: "int3", 4: "int4_fullrange", 8: "int8"}
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
@@ -86,8 +84,6 @@ def layer_from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.T
 
 def load_gptq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
     """Load a GPTQ checkpoint directory into quantllm ``QuantLinear`` layers; returns (model, tokenizer)."""
-    from ..quantize import mark_quantized, replace_linear
-
     path = Path(path)
     qc = read_gptq_config(path)
     if qc is None:
@@ -100,30 +96,13 @@ def load_gptq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dt
     if ckpt_format not in CHECKPOINT_FORMATS:
         raise ValueError(f"GPTQ checkpoint_format {ckpt_format!r} is not supported (marlin/bitblas "
                          f"repacked checkpoints are not read); supported: {CHECKPOINT_FORMATS}")
-    tensors = read_tensors(path)
-    model = build_skeleton(path, dtype)
-    prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
-    if not prefixes:
-        raise ValueError(f"{path} says it is GPTQ but has no '.qweight' tensors")
-    layer_config = None
-    for prefix in prefixes:
-        packed = layer_from_gptq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
-                                 tensors.pop(f"{prefix}.scales"), tensors.pop(f"{prefix}.g_idx", None),
-                                 bits, group_size, ckpt_format)
-        bias = tensors.pop(f"{prefix}.bias", None)
-        layer_config = imported_config(packed, compute_dtype, layer_config)
-        replace_linear(model, prefix, packed, None if bias is None else bias.to(dtype), layer_config)
-    model = finish_model(model, tensors, dtype, path)
-    mark_quantized(model, layer_config)
-    return model.to(device), load_tokenizer(path)
 
+    def layer_from(prefix, tensors):
+        return layer_from_gptq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
+                               tensors.pop(f"{prefix}.scales"), tensors.pop(f"{prefix}.g_idx", None),
+                               bits, group_size, ckpt_format)
 
-def imported_config(packed: PackedWeight, compute_dtype: str, previous: QuantConfig | None) -> QuantConfig:
-    """The QuantConfig describing imported layers (asym if any layer is)."""
-    scheme = "asym" if (packed.zero_mode != "none" or (previous is not None and not previous.sym)) else "sym"
-    scale_dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[packed.scales.dtype]
-    return QuantConfig(weight_dtype=packed.fmt.name, group_size=packed.group_size, scheme=scheme,
-                       scale_dtype=scale_dtype, compute_dtype=compute_dtype, modules_to_not_convert=["lm_head"])
+    return load_checkpoint(path, "GPTQ", layer_from, dtype, device, compute_dtype)
 
 
 # ---------------------------------------------------------------- writing
