@@ -7,6 +7,15 @@ Prints each figure as it is measured and writes benchmarks/results/gpu_speed.md
 Layer timing: each kernel is timed eagerly and replayed in a CUDA graph, cycling
 through enough weight copies (>= 4x the L2 size) that every call reads its weight
 from HBM; the figure is the median over repetitions of (time of a round / calls).
+
+--peers adds bitsandbytes NF4 (blocksize 64) and gemlite int4 g128 columns (benchmarks/gpu_peers.py);
+a peer that cannot be imported or run gets "n/a: reason" cells, one whose CUDA-graph capture fails
+gets its eager time and "no graph". Neither is a project dependency; to make them importable:
+  python3 -m pip install -q --no-index --no-deps --target /tmp/peers /tmp/peerw-on-device/*.whl  # bitsandbytes
+  tar xzf /tmp/peerw-on-device/gemlite-0.6.0.post2.tar.gz -C /tmp   # pure Python + Triton; imports unbuilt
+  PYTHONPATH=/tmp/peers:/tmp/gemlite-0.6.0.post2 python benchmarks/gpu_speed.py --peers
+(bitsandbytes also imports numpy, packaging and typing_extensions; gemlite numpy, triton >= 3.6 and tqdm,
+which gpu_peers.py stubs if it is missing.)
 """
 from __future__ import annotations
 
@@ -24,6 +33,9 @@ from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
 from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_peers import PEERS, probe, short_reason  # noqa: E402 - same folder; imports only torch
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024), (4096, 128256)]  # (K in, N out)
 ROWS = [1, 4, 16, 64, 256]
@@ -99,13 +111,32 @@ def copies_for(nbytes: int) -> int:
     return max(2, -(-4 * l2 // nbytes))
 
 
-def layer_table(quick: bool, copy_tbs: float) -> None:
+def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> str:
+    """One peer's cell; a failure to run becomes a short reason, a failed graph capture "no graph"."""
+    try:
+        eager = timed(calls, False)
+    except Exception as exc:  # noqa: BLE001 - a peer failing is a table entry
+        print(f"  peer failed: {type(exc).__name__}: {exc}", flush=True)
+        torch.cuda.synchronize()
+        return short_reason(exc)
+    try:
+        graph = timed(calls, True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"  peer graph capture failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        torch.cuda.synchronize()
+        return f"{eager:.1f} / no graph ({bf16_eager / eager:.2f}× eager)"
+    return f"{eager:.1f} / {graph:.1f} ({bf16_graph / graph:.2f}×)"
+
+
+def layer_table(quick: bool, copy_tbs: float, peers=()) -> None:
+    """``peers``: (label, builder) pairs from gpu_peers.py; a str in place of the builder is the
+    reason that peer cannot run, shown in each of its cells."""
     shapes = SHAPES[:2] + SHAPES[-1:] if quick else SHAPES
     rows_list = [1, 16, 64] if quick else ROWS
     say("\n## Layer GEMM, bf16 activations (µs per call: eager / CUDA-graph replay; ×: bf16 time / this time, graph)\n")
     say("| K×N | M | bf16 cuBLAS | tinygemm int4 g128 | " + " | ".join(f"ours {o[0]}" for o in OURS)
-        + " | ours int4 eff. BW (graph) |")
-    say("|---|---|---|---|" + "---|" * len(OURS) + "---|")
+        + " | ours int4 eff. BW (graph) |" + "".join(f" {p[0]} |" for p in peers))
+    say("|---|---|---|---|" + "---|" * len(OURS) + "---|" + "---|" * len(peers))
     for k, n in shapes:
         wb = torch.randn(n, k, device=DEV, dtype=torch.bfloat16)
         bf16_w = [wb] + [wb.clone() for _ in range(copies_for(wb.numel() * 2) - 1)]
@@ -119,25 +150,37 @@ def layer_table(quick: bool, copy_tbs: float) -> None:
             kernels = [TritonKernel(p0, spec)]
             kernels += [TritonKernel(random_packed(fmt, k, n, gs), spec) for _ in range(copies_for(p0.nbytes()) - 1)]
             ours.append((kernels, p0.nbytes()))
+        peer_fns = []  # per peer: forward callables over weight copies, or the reason it cannot run
+        for label, build in peers:
+            try:
+                peer_fns.append(build if isinstance(build, str) else  # ~4.25-bit weights: copies as for 4 bits
+                                [build(wb) for _ in range(copies_for(k * n // 2))])
+            except Exception as exc:  # noqa: BLE001 - a peer failing is a table entry
+                print(f"  {label} failed to build for {k}×{n}: {type(exc).__name__}: {exc}", flush=True)
+                peer_fns.append(short_reason(exc))
         for m in rows_list:
             x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
-            cells, base = [], None
+            cells, base, bf16_eager = [], None, None
             for name, calls in [("bf16", [lambda w=w: F.linear(x, w) for w in bf16_w])] + \
                     ([("tg", [lambda f=f: f(x) for f in tg])] if tg else []) + \
                     [(lbl[0], [lambda kk=kk: kk.forward(x) for kk in ks]) for lbl, (ks, _) in zip(OURS, ours)]:
                 eager, graph = timed(calls, False), timed(calls, True)
                 base = graph if base is None else base
+                bf16_eager = eager if bf16_eager is None else bf16_eager
                 cells.append(f"{eager:.1f} / {graph:.1f} ({base / graph:.2f}×)")
                 if name == OURS[0][0]:
                     int4_graph = graph
             if not tg:
                 cells.insert(1, "n/a")
             bw = ours[0][1] / int4_graph / 1e6
-            say(f"| {k}×{n} | {m} | " + " | ".join(cells) + f" | {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) |")
+            peer_cells = [fs if isinstance(fs, str) else peer_cell([lambda f=f: f(x) for f in fs], bf16_eager, base)
+                          for fs in peer_fns]
+            say(f"| {k}×{n} | {m} | " + " | ".join(cells) + f" | {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) |"
+                + "".join(f" {c} |" for c in peer_cells))
         from quant_core.kernels.triton_tuning import CACHE
         print("tuned:", {f"{key[0]} M<={key[1]} {key[4]}b{'cb' if key[6] else ''}": cfg.label()
                          for key, cfg in CACHE.best.items() if key[2:4] == (k, n)}, flush=True)
-        del bf16_w, ours, tg
+        del bf16_w, ours, tg, peer_fns
         torch.cuda.empty_cache()
 
 
@@ -163,6 +206,8 @@ def main() -> None:
     ap.add_argument("--skip-layers", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--gptq", action="store_true", help="also time GPTQ int4 g128 of the synthetic model")
+    ap.add_argument("--peers", action="store_true",
+                    help="layer table also times bitsandbytes nf4 (bs64) and gemlite int4 g128 where importable")
     ap.add_argument("--decode-layers", type=int, default=32, help="decoder layers of the synthetic Llama-3-8B")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "gpu_speed.md"))
     args = ap.parse_args()
@@ -174,8 +219,18 @@ def main() -> None:
         f"torch {torch.__version__}, triton {triton.__version__}")
     copy_tbs = copy_bandwidth()
     say(f"Measured copy bandwidth (1 GiB device-to-device, read + write): {copy_tbs:.2f} TB/s")
+    peers = []
+    if args.peers and not args.skip_layers:
+        for label, build, module in PEERS:
+            try:
+                say(f"Peer {label}: {probe(build, module)}")
+                peers.append((label, build))
+            except Exception as exc:  # noqa: BLE001 - an unavailable peer is reported, not fatal
+                say(f"Peer {label} unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}")
+                torch.cuda.synchronize()
+                peers.append((label, short_reason(exc)))
     if not args.skip_layers:
-        layer_table(args.quick, copy_tbs)
+        layer_table(args.quick, copy_tbs, peers)
         launch_overhead()
     if not args.skip_decode or args.gptq:
         from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
