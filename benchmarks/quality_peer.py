@@ -91,9 +91,15 @@ def teq_train(model, batches, steps: int, lr: float = 1e-3):
     model.eval()
 
 
-def run_cell(row: str, column: str, n_samples: int, teq_steps: int) -> dict:
-    """Quantize with Neural Compressor and measure perplexity (inside the cell's subprocess)."""
+def run_cell(row: str, column: str, n_samples: int, teq_steps: int, device: str = "cpu") -> dict:
+    """Quantize with Neural Compressor and measure perplexity (inside the cell's subprocess).
+
+    ``device``: Neural Compressor picks its accelerator itself (``INC_TARGET_DEVICE``, set by
+    ``main``); the model and calibration batches start there so its captured inputs match.
+    """
     import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # as ours: figures must not depend on matmul precision
     from neural_compressor.torch.quantization import convert, prepare
 
     from quant_core.calibration import calibration_batches
@@ -102,7 +108,9 @@ def run_cell(row: str, column: str, n_samples: int, teq_steps: int) -> dict:
 
     torch.manual_seed(0)
     model, tok = load_model()
-    batches = calibration_batches(tok, n_samples=n_samples, seqlen=SEQLEN, seed=0, batch_size=1)
+    model.to(device)
+    batches = [b.to(device) for b in calibration_batches(tok, n_samples=n_samples, seqlen=SEQLEN, seed=0,
+                                                         batch_size=1)]
     config = nc_config(row, column, model, str(embedded_model_dir()))
     start = time.perf_counter()
     example = batches[0]
@@ -120,8 +128,16 @@ def run_cell(row: str, column: str, n_samples: int, teq_steps: int) -> dict:
         model = convert(model)
     seconds = time.perf_counter() - start
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    model.to(device)  # some algorithms hand the model back on the CPU
     ppl = perplexity(model, tok, read_eval_text(EVAL_FILE), SEQLEN, WINDOWS, progress=False)
     return {"ppl": ppl, "seconds": seconds, "peak_rss_gb": rss_gb}
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.get_device_name() + " (TF32 off)"
+    return f"CPU x{os.cpu_count()}"
 
 
 def write_table(results: dict, meta: dict) -> str:
@@ -129,7 +145,8 @@ def write_table(results: dict, meta: dict) -> str:
     lines = [
         "# Neural Compressor weight-only quantization (peer table)",
         "",
-        f"neural-compressor-pt {meta.get('nc_version', '?')}, torch {meta.get('torch', '?')}, CPU. "
+        f"neural-compressor-pt {meta.get('nc_version', '?')}, torch {meta.get('torch', '?')}, "
+        f"{meta.get('device', 'CPU')}. "
         f"SmolLM2-135M-Instruct (fp32 from the embedded Q4_1 GGUF), WikiText-2 test, seqlen {SEQLEN}, "
         f"first {WINDOWS} windows. Calibration: the same {meta.get('n_samples')} x {SEQLEN}-token windows "
         f"({', '.join(f'{k}: {v}' for k, v in meta.get('row_samples', {}).items())} windows) "
@@ -174,11 +191,13 @@ def main(argv=None) -> None:
                         "train on every sample, which is hours on 2 cores at 128)")
     p.add_argument("--teq-steps", type=int, default=50)
     p.add_argument("--cell-timeout", type=int, default=3600, help="seconds before a cell is abandoned")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where Neural Compressor runs (perplexity "
+                   "figures do not depend on it beyond float rounding; TF32 stays off)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run a single cell, print JSON
     args = p.parse_args(argv)
     if args.one:
         row, column = args.one.split(":")
-        print("RESULT " + json.dumps(run_cell(row, column, args.n_samples, args.teq_steps)), flush=True)
+        print("RESULT " + json.dumps(run_cell(row, column, args.n_samples, args.teq_steps, args.device)), flush=True)
         return
     import importlib.metadata as md
     cells = [f"{r}:{c}" for r in PEER_ROWS for c in COLUMNS] if args.cells == "all" else args.cells.split(",")
@@ -189,8 +208,9 @@ def main(argv=None) -> None:
     store = RESULTS / "quality_peer.json"
     saved = json.loads(store.read_text()) if store.is_file() else {}
     results = saved.get("results", {}) if saved.get("n_samples") == args.n_samples else {}
+    os.environ["INC_TARGET_DEVICE"] = args.device
     meta = {"nc_version": md.version("neural-compressor-pt"), "torch": md.version("torch"),
-            "n_samples": args.n_samples, "teq_steps": args.teq_steps}
+            "n_samples": args.n_samples, "teq_steps": args.teq_steps, "device": device_name(args.device)}
     row_samples = {k: int(v) for k, v in (x.split("=") for x in args.row_samples.split(",") if x)}
     meta["row_samples"] = row_samples
     for cell in cells:
@@ -201,7 +221,7 @@ def main(argv=None) -> None:
         print(f"[peer] {cell} (load {load}, {n} samples) ...", flush=True)
         try:
             proc = subprocess.run([sys.executable, __file__, "--one", cell, "--n-samples", str(n),
-                                   "--teq-steps", str(args.teq_steps)], capture_output=True, text=True,
+                                   "--teq-steps", str(args.teq_steps), "--device", args.device], capture_output=True, text=True,
                                   timeout=args.cell_timeout)
             found = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
             if found:
