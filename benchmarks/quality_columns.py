@@ -31,6 +31,8 @@ COLUMNS = {
 # Rows: algorithm name -> extra QuantConfig fields.
 ROWS = {
     "RTN": dict(algorithm="rtn"),
+    # Neural Compressor keeps fp32 scales; ours are stored in fp16 by default: this row compares like with like
+    "RTN fp32 scales": dict(algorithm="rtn", scale_dtype="fp32"),
     "GPTQ": dict(algorithm="gptq", act_order=False),
     "GPTQ act_order": dict(algorithm="gptq", act_order=True),
     "AWQ": dict(algorithm="awq"),
