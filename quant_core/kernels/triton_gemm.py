@@ -12,14 +12,7 @@ from __future__ import annotations
 
 import triton.language as tl
 
-from .triton_jit import jit
-
-
-@jit
-def _as_f32(u):
-    """Small non-negative ints to fp32 without the slow int->float unit: put them in the
-    mantissa of 2**23 and subtract it (OR + FADD at full rate instead of I2F)."""
-    return (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+from .triton_jit import as_f32, dequant, jit
 
 
 @jit
@@ -74,11 +67,11 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
             if CODEBOOK:
                 v = tl.load(lut_ptr + u)
             elif ZMODE == 0:
-                v = _as_f32(u) - SYM_ZERO
+                v = as_f32(u) - SYM_ZERO
             elif ZMODE == 1:
-                v = _as_f32(u) - tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)[None, :]
+                v = as_f32(u) - tl.load(z_ptr + zoff, mask=zm, other=0).to(tl.float32)[None, :]
             else:
-                v = _as_f32(u)
+                v = as_f32(u)
             if DOT_F32:
                 part = tl.dot(x.to(tl.float32), v, input_precision="ieee")
             else:
@@ -94,14 +87,7 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
             else:
                 zoff = (offs_k // GROUP_COLS)[:, None] * N + offs_n[None, :]
             s = tl.load(s_ptr + zoff, mask=tile_mask, other=0.0).to(tl.float32)
-            if CODEBOOK:
-                v = tl.load(lut_ptr + u) * s
-            elif ZMODE == 0:
-                v = (_as_f32(u) - SYM_ZERO) * s
-            elif ZMODE == 1:
-                v = (_as_f32(u) - tl.load(z_ptr + zoff, mask=tile_mask, other=0).to(tl.float32)) * s
-            else:
-                v = _as_f32(u) * s + tl.load(z_ptr + zoff, mask=tile_mask, other=0.0).to(tl.float32)
+            v = dequant(u, s, lut_ptr, z_ptr + zoff, tile_mask, CODEBOOK, ZMODE, SYM_ZERO)
             if DOT_F32:
                 acc = tl.dot(x.to(tl.float32), v, acc, input_precision="ieee")
             else:

@@ -13,14 +13,7 @@ from __future__ import annotations
 
 import triton.language as tl
 
-from .triton_jit import jit
-
-
-@jit
-def _as_f32(u):
-    """Small non-negative ints to fp32 without the slow int->float unit: put them in the
-    mantissa of 2**23 and subtract it (OR + FADD at full rate instead of I2F)."""
-    return (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+from .triton_jit import dequant, jit
 
 
 @jit
@@ -55,16 +48,7 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
                 gm = k_ok[:, None] & n_mask[None, :]
                 s = tl.load(s_ptr + g[:, None] * N + offs_n[None, :], mask=gm, other=0.0).to(tl.float32)
                 u = (w >> (j * BITS)) & MASK
-                if CODEBOOK:
-                    v = tl.load(lut_ptr + u) * s
-                elif ZMODE == 0:
-                    v = (_as_f32(u) - SYM_ZERO) * s
-                elif ZMODE == 1:
-                    z = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gm, other=0).to(tl.float32)
-                    v = (_as_f32(u) - z) * s
-                else:
-                    mn = tl.load(z_ptr + g[:, None] * N + offs_n[None, :], mask=gm, other=0.0).to(tl.float32)
-                    v = _as_f32(u) * s + mn
+                v = dequant(u, s, lut_ptr, z_ptr + g[:, None] * N + offs_n[None, :], gm, CODEBOOK, ZMODE, SYM_ZERO)
                 acc += v * xj[:, None]
         else:
             t = tl.zeros([BLOCK_KW, BLOCK_N], dtype=tl.float32)

@@ -1,4 +1,5 @@
-"""How our Triton kernels are compiled: for the GPU, or through Triton's interpreter.
+"""How our Triton kernels are compiled (for the GPU, or through Triton's interpreter), and
+the ``@jit`` device helpers the GEMV and GEMM kernels share (inlined where they are called).
 
 Triton decides compiled-versus-interpreted when a function is decorated, from
 ``TRITON_INTERPRET``. We also interpret when no CUDA device exists, so that the
@@ -22,6 +23,7 @@ if interpreting():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
 def jit(fn):
@@ -29,3 +31,28 @@ def jit(fn):
         from triton.runtime.interpreter import InterpretedFunction
         return InterpretedFunction(fn)
     return triton.jit(fn)
+
+
+@jit
+def as_f32(u):
+    """Small non-negative ints to fp32 without the slow int->float unit: put them in the
+    mantissa of 2**23 and subtract it (OR + FADD at full rate instead of I2F)."""
+    return (u | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@jit
+def dequant(u, s, lut_ptr, z_ptrs, mask, CODEBOOK: tl.constexpr, ZMODE: tl.constexpr,
+            SYM_ZERO: tl.constexpr):
+    """fp32 weights from codes ``u`` and their scales ``s`` (same shape): the codebook level
+    times ``s``; or ``(u - zero) * s`` with the zero ``SYM_ZERO`` (ZMODE 0) or the integer
+    zero points at ``z_ptrs`` (ZMODE 1); or ``u * s + min`` with the float group minimums
+    at ``z_ptrs`` (ZMODE 2). ``mask`` guards the zero-point loads."""
+    if CODEBOOK:
+        v = tl.load(lut_ptr + u) * s
+    elif ZMODE == 0:
+        v = (as_f32(u) - SYM_ZERO) * s
+    elif ZMODE == 1:
+        v = (as_f32(u) - tl.load(z_ptrs, mask=mask, other=0).to(tl.float32)) * s
+    else:
+        v = as_f32(u) * s + tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
+    return v
