@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .formats import get_format
+from . import cpu_features
 from .kernels.base import LayerSpec
 from .kernels.registry import choose_kernel
 from .packed import PackedWeight, expected_shapes
@@ -65,7 +66,9 @@ class QuantLinear(nn.Module):
         if self.compute_dtype != "auto":
             return self.compute_dtype
         if device_type == "cpu":
-            return "fp32"  # bf16 matmul is slower than fp32 on AVX2-only CPUs
+            # a bf16 model computes in bf16 only where the CPU has bf16 units; emulated bf16
+            # (AVX2-only CPUs) is slower than fp32
+            return "bf16" if x_dtype == torch.bfloat16 and cpu_features.native_bf16() else "fp32"
         return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(x_dtype, "fp16")
 
     def layer_spec(self, device_type: str, x_dtype: torch.dtype = torch.float32) -> LayerSpec:
@@ -85,7 +88,13 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._kernel = None  # moved or cast: the repacked copy is stale
-        return super()._apply(fn, *args, **kwargs)
+        stored = dict(self._buffers)
+        out = super()._apply(fn, *args, **kwargs)
+        for name, old in stored.items():  # model.to(bf16) must not re-round the stored scales:
+            new = self._buffers.get(name)  # packed tensors follow the device, never the dtype
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._prepare(x).forward(x)

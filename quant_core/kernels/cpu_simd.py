@@ -85,6 +85,7 @@ class _CpuSimdKernel(Kernel):
         release_freed_memory()  # repack's temporaries are gone now: return their pages
         self.lib = load_library(self.variant())
         self.int8 = spec.compute_dtype == "int8"
+        self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
 
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
@@ -108,17 +109,19 @@ class _CpuSimdKernel(Kernel):
 
     def _gemm(self, xa: torch.Tensor) -> torch.Tensor:
         """Large batches: dequantize a slab of rows at a time into a reused scratch buffer (no
-        full float copy, no fresh pages per call) and let PyTorch's GEMM do the math."""
+        full float copy, no fresh pages per call) and let PyTorch's GEMM do the math: in bf16
+        when that is the compute dtype and the CPU has bf16 units (about twice fp32's rate)."""
         w = self.w
         rows = max(16, SCRATCH_FLOATS // w.padded_in)
         scratch = _scratch(rows * w.padded_in)
-        yt = torch.empty(w.out_features, xa.shape[0])
-        xt = xa.t()
+        dtype = torch.bfloat16 if self.bf16_gemm else torch.float32
+        yt = torch.empty(w.out_features, xa.shape[0], dtype=dtype)
+        xt = xa.t().to(dtype)
         for n0 in range(0, w.out_features, rows):
             n1 = min(n0 + rows, w.out_features)
-            slab = scratch[: (n1 - n0) * w.padded_in].view(n1 - n0, w.padded_in)
-            torch.mm(self.dequantize(n0, n1, slab), xt, out=yt[n0:n1])
-        return yt.t()
+            slab = self.dequantize(n0, n1, scratch[: (n1 - n0) * w.padded_in].view(n1 - n0, w.padded_in))
+            torch.mm(slab.to(dtype), xt, out=yt[n0:n1])
+        return yt.t().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w

@@ -131,3 +131,27 @@ def test_rejections_say_why():
     ]:
         ok, reason = CpuAvx2Kernel.can_implement(spec)
         assert not ok and words in reason
+
+
+@pytest.mark.skipif(not cpu_features.native_bf16(), reason="CPU has no bf16 units (AVX512-BF16/AMX)")
+@pytest.mark.parametrize("fmt_name,group_size,sym", [("int4", 128, True), ("nf4", 64, True), ("int8", -1, False)])
+def test_bf16_batches_use_a_bf16_gemm_within_bf16_tolerance(fmt_name, group_size, sym):
+    packed = packed_weight(40, 320, fmt_name, group_size, sym)
+    kernel = CpuAvx2Kernel(packed, LayerSpec.of(packed, "bf16", "cpu"))
+    assert kernel.bf16_gemm
+    check(CpuAvx2Kernel, packed, "bf16", 32)  # >= GEMM_ROWS: dequantize + bf16 GEMM
+
+
+def test_quantlinear_cast_to_bf16_keeps_stored_tensors():
+    from quant_core.modules import QuantLinear
+
+    packed = packed_weight(16, 64, "int4", 32, False)
+    layer = QuantLinear.from_packed(packed, None)
+    scales = layer.scales.clone()
+    layer.to(torch.bfloat16)
+    assert layer.scales.dtype == scales.dtype and torch.equal(layer.scales, scales)
+    assert layer.qweight.dtype == torch.uint8
+    x = torch.randn(3, 64).bfloat16()
+    assert layer(x).dtype == torch.bfloat16
+    expected = "bf16" if cpu_features.native_bf16() else "fp32"
+    assert layer.resolved_compute_dtype("cpu", torch.bfloat16) == expected
