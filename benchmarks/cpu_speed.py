@@ -27,11 +27,15 @@ ROWS = {  # name -> QuantConfig kwargs (None: a float dtype)
     "int4_asym": dict(weight_dtype="int4", group_size=128, scheme="asym"),
     "nf4": dict(weight_dtype="nf4", group_size=64, scheme="sym"),
 }
+# The same formats run as a bf16 model (activations, norms, embeddings in bf16; packed weights
+# untouched): on CPUs with bf16 units batched layers then use a bf16 GEMM (quant_core.modules)
+ROWS.update({f"{name}_bf16": ROWS[name] for name in ("int8", "int4_sym", "int4_asym", "nf4")})
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 GEMM_SHAPES = {"q_proj/o_proj": (2048, 2048), "k_proj/v_proj": (2048, 256), "gate/up_proj": (2048, 5632),
                "down_proj": (5632, 2048)}
 RESULTS = Path(__file__).parent / "results" / "cpu_speed.md"
+RESULTS_JSON = RESULTS.with_suffix(".json")
 
 
 def median_time(fn, repeats):
@@ -96,7 +100,7 @@ def build(model_name, row):
         model, _ = load_model(None)
         if ROWS[row] is not None:
             quantize(model, QuantConfig(**ROWS[row]))
-    if row == "bf16":
+    if row == "bf16" or row.endswith("_bf16"):
         model = model.to(torch.bfloat16)
     return model.eval()
 
@@ -228,7 +232,8 @@ def run_child(kind, args, new_tokens=None, prefill_tokens=None, prompt_tokens=No
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2", "tinyllama-1.1b"])
-    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="+", default=[r for r in ROWS if not r.endswith("_bf16")], choices=list(ROWS),
+                    help="rows to run (the *_bf16 rows: quantized formats in a bf16 model)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -241,6 +246,7 @@ def main(argv=None):
     ap.add_argument("--cache-bytes", type=int, default=96 << 20, help="GEMM rows rotate over this many bytes of layers")
     ap.add_argument("--dynamic-cache", action="store_true", help="also decode with the model's dynamic KV cache")
     ap.add_argument("--no-gemm", action="store_true")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of the last run (cpu_speed.json), add these")
     ap.add_argument("--no-llamacpp", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -253,7 +259,6 @@ def main(argv=None):
         fn = {"model": child_model, "gemm": child_gemm, "llamacpp": child_llamacpp}[args.child]
         print(json.dumps(fn(args)))
         return 0
-    from cpu_speed_report import write_report  # noqa: E402  (sibling module: table formatting)
     from quant_core import cpu_features
     started = time.time()
     info = cpu_features.summary()
@@ -262,6 +267,10 @@ def main(argv=None):
     print("CPU:", json.dumps(info), flush=True)
     results = {"cpu": info, "args": {k: v for k, v in vars(args).items() if k not in ("child", "model", "row")},
                "models": {}, "gemm": {}, "llamacpp": None}
+    if args.merge and RESULTS_JSON.is_file():  # add rows to an earlier run's table (same settings)
+        earlier = json.loads(RESULTS_JSON.read_text())
+        results.update({k: earlier[k] for k in ("models", "gemm", "llamacpp")})
+        results["merged_from"] = earlier.get("cpu", {}).get("load_avg_start")
     for model_name in args.models:
         for row in (args.small_rows or args.rows) if model_name == "smollm2" else args.rows:
             t = time.time()
@@ -272,18 +281,24 @@ def main(argv=None):
             results["models"][f"{model_name}|{row}"] = r
             print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
             results["wall_s"] = time.time() - started
-            write_report(results, RESULTS)  # partial table so far, in case the run is cut short
+            save(results)  # partial table so far, in case the run is cut short
     if not args.no_llamacpp:
         results["llamacpp"] = run_child("llamacpp", args, new_tokens=args.new_tokens)
         print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)
-        write_report(results, RESULTS)
+        save(results)
     if not args.no_gemm:
         results["gemm"] = run_child("gemm", args, **{"cache-bytes": args.cache_bytes})
         print("GEMM ms:", json.dumps(results["gemm"]), flush=True)
     results["wall_s"] = time.time() - started
     info["load_avg_end"] = os.getloadavg()
-    print(write_report(results, RESULTS))
+    print(save(results))
     return 0
+
+
+def save(results) -> str:
+    from cpu_speed_report import write_report  # noqa: E402  (sibling module: table formatting)
+    RESULTS_JSON.write_text(json.dumps(results, indent=1))
+    return write_report(results, RESULTS)
 
 
 if __name__ == "__main__":

