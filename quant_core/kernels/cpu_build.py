@@ -95,6 +95,8 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qgemm_i8.restype = None
     lib.qdequant.argtypes = [p, i, i, i, i, i, f, f, p, p, i]
     lib.qdequant.restype = None
+    lib.qdequant_bf16.argtypes = [p, i, i, i, i, i, f, f, p, p, i]
+    lib.qdequant_bf16.restype = None
     lib.qisa.restype = ctypes.c_char_p
     built = lib.qisa().decode()
     if built != variant:

@@ -97,14 +97,16 @@ class _CpuSimdKernel(Kernel):
         return kernel_columns(x2, w.layout).contiguous()
 
     def dequantize(self, n0: int = 0, n1: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 rows ``[n0, n1)`` of the weight, ``[rows, Kp]`` in the kernel's column order."""
+        """Rows ``[n0, n1)`` of the weight, ``[rows, Kp]`` in the kernel's column order: float32,
+        or bf16 when ``out`` is a bf16 tensor."""
         w = self.w
         n1 = w.out_features if n1 is None else n1
         out = torch.empty(n1 - n0, w.padded_in) if out is None else out
+        fn = self.lib.qdequant_bf16 if out.dtype == torch.bfloat16 else self.lib.qdequant
         row_bytes = w.qweight.shape[1] * w.qweight.element_size()
-        self.lib.qdequant(_ptr(w.qweight, n0 * row_bytes), w.layout, n1 - n0, w.padded_in, w.n_groups,
-                          w.blocks_per_group, _ptr(w.scales, n0 * w.n_groups * 4),
-                          _ptr(w.offs, n0 * w.n_groups * 4), _ptr(w.lut), _ptr(out), torch.get_num_threads())
+        fn(_ptr(w.qweight, n0 * row_bytes), w.layout, n1 - n0, w.padded_in, w.n_groups,
+           w.blocks_per_group, _ptr(w.scales, n0 * w.n_groups * 4),
+           _ptr(w.offs, n0 * w.n_groups * 4), _ptr(w.lut), _ptr(out), torch.get_num_threads())
         return out
 
     def _gemm(self, xa: torch.Tensor) -> torch.Tensor:
@@ -115,12 +117,14 @@ class _CpuSimdKernel(Kernel):
         rows = max(16, SCRATCH_FLOATS // w.padded_in)
         scratch = _scratch(rows * w.padded_in)
         dtype = torch.bfloat16 if self.bf16_gemm else torch.float32
+        if self.bf16_gemm:  # the same bytes hold twice the bf16 elements
+            scratch = scratch.view(torch.bfloat16)
         yt = torch.empty(w.out_features, xa.shape[0], dtype=dtype)
         xt = xa.t().to(dtype)
         for n0 in range(0, w.out_features, rows):
             n1 = min(n0 + rows, w.out_features)
             slab = self.dequantize(n0, n1, scratch[: (n1 - n0) * w.padded_in].view(n1 - n0, w.padded_in))
-            torch.mm(slab.to(dtype), xt, out=yt[n0:n1])
+            torch.mm(slab, xt, out=yt[n0:n1])
         return yt.t().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

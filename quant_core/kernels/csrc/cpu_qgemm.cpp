@@ -240,6 +240,37 @@ void gemm_i8(const int8_t* q, const float* qscale, int M, const uint8_t* w, int 
     delete[] qsum;
 }
 
+// fp32 -> bf16 bits, round to nearest even (weights are finite); a plain loop the compiler vectorizes
+static inline void to_bf16(const float* src, uint16_t* dst, int n) {
+    for (int i = 0; i < n; ++i) {
+        uint32_t b;
+        std::memcpy(&b, src + i, 4);
+        dst[i] = (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+    }
+}
+
+template <bool BYTES, bool CB>
+void dequant_bf16(const uint8_t* w, int N, int Kp, int G, int gsb, const float* scales, const float* offs,
+                  const float* lutp, uint16_t* out, int nthreads) {
+    const int nb = Kp / 32;
+    const int row_bytes = BYTES ? Kp : Kp / 2;
+    float zl[16] = {0};
+    const Lut lut = make_lut(lutp ? lutp : zl);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int n = 0; n < N; ++n) {
+        const uint8_t* row = w + (int64_t)n * row_bytes;
+        alignas(64) float tmp[32];
+        for (int b = 0; b < nb; ++b) {
+            const int g = b / gsb;
+            const vf s = vset1(scales[(int64_t)n * G + g]), o = vset1(offs[(int64_t)n * G + g]);
+            vf wv[VPB];
+            decode_block<BYTES, CB>(row, b, lut, wv);
+            for (int v = 0; v < VPB; ++v) vstore(tmp + v * W, vfma(wv[v], s, o));
+            to_bf16(tmp, out + (int64_t)n * Kp + 32 * b, 32);
+        }
+    }
+}
+
 template <bool BYTES, bool CB>
 void dequant(const uint8_t* w, int N, int Kp, int G, int gsb, const float* scales, const float* offs,
              const float* lutp, float* out, int nthreads) {
@@ -283,6 +314,14 @@ void qdequant(const uint8_t* w, int layout, int N, int Kp, int G, int gsb, const
     if (layout == 1) dequant<true, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
     else if (lut) dequant<false, true>(w, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
     else dequant<false, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
+}
+
+// Same rows as qdequant, written as bf16 (for a bf16 GEMM on CPUs with bf16 units).
+void qdequant_bf16(const uint8_t* w, int layout, int N, int Kp, int G, int gsb, const float* scales,
+                   const float* offs, const float* lut, uint16_t* out, int nthreads) {
+    if (layout == 1) dequant_bf16<true, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
+    else if (lut) dequant_bf16<false, true>(w, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
+    else dequant_bf16<false, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
 }
 
 // Which variant this library is; Python checks it against the file it meant to load.

@@ -155,3 +155,12 @@ def test_quantlinear_cast_to_bf16_keeps_stored_tensors():
     assert layer(x).dtype == torch.bfloat16
     expected = "bf16" if cpu_features.native_bf16() else "fp32"
     assert layer.resolved_compute_dtype("cpu", torch.bfloat16) == expected
+
+
+@pytest.mark.parametrize("fmt_name,group_size,sym", [("int4", 32, False), ("nf4", 64, True), ("int8", -1, True)])
+def test_bf16_dequantize_is_the_fp32_one_rounded(fmt_name, group_size, sym):
+    packed = packed_weight(37, 100, fmt_name, group_size, sym)
+    kernel = CpuAvx2Kernel(packed, LayerSpec.of(packed, "fp32", "cpu"))
+    f32 = kernel.dequantize()
+    bf = kernel.dequantize(out=torch.empty(f32.shape, dtype=torch.bfloat16))
+    assert torch.equal(bf, f32.to(torch.bfloat16))  # round to nearest even, bit for bit
