@@ -65,7 +65,8 @@ def run_table(args, store: dict) -> None:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, tok, text, calibration_batches = load(args)
-    store["device"] = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
+    here = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
+    store.setdefault("device", here)  # the table's device; cells computed elsewhere say where
     cells = store.setdefault("cells", {})
     if "fp32" not in cells:
         cells["fp32"] = {"ppl": perplexity(model.to(device), tok, text, SEQLEN, WINDOWS, progress=False)}
@@ -88,7 +89,7 @@ def run_table(args, store: dict) -> None:
         try:
             q, seconds = quantize_cell(model, tok, batches_by_n[n], row, column, n, device)
             ppl = perplexity(q.to(device), tok, text, SEQLEN, WINDOWS, progress=False)
-            cells[key] = {"ppl": ppl, "seconds": seconds}
+            cells[key] = {"ppl": ppl, "seconds": seconds, "device": here}
             del q
         except Exception as exc:  # a cell that cannot run is a table entry, not a crashed run
             cells[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
