@@ -89,7 +89,9 @@ class _CpuSimdKernel(Kernel):
 
     def _activations(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
-        x2 = x.reshape(-1, w.in_features).float()
+        x2 = x.reshape(-1, w.in_features)
+        if not (self.bf16_gemm and x2.shape[0] >= GEMM_ROWS):  # only the bf16 GEMM keeps bf16 rows
+            x2 = x2.float()
         if w.perm is not None:
             x2 = x2[:, w.perm]
         if w.padded_in != w.in_features:
@@ -125,7 +127,7 @@ class _CpuSimdKernel(Kernel):
             n1 = min(n0 + rows, w.out_features)
             slab = self.dequantize(n0, n1, scratch[: (n1 - n0) * w.padded_in].view(n1 - n0, w.padded_in))
             torch.mm(slab, xt, out=yt[n0:n1])
-        return yt.t().float()
+        return yt.t()  # bf16 stays bf16: the layer casts to the activations' dtype anyway
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
