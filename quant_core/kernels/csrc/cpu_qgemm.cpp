@@ -19,6 +19,7 @@
 #include <omp.h>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace {
 
@@ -249,9 +250,10 @@ static inline void to_bf16(const float* src, uint16_t* dst, int n) {
     }
 }
 
-template <bool BYTES, bool CB>
-void dequant_bf16(const uint8_t* w, int N, int Kp, int G, int gsb, const float* scales, const float* offs,
-                  const float* lutp, uint16_t* out, int nthreads) {
+// Rows of the weight as float32 (OUT = float) or as bf16 bits (OUT = uint16_t, for a bf16 GEMM).
+template <bool BYTES, bool CB, typename OUT>
+void dequant(const uint8_t* w, int N, int Kp, int G, int gsb, const float* scales, const float* offs,
+             const float* lutp, OUT* out, int nthreads) {
     const int nb = Kp / 32;
     const int row_bytes = BYTES ? Kp : Kp / 2;
     float zl[16] = {0};
@@ -265,30 +267,23 @@ void dequant_bf16(const uint8_t* w, int N, int Kp, int G, int gsb, const float* 
             const vf s = vset1(scales[(int64_t)n * G + g]), o = vset1(offs[(int64_t)n * G + g]);
             vf wv[VPB];
             decode_block<BYTES, CB>(row, b, lut, wv);
-            for (int v = 0; v < VPB; ++v) vstore(tmp + v * W, vfma(wv[v], s, o));
-            to_bf16(tmp, out + (int64_t)n * Kp + 32 * b, 32);
+            OUT* dst = out + (int64_t)n * Kp + 32 * b;
+            if constexpr (std::is_same_v<OUT, float>) {
+                for (int v = 0; v < VPB; ++v) vstore(dst + v * W, vfma(wv[v], s, o));
+            } else {
+                for (int v = 0; v < VPB; ++v) vstore(tmp + v * W, vfma(wv[v], s, o));
+                to_bf16(tmp, dst, 32);
+            }
         }
     }
 }
 
-template <bool BYTES, bool CB>
-void dequant(const uint8_t* w, int N, int Kp, int G, int gsb, const float* scales, const float* offs,
-             const float* lutp, float* out, int nthreads) {
-    const int nb = Kp / 32;
-    const int row_bytes = BYTES ? Kp : Kp / 2;
-    float zl[16] = {0};
-    const Lut lut = make_lut(lutp ? lutp : zl);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int n = 0; n < N; ++n) {
-        const uint8_t* row = w + (int64_t)n * row_bytes;
-        for (int b = 0; b < nb; ++b) {
-            const int g = b / gsb;
-            const vf s = vset1(scales[(int64_t)n * G + g]), o = vset1(offs[(int64_t)n * G + g]);
-            vf wv[VPB];
-            decode_block<BYTES, CB>(row, b, lut, wv);
-            for (int v = 0; v < VPB; ++v) vstore(out + (int64_t)n * Kp + 32 * b + v * W, vfma(wv[v], s, o));
-        }
-    }
+template <typename OUT>
+void dequant_any(const uint8_t* w, int layout, int N, int Kp, int G, int gsb, const float* scales,
+                 const float* offs, const float* lut, OUT* out, int nthreads) {
+    if (layout == 1) dequant<true, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
+    else if (lut) dequant<false, true>(w, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
+    else dequant<false, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
 }
 
 }  // namespace
@@ -311,17 +306,13 @@ void qgemm_i8(const int8_t* q, const float* qscale, int M, const uint8_t* w, int
 
 void qdequant(const uint8_t* w, int layout, int N, int Kp, int G, int gsb, const float* scales,
               const float* offs, const float* lut, float* out, int nthreads) {
-    if (layout == 1) dequant<true, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
-    else if (lut) dequant<false, true>(w, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
-    else dequant<false, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
+    dequant_any(w, layout, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
 }
 
 // Same rows as qdequant, written as bf16 (for a bf16 GEMM on CPUs with bf16 units).
 void qdequant_bf16(const uint8_t* w, int layout, int N, int Kp, int G, int gsb, const float* scales,
                    const float* offs, const float* lut, uint16_t* out, int nthreads) {
-    if (layout == 1) dequant_bf16<true, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
-    else if (lut) dequant_bf16<false, true>(w, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
-    else dequant_bf16<false, false>(w, N, Kp, G, gsb, scales, offs, nullptr, out, nthreads);
+    dequant_any(w, layout, N, Kp, G, gsb, scales, offs, lut, out, nthreads);
 }
 
 // Which variant this library is; Python checks it against the file it meant to load.
