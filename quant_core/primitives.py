@@ -70,6 +70,13 @@ def stored_scale(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return clamp_scale(scale.to(dtype).float(), torch.finfo(dtype).tiny)
 
 
+def stored_qparams(groups: torch.Tensor, fmt: WeightFormat, sym: bool, scale_dtype: torch.dtype,
+                   shrink: torch.Tensor | float = 1.0):
+    """``group_qparams`` with the scales rounded to the dtype they are saved in."""
+    scale, zero = group_qparams(groups, fmt, sym, shrink=shrink)
+    return stored_scale(scale, scale_dtype), zero
+
+
 def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
                     fmt: WeightFormat) -> torch.Tensor:
     """Float ``[..., gs]`` with qparams ``[...]`` -> uint8 codes ``[..., gs]``."""
@@ -110,8 +117,7 @@ def quantize_weight(w: torch.Tensor, fmt: WeightFormat, group_size: int, sym: bo
     groups = _grouped(w.float(), group_size)
 
     def qparams(ratio):
-        s, z = group_qparams(groups, fmt, sym, shrink=ratio)
-        return stored_scale(s, scale_dtype), z
+        return stored_qparams(groups, fmt, sym, scale_dtype, shrink=ratio)
 
     scale, zero = qparams(1.0)
     if mse_clip:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..config import QuantConfig
-from ..primitives import _grouped, dequantize_groups, group_qparams, n_groups, quantize_groups, stored_scale
+from ..primitives import _grouped, dequantize_groups, n_groups, quantize_groups, stored_qparams
 from .base import QuantResult
 from .equalize import ScaleGroup, check_group, fold_scales, normalized_scales
 from .equalize_blockwise import InputStats, quantize_blockwise
@@ -35,8 +35,7 @@ PARENT_BATCHES = 32  # calibration batches whose attention/MLP outputs the scale
 
 
 def _qparams(groups: torch.Tensor, config: QuantConfig, shrink=1.0):
-    scale, zero = group_qparams(groups, config.format, config.sym, shrink=shrink)
-    return stored_scale(scale, config.torch_scale_dtype), zero
+    return stored_qparams(groups, config.format, config.sym, config.torch_scale_dtype, shrink=shrink)
 
 
 def fake_quantize(w: torch.Tensor, config: QuantConfig, shrink=1.0) -> torch.Tensor:
