@@ -1,10 +1,9 @@
 """Whole-model parts of gpu_speed.py: decode tokens/s and GPTQ on a synthetic Llama-3-8B.
 
 The model is built from its config with random weights directly on the GPU (never
-downloaded). Decode: a static KV cache, the one-token step captured once in a CUDA
-graph and replayed (so per-kernel launch costs do not hide kernel speed); the
-attention mask is a preallocated tensor updated in place, so the step has no
-host-side decisions. If capture fails the eager time is reported, labelled so.
+downloaded). Decode runs through ``quant_core.decode.StaticDecoder``, what
+``generate`` uses: a static KV cache and the one-token step captured once in a
+CUDA graph and replayed (so per-kernel launch costs do not hide kernel speed).
 """
 from __future__ import annotations
 
@@ -35,69 +34,23 @@ def synthetic_llama(layers: int, device="cuda", **overrides):
     return model.eval()
 
 
-class GraphedDecoder:
-    """One-token decode step of ``model`` over a static cache, replayed from a CUDA graph."""
-
-    def __init__(self, model, batch: int, prompt: int, steps: int, use_graph: bool = True):
-        from transformers import StaticCache
-
-        dev, dt = model.model.embed_tokens.weight.device, model.model.embed_tokens.weight.dtype
-        self.model, self.max_len = model, prompt + steps + 1
-        self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
-        self.mask = torch.full((batch, 1, 1, self.max_len), float("-inf"), device=dev, dtype=dt)
-        self.pos = torch.tensor([prompt], device=dev)
-        ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=dev)
-        with torch.no_grad():  # prefill (its own mask shape; not timed)
-            pm = torch.full((batch, 1, prompt, self.max_len), float("-inf"), device=dev, dtype=dt)
-            pm[:, :, :, :prompt] = torch.triu(torch.full((prompt, prompt), float("-inf"), device=dev), 1)
-            out = model(ids, attention_mask=pm, past_key_values=self.cache,
-                        cache_position=torch.arange(prompt, device=dev), use_cache=True)
-        self.token = out.logits[:, -1:].argmax(-1)
-        self.mask[:, :, :, :prompt + 1] = 0
-        self.graph = None
-        if use_graph:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
-                for _ in range(2):  # warm-up: kernels chosen, tuned and compiled before capture
-                    self._step()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
-                self.logits = self._step()
-
-    def _step(self):
-        return self.model(self.token, attention_mask=self.mask, past_key_values=self.cache,
-                          cache_position=self.pos, use_cache=True).logits
-
-    def advance(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
-            logits = self.logits
-        else:
-            with torch.no_grad():
-                logits = self._step()
-        self.token.copy_(logits[:, -1:].argmax(-1))
-        self.pos += 1
-        self.mask[:, :, :, self.pos] = 0  # the next position becomes visible (index tensor: no sync)
-
-
 def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> tuple[float, str]:
-    try:
-        dec, mode = GraphedDecoder(model, batch, prompt, steps, use_graph=True), "graph"
-    except Exception as exc:  # noqa: BLE001 - a model that cannot be captured is timed eagerly
-        print(f"  graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); timing eagerly")
-        torch.cuda.synchronize()
-        dec, mode = GraphedDecoder(model, batch, prompt, steps, use_graph=False), "eager"
+    """Greedy decode through the product's own ``StaticDecoder`` (static cache; on CUDA each step
+    is one CUDA-graph replay, captured at the first step), timed after a few warm-up steps."""
+    from quant_core.decode import StaticDecoder
+
+    dec = StaticDecoder(model, batch, prompt + steps + 1)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=model.device)
+    token = dec.prefill(ids).argmax(-1)
     for _ in range(4):
-        dec.advance()
+        token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     n = steps - 8
     for _ in range(n):
-        dec.advance()
+        token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
-    return batch * n / (time.perf_counter() - t0), mode
+    return batch * n / (time.perf_counter() - t0), "graph" if dec.graphed else "eager"
 
 
 DECODE_FORMATS = [("bf16", None), ("int4 g128", dict(weight_dtype="int4", group_size=128)),
@@ -129,13 +82,15 @@ def decode_section(say, layers: int, batches=(1, 16)) -> None:
 
 def gptq_section(say, layers: int, samples: int = 128, seqlen: int = 2048) -> None:
     """GPTQ int4 g128 through the block-sequential driver, blocks on the GPU one at a time."""
-    model = synthetic_llama(layers, device="cpu")
+    # random init of 8B parameters takes minutes on the CPU and seconds on the GPU
+    model = synthetic_llama(layers, device="cuda").to("cpu")
+    torch.cuda.empty_cache()
     calib = [torch.randint(0, model.config.vocab_size, (1, seqlen)) for _ in range(samples)]
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     quantize(model, QuantConfig(algorithm="gptq", weight_dtype="int4", group_size=128),
-             calibration=calib, device="cuda", progress=False)
+             calibration=calib, device="cuda", progress=True)
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**30

@@ -1,9 +1,12 @@
-"""Low-overhead decoding for causal LMs on CPU: a static KV cache and an optional compiled step.
+"""Low-overhead decoding for causal LMs: a static KV cache, and a compiled or graph-replayed step.
 
 On small models the per-token Python work (cache concatenation, mask building, module
 calls) rivals the matmuls, hiding what fast kernels gain. ``StaticDecoder`` keeps K/V in
 buffers allocated once (``transformers.StaticCache``), so a step writes in place instead
 of growing tensors, and can ``torch.compile`` the one-token step (``compile_step=True``).
+On CUDA the step is captured once in a CUDA graph and replayed (``cuda_graph``, on by
+default there): one launch per token instead of one per kernel, which is what lets the
+quantized kernels' speed show (each eager launch costs tens of microseconds of Python).
 
 For the generation engine (quant_core/engine.py)::
 
@@ -30,7 +33,8 @@ class StaticDecoder:
     the mask (a padded row's first real token is position 0).
     """
 
-    def __init__(self, model, batch_size: int, max_len: int, compile_step: bool = False):
+    def __init__(self, model, batch_size: int, max_len: int, compile_step: bool = False,
+                 cuda_graph: bool | None = None):
         if max_len <= 0 or batch_size <= 0:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
@@ -38,6 +42,15 @@ class StaticDecoder:
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.compiled = compile_step
         self._step_fn = torch.compile(self._forward, dynamic=False) if compile_step else self._forward
+        self.graphed = _graph_ok(model, max_len) if cuda_graph is None else cuda_graph
+        if self.graphed and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, not {self.device}")
+        self._graph = None
+        if self.graphed:  # the step's inputs live in these buffers, updated inside the graph
+            self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+            self._mask4 = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=self.device)
+            self._gpos = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+            self._cpos = torch.zeros(1, dtype=torch.long, device=self.device)
         self.reset()
 
     def reset(self) -> None:
@@ -66,6 +79,10 @@ class StaticDecoder:
         self.mask[:, :t] = mask
         self.next_pos = positions[:, -1:] + 1
         self.length = t
+        if self.graphed:
+            self._mask4.copy_(self.mask.bool()[:, None, None, :])
+            self._gpos.copy_(self.next_pos)
+            self._cpos.fill_(t)
         # Prefill runs eagerly: its shape changes with every prompt, the step's never does.
         return self._forward(input_ids.to(self.device), self.mask[:, :t], positions,
                              torch.arange(t, device=self.device))
@@ -78,11 +95,51 @@ class StaticDecoder:
             raise RuntimeError("call prefill() before step()")
         pos = self.length
         self.mask[:, pos] = 1
-        logits = self._step_fn(next_ids.reshape(-1, 1).to(self.device), self.mask[:, : pos + 1],
-                               self.next_pos, torch.tensor([pos], device=self.device))
+        if self.graphed:
+            self._ids.copy_(next_ids.reshape(-1, 1))
+            if self._graph is None:
+                self._graph = self._capture()
+            self._graph.replay()
+            logits = self._graph_logits.clone()  # the graph's output buffer is rewritten next step
+        else:
+            logits = self._step_fn(next_ids.reshape(-1, 1).to(self.device), self.mask[:, : pos + 1],
+                                   self.next_pos, torch.tensor([pos], device=self.device))
         self.next_pos = self.next_pos + 1
         self.length += 1
         return logits
+
+    def _graph_body(self) -> torch.Tensor:
+        """One step on the graph's buffers: the new position becomes visible, then counters move on."""
+        self._mask4.index_fill_(3, self._cpos, True)
+        logits = self._forward(self._ids, self._mask4, self._gpos, self._cpos)
+        self._gpos.add_(1)
+        self._cpos.add_(1)
+        return logits
+
+    def _capture(self) -> "torch.cuda.CUDAGraph":
+        # Warm-up steps run the real step (kernels compile and tune, cuBLAS sets up) and write
+        # the same K/V the replay writes; only the counters must be put back.
+        saved = self._gpos.clone(), self._cpos.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._graph_body()
+                self._gpos.copy_(saved[0])
+                self._cpos.copy_(saved[1])
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._graph_logits = self._graph_body()
+        return graph
+
+
+def _graph_ok(model, max_len: int) -> bool:
+    """Graph the step on CUDA unless a sliding window could reach into the cache (the graph passes
+    a ready-made 4-D mask, which transformers uses as is, without windowing it)."""
+    device = next(model.parameters()).device
+    window = getattr(model.config, "sliding_window", None)
+    return device.type == "cuda" and (not window or max_len <= window)
 
 
 @torch.inference_mode()

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import triton.language as tl
 
-from .triton_jit import as_f32, dequant, jit
+from .triton_codebook import levels_tile
+from .triton_jit import as_f32, dequant, jit, store_split
 
 
 @jit
-def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
+def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr, cnt_ptr,
                 M, N, K, GROUP_COLS, stride_xm, stride_om, k_per_split,
                 BITS: tl.constexpr, ZMODE: tl.constexpr, SYM_ZERO: tl.constexpr,
                 CODEBOOK: tl.constexpr, HAS_GIDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                GROUP_M: tl.constexpr, EXPAND: tl.constexpr, ATOMIC: tl.constexpr, DOT_F32: tl.constexpr):
+                GROUP_M: tl.constexpr, EXPAND: tl.constexpr, REDUCE: tl.constexpr, DOT_F32: tl.constexpr,
+                CB_ASM: tl.constexpr = ""):
     P: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     pid = tl.program_id(0)
@@ -64,7 +66,9 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
             zoff = g1 * N + offs_n
             zm = n_mask & (k0 + offs_n * 0 < k_end)  # a step past K must not read a group past G
             s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)[None, :]
-            if CODEBOOK:
+            if CODEBOOK and EXPAND:  # levels of the words' codes in registers (triton_codebook)
+                v = levels_tile(w, lut_ptr, CB_ASM, BLOCK_K, BLOCK_N)
+            elif CODEBOOK:
                 v = tl.load(lut_ptr + u)
             elif ZMODE == 0:
                 v = as_f32(u) - SYM_ZERO
@@ -92,9 +96,6 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
                 acc = tl.dot(x.to(tl.float32), v, acc, input_precision="ieee")
             else:
                 acc = tl.dot(x, v.to(x.dtype), acc)
-    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    if ATOMIC:
-        tl.atomic_add(out_ptrs, acc, mask=out_mask)
-    else:
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    store_split(acc, out_ptr + offs_m[:, None] * stride_om + offs_n[None, :],
+                acc_ptr + offs_m[:, None] * N + offs_n[None, :], m_mask[:, None] & n_mask[None, :],
+                cnt_ptr, pid, tl.num_programs(1), REDUCE)

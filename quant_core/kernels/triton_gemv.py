@@ -7,21 +7,26 @@ at a time: one coalesced int32 read per word, then the ``P`` codes of each word
 are peeled off with shifts and multiplied by the matching (strided, L1-resident)
 activations. Scales and zero points are applied per word row, not per code:
 ``sum_j (u_j - z) * s * x_j = s * (sum_j u_j x_j - z * sum_j x_j)`` within a group.
-With several K splits the fp32 partial sums meet through atomic adds.
+With several K splits the fp32 partial sums meet through atomic adds (``store_split``).
+
+Codebook formats look levels up in registers (``triton_codebook``) when ``CB_ASM``
+holds the asm, else in a table in memory (the interpreter's path).
 """
 from __future__ import annotations
 
 import triton.language as tl
 
-from .triton_jit import dequant, jit
+from .triton_codebook import levels8
+from .triton_jit import dequant, jit, store_split
 
 
 @jit
-def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
+def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr, cnt_ptr,
                 N, K, KW, GROUP_COLS, stride_xm, stride_om, words_per_split,
                 BITS: tl.constexpr, ZMODE: tl.constexpr, SYM_ZERO: tl.constexpr,
                 CODEBOOK: tl.constexpr, HAS_GIDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, ATOMIC: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, REDUCE: tl.constexpr,
+                CB_ASM: tl.constexpr = ""):
     P: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_m = tl.program_id(0)
@@ -50,25 +55,24 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
                 u = (w >> (j * BITS)) & MASK
                 v = dequant(u, s, lut_ptr, z_ptr + g[:, None] * N + offs_n[None, :], gm, CODEBOOK, ZMODE, SYM_ZERO)
                 acc += v * xj[:, None]
+        elif CODEBOOK:  # 4-bit codebook (the only codebooks): levels looked up in registers
+            t = _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM)
         else:
             t = tl.zeros([BLOCK_KW, BLOCK_N], dtype=tl.float32)
             xs = tl.zeros([BLOCK_KW], dtype=tl.float32)
             for j in tl.static_range(P):
                 k = offs_kw * P + j
                 xj = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
-                if CODEBOOK:
-                    t += tl.load(lut_ptr + ((w >> (j * BITS)) & MASK)) * xj[:, None]
+                # code j moved into the top mantissa bits of 1.0: f = 1 + u / 2**BITS, with one
+                # shift and one and-or per code (no int->float conversion, no subtraction)
+                if 23 - BITS - j * BITS >= 0:  # compile-time branch and shift amounts
+                    mant = (w << (23 - BITS - j * BITS)) & (MASK << (23 - BITS))
                 else:
-                    # code j moved into the top mantissa bits of 1.0: f = 1 + u / 2**BITS, with one
-                    # shift and one and-or per code (no int->float conversion, no subtraction)
-                    if 23 - BITS - j * BITS >= 0:  # compile-time branch and shift amounts
-                        mant = (w << (23 - BITS - j * BITS)) & (MASK << (23 - BITS))
-                    else:
-                        mant = (w >> (j * BITS + BITS - 23)) & (MASK << (23 - BITS))
-                    t += (mant | 0x3F800000).to(tl.float32, bitcast=True) * xj[:, None]
+                    mant = (w >> (j * BITS + BITS - 23)) & (MASK << (23 - BITS))
+                t += (mant | 0x3F800000).to(tl.float32, bitcast=True) * xj[:, None]
                 xs += xj
-            if not CODEBOOK:
-                t = (t - xs[:, None]) * (1 << BITS)  # sum_j u_j x_j, from sum_j (1 + u_j / 2**BITS) x_j
+            t = (t - xs[:, None]) * (1 << BITS)  # sum_j u_j x_j, from sum_j (1 + u_j / 2**BITS) x_j
+        if not HAS_GIDX:
             if ONE_GROUP_PER_TILE:
                 g1 = (kw0 * P) // GROUP_COLS
                 zoff = g1 * N + offs_n
@@ -93,9 +97,22 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr,
                 if ONE_GROUP_PER_TILE:
                     mn = mn[None, :]
                 acc += t * s + mn * xs[:, None]
-    out = tl.sum(acc, axis=0)
-    out_ptrs = out_ptr + pid_m * stride_om + offs_n
-    if ATOMIC:
-        tl.atomic_add(out_ptrs, out, mask=n_mask)
-    else:
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=n_mask)
+    tile = pid_m * tl.num_programs(1) + pid_n
+    store_split(tl.sum(acc, axis=0), out_ptr + pid_m * stride_om + offs_n, acc_ptr + pid_m * N + offs_n,
+                n_mask, cnt_ptr, tile, tl.num_programs(2), REDUCE)
+
+
+@jit
+def _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM: tl.constexpr):
+    """``sum_j levels[code j] * x[8 * word + j]`` per word of ``w`` (8 codes of 4 bits a word)."""
+    v0, v1, v2, v3, v4, v5, v6, v7 = levels8(w, lut_ptr, CB_ASM)
+    k = offs_kw * 8
+    t = v0 * tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)[:, None]
+    t += v1 * tl.load(x_row + k + 1, mask=k + 1 < K, other=0.0).to(tl.float32)[:, None]
+    t += v2 * tl.load(x_row + k + 2, mask=k + 2 < K, other=0.0).to(tl.float32)[:, None]
+    t += v3 * tl.load(x_row + k + 3, mask=k + 3 < K, other=0.0).to(tl.float32)[:, None]
+    t += v4 * tl.load(x_row + k + 4, mask=k + 4 < K, other=0.0).to(tl.float32)[:, None]
+    t += v5 * tl.load(x_row + k + 5, mask=k + 5 < K, other=0.0).to(tl.float32)[:, None]
+    t += v6 * tl.load(x_row + k + 6, mask=k + 6 < K, other=0.0).to(tl.float32)[:, None]
+    t += v7 * tl.load(x_row + k + 7, mask=k + 7 < K, other=0.0).to(tl.float32)[:, None]
+    return t

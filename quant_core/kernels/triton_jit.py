@@ -56,3 +56,25 @@ def dequant(u, s, lut_ptr, z_ptrs, mask, CODEBOOK: tl.constexpr, ZMODE: tl.const
     else:
         v = as_f32(u) * s + tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
     return v
+
+
+@jit
+def store_split(vals, out_ptrs, acc_ptrs, mask, cnt_ptr, tile, n_splits, REDUCE: tl.constexpr):
+    """Write a program's fp32 result. REDUCE 0: the only split, a plain store. 1: atomic add
+    into a zeroed fp32 ``out``. 2: atomic add into the fp32 workspace ``acc``; the split that
+    arrives last at this tile (a counter per tile) writes the total to ``out`` in its dtype and
+    leaves the workspace and counter zeroed for the next call, so no memset or cast kernels run
+    around the launch. The workspace is read through L2 (``.cg``), where the atomics landed."""
+    if REDUCE == 0:
+        tl.store(out_ptrs, vals.to(out_ptrs.dtype.element_ty), mask=mask)
+    elif REDUCE == 1:
+        tl.atomic_add(out_ptrs, vals, mask=mask)
+    else:
+        tl.atomic_add(acc_ptrs, vals, mask=mask)
+        tl.debug_barrier()  # every thread's partial is in before the counter moves
+        arrived = tl.atomic_add(cnt_ptr + tile, 1)  # acq_rel at GPU scope
+        if arrived == n_splits - 1:
+            total = tl.load(acc_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
+            tl.store(acc_ptrs, tl.zeros_like(total), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)

@@ -16,6 +16,7 @@ import torch
 TUNE_ENV = "QUANTLLM_TRITON_TUNE"  # "0": take the first (heuristic) candidate, time nothing
 
 SM_COUNT_FALLBACK = 132  # an H100 SXM
+DEQUANT_MIN_ROWS = 32  # below this the dequantize + cuBLAS path is not even timed
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,11 @@ class Config:
     block_m: int = 0  # GEMM only
     num_stages: int = 2
     expand: bool = False  # GEMM: read each word once and split it in registers
+    dequant: bool = False  # "GEMM" by dequantizing the weight to [K, N], then torch.mm (cuBLAS)
 
     def label(self) -> str:
+        if self.dequant:
+            return f"dequant+mm(k{self.block_k}n{self.block_n})"
         m = f"m{self.block_m}" if self.block_m else ""
         e = "e" if self.expand else ""
         return f"{m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}x{self.split_k}{e}"
@@ -65,8 +69,11 @@ def gemv_candidates(rows: int, n: int, kw: int, interpreting: bool) -> list[Conf
 def gemm_candidates(m: int, n: int, k: int, interpreting: bool) -> list[Config]:
     if interpreting:
         split = 2 if k >= 64 else 1
-        return [Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16),
-                Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16, expand=True)]
+        out = [Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16),
+               Config(block_n=16, block_k=32, num_warps=1, split_k=split, block_m=16, expand=True)]
+        if m > DEQUANT_MIN_ROWS:
+            out.append(Config(block_n=16, block_k=32, num_warps=1, dequant=True))
+        return out
     target = 2 * sm_count()
     shapes = [(16, 64, 128, 4, 4), (16, 32, 128, 2, 4), (16, 128, 128, 4, 3), (32, 64, 128, 4, 4),
               (32, 128, 128, 4, 3), (64, 64, 128, 4, 3), (64, 128, 64, 4, 3), (128, 128, 64, 8, 3),
@@ -81,6 +88,8 @@ def gemm_candidates(m: int, n: int, k: int, interpreting: bool) -> list[Config]:
         for s in dict.fromkeys((split, 1)):
             out.append(Config(bn, bk, warps, s, bm, stages))
             out.append(Config(bn, bk, warps, s, bm, stages, expand=True))
+    if m > DEQUANT_MIN_ROWS:  # the weight written out once costs as much as many rows' GEMM
+        out.append(Config(block_n=128, block_k=32, num_warps=4, dequant=True))
     return out
 
 

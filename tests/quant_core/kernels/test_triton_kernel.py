@@ -157,14 +157,16 @@ def test_gpu_quantlinear_chooses_triton_and_replays_in_a_graph():
     assert torch.equal(captured, linear(x)) and not torch.equal(captured, eager)
 
 
+@pytest.mark.parametrize("fmt", ["int4", "nf4"])
 @pytest.mark.parametrize("rows", [1, 3, 16, 100])
-def test_every_tuning_candidate(rows):
-    """The tuner may pick any candidate, so each one must compute the same function."""
+def test_every_tuning_candidate(rows, fmt):
+    """The tuner may pick any candidate, so each one must compute the same function (nf4: its
+    levels come from registers in the GEMV and the expanding GEMM)."""
     from quant_core.kernels import triton_tuning
     from quant_core.kernels.triton_jit import interpreting
 
     n, k = (1500, 2048 + 64) if DEVICE == "cuda" else (40, 192)
-    packed = make_packed("int4", n, k, 64, False)
+    packed = make_packed(fmt, n, k, 64, fmt == "nf4")
     packed = PackedWeight(packed.fmt, k, n, packed.group_size,
                           *(None if t is None else t.to(DEVICE) for t in (packed.qweight, packed.scales, packed.zeros, None)))
     spec = LayerSpec.of(packed, "fp16", "cuda")
