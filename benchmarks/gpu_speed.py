@@ -8,7 +8,8 @@ Layer timing: each kernel is timed eagerly and replayed in a CUDA graph, cycling
 through enough weight copies (>= 4x the L2 size) that every call reads its weight
 from HBM; the figure is the median over repetitions of (time of a round / calls).
 
---peers adds bitsandbytes NF4 (blocksize 64) and gemlite int4 g128 columns (benchmarks/gpu_peers.py);
+--peers adds bitsandbytes NF4 (blocksize 64) and gemlite int4 g128 columns (benchmarks/gpu_peers.py),
+and rows to the decode table (every nn.Linear swapped for the peer's layer);
 a peer that cannot be imported or run gets "n/a: reason" cells, one whose CUDA-graph capture fails
 gets its eager time and "no graph". Neither is a project dependency; to make them importable:
   python3 -m pip install -q --no-index --no-deps --target /tmp/peers /tmp/peerw-on-device/*.whl  # bitsandbytes
@@ -207,7 +208,8 @@ def main() -> None:
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--gptq", action="store_true", help="also time GPTQ int4 g128 of the synthetic model")
     ap.add_argument("--peers", action="store_true",
-                    help="layer table also times bitsandbytes nf4 (bs64) and gemlite int4 g128 where importable")
+                    help="also time bitsandbytes nf4 (bs64) and gemlite int4 g128, where importable, "
+                         "in the layer table and the decode table")
     ap.add_argument("--decode-layers", type=int, default=32, help="decoder layers of the synthetic Llama-3-8B")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "gpu_speed.md"))
     args = ap.parse_args()
@@ -220,7 +222,7 @@ def main() -> None:
     copy_tbs = copy_bandwidth()
     say(f"Measured copy bandwidth (1 GiB device-to-device, read + write): {copy_tbs:.2f} TB/s")
     peers = []
-    if args.peers and not args.skip_layers:
+    if args.peers:
         for label, build, module in PEERS:
             try:
                 say(f"Peer {label}: {probe(build, module)}")
@@ -235,7 +237,7 @@ def main() -> None:
     if not args.skip_decode or args.gptq:
         from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
         if not args.skip_decode:
-            decode_section(say, args.decode_layers)
+            decode_section(say, args.decode_layers, peers=peers)
         if args.gptq:
             gptq_section(say, args.decode_layers)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -58,25 +58,54 @@ DECODE_FORMATS = [("bf16", None), ("int4 g128", dict(weight_dtype="int4", group_
                   ("int8 per-channel", dict(weight_dtype="int8", group_size=-1))]
 
 
-def decode_section(say, layers: int, batches=(1, 16)) -> None:
+class PeerLinear(torch.nn.Module):
+    """A peer library's quantized linear (``forward(x2d)`` from gpu_peers.py) in place of nn.Linear."""
+
+    def __init__(self, forward):
+        super().__init__()
+        self.peer_forward = forward
+
+    def forward(self, x):
+        return self.peer_forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
+def swap_linears(model, build) -> None:
+    """Every nn.Linear (lm_head included) becomes the peer's layer, built from its bf16 weight."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, PeerLinear(build(child.weight.data)))
+
+
+def decode_section(say, layers: int, batches=(1, 16), peers=()) -> None:
+    """``peers``: (label, builder) pairs from gpu_peers.py, run through the same decoder."""
     say(f"\n## Decode, synthetic Llama-3-8B shapes ({layers} layers, random weights built on the GPU; "
         f"every linear quantized, lm_head included; RTN)\n")
     say("| weights | " + " | ".join(f"batch {b} tok/s" for b in batches) + " | × bf16 |")
     say("|---|" + "---|" * (len(batches) + 1))
     base = {}
-    for label, qcfg in DECODE_FORMATS:
-        model = synthetic_llama(layers)
-        if qcfg:
-            quantize(model, QuantConfig(**qcfg, modules_to_not_convert=[]), progress=False)
+    rows = [(label, qcfg, None) for label, qcfg in DECODE_FORMATS]
+    rows += [(f"peer {label}", None, build) for label, build in peers if not isinstance(build, str)]
+    for label, qcfg, build in rows:
+        try:
+            model = synthetic_llama(layers)
+            if qcfg:
+                quantize(model, QuantConfig(**qcfg, modules_to_not_convert=[]), progress=False)
+            if build:
+                swap_linears(model, build)
             torch.cuda.empty_cache()
-        cells, ratios = [], []
-        for b in batches:
-            tps, mode = tokens_per_second(model, b)
-            base.setdefault(b, tps)
-            cells.append(f"{tps:.1f} ({mode})")
-            ratios.append(f"{tps / base[b]:.2f}×")
-        say(f"| {label} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
-        del model
+            cells, ratios = [], []
+            for b in batches:
+                tps, mode = tokens_per_second(model, b)
+                base.setdefault(b, tps)
+                cells.append(f"{tps:.1f} ({mode})")
+                ratios.append(f"{tps / base[b]:.2f}×")
+            say(f"| {label} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot decode is a table entry
+            if not build:
+                raise
+            say(f"| {label} | {type(exc).__name__}: {str(exc).strip()[:100]} | | |")
+        model = None
         torch.cuda.empty_cache()
 
 

@@ -26,7 +26,7 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr
                 BITS: tl.constexpr, ZMODE: tl.constexpr, SYM_ZERO: tl.constexpr,
                 CODEBOOK: tl.constexpr, HAS_GIDX: tl.constexpr, ONE_GROUP_PER_TILE: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, REDUCE: tl.constexpr,
-                CB_ASM: tl.constexpr = ""):
+                CB_ASM: tl.constexpr = "", EVEN: tl.constexpr = False):
     P: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     pid_m = tl.program_id(0)
@@ -42,7 +42,10 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr
         offs_kw = kw0 + tl.arange(0, BLOCK_KW)
         kw_mask = offs_kw < kw_end
         tile_mask = kw_mask[:, None] & n_mask[None, :]
-        w = tl.load(qw_ptr + offs_kw[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
+        if EVEN:  # every tile full (K, the K splits and N divide evenly): no masks to compute
+            w = tl.load(qw_ptr + offs_kw[:, None] * N + offs_n[None, :])
+        else:
+            w = tl.load(qw_ptr + offs_kw[:, None] * N + offs_n[None, :], mask=tile_mask, other=0)
         if HAS_GIDX:
             # act-order: each column has its own group, so dequantize code by code
             for j in tl.static_range(P):
@@ -56,13 +59,12 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr
                 v = dequant(u, s, lut_ptr, z_ptr + g[:, None] * N + offs_n[None, :], gm, CODEBOOK, ZMODE, SYM_ZERO)
                 acc += v * xj[:, None]
         elif CODEBOOK:  # 4-bit codebook (the only codebooks): levels looked up in registers
-            t = _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM)
+            t = _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM, EVEN)
         else:
             t = tl.zeros([BLOCK_KW, BLOCK_N], dtype=tl.float32)
             xs = tl.zeros([BLOCK_KW], dtype=tl.float32)
             for j in tl.static_range(P):
-                k = offs_kw * P + j
-                xj = tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
+                xj = _load_x(x_row, offs_kw * P + j, K, EVEN)
                 # code j moved into the top mantissa bits of 1.0: f = 1 + u / 2**BITS, with one
                 # shift and one and-or per code (no int->float conversion, no subtraction)
                 if 23 - BITS - j * BITS >= 0:  # compile-time branch and shift amounts
@@ -77,7 +79,10 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr
                 g1 = (kw0 * P) // GROUP_COLS
                 zoff = g1 * N + offs_n
                 zm = n_mask & (kw0 + offs_n * 0 < kw_end)  # a tile past K must not read a group past G
-                s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)[None, :]
+                if EVEN:
+                    s = tl.load(s_ptr + zoff).to(tl.float32)[None, :]
+                else:
+                    s = tl.load(s_ptr + zoff, mask=zm, other=0.0).to(tl.float32)[None, :]
             else:
                 g2 = (offs_kw * P) // GROUP_COLS
                 zoff = g2[:, None] * N + offs_n[None, :]
@@ -103,16 +108,23 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr
 
 
 @jit
-def _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM: tl.constexpr):
+def _load_x(x_row, k, K, EVEN: tl.constexpr):
+    if EVEN:
+        return tl.load(x_row + k).to(tl.float32)
+    return tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)
+
+
+@jit
+def _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM: tl.constexpr, EVEN: tl.constexpr):
     """``sum_j levels[code j] * x[8 * word + j]`` per word of ``w`` (8 codes of 4 bits a word)."""
     v0, v1, v2, v3, v4, v5, v6, v7 = levels8(w, lut_ptr, CB_ASM)
     k = offs_kw * 8
-    t = v0 * tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)[:, None]
-    t += v1 * tl.load(x_row + k + 1, mask=k + 1 < K, other=0.0).to(tl.float32)[:, None]
-    t += v2 * tl.load(x_row + k + 2, mask=k + 2 < K, other=0.0).to(tl.float32)[:, None]
-    t += v3 * tl.load(x_row + k + 3, mask=k + 3 < K, other=0.0).to(tl.float32)[:, None]
-    t += v4 * tl.load(x_row + k + 4, mask=k + 4 < K, other=0.0).to(tl.float32)[:, None]
-    t += v5 * tl.load(x_row + k + 5, mask=k + 5 < K, other=0.0).to(tl.float32)[:, None]
-    t += v6 * tl.load(x_row + k + 6, mask=k + 6 < K, other=0.0).to(tl.float32)[:, None]
-    t += v7 * tl.load(x_row + k + 7, mask=k + 7 < K, other=0.0).to(tl.float32)[:, None]
+    t = v0 * _load_x(x_row, k, K, EVEN)[:, None]
+    t += v1 * _load_x(x_row, k + 1, K, EVEN)[:, None]
+    t += v2 * _load_x(x_row, k + 2, K, EVEN)[:, None]
+    t += v3 * _load_x(x_row, k + 3, K, EVEN)[:, None]
+    t += v4 * _load_x(x_row, k + 4, K, EVEN)[:, None]
+    t += v5 * _load_x(x_row, k + 5, K, EVEN)[:, None]
+    t += v6 * _load_x(x_row, k + 6, K, EVEN)[:, None]
+    t += v7 * _load_x(x_row, k + 7, K, EVEN)[:, None]
     return t

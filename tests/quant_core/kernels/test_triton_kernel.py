@@ -70,6 +70,8 @@ CASES = [
     ("fp4_e2m1", 24, 64, 32, True, None, False),
     ("int4", 24, 64, 32, False, "min", False),
     ("int4", 24, 64, 32, False, None, True),
+    ("int4", 64, 128, 64, False, None, False),  # every GEMV tile full: the unmasked path
+    ("nf4", 64, 128, 32, True, None, False),
 ]
 
 
