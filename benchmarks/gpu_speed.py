@@ -129,11 +129,9 @@ def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> str:
     return f"{eager:.1f} / {graph:.1f} ({bf16_graph / graph:.2f}×)"
 
 
-def layer_table(quick: bool, copy_tbs: float, peers=()) -> None:
+def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
     """``peers``: (label, builder) pairs from gpu_peers.py; a str in place of the builder is the
     reason that peer cannot run, shown in each of its cells."""
-    shapes = SHAPES[:2] + SHAPES[-1:] if quick else SHAPES
-    rows_list = [1, 16, 64] if quick else ROWS
     say("\n## Layer GEMM, bf16 activations (µs per call: eager / CUDA-graph replay; ×: bf16 time / this time, graph)\n")
     say("| K×N | M | bf16 cuBLAS | tinygemm int4 g128 | " + " | ".join(f"ours {o[0]}" for o in OURS)
         + " | ours int4 eff. BW (graph) |" + "".join(f" {p[0]} |" for p in peers))
@@ -204,6 +202,8 @@ def launch_overhead() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 shapes, M in 1/16/64")
+    ap.add_argument("--shapes", nargs="+", metavar="KxN", help="layer shapes to time (default: the five Llama-3-8B ones)")
+    ap.add_argument("--rows", nargs="+", type=int, metavar="M", help=f"row counts to time (default: {ROWS})")
     ap.add_argument("--skip-layers", action="store_true")
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--gptq", action="store_true", help="also time GPTQ int4 g128 of the synthetic model")
@@ -232,7 +232,9 @@ def main() -> None:
                 torch.cuda.synchronize()
                 peers.append((label, short_reason(exc)))
     if not args.skip_layers:
-        layer_table(args.quick, copy_tbs, peers)
+        shapes = [tuple(map(int, s.lower().split("x"))) for s in args.shapes] if args.shapes else \
+            SHAPES[:2] + SHAPES[-1:] if args.quick else SHAPES
+        layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, peers)
         launch_overhead()
     if not args.skip_decode or args.gptq:
         from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder

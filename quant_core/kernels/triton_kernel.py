@@ -173,6 +173,8 @@ class TritonKernel(Kernel):
         else:
             cands = gemm_candidates(m, w.out_features, w.in_features, interp)
         capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+        if x.is_cuda and not capturing and m <= FUSED_MAX_ROWS:
+            self._workspace(x.device)  # made outside the tuner's graphs, which would own its memory
         key = (path, rows_bucket(m), w.in_features, w.out_features, w.bits, w.zmode,
                w.lut is not None, w.g_idx is not None, w.group_cols, x.dtype)
         run = lambda c: self._launch(x, self._plan(path, m, c))  # noqa: E731

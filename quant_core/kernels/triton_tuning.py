@@ -1,8 +1,11 @@
 """Launch configurations for the Triton kernels: candidates, a default, and a per-shape cache.
 
 The first call of a new (path, rows bucket, K, N, format) on a GPU times every
-candidate with ``triton.testing.do_bench`` (median) and keeps the fastest for the
-life of the process. While a CUDA graph is being captured, or under the
+candidate replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``, median)
+and keeps the fastest for the life of the process. Timed eagerly, each call would
+carry ~80 us of Python launch work, more than most of these kernels run, and the
+pick would be noise (an H100 once chose a 41 us config for M=4 on 4096x4096 where
+the M=16 pick ran in 16 us). While a CUDA graph is being captured, or under the
 interpreter, or with $QUANTLLM_TRITON_TUNE=0, nothing is timed: the first
 candidate (the heuristic default) is used.
 """
@@ -108,11 +111,12 @@ class ConfigCache:
             return self.best[key]
         if not tune or len(candidates) == 1 or os.environ.get(TUNE_ENV, "1") == "0":
             return candidates[0]
-        from triton.testing import do_bench
+        from triton.testing import do_bench_cudagraph
         timings = []
         for cfg in candidates:
             try:
-                timings.append((do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median"), cfg))
+                run(cfg)  # compiles outside any capture; a config that cannot compile fails here
+                timings.append((do_bench_cudagraph(lambda: run(cfg), rep=10, return_mode="median"), cfg))
             except Exception:  # a config the compiler cannot fit (shared memory): skip it
                 continue
         if not timings:
