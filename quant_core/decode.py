@@ -42,7 +42,7 @@ class StaticDecoder:
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.compiled = compile_step
         self._step_fn = torch.compile(self._forward, dynamic=False) if compile_step else self._forward
-        self.graphed = _graph_ok(model, max_len) if cuda_graph is None else cuda_graph
+        self.graphed = _graph_ok(model) if cuda_graph is None else cuda_graph
         if self.graphed and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, not {self.device}")
         self._graph = None
@@ -116,17 +116,25 @@ class StaticDecoder:
         self._cpos.add_(1)
         return logits
 
+    def _counters(self) -> list[torch.Tensor]:
+        """Every position counter a step moves in place: ours, and the cache layers' own
+        (transformers >= 5 counts written positions in a tensor per layer)."""
+        layers = getattr(self.cache, "layers", [])
+        return [self._gpos, self._cpos] + [layer.cumulative_length for layer in layers
+                                           if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
+
     def _capture(self) -> "torch.cuda.CUDAGraph":
         # Warm-up steps run the real step (kernels compile and tune, cuBLAS sets up) and write
         # the same K/V the replay writes; only the counters must be put back.
-        saved = self._gpos.clone(), self._cpos.clone()
+        counters = self._counters()
+        saved = [c.clone() for c in counters]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 self._graph_body()
-                self._gpos.copy_(saved[0])
-                self._cpos.copy_(saved[1])
+                for counter, value in zip(counters, saved):
+                    counter.copy_(value)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -134,12 +142,12 @@ class StaticDecoder:
         return graph
 
 
-def _graph_ok(model, max_len: int) -> bool:
-    """Graph the step on CUDA unless a sliding window could reach into the cache (the graph passes
-    a ready-made 4-D mask, which transformers uses as is, without windowing it)."""
+def _graph_ok(model) -> bool:
+    """Graph the step on CUDA unless the model has a sliding window: the graph passes a ready-made
+    4-D mask, which transformers uses as is, and sliding cache layers keep host-side counters
+    that a graph would freeze."""
     device = next(model.parameters()).device
-    window = getattr(model.config, "sliding_window", None)
-    return device.type == "cuda" and (not window or max_len <= window)
+    return device.type == "cuda" and not getattr(model.config, "sliding_window", None)
 
 
 @torch.inference_mode()
