@@ -27,7 +27,6 @@ from .triton_tuning import CACHE, Config, gemm_candidates, gemv_candidates, rows
 # Llama-3-8B shape, so only single-row calls take the GEMV.
 GEMV_MAX_ROWS = 1
 REDUCE_LAST_ARRIVER = 2  # store_split's mode: no memset or cast kernels around a split-K launch
-EVEN_TILES = True  # GEMV: drop the bounds masks where every tile is full
 FUSED_MAX_ROWS = 16  # split-K launches of up to this many rows reduce in a per-layer workspace
 
 
@@ -91,8 +90,9 @@ class TritonKernel(Kernel):
             words = triton.cdiv(triton.cdiv(w.n_words, cfg.split_k), cfg.block_k) * cfg.block_k
             splits = triton.cdiv(w.n_words, words)
             reduce = self._reduce_mode(splits, m)
-            even = EVEN_TILES and k == w.n_words * w.codes_per_word and w.n_words % words == 0 \
-                and n % cfg.block_n == 0
+            # every tile full: no bounds masks (H100, int4 GEMV: 21.4 vs 22.2 us on 4096x14336,
+            # 129.5 vs 137.7 us on the 4096x128256 lm_head)
+            even = k == w.n_words * w.codes_per_word and w.n_words % words == 0 and n % cfg.block_n == 0
             kwargs = dict(**self._flags(cfg.block_k * w.codes_per_word), BLOCK_N=cfg.block_n,
                           BLOCK_KW=cfg.block_k, REDUCE=reduce, CB_ASM=self._cb_asm, EVEN=even,
                           num_warps=cfg.num_warps)
