@@ -58,7 +58,7 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, gidx_ptr, lut_ptr, out_ptr, acc_ptr
                 u = (w >> (j * BITS)) & MASK
                 v = dequant(u, s, lut_ptr, z_ptr + g[:, None] * N + offs_n[None, :], gm, CODEBOOK, ZMODE, SYM_ZERO)
                 acc += v * xj[:, None]
-        elif CODEBOOK:  # 4-bit codebook (the only codebooks): levels looked up in registers
+        elif CODEBOOK:  # 4-bit codebooks (the only ones): levels from registers (levels8)
             t = _codebook_dot(w, x_row, lut_ptr, offs_kw, K, CB_ASM, EVEN)
         else:
             t = tl.zeros([BLOCK_KW, BLOCK_N], dtype=tl.float32)
