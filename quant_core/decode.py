@@ -42,7 +42,8 @@ class StaticDecoder:
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.compiled = compile_step
         self._step_fn = torch.compile(self._forward, dynamic=False) if compile_step else self._forward
-        self.graphed = _graph_ok(model) if cuda_graph is None else cuda_graph
+        # a compiled step is the CPU's answer to launch overhead; on CUDA the graph is
+        self.graphed = (_graph_ok(model) and not compile_step) if cuda_graph is None else cuda_graph
         if self.graphed and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, not {self.device}")
         self._graph = None
