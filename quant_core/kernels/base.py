@@ -1,7 +1,9 @@
 """The small interface every kernel backend implements."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -56,3 +58,8 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 def activation_dtype(compute_dtype: str) -> torch.dtype:
     """Float dtype activations are computed in (int8 compute keeps fp32 around its int parts)."""
     return TORCH_DTYPES.get(compute_dtype, torch.float32)
+
+
+def cache_root() -> Path:
+    """Where kernels keep what they build or measure: ``$QUANTLLM_CACHE`` or ``~/.cache/quantllm``."""
+    return Path(os.environ.get("QUANTLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "quantllm"))

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .base import cache_root
+
 SOURCE = Path(__file__).parent / "csrc" / "cpu_qgemm.cpp"
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -34,8 +36,7 @@ class BuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("QUANTLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "quantllm")
-    return Path(root) / "kernels"
+    return cache_root() / "kernels"
 
 
 def compiler() -> str:

@@ -2,7 +2,8 @@
 
 The first call of a new (path, rows bucket, K, N, format) on a GPU times every
 candidate replayed from a CUDA graph (``triton.testing.do_bench_cudagraph``, median)
-and keeps the fastest for the life of the process. Timed eagerly, each call would
+and keeps the fastest, for the process and in ``$QUANTLLM_CACHE/triton_tuning.json``
+for later processes on the same GPU, Triton and PyTorch. Timed eagerly, each call would
 carry ~80 us of Python launch work, more than most of these kernels run, and the
 pick would be noise (an H100 once chose a 41 us config for M=4 on 4096x4096 where
 the M=16 pick ran in 16 us). While a CUDA graph is being captured, or under the
@@ -11,12 +12,20 @@ candidate (the heuristic default) is used.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from .base import cache_root
+
 TUNE_ENV = "QUANTLLM_TRITON_TUNE"  # "0": take the first (heuristic) candidate, time nothing
+TUNING_FILE = "triton_tuning.json"  # under $QUANTLLM_CACHE (or ~/.cache/quantllm)
 
 SM_COUNT_FALLBACK = 132  # an H100 SXM
 DEQUANT_MIN_ROWS = 32  # below this the dequantize + cuBLAS path is not even timed
@@ -100,28 +109,81 @@ def rows_bucket(m: int) -> int:
     return 1 << max(0, (m - 1).bit_length())
 
 
-class ConfigCache:
-    """Best config per key, timed on first use (never during graph capture)."""
+def graph_time(run, cfg: Config) -> float:
+    """Median ms of ``run(cfg)`` replayed from a CUDA graph (compiled first, outside any capture,
+    so a config the compiler cannot fit fails here)."""
+    from triton.testing import do_bench_cudagraph
 
-    def __init__(self):
+    run(cfg)
+    return do_bench_cudagraph(lambda: run(cfg), rep=10, return_mode="median")
+
+
+@functools.lru_cache(maxsize=1)
+def _fingerprint() -> str:
+    """What a timing depends on besides the key: the GPU, the compiler stack and our kernels' source."""
+    import triton
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no-gpu"
+    here = Path(__file__).parent
+    source = hashlib.sha1(b"".join(p.read_bytes() for p in sorted(here.glob("triton_*.py")))).hexdigest()[:12]
+    return f"{gpu} | triton {triton.__version__} | torch {torch.__version__} | kernels {source}"
+
+
+class ConfigCache:
+    """Best config per key: kept in memory for the process, and in ``path`` (JSON) for later
+    processes on the same GPU and software, so each shape is timed once per machine. Nothing is
+    timed during graph capture, under the interpreter or with $QUANTLLM_TRITON_TUNE=0; a file
+    that cannot be read or written only costs a re-tune, with a warning."""
+
+    def __init__(self, path: Path | None = None, timer=graph_time):
         self.best: dict[tuple, Config] = {}
+        self.path = path  # None: cache_root() / TUNING_FILE, looked up at first use
+        self.timer = timer
+
+    def _file(self) -> Path:
+        return self.path or cache_root() / TUNING_FILE
+
+    def _saved(self) -> dict:
+        try:
+            return json.loads(self._file().read_text())
+        except (FileNotFoundError, NotADirectoryError):  # nothing saved there (yet)
+            return {}
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"ignoring the Triton tuning cache {self._file()}: {exc}")
+            return {}
+
+    def _save(self, skey: str, label: str) -> None:
+        path = self._file()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            saved = {**self._saved(), skey: label}
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(saved, indent=0, sort_keys=True))
+            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+        except OSError as exc:
+            warnings.warn(f"could not write the Triton tuning cache {path}: {exc}")
 
     def choose(self, key: tuple, candidates: list[Config], run, tune: bool) -> Config:
         if key in self.best:
             return self.best[key]
         if not tune or len(candidates) == 1 or os.environ.get(TUNE_ENV, "1") == "0":
             return candidates[0]
-        from triton.testing import do_bench_cudagraph
+        skey = f"{_fingerprint()} | {key}"
+        by_label = {c.label(): c for c in candidates}
+        saved = self._saved().get(skey)
+        if saved in by_label:  # a label no longer among the candidates is timed again
+            self.best[key] = by_label[saved]
+            return self.best[key]
         timings = []
         for cfg in candidates:
             try:
-                run(cfg)  # compiles outside any capture; a config that cannot compile fails here
-                timings.append((do_bench_cudagraph(lambda: run(cfg), rep=10, return_mode="median"), cfg))
+                timings.append((self.timer(run, cfg), cfg))
             except Exception:  # a config the compiler cannot fit (shared memory): skip it
                 continue
         if not timings:
             raise RuntimeError(f"no Triton launch configuration compiled for {key}")
         self.best[key] = min(timings, key=lambda t: t[0])[1]
+        self._save(skey, self.best[key].label())
         return self.best[key]
 
 
