@@ -95,17 +95,17 @@ class StaticDecoder:
         if self.mask is None:
             raise RuntimeError("call prefill() before step()")
         pos = self.length
-        self.mask[:, pos] = 1
-        if self.graphed:
+        if self.graphed:  # mask and positions move inside the graph (_graph_body)
             self._ids.copy_(next_ids.reshape(-1, 1))
             if self._graph is None:
                 self._graph = self._capture()
             self._graph.replay()
             logits = self._graph_logits.clone()  # the graph's output buffer is rewritten next step
         else:
+            self.mask[:, pos] = 1
             logits = self._step_fn(next_ids.reshape(-1, 1).to(self.device), self.mask[:, : pos + 1],
                                    self.next_pos, torch.tensor([pos], device=self.device))
-        self.next_pos = self.next_pos + 1
+            self.next_pos = self.next_pos + 1
         self.length += 1
         return logits
 
