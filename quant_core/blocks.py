@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from .errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-class UnsupportedModelError(ValueError):
-    pass
 
 
 def architecture_of(model: nn.Module) -> Architecture:

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from .errors import CalibrationError
 
 log = logging.getLogger("quant_core")
 
 DEFAULT_CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
 
 
-class CalibrationError(ValueError):
-    pass
 
 
 def load_calibration_texts(source: Any = None, column: str = "text", max_chars: int | None = None,

@@ -20,12 +20,11 @@ from safetensors.torch import load_file, save_file
 from .config import QuantConfig
 from .modules import QuantLinear
 from .packed import expected_shapes
+from .errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A saved checkpoint is corrupt, truncated, tampered with or inconsistent."""
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from ..modules import QuantLinear
 from ..packed import PackedWeight
 from ..primitives import default_g_idx
 from ._checkpoint import float_state, load_checkpoint, pack_int32, read_json, unpack_int32, write_checkpoint
+from ..errors import ExportError
 
 FORMAT_OF_BITS = {2: "int2", 3: "int3", 4: "int4_fullrange", 8: "int8"}
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
@@ -34,8 +35,6 @@ EXPORTABLE = ("int formats int2, int3, int4_fullrange, int4_clip, int8 with sche
               "(integer zero points), any group_size, fp16 scales, in_features a multiple of 32")
 
 
-class ExportError(ValueError):
-    """The model uses a setting the target format cannot represent."""
 
 
 # ---------------------------------------------------------------- reading

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .base import cache_root
+from ..errors import BuildError
 
 SOURCE = Path(__file__).parent / "csrc" / "cpu_qgemm.cpp"
 CXX_ENV = "CXX"
@@ -31,8 +32,6 @@ VARIANT_FLAGS = {
 BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
 
 
-class BuildError(RuntimeError):
-    pass
 
 
 def cache_dir() -> Path:

@@ -10,6 +10,7 @@ import logging
 import os
 
 from .base import Kernel, LayerSpec
+from ..errors import NoKernelError
 
 log = logging.getLogger("quant_core.kernels")
 
@@ -30,8 +31,6 @@ PRIORITY: dict[str, list[str]] = {
 FORCE_ENV = "QUANTLLM_KERNEL"
 
 
-class NoKernelError(RuntimeError):
-    pass
 
 
 def load_kernel_class(name: str) -> type[Kernel]:
