@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .cache import cache_root
 from .checkpoint_io import atomic_directory, read_quantization_config
 
 log = logging.getLogger("quant_core")
@@ -99,13 +100,9 @@ def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype
     raise AssertionError("the transformers detector matches everything")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("QUANTLLM_CACHE", Path.home() / ".cache" / "quantllm"))
-
-
 def gguf_cache_path(path: Path) -> Path:
     stat = Path(path).stat()
-    return cache_dir() / "gguf" / f"{Path(path).stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    return cache_root() / "gguf" / f"{Path(path).stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
 def embedded_model_dir() -> Path:
