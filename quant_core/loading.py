@@ -1,8 +1,9 @@
 """Load a model from whatever a user names: nothing (the embedded SmolLM2), a ``.gguf``
 file, a quantllm-saved directory, a local Hugging Face directory or a hub id.
 
-Each kind of source is recognised by one detector in ``DETECTORS`` (first match wins),
-so importers of other checkpoint layouts plug in without touching the others.
+Which loader reads a source is asked of the registry in ``quant_core.sources`` (first match
+wins); this module registers the quantllm, GGUF and transformers loaders, and importers of
+other checkpoint layouts (``quant_core.interop``) register theirs without touching it.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .cache import cache_root
 from .checkpoint_io import atomic_directory, read_quantization_config
+from .serialization import load_quantized
+from .sources import register_source, source_for
 
 log = logging.getLogger("quant_core")
 
@@ -27,6 +29,7 @@ TASKS = {"text-generation": "AutoModelForCausalLM", "text2text-generation": "Aut
 def auto_model_class(task: str):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    # transformers at call time: it takes seconds to import, and `import quant_core` reaches this module
     import transformers
     return getattr(transformers, TASKS[task])
 
@@ -49,7 +52,6 @@ def is_quantllm_dir(path: Path) -> bool:
 
 
 def _load_quantllm(path, task, dtype, device, **kw):
-    from .serialization import load_quantized
     return load_quantized(path, device=device)
 
 
@@ -58,7 +60,7 @@ def _load_gguf(path, task, dtype, device, **kw):
 
 
 def _load_transformers(source, task, dtype, device, trust_remote_code=False, **kw):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -67,21 +69,6 @@ def _load_transformers(source, task, dtype, device, trust_remote_code=False, **k
         where = "a local directory" if Path(str(source)).exists() else "a local path or a reachable hub id"
         raise FileNotFoundError(f"could not load model {source!r} as {where}: {exc}") from exc
     return model.to(device).eval(), tokenizer
-
-
-from .interop.detectors import DETECTORS as INTEROP_DETECTORS  # noqa: E402
-
-# (name, matches(source) -> bool, loader(source, task, dtype, device, **kw) -> (model, tokenizer))
-DETECTORS: list[tuple[str, Callable, Callable]] = [
-    ("quantllm", lambda s: is_quantllm_dir(Path(s)), _load_quantllm),
-    *INTEROP_DETECTORS,  # GPTQ / AWQ directories, "file.gguf#packed" (quant_core.interop)
-    ("gguf", lambda s: str(s).endswith(".gguf"), _load_gguf),
-    ("transformers", lambda s: True, _load_transformers),
-]
-
-
-def detect(source) -> str:
-    return next(name for name, matches, _ in DETECTORS if matches(source))
 
 
 def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype = torch.float32,
@@ -93,11 +80,9 @@ def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype
     source = os.fspath(source)
     if str(source).endswith(".gguf") and not Path(source).is_file():
         raise FileNotFoundError(f"GGUF file {source} does not exist")
-    for name, matches, loader in DETECTORS:
-        if matches(source):
-            log.info("loading %s as %s", source, name)
-            return loader(source, task, dtype, device, trust_remote_code=trust_remote_code)
-    raise AssertionError("the transformers detector matches everything")
+    kind = source_for(source)
+    log.info("loading %s as %s", source, kind.name)
+    return kind.loader(source, task, dtype, device, trust_remote_code=trust_remote_code)
 
 
 def gguf_cache_path(path: Path) -> Path:
@@ -117,7 +102,7 @@ def embedded_model_dir() -> Path:
 def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, device="cpu"):
     """A GGUF file dequantized to float by transformers, cached as safetensors after the first load
     (dequantizing takes tens of seconds; reading the cache takes about one)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
     cached = gguf_cache_path(path)
     if (cached / "config.json").is_file():
@@ -148,3 +133,8 @@ def _write_cache(model, tokenizer, target: Path) -> None:
     with atomic_directory(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+register_source("quantllm", lambda s: is_quantllm_dir(Path(s)), _load_quantllm, priority=10)
+register_source("gguf", lambda s: str(s).endswith(".gguf"), _load_gguf, priority=50)
+register_source("transformers", lambda s: True, _load_transformers, priority=90)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ExportError
+from . import detectors  # noqa: F401  (registers the GPTQ, AWQ and packed-GGUF sources with load_model)
 from .awq import export_awq, is_awq_dir, load_awq
 from .gguf import PACKED_SUFFIX, import_gguf_layers, is_packed_gguf_source, load_gguf_packed
 from .gguf_export import export_gguf

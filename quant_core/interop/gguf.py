@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import QuantConfig
 from ..formats import FORMATS, pack_codes
+from ..loading import load_gguf
 from ..packed import PackedWeight
 from ..quantize import mark_quantized, replace_linear
 from . import _gguf_blocks as blocks
@@ -96,8 +97,6 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
 
 def load_gguf_packed(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
     """A GGUF file with its Q4_0/Q4_1/Q8_0 linear weights kept packed; returns (model, tokenizer)."""
-    from ..loading import load_gguf  # loading imports interop's detectors, so not at the top
-
     path = Path(str(path).removesuffix(PACKED_SUFFIX))
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
