@@ -6,10 +6,12 @@ from typing import Any, Iterator
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from ._params import generation_params
+from quant_core.engine import GenerationOutput, GenerationParams
+
 from .llms import DEFAULT_MODEL_NAME, QuantLLM
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
@@ -148,15 +150,16 @@ class ChatQuant(BaseChatModel):
                 "stop": self.stop}
 
     def _defaults(self, overrides: dict[str, Any] | None = None, stop: list[str] | None = None):
-        return generation_params(self._defaults_dict(), overrides, stop)
+        return GenerationParams.from_kwargs(self._defaults_dict(), overrides, stop=stop)
 
     def _metadata(self, out) -> dict[str, Any]:
         return {"model_name": self._name(), "model_provider": "quantllm", "finish_reason": out.finish_reason}
 
 
-def _usage(out) -> dict[str, int]:
-    return {"input_tokens": out.prompt_tokens, "output_tokens": out.completion_tokens,
-            "total_tokens": out.prompt_tokens + out.completion_tokens}
+def _usage(out: GenerationOutput) -> UsageMetadata:
+    """The engine's token counts under LangChain's names."""
+    return UsageMetadata(input_tokens=out.prompt_tokens, output_tokens=out.completion_tokens,
+                         total_tokens=out.total_tokens)
 
 
 def _as_dict(message: BaseMessage) -> dict[str, str]:

@@ -9,7 +9,7 @@ from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from ._params import generation_params, usage
+from quant_core.engine import GenerationOutput, GenerationParams
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -54,7 +54,7 @@ class QuantLLM(BaseLLM):
             raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}")
         config = as_quant_config(self.quantization_config)
         self.quantization_config = config.to_dict() if config is not None else None
-        generation_params(self.pipeline_kwargs)  # bad settings fail here, not at the first call
+        GenerationParams.from_kwargs(self.pipeline_kwargs)  # bad settings fail here, not at the first call
         if self.engine is not None:
             self._engine = self.engine
             if self.model_id is None:  # name the wrapped model, not the default one
@@ -115,7 +115,7 @@ class QuantLLM(BaseLLM):
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        params = generation_params(self.pipeline_kwargs, _call_settings(kwargs), stop)
+        params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
         if not prompts:
             raise ValueError("no prompts were given: pass at least one prompt")
         engine = self.get_engine()
@@ -124,11 +124,11 @@ class QuantLLM(BaseLLM):
             outputs.extend(engine.generate(list(prompts[start:start + self.batch_size]), params))
         generations = [[Generation(text=o.text, generation_info=_info(o))] for o in outputs]
         return LLMResult(generations=generations,
-                         llm_output={"token_usage": usage(outputs), "model_name": self.model_id or DEFAULT_MODEL_NAME})
+                         llm_output={"token_usage": GenerationOutput.total_usage(outputs), "model_name": self.model_id or DEFAULT_MODEL_NAME})
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        params = generation_params(self.pipeline_kwargs, _call_settings(kwargs), stop)
+        params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
         for delta, final in self.get_engine().stream_with_output(prompt, params):
             chunk = GenerationChunk(text=delta, generation_info=_info(final) if final else None)
             if run_manager and delta:
@@ -143,10 +143,8 @@ def _call_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _info(output) -> dict[str, Any]:
-    return {"finish_reason": output.finish_reason, "prompt_tokens": output.prompt_tokens,
-            "completion_tokens": output.completion_tokens,
-            "total_tokens": output.prompt_tokens + output.completion_tokens}
+def _info(output: GenerationOutput) -> dict[str, Any]:
+    return {"finish_reason": output.finish_reason, **output.usage()}
 
 
 def _engine_from_pipeline(llm: QuantLLM, config):

@@ -33,8 +33,6 @@ from .responses import completion_response, in_thread, llm_events, to_chat, usag
 log = logging.getLogger("llamaindex_quant")
 
 PARAM_NAMES = tuple(f.name for f in dataclasses.fields(GenerationParams))
-# Names other LLM APIs use for the same settings.
-PARAM_ALIASES = {"max_tokens": "max_new_tokens", "stop_sequences": "stop"}
 # LlamaIndex roles that chat templates know under another name.
 ROLE_NAMES = {MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant", MessageRole.DEVELOPER: "system"}
 DEFAULT_NUM_OUTPUT = 256
@@ -81,9 +79,7 @@ class QuantLlamaLLM(CustomLLM):
         else:
             fields.setdefault("model_name", getattr(getattr(model, "config", None), "_name_or_path", "") or
                               type(model).__name__)
-        unknown = set(fields.get("generate_kwargs", {})) - set(PARAM_NAMES) - set(PARAM_ALIASES)
-        if unknown:  # fail before loading a model
-            raise ValueError(f"unknown generate_kwargs {sorted(unknown)}; valid: {', '.join(PARAM_NAMES)}")
+        GenerationParams.check_keywords(fields.get("generate_kwargs"), "generate_kwargs")  # before loading
         super().__init__(**fields)
         if engine is None:
             model, tokenizer = _resolve_model(model, tokenizer, quant_config, device, trust_remote_code)
@@ -193,17 +189,8 @@ class QuantLlamaLLM(CustomLLM):
 
     # ---- internals --------------------------------------------------------------
     def _params(self, kwargs: dict) -> GenerationParams:
-        merged = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
-        for source in (self.generate_kwargs, kwargs):
-            for key, value in source.items():
-                merged[PARAM_ALIASES.get(key, key)] = value
-        unknown = set(merged) - set(PARAM_NAMES)
-        if unknown:
-            raise TypeError(f"unknown generation argument(s) {sorted(unknown)}; "
-                            f"QuantLlamaLLM passes through: {', '.join(PARAM_NAMES)}")
-        if isinstance(merged.get("stop"), str):
-            merged["stop"] = [merged["stop"]]
-        return GenerationParams(**merged).validate()
+        defaults = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        return GenerationParams.from_kwargs(defaults, self.generate_kwargs, kwargs)
 
     def _fit(self, prompt: str, formatted: bool, params: GenerationParams) -> tuple[str, int]:
         """Apply ``completion_to_prompt`` and make sure prompt + completion fit the context window.
@@ -251,7 +238,7 @@ class QuantLlamaLLM(CustomLLM):
                 text += delta
                 if final is None:
                     yield CompletionResponse(text=text, delta=delta)
-            usage = usage_of(final.prompt_tokens, final.completion_tokens, final.finish_reason, cut)
+            usage = usage_of(final, cut)
             yield CompletionResponse(text=text, delta="", raw={"usage": usage}, additional_kwargs=usage)
         return gen()
 
