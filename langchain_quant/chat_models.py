@@ -10,9 +10,10 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from quant_core.engine import GenerationOutput, GenerationParams
+from quant_core.auto import as_quant_config
+from quant_core.engine import GenerationEngine, GenerationOutput, GenerationParams
 
-from .llms import DEFAULT_MODEL_NAME, QuantLLM
+from .llms import DEFAULT_MODEL_NAME, QuantLLM, loading_options
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
@@ -32,13 +33,15 @@ class ChatQuant(BaseChatModel):
     model_name: str | None = Field(default=None, alias="model")
     """Local folder, ``.gguf`` file, quantllm-saved folder or hub id; None: the embedded SmolLM2-135M-Instruct."""
     quantization_config: Any = None
-    """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). Ignored for quantllm-saved folders."""
+    """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). A quantllm-saved folder takes None or
+    the config it was saved with (another one is an error)."""
     model_kwargs: dict | None = None
     """Loading options: ``dtype``/``torch_dtype``, ``trust_remote_code`` (off by default)."""
     device: Any = -1
     """-1 or "cpu", "cuda", or a GPU index."""
     chat_template: str | None = None
-    """A Jinja chat template to use instead of (or for want of) the tokenizer's own."""
+    """A Jinja chat template to use instead of (or for want of) the tokenizer's own (for this ChatQuant only:
+    the model's engine, shared with every other wrapper of it, is left as it is)."""
     temperature: float = 0.0
     """Sampling temperature; 0 decodes greedily."""
     max_tokens: int = Field(default=256, alias="max_new_tokens")
@@ -68,30 +71,25 @@ class ChatQuant(BaseChatModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ChatQuant":
-        from quant_core.auto import as_quant_config
-
         as_quant_config(self.quantization_config)
+        loading_options(self.model_kwargs)
         self._defaults()  # bad generation settings fail at construction
         return self
 
     # ---- the engine ------------------------------------------------------------------
-    def get_engine(self):
-        """The generation engine, loading (and quantizing) the model on first use."""
+    def get_engine(self) -> GenerationEngine:
+        """The model's one generation engine, loading (and quantizing) the model on first use."""
         if self._engine is None:
             llm = self.llm or QuantLLM(model_id=self.model_name, quantization_config=self.quantization_config,
                                        model_kwargs=self.model_kwargs, device=self.device,
                                        batch_size=self.batch_size)
-            engine = llm.get_engine()
-            if self.chat_template is not None:
-                from quant_core.engine import GenerationEngine
-                engine = GenerationEngine(engine.model, engine.tokenizer, max_batch_size=self.batch_size,
-                                          chat_template=self.chat_template)
-            self._engine = engine
+            self._engine = llm.get_engine()
         return self._engine
 
     def render(self, messages: list[BaseMessage]) -> str:
         """LangChain messages -> the prompt text the model sees."""
-        return self.get_engine().render_chat([_as_dict(m) for m in messages], add_generation_prompt=True)
+        return self.get_engine().render_chat([_as_dict(m) for m in messages], add_generation_prompt=True,
+                                             chat_template=self.chat_template)
 
     # ---- LangChain's chat model interface ----------------------------------------------
     @property

@@ -25,6 +25,7 @@ from llama_index.core.callbacks import EventPayload
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from quant_core.auto import engine_for_model, engine_for_source
 from quant_core.config import QuantConfig
 from quant_core.engine import GenerationEngine, GenerationParams
 
@@ -82,9 +83,8 @@ class QuantLlamaLLM(CustomLLM):
         GenerationParams.check_keywords(fields.get("generate_kwargs"), "generate_kwargs")  # before loading
         super().__init__(**fields)
         if engine is None:
-            model, tokenizer = _resolve_model(model, tokenizer, quant_config, device, trust_remote_code)
             # one engine per model: wrappers of the same model (LangChain's too) share its lock and batches
-            engine = GenerationEngine.for_model(model, tokenizer, max_batch_size=self.max_batch_size)
+            engine = _engine_for(model, tokenizer, quant_config, device, trust_remote_code, self.max_batch_size)
         elif quant_config is not None:
             raise ValueError("pass either engine= (an already prepared model) or quant_config=, not both")
         self._engine = engine
@@ -95,7 +95,8 @@ class QuantLlamaLLM(CustomLLM):
     @classmethod
     def from_model(cls, model, tokenizer, quant_config: QuantConfig | dict | None = None,
                    **fields: Any) -> "QuantLlamaLLM":
-        """Wrap a loaded transformers model (quantized in place first when ``quant_config`` is given)."""
+        """Wrap a loaded transformers model (quantized in place first when ``quant_config`` is given; an
+        already quantized model takes None or the config it carries, and another one is an error)."""
         return cls(model, quant_config, tokenizer=tokenizer, **fields)
 
     @classmethod
@@ -243,26 +244,18 @@ class QuantLlamaLLM(CustomLLM):
         return gen()
 
 
-def _resolve_model(model, tokenizer, quant_config, device, trust_remote_code):
+def _engine_for(model, tokenizer, quant_config, device, trust_remote_code, max_batch_size) -> GenerationEngine:
     """A source goes through the core's cached load-then-quantize step (shared with the LangChain
-    provider: one copy of a model per source and config in a process); a model object is used as is."""
-    from quant_core.auto import as_quant_config, load_for_generation
-    from quant_core.modules import QuantLinear
-    from quant_core.quantize import quantize
-
-    config = as_quant_config(quant_config)
+    provider: one copy of a model per source and config in a process); a model object is quantized
+    in place once (when a config is given). Either way the model's one engine comes back."""
     if model is None or isinstance(model, (str, os.PathLike)):
         if tokenizer is not None:
             raise ValueError("tokenizer= is only for a model object; a model source brings its own tokenizer")
-        return load_for_generation(model, quantization_config=config, device=device,
-                                   trust_remote_code=trust_remote_code)
+        return engine_for_source(model, quantization_config=quant_config, device=device,
+                                 trust_remote_code=trust_remote_code, max_batch_size=max_batch_size)
     if not hasattr(model, "config") or not callable(model):
         raise TypeError(f"model must be a source (None, a hub id, a path) or a loaded transformers model, "
                         f"not {type(model).__name__}")
     if tokenizer is None:
         raise ValueError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
-    if config is not None:
-        if any(isinstance(m, QuantLinear) for m in model.modules()):
-            raise ValueError("this model is already quantized (a quantllm checkpoint?); drop quant_config")
-        model = quantize(model, config)
-    return model, tokenizer
+    return engine_for_model(model, tokenizer, quant_config, max_batch_size=max_batch_size)

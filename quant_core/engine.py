@@ -93,15 +93,18 @@ class GenerationEngine:
     def has_chat_template(self) -> bool:
         return bool(self.chat_template or getattr(self.tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Messages ``[{"role": ..., "content": ...}]`` -> prompt text, through the chat template."""
-        if not self.has_chat_template:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    chat_template: str | None = None) -> str:
+        """Messages ``[{"role": ..., "content": ...}]`` -> prompt text, through ``chat_template`` when given
+        (one caller's own, so wrappers sharing this engine need not agree), else the engine's or tokenizer's."""
+        chat_template = chat_template or self.chat_template
+        if not (chat_template or self.has_chat_template):
             raise ValueError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
                              "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
                              "tokenizer_config.json) or use plain-text generation instead")
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise TypeError("messages must be a list of dicts with 'role' and 'content'")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=self.chat_template,
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
                                                   add_generation_prompt=add_generation_prompt)
 
     def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[GenerationOutput]:
