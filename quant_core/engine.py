@@ -6,7 +6,7 @@ ONE forward pass for the whole batch (decoder-only and encoder-decoder models).
 It applies the sampling settings, cuts text before stop strings, stops as soon as
 every row is done, counts tokens and streams text deltas.
 
-Threads: every forward pass holds one lock, so passes of different calls never
+Threads: every forward pass holds the model's one lock, so passes of different calls never
 interleave. Concurrent ``generate`` calls queue up; the thread that gets to run
 takes the other waiting calls with the same settings into its batch
 (micro-batching), up to ``max_batch_size`` prompts.
@@ -35,9 +35,18 @@ class _Request:
         self.done = False
 
 
-# model -> its engine; kept beside the model, not on it, so the model stays deep-copyable
-# (an engine holds a lock) and the engine goes away with the model.
+# model -> its engine, and model -> its forward lock; kept beside the model, not on it, so the
+# model stays deep-copyable (a lock cannot be copied) and both go away with the model.
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.RLock()  # for_model builds an engine, which takes its forward lock, inside it
+
+
+def forward_lock_of(model) -> threading.Lock:
+    """The one lock of ``model``'s forward passes, however many engines serve it (one built by a
+    user, one per tokenizer), so that passes on the same weights never interleave."""
+    with _REGISTRY_LOCK:
+        return _FORWARD_LOCKS.setdefault(model, threading.Lock())
 
 
 class GenerationEngine:
@@ -72,7 +81,7 @@ class GenerationEngine:
         if kv_cache == "static" and self.is_encoder_decoder:
             raise ValueError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
         self.kv_cache = kv_cache
-        self._forward_lock = threading.Lock()  # one forward pass at a time
+        self._forward_lock = forward_lock_of(model)  # one forward pass of this model at a time
         self._leader_lock = threading.Lock()  # one batch being formed and run at a time
         self._queue_lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -145,12 +154,13 @@ class GenerationEngine:
     def for_model(cls, model, tokenizer, *, max_batch_size: int = 8) -> "GenerationEngine":
         """The one engine of ``model`` (created on first use), so that every wrapper of the same
         model shares its forward lock and micro-batching queue."""
-        engine = _ENGINES.get(model)
-        if engine is None or engine.tokenizer is not tokenizer:
-            engine = cls(model, tokenizer, max_batch_size=max_batch_size)
-            _ENGINES[model] = engine
-        engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
-        return engine
+        with _REGISTRY_LOCK:  # two threads asking at once still get one engine
+            engine = _ENGINES.get(model)
+            if engine is None or engine.tokenizer is not tokenizer:
+                engine = cls(model, tokenizer, max_batch_size=max_batch_size)
+                _ENGINES[model] = engine
+            engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
+            return engine
 
     # ---- internals -----------------------------------------------------------------
     def _prepare(self, prompts, params) -> tuple[GenerationParams, list[list[int]]]:
