@@ -12,6 +12,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from quant_core.auto import as_quant_config
 from quant_core.engine import GenerationEngine, GenerationOutput, GenerationParams
+from quant_core.errors import ConfigError
 
 from .llms import DEFAULT_MODEL_NAME, QuantLLM, loading_options
 
@@ -163,7 +164,7 @@ def _usage(out: GenerationOutput) -> UsageMetadata:
 def _as_dict(message: BaseMessage) -> dict[str, str]:
     role = getattr(message, "role", None) or _ROLES.get(message.type)
     if role is None:
-        raise ValueError(f"message type {message.type!r} has no chat role; use system, human or ai messages")
+        raise ConfigError(f"message type {message.type!r} has no chat role; use system, human or ai messages")
     content = message.content
     if isinstance(content, list):
         parts = []
@@ -174,7 +175,7 @@ def _as_dict(message: BaseMessage) -> dict[str, str]:
                 parts.append(block.get("text", ""))
             else:
                 kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise ValueError(f"ChatQuant handles text only; a message holds a {kind!r} block "
+                raise ConfigError(f"ChatQuant handles text only; a message holds a {kind!r} block "
                                  f"(images, audio, files and tool calls are not supported)")
         content = "".join(parts)
     return {"role": role, "content": content}

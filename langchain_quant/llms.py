@@ -107,7 +107,7 @@ class QuantLLM(BaseLLM):
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
         params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
         if not prompts:
-            raise ValueError("no prompts were given: pass at least one prompt")
+            raise ConfigError("no prompts were given: pass at least one prompt")
         engine = self.get_engine()
         outputs = []
         for start in range(0, len(prompts), self.batch_size):

@@ -28,6 +28,7 @@ from llama_index.core.llms.custom import CustomLLM
 from quant_core.auto import engine_for_model, engine_for_source
 from quant_core.config import QuantConfig
 from quant_core.engine import GenerationEngine, GenerationParams
+from quant_core.errors import ConfigError
 
 from .responses import completion_response, in_thread, llm_events, to_chat, usage_of
 
@@ -86,7 +87,7 @@ class QuantLlamaLLM(CustomLLM):
             # one engine per model: wrappers of the same model (LangChain's too) share its lock and batches
             engine = _engine_for(model, tokenizer, quant_config, device, trust_remote_code, self.max_batch_size)
         elif quant_config is not None:
-            raise ValueError("pass either engine= (an already prepared model) or quant_config=, not both")
+            raise ConfigError("pass either engine= (an already prepared model) or quant_config=, not both")
         self._engine = engine
         if self.max_new_tokens is None:
             gen_cfg = getattr(engine.model, "generation_config", None)
@@ -206,10 +207,10 @@ class QuantLlamaLLM(CustomLLM):
         if len(ids) <= room:
             return prompt, 0
         if room <= 0:
-            raise ValueError(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
+            raise ConfigError(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
                              f"context window of {window} tokens; lower max_new_tokens")
         if not self.truncate_prompt:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt is {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it does not fit the "
                 f"model's context window of {window} tokens (room for {room} prompt tokens). Shorten the prompt "
                 f"(in RAG: fewer or smaller chunks), lower max_new_tokens, or pass truncate_prompt=True to cut "
@@ -221,7 +222,7 @@ class QuantLlamaLLM(CustomLLM):
 
     def _complete_many(self, prompts: list[str], formatted: bool, kwargs: dict) -> list[CompletionResponse]:
         if isinstance(prompts, str) or not prompts:
-            raise ValueError("pass a non-empty list of prompt strings")
+            raise ConfigError("pass a non-empty list of prompt strings")
         params = self._params(kwargs)
         fitted = [self._fit(p, formatted, params) for p in prompts]
         outputs = self._engine.generate([p for p, _ in fitted], params)
@@ -250,12 +251,12 @@ def _engine_for(model, tokenizer, quant_config, device, trust_remote_code, max_b
     in place once (when a config is given). Either way the model's one engine comes back."""
     if model is None or isinstance(model, (str, os.PathLike)):
         if tokenizer is not None:
-            raise ValueError("tokenizer= is only for a model object; a model source brings its own tokenizer")
+            raise ConfigError("tokenizer= is only for a model object; a model source brings its own tokenizer")
         return engine_for_source(model, quantization_config=quant_config, device=device,
                                  trust_remote_code=trust_remote_code, max_batch_size=max_batch_size)
     if not hasattr(model, "config") or not callable(model):
         raise TypeError(f"model must be a source (None, a hub id, a path) or a loaded transformers model, "
                         f"not {type(model).__name__}")
     if tokenizer is None:
-        raise ValueError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
+        raise ConfigError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
     return engine_for_model(model, tokenizer, quant_config, max_batch_size=max_batch_size)

@@ -12,6 +12,8 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
 from llama_index.core.schema import MetadataMode, NodeWithScore
 
+from quant_core.errors import SourceNotFoundError
+
 from .base import QuantLlamaLLM
 
 DOC_EXTENSIONS = [".txt"]
@@ -34,10 +36,10 @@ def load_documents(folder: str | os.PathLike) -> list[Document]:
     """Every ``*.txt`` file of ``folder``; a clear error when there is none."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"documents folder {folder} does not exist; pass a folder of .txt files "
+        raise SourceNotFoundError(f"documents folder {folder} does not exist; pass a folder of .txt files "
                                 f"(the example ships examples/data/)")
     if not any(p.suffix in DOC_EXTENSIONS for p in folder.iterdir()):
-        raise FileNotFoundError(f"documents folder {folder} has no {'/'.join(DOC_EXTENSIONS)} files to index")
+        raise SourceNotFoundError(f"documents folder {folder} has no {'/'.join(DOC_EXTENSIONS)} files to index")
     return SimpleDirectoryReader(str(folder), required_exts=DOC_EXTENSIONS, filename_as_id=True).load_data()
 
 

@@ -23,6 +23,7 @@ import torch
 from .engine_rows import Row, choose_next_tokens, device_of, eos_ids, first_not_none
 from .engine_steppers import DynamicStepper, Seq2SeqStepper, StaticStepper
 from .engine_types import GenerationOutput, GenerationParams
+from .errors import ConfigError
 
 __all__ = ["GenerationEngine", "GenerationOutput", "GenerationParams"]
 
@@ -38,7 +39,7 @@ class _Request:
 # model -> its engine, and model -> its forward lock; kept beside the model, not on it, so the
 # model stays deep-copyable (a lock cannot be copied) and both go away with the model.
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_FORWARD_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.RLock()  # for_model builds an engine, which takes its forward lock, inside it
 
 
@@ -58,9 +59,9 @@ class GenerationEngine:
         "dynamic" (transformers' own), or "auto": static for decoder-only models that transformers
         marks as compilable (static-cache capable), dynamic otherwise and for encoder-decoders."""
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
+            raise ConfigError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
         if kv_cache not in ("auto", "static", "dynamic"):
-            raise ValueError(f"kv_cache must be 'auto', 'static' or 'dynamic'; got {kv_cache!r}")
+            raise ConfigError(f"kv_cache must be 'auto', 'static' or 'dynamic'; got {kv_cache!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch_size = max_batch_size
         self.chat_template = chat_template
@@ -79,7 +80,7 @@ class GenerationEngine:
             static_ok = not self.is_encoder_decoder and getattr(model, "_can_compile_fullgraph", False)
             kv_cache = "static" if static_ok else "dynamic"
         if kv_cache == "static" and self.is_encoder_decoder:
-            raise ValueError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
+            raise ConfigError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
         self.kv_cache = kv_cache
         self._forward_lock = forward_lock_of(model)  # one forward pass of this model at a time
         self._leader_lock = threading.Lock()  # one batch being formed and run at a time
@@ -108,7 +109,7 @@ class GenerationEngine:
         (one caller's own, so wrappers sharing this engine need not agree), else the engine's or tokenizer's."""
         chat_template = chat_template or self.chat_template
         if not (chat_template or self.has_chat_template):
-            raise ValueError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
+            raise ConfigError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
                              "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
                              "tokenizer_config.json) or use plain-text generation instead")
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
@@ -167,7 +168,7 @@ class GenerationEngine:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError(f"prompts must be a list of strings, not {type(prompts).__name__}")
         if not prompts:
-            raise ValueError("prompts is empty: pass at least one prompt")
+            raise ConfigError("prompts is empty: pass at least one prompt")
         if not all(isinstance(p, str) for p in prompts):
             raise TypeError("every prompt must be a string")
         params = (params or GenerationParams()).validate()
@@ -175,7 +176,7 @@ class GenerationEngine:
         if not self.is_encoder_decoder:
             longest = max(len(e) for e in encoded)
             if longest >= self.context_window:
-                raise ValueError(f"a prompt has {longest} tokens but the model's context window is "
+                raise ConfigError(f"a prompt has {longest} tokens but the model's context window is "
                                  f"{self.context_window}: shorten the prompt")
         return params, encoded
 

@@ -6,10 +6,11 @@ one of them can name these types without importing the engine itself.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .errors import UnknownSettingError
+from .errors import ConfigError, UnknownSettingError
 
 # Other names callers use for a setting: transformers pipelines, OpenAI-style and LlamaIndex APIs.
 ALIASES = {"max_tokens": "max_new_tokens", "stop_sequence": "stop", "stop_sequences": "stop"}
@@ -31,24 +32,24 @@ class GenerationParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # sampling only; None = torch's global generator
 
-    def validate(self) -> "GenerationParams":
+    def validate(self) -> GenerationParams:
         """Raise a clear error for a bad setting (called before any model work)."""
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
             raise TypeError(f"stop must be a list of non-empty strings, e.g. stop=['\\n\\n']; got {self.stop!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
+            raise ConfigError(f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy); got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0 (0 means greedy); got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1]; got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it); got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0 (0 disables it); got {self.top_k}")
         if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it); got {self.repetition_penalty}")
+            raise ConfigError(f"repetition_penalty must be > 0 (1.0 disables it); got {self.repetition_penalty}")
         return self
 
     @classmethod
-    def from_kwargs(cls, *layers: Mapping[str, Any] | None, stop: list[str] | None = None) -> "GenerationParams":
+    def from_kwargs(cls, *layers: Mapping[str, Any] | None, stop: list[str] | None = None) -> GenerationParams:
         """Merge layers of settings (defaults first, a call's own last) and ``stop`` into validated params.
 
         Keys may be spelled as transformers pipelines, LangChain or LlamaIndex spell them (``ALIASES``);
@@ -108,7 +109,7 @@ class GenerationOutput:
                 "total_tokens": self.total_tokens}
 
     @staticmethod
-    def total_usage(outputs: Iterable["GenerationOutput"]) -> dict[str, int]:
+    def total_usage(outputs: Iterable[GenerationOutput]) -> dict[str, int]:
         """``usage()`` summed over several outputs (one batch call's)."""
         total = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         for output in outputs:
