@@ -176,6 +176,6 @@ def _as_dict(message: BaseMessage) -> dict[str, str]:
             else:
                 kind = block.get("type") if isinstance(block, dict) else type(block).__name__
                 raise ConfigError(f"ChatQuant handles text only; a message holds a {kind!r} block "
-                                 f"(images, audio, files and tool calls are not supported)")
+                                  f"(images, audio, files and tool calls are not supported)")
         content = "".join(parts)
     return {"role": role, "content": content}

@@ -113,8 +113,9 @@ class QuantLLM(BaseLLM):
         for start in range(0, len(prompts), self.batch_size):
             outputs.extend(engine.generate(list(prompts[start:start + self.batch_size]), params))
         generations = [[Generation(text=o.text, generation_info=_info(o))] for o in outputs]
-        return LLMResult(generations=generations,
-                         llm_output={"token_usage": GenerationOutput.total_usage(outputs), "model_name": self.model_id or DEFAULT_MODEL_NAME})
+        llm_output = {"token_usage": GenerationOutput.total_usage(outputs),
+                      "model_name": self.model_id or DEFAULT_MODEL_NAME}
+        return LLMResult(generations=generations, llm_output=llm_output)
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:

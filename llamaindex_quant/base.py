@@ -208,7 +208,7 @@ class QuantLlamaLLM(CustomLLM):
             return prompt, 0
         if room <= 0:
             raise ConfigError(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
-                             f"context window of {window} tokens; lower max_new_tokens")
+                              f"context window of {window} tokens; lower max_new_tokens")
         if not self.truncate_prompt:
             raise ConfigError(
                 f"prompt is {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it does not fit the "

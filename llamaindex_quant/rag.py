@@ -37,7 +37,7 @@ def load_documents(folder: str | os.PathLike) -> list[Document]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SourceNotFoundError(f"documents folder {folder} does not exist; pass a folder of .txt files "
-                                f"(the example ships examples/data/)")
+                                  f"(the example ships examples/data/)")
     if not any(p.suffix in DOC_EXTENSIONS for p in folder.iterdir()):
         raise SourceNotFoundError(f"documents folder {folder} has no {'/'.join(DOC_EXTENSIONS)} files to index")
     return SimpleDirectoryReader(str(folder), required_exts=DOC_EXTENSIONS, filename_as_id=True).load_data()

@@ -110,8 +110,8 @@ class GenerationEngine:
         chat_template = chat_template or self.chat_template
         if not (chat_template or self.has_chat_template):
             raise ConfigError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
-                             "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
-                             "tokenizer_config.json) or use plain-text generation instead")
+                              "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
+                              "tokenizer_config.json) or use plain-text generation instead")
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise TypeError("messages must be a list of dicts with 'role' and 'content'")
         return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
@@ -177,7 +177,7 @@ class GenerationEngine:
             longest = max(len(e) for e in encoded)
             if longest >= self.context_window:
                 raise ConfigError(f"a prompt has {longest} tokens but the model's context window is "
-                                 f"{self.context_window}: shorten the prompt")
+                                  f"{self.context_window}: shorten the prompt")
         return params, encoded
 
     def _encode(self, prompt: str) -> list[int]:
