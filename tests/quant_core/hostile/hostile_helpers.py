@@ -1,0 +1,29 @@
+"""Small editors for tampering with checkpoint files in tests."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+
+def edit_config(path: Path, fn) -> None:
+    """Apply ``fn`` to the parsed config.json of the directory ``path`` and write it back."""
+    cfg_path = Path(path) / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config = fn(config) or config
+    cfg_path.write_text(json.dumps(config))
+
+
+def rewrite_weights(path: Path, fn_tensors=None, fn_metadata=None, name: str = "model.safetensors") -> None:
+    """Re-save the weights file with ``fn_tensors(state)`` / ``fn_metadata(meta)`` applied."""
+    file = Path(path) / name
+    with safe_open(str(file), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    state = load_file(str(file))
+    if fn_tensors:
+        state = fn_tensors(state) or state
+    if fn_metadata:
+        metadata = fn_metadata(metadata) or metadata
+    save_file({k: v.contiguous() for k, v in state.items()}, str(file), metadata=metadata)
