@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear layers (name substrings) left in float (default: lm_head)")
     q.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any other QuantConfig field, e.g. --option n_samples=64 (repeatable)")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory, if it is an empty folder or a quantllm checkpoint")
 
     g = sub.add_parser("generate", help="answer a prompt (chat template applied when the model has one)")
     g.add_argument("model")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    _add_no_verify(g)
 
     e = sub.add_parser("eval", help="perplexity on a text file (windows of --seqlen tokens)")
     e.add_argument("model")
@@ -62,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seqlen", type=int, default=512)
     e.add_argument("--windows", type=int, default=32, help="how many windows (0 = all)")
     e.add_argument("--device", default="cpu")
+    _add_no_verify(e)
 
     i = sub.add_parser("info", help="quantization config, sizes, and the kernel chosen per layer")
     i.add_argument("model")
     i.add_argument("--device", default="cpu", help="device to choose kernels for")
+    _add_no_verify(i)
 
     x = sub.add_parser("export", help="write a quantized model for vLLM / transformers (gptq, awq) or llama.cpp (gguf)")
     x.add_argument("model", help="a quantllm-saved directory (or a GPTQ/AWQ directory, or FILE.gguf#packed)")
@@ -74,12 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint-format", default="gptq", help="gptq: gptq (v1, what vLLM reads) | gptq_v2")
     x.add_argument("--tokenizer-pre", default="default",
                    help="gguf: llama.cpp pre-tokenizer name, e.g. smollm for SmolLM2 (default: default)")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output: an empty folder or a quantllm/GPTQ/AWQ checkpoint written by "
+                        "quantllm (gptq, awq), or a GGUF file (gguf)")
+    _add_no_verify(x)
     return p
+
+
+def _add_no_verify(parser) -> None:
+    parser.add_argument("--no-verify", action="store_true",
+                        help="load a quantllm checkpoint without checking its checksums (every other check still runs)")
 
 
 def cmd_quantize(args) -> int:
     from pathlib import Path
 
+    from .checkpoint_io import check_output
     from .config import QuantConfig
     from .loading import load_model
     from .quantize import quantize
@@ -88,8 +102,7 @@ def cmd_quantize(args) -> int:
     config = QuantConfig(algorithm=args.algorithm, weight_dtype=args.weight_dtype, group_size=args.group_size,
                          scheme=args.scheme, compute_dtype=args.compute_dtype, scale_dtype=args.scale_dtype,
                          mse_clip=args.mse_clip, modules_to_not_convert=args.keep_float, **dict(args.option))
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    check_output(Path(args.output), args.overwrite)  # before loading or quantizing anything
     model, tokenizer = load_model(args.model)
     start = time.perf_counter()
     quantize(model, config, tokenizer=tokenizer)  # calibrated algorithms tokenize their calibration text
@@ -103,7 +116,7 @@ def cmd_generate(args) -> int:
     from .engine import GenerationEngine, GenerationParams
     from .loading import load_model
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, verify=not args.no_verify)
     engine = GenerationEngine(model, tokenizer)
     use_chat = not args.raw and engine.has_chat_template
     text = engine.render_chat([{"role": "user", "content": args.prompt}]) if use_chat else args.prompt
@@ -116,7 +129,7 @@ def cmd_eval(args) -> int:
     from .evaluation import perplexity, read_eval_text
     from .loading import load_model
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, verify=not args.no_verify)
     ppl = perplexity(model, tokenizer, read_eval_text(args.text), args.seqlen, args.windows or None)
     print(f"perplexity: {ppl:.3f} ({args.windows or 'all'} windows of {args.seqlen} tokens)")
     return 0
@@ -126,20 +139,28 @@ def cmd_info(args) -> int:
     from .inspect import describe
     from .loading import load_model
 
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, verify=not args.no_verify)
     print(describe(model, args.device))
     return 0
 
 
 def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from .checkpoint_io import EXPORT_REPLACEABLE, check_output
     from .interop import export
+    from .interop.gguf_export import check_gguf_output
     from .loading import load_model
 
-    model, tokenizer = load_model(args.model)
+    if args.to == "gguf":  # before loading anything
+        check_gguf_output(Path(args.output), args.overwrite)
+    else:
+        check_output(Path(args.output), args.overwrite, EXPORT_REPLACEABLE)
+    model, tokenizer = load_model(args.model, verify=not args.no_verify)
     options = ({"checkpoint_format": args.checkpoint_format} if args.to == "gptq" else
                {"tokenizer_pre": args.tokenizer_pre} if args.to == "gguf" else {})
     start = time.perf_counter()
-    out = export(model, tokenizer, args.output, args.to, **options)
+    out = export(model, tokenizer, args.output, args.to, overwrite=args.overwrite, **options)
     print(f"exported to {args.to} in {time.perf_counter() - start:.1f} s: {out}")
     return 0
 

@@ -47,3 +47,7 @@ class NoKernelError(QuantllmError, RuntimeError):
 
 class BuildError(QuantllmError, RuntimeError):
     """A native kernel could not be compiled on this machine."""
+
+
+class OutputExistsError(QuantllmError, FileExistsError):
+    """An output path exists and may not be replaced (no overwrite, or it is not ours to replace)."""

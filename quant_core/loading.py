@@ -15,7 +15,10 @@ from pathlib import Path
 import torch
 
 from .cache import cache_root
-from .checkpoint_io import atomic_directory, read_quantization_config
+from .checkpoint_io import atomic_directory, read_config_json, read_quantization_config
+from .errors import CheckpointError, SourceNotFoundError
+from .file_headers import read_gguf_header, read_safetensors_header
+from .safe_write import recover_interrupted
 from .serialization import load_quantized
 from .sources import register_source, source_for
 
@@ -51,38 +54,81 @@ def is_quantllm_dir(path: Path) -> bool:
     return bool(qc) and qc.get("quant_method") == "quantllm"
 
 
-def _load_quantllm(path, task, dtype, device, **kw):
-    return load_quantized(path, device=device)
+def _load_quantllm(path, task, dtype, device, verify=True, **kw):
+    return load_quantized(path, device=device, verify=verify)
 
 
 def _load_gguf(path, task, dtype, device, **kw):
     return load_gguf(Path(path), task=task, dtype=dtype, device=device)
 
 
+PACKED_SUFFIXES = (".qweight", ".qzeros")  # tensors of quantized layers (ours, GPTQ, AWQ)
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_plain_folder(path: Path) -> None:
+    """A local folder for the plain transformers loader: its config.json is an object, its
+    weights are safetensors (pickled files are never loaded: unpickling runs code) and float
+    (a quantized folder whose quantization_config is gone would load as random layers)."""
+    read_config_json(path)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+        if pickled:
+            raise CheckpointError(f"{path} holds only pickled weights ({', '.join(pickled[:3])}), which quantllm never "
+                                  f"loads (unpickling can run code): convert them to safetensors first, in an "
+                                  f"environment you trust (e.g. from_pretrained then save_pretrained with "
+                                  f"safe_serialization=True), or use the model's safetensors release")
+        return
+    for file in weights:
+        tensors, metadata = read_safetensors_header(file)
+        if metadata.get("producer") == "quantllm" or any(n.endswith(PACKED_SUFFIXES) for n in tensors):
+            raise CheckpointError(f"{file} holds packed quantized tensors but {path / 'config.json'} has no "
+                                  f"quantization_config, so they would load as randomly initialised layers: restore "
+                                  f"config.json from the original save (or re-create the checkpoint)")
+
+
 def _load_transformers(source, task, dtype, device, trust_remote_code=False, **kw):
     from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
+    local = Path(str(source)).is_dir()
+    if local:
+        check_plain_folder(Path(source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        where = "a local directory" if Path(str(source)).exists() else "a local path or a reachable hub id"
-        raise FileNotFoundError(f"could not load model {source!r} as {where}: {exc}") from exc
+        raise _not_found(source, exc) from exc
+    except Exception as exc:  # noqa: BLE001 (tokenizer files are user input; any failure means they are broken)
+        raise CheckpointError(f"the tokenizer of {source} cannot be loaded ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}); a model folder needs tokenizer_config.json and "
+                              f"tokenizer.json (or its slow tokenizer's files)") from exc
+    try:
+        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except OSError as exc:
+        raise _not_found(source, exc) from exc
     return model.to(device).eval(), tokenizer
 
 
+def _not_found(source, exc) -> SourceNotFoundError:
+    where = "a local directory" if Path(str(source)).exists() else "a local path or a reachable hub id"
+    return SourceNotFoundError(f"could not load model {source!r} as {where} (safetensors weights only): {exc}")
+
+
 def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype = torch.float32,
-               device="cpu", trust_remote_code: bool = False):
-    """Return ``(model, tokenizer)`` for ``source`` (None: the embedded SmolLM2-135M-Instruct)."""
+               device="cpu", trust_remote_code: bool = False, verify: bool = True):
+    """Return ``(model, tokenizer)`` for ``source`` (None: the embedded SmolLM2-135M-Instruct).
+    ``verify=False`` loads a quantllm checkpoint without checksums (every other check still runs)."""
     auto_model_class(task)  # fail on a bad task before any loading
     if source is None:
         source = embedded_model_path()
     source = os.fspath(source)
+    if not os.path.exists(source) and not source.endswith(".gguf#packed"):
+        recover_interrupted(Path(source))  # a checkpoint parked by a save killed mid-replace comes back
     if str(source).endswith(".gguf") and not Path(source).is_file():
         raise FileNotFoundError(f"GGUF file {source} does not exist")
     kind = source_for(source)
     log.info("loading %s as %s", source, kind.name)
-    return kind.loader(source, task, dtype, device, trust_remote_code=trust_remote_code)
+    return kind.loader(source, task, dtype, device, trust_remote_code=trust_remote_code, verify=verify)
 
 
 def gguf_cache_path(path: Path) -> Path:
@@ -108,6 +154,7 @@ def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, de
     if (cached / "config.json").is_file():
         model = cls.from_pretrained(cached, dtype=dtype)
         return model.to(device).eval(), AutoTokenizer.from_pretrained(cached)
+    read_gguf_header(path)  # a truncated or corrupt file: one clear error, not struct.error from deep inside
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = cls.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     clear_gguf_marker(model)
@@ -130,7 +177,7 @@ def clear_gguf_marker(model) -> None:
 
 
 def _write_cache(model, tokenizer, target: Path) -> None:
-    with atomic_directory(target, overwrite=True) as tmp:
+    with atomic_directory(target, overwrite=True, replaceable=()) as tmp:  # the target is missing or empty
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 

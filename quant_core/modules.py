@@ -8,6 +8,7 @@ from torch import nn
 
 from .formats import get_format
 from . import cpu_features
+from .errors import CheckpointError
 from .kernels.base import LayerSpec
 from .kernels.registry import choose_kernel
 from .packed import PackedWeight, expected_shapes
@@ -48,6 +49,15 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_packed(cls, packed: PackedWeight, bias: torch.Tensor | None, compute_dtype: str = "auto",
                     kernel: str | None = None) -> "QuantLinear":
+        """A layer holding ``packed``'s tensors (not copies); CheckpointError if they do not fit
+        the layer they describe, as the quantllm loader checks a saved layer."""
+        problems = packed.problems()
+        if bias is not None and tuple(bias.shape) != (packed.out_features,):
+            problems.append(f"bias has shape {tuple(bias.shape)}, expected ({packed.out_features},)")
+        if problems:
+            raise CheckpointError(f"packed {packed.fmt.name} tensors do not fit a {packed.in_features} -> "
+                                  f"{packed.out_features} layer with group size {packed.group_size}: "
+                                  + "; ".join(problems))
         mod = cls(packed.in_features, packed.out_features, packed.fmt.name, packed.group_size,
                   packed.sym, bias is not None, compute_dtype, packed.g_idx is not None,
                   packed.scales.dtype, kernel, device="meta", zero_mode=packed.zero_mode)

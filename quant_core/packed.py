@@ -81,6 +81,26 @@ class PackedWeight:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    def problems(self) -> list[str]:
+        """What makes these tensors unfit for the layer they claim to be (empty when they fit):
+        shapes, dtypes, and the values that index memory (group indices, zero-point codes)."""
+        out = [f"{name} has shape {tuple(t.shape)}, expected {shape}" for name, t, shape in
+               ((n, t, self.expected_shapes().get(n)) for n, t in self.tensors().items()) if tuple(t.shape) != shape]
+        kinds = {"qweight": self.qweight.dtype == torch.uint8, "scales": self.scales.is_floating_point(),
+                 "g_idx": self.g_idx is None or self.g_idx.dtype == torch.int32,
+                 "zeros": self.zeros is None or self.zeros.dtype == torch.uint8 or self.zeros.is_floating_point()}
+        out += [f"{name} has the wrong dtype" for name, ok in kinds.items() if not ok]
+        if self.fmt.is_codebook and self.zeros is not None:
+            out.append(f"{self.fmt.name} is a codebook format and has no zero points")
+        if out or self.qweight.is_meta:
+            return out
+        if self.g_idx is not None and self.g_idx.numel() and (
+                int(self.g_idx.min()) < 0 or int(self.g_idx.max()) >= self.n_groups):
+            out.append(f"g_idx holds group indices outside 0..{self.n_groups - 1}")
+        if self.zero_mode == "int" and self.zeros.numel() and int(self.zeros.max()) > self.fmt.max_code:
+            out.append(f"zero points exceed the largest {self.fmt.bits}-bit code {self.fmt.max_code}")
+        return out
+
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return expected_shapes(self.fmt.name, self.in_features, self.out_features, self.group_size,
                                not self.sym, self.g_idx is not None)

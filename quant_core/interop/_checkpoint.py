@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+from torch import nn
 
 from ..checkpoint_io import build_skeleton, dedupe_tied, finish_model, load_tokenizer, read_json
 from ..config import QuantConfig
-from ..errors import ExportError
+from ..errors import CheckpointError, ExportError
+from ..file_headers import read_safetensors_header
 from ..formats import pack_codes, unpack_codes
 from ..modules import QuantLinear
 from ..packed import PackedWeight
@@ -55,49 +57,107 @@ def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory (single file or sharded with an index)."""
     index = read_json(path / "model.safetensors.index.json")
     if index is not None:
-        return [path / f for f in sorted(set(index["weight_map"].values()))]
+        names = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(names, dict) or not all(isinstance(f, str) and "/" not in f for f in names.values()):
+            raise CheckpointError(f"{path / 'model.safetensors.index.json'} has no valid weight_map")
+        return [path / f for f in sorted(set(names.values()))]
     files = sorted(path.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{path} has no .safetensors weights (pickled .bin checkpoints are not "
-                                f"loaded, for safety: convert them to safetensors first)")
+        raise CheckpointError(f"{path} has no .safetensors weights (pickled .bin checkpoints are not "
+                              f"loaded, for safety: convert them to safetensors first)")
     return files
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the directory's weight files, each file's header checked first."""
     tensors: dict[str, torch.Tensor] = {}
     for f in weight_files(path):
-        with safe_open(str(f), framework="pt") as handle:
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing; the checkpoint is incomplete")
+        read_safetensors_header(f)  # truncated or corrupt: one clear error
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                for key in handle.keys():
+                    if key in tensors:
+                        raise CheckpointError(f"tensor {key} is stored twice in {path}")
+                    tensors[key] = handle.get_tensor(key)
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{f} is not a readable safetensors file ({exc})") from None
     return tensors
+
+
+def check_tensor(what: str, name: str, tensors: dict, shape: tuple, kinds: tuple[torch.dtype, ...] | str) -> torch.Tensor:
+    """Pop ``name``; CheckpointError unless it exists with ``shape`` and a dtype in ``kinds``
+    ("float": any floating dtype). ``what`` names the format and its config in the message."""
+    t = tensors.pop(name, None)
+    if t is None:
+        raise CheckpointError(f"{what}: tensor {name} is missing")
+    if tuple(t.shape) != tuple(shape):
+        raise CheckpointError(f"{what}: {name} has shape {tuple(t.shape)} but the config and model need {tuple(shape)}; "
+                              f"the config (bits, group_size) does not describe these tensors")
+    if not (t.is_floating_point() if kinds == "float" else t.dtype in kinds):
+        raise CheckpointError(f"{what}: {name} is {t.dtype}, expected {kinds}")
+    return t
+
+
+def config_int(qc: dict, keys: tuple[str, ...], default, what: str) -> int:
+    """The first of ``keys`` in ``qc`` as an int (bools and strings refused), else ``default``."""
+    value = next((qc[k] for k in keys if k in qc), default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CheckpointError(f"{what}: {keys[0]} is {value!r}, not an integer; the config is corrupt")
+    return value
 
 
 def imported_config(packed: PackedWeight, compute_dtype: str, previous: QuantConfig | None) -> QuantConfig:
     """The QuantConfig describing imported layers (asym if any layer is)."""
     scheme = "asym" if (packed.zero_mode != "none" or (previous is not None and not previous.sym)) else "sym"
-    scale_dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[packed.scales.dtype]
+    scale_dtype = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(packed.scales.dtype)
+    if scale_dtype is None:
+        raise ValueError(f"scales of dtype {packed.scales.dtype} are not supported (fp16, bf16, fp32 are)")
     return QuantConfig(weight_dtype=packed.fmt.name, group_size=packed.group_size, scheme=scheme,
                        scale_dtype=scale_dtype, compute_dtype=compute_dtype, modules_to_not_convert=["lm_head"])
 
 
-def load_checkpoint(path: Path, what: str, layer_from: Callable[[str, dict[str, torch.Tensor]], PackedWeight],
-                    dtype: torch.dtype, device, compute_dtype: str):
+def skeleton_linear(model, prefix: str, what: str) -> nn.Linear:
+    try:
+        module = model.get_submodule(prefix)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.Linear):
+        raise CheckpointError(f"{what}: {prefix}.qweight names no linear layer of the model config.json describes")
+    return module
+
+
+def load_checkpoint(path: Path, what: str, layer_from: Callable[[str, dict[str, torch.Tensor], int, int], PackedWeight],
+                    dtype: torch.dtype, device, compute_dtype: str,
+                    after_layers: Callable[[], None] | None = None):
     """Load the checkpoint directory ``path`` into quantllm layers; returns (model, tokenizer).
 
-    Every ``prefix.qweight`` marks a quantized linear: ``layer_from(prefix, tensors)`` pops
-    that layer's tensors (format ``what``, named in errors) and returns its PackedWeight;
-    ``prefix.bias`` and the remaining float tensors are loaded as they are."""
+    Every ``prefix.qweight`` marks a quantized linear: ``layer_from(prefix, tensors, in_features,
+    out_features)`` (the sizes are the model's, from config.json) checks and pops that layer's
+    tensors (format ``what``, named in errors) and returns its PackedWeight; ``prefix.bias`` and
+    the remaining float tensors are checked against the model and loaded as they are.
+    ``after_layers()`` judges all layers together (each checked by ``layer_from``) before the
+    model is finished."""
     tensors = read_tensors(path)
     model = build_skeleton(path, dtype)
     prefixes = [k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")]
     if not prefixes:
-        raise ValueError(f"{path} says it is {what} but has no '.qweight' tensors")
+        raise CheckpointError(f"{path} says it is {what} but has no '.qweight' tensors")
     config = None
     for prefix in prefixes:
-        packed = layer_from(prefix, tensors)
+        linear = skeleton_linear(model, prefix, what)
+        packed = layer_from(prefix, tensors, linear.in_features, linear.out_features)
         bias = tensors.pop(f"{prefix}.bias", None)
-        config = imported_config(packed, compute_dtype, config)
+        if bias is not None and not bias.is_floating_point():
+            raise CheckpointError(f"{what}: {prefix}.bias is {bias.dtype}, not a float tensor")
+        try:
+            config = imported_config(packed, compute_dtype, config)
+        except ValueError as exc:  # a group size or scale dtype our config cannot express
+            raise CheckpointError(f"{what}: layer {prefix} cannot be imported: {exc}") from None
         replace_linear(model, prefix, packed, None if bias is None else bias.to(dtype), config)
+    if after_layers is not None:
+        after_layers()
     rest = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model = finish_model(model, rest, path)
     mark_quantized(model, config)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import read_json, read_quantization_config, write_checkpoint
-from ..errors import ExportError
+from ..checkpoint_io import EXPORT_REPLACEABLE, check_output, read_json, read_quantization_config, write_checkpoint
+from ..errors import CheckpointError, ExportError
 from ..formats import FORMATS, pack_codes
 from ..packed import PackedWeight
-from ._checkpoint import float_state, load_checkpoint, pack_int32, quantized_layers, unpack_int32
+from ._checkpoint import (check_tensor, config_int, float_state, load_checkpoint, pack_int32, quantized_layers,
+                          unpack_int32)
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_ORDER[i] of its 8
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j sits in nibble AWQ_REVERSE_ORDER[j]
@@ -101,28 +102,53 @@ def check_exportable(name: str, packed: PackedWeight) -> None:
         raise ExportError(f"cannot export layer {name} to AWQ: {why}. AWQ (GEMM) can hold: {EXPORTABLE}")
 
 
-def load_awq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
-    """Load an AWQ GEMM checkpoint directory into quantllm layers; returns (model, tokenizer)."""
+def awq_settings(qc: dict, path: Path) -> int:
+    """The group size of a readable AWQ config (4-bit, zero points, GEMM); CheckpointError otherwise."""
+    what = f"AWQ config of {path}"
+    bits = config_int(qc, ("bits", "w_bit"), 4, what)
+    group_size = config_int(qc, ("group_size", "q_group_size"), 128, what)
+    version, zero_point = qc.get("version", "gemm"), qc.get("zero_point", True)
+    if bits != 4 or str(version).lower() != "gemm" or zero_point is not True:
+        raise CheckpointError(f"only 4-bit AWQ with zero_point=true in the GEMM layout is read; {path} has "
+                              f"bits={bits}, version={version!r}, zero_point={zero_point!r}")
+    if group_size < -1:
+        raise CheckpointError(f"AWQ group_size {group_size} is invalid (-1, 0 or a positive size)")
+    return group_size
+
+
+def check_awq_layer(prefix: str, tensors: dict, k: int, n: int, group_size: int) -> tuple:
+    """Pop and check one layer's tensors against the model's ``k`` inputs, ``n`` outputs and the
+    config's group size (AWQ has no g_idx: groups are whole runs of ``group_size`` inputs)."""
+    what = f"AWQ layer {prefix} (config: group_size {group_size})"
+    gs = -1 if group_size <= 0 or group_size >= k else group_size
+    if n % 8 or (gs > 0 and k % gs):
+        raise CheckpointError(f"{what}: {n} outputs must be a multiple of 8 and group_size must divide {k} inputs")
+    g = 1 if gs <= 0 else k // gs
+    qweight = check_tensor(what, f"{prefix}.qweight", tensors, (k, n // 8), (torch.int32,))
+    qzeros = check_tensor(what, f"{prefix}.qzeros", tensors, (g, n // 8), (torch.int32,))
+    scales = check_tensor(what, f"{prefix}.scales", tensors, (g, n), "float")
+    return qweight, qzeros, scales
+
+
+def load_awq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto", verify: bool = True):
+    """Load an AWQ GEMM checkpoint directory into quantllm layers; returns (model, tokenizer).
+    Every tensor is checked against the config and the model (``verify`` changes nothing here)."""
     path = Path(path)
     qc = read_awq_config(path)
     if qc is None:
-        raise ValueError(f"{path} is not an AWQ checkpoint (no quant_method 'awq' in config.json)")
-    bits = int(qc.get("bits", qc.get("w_bit", 4)))
-    group_size = int(qc.get("group_size", qc.get("q_group_size", 128)))
-    version = str(qc.get("version", "gemm")).lower()
-    if bits != 4 or version != "gemm" or not qc.get("zero_point", True):
-        raise ValueError(f"only 4-bit AWQ with zero_point=true in the GEMM layout is read; {path} has "
-                         f"bits={bits}, version={version!r}, zero_point={qc.get('zero_point', True)}")
+        raise CheckpointError(f"{path} is not an AWQ checkpoint (no quant_method 'awq' in config.json)")
+    group_size = awq_settings(qc, path)
 
-    def layer_from(prefix, tensors):
-        return layer_from_awq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
-                              tensors.pop(f"{prefix}.scales"), group_size)
+    def layer_from(prefix, tensors, k, n):
+        return layer_from_awq(*check_awq_layer(prefix, tensors, k, n, group_size), group_size)
 
     return load_checkpoint(path, "AWQ", layer_from, dtype, device, compute_dtype)
 
 
-def export_awq(model, tokenizer, out) -> Path:
-    """Write ``model`` as an AWQ GEMM checkpoint (transformers' AWQ integration, vLLM ``awq``)."""
+def export_awq(model, tokenizer, out, overwrite: bool = False) -> Path:
+    """Write ``model`` as an AWQ GEMM checkpoint (transformers' AWQ integration, vLLM ``awq``);
+    ``overwrite`` replaces only an empty folder or a checkpoint of ours (``checkpoint_io.check_output``)."""
+    check_output(Path(out), overwrite, EXPORT_REPLACEABLE)  # before any work
     layers = quantized_layers(model)
     for name, packed in layers.items():
         check_exportable(name, packed)
@@ -135,5 +161,6 @@ def export_awq(model, tokenizer, out) -> Path:
     qc = {"quant_method": "awq", "bits": 4, "group_size": sizes.pop(), "zero_point": True,
           "version": "gemm", "modules_to_not_convert": None}
     legacy = {"w_bit": 4, "q_group_size": qc["group_size"], "zero_point": True, "version": "GEMM"}
-    write_checkpoint(model, tokenizer, out, tensors, qc, extra_files={"quant_config.json": legacy})
+    write_checkpoint(model, tokenizer, out, tensors, qc, extra_files={"quant_config.json": legacy}, overwrite=overwrite,
+                     replaceable=EXPORT_REPLACEABLE, metadata={"producer": "quantllm"})
     return Path(out)

@@ -16,14 +16,14 @@ def _only_causal_lm(task: str, what: str) -> None:
         raise ValueError(f"{what} checkpoints are read as text-generation models; got task {task!r}")
 
 
-def _gptq(source, task, dtype, device, **_):
+def _gptq(source, task, dtype, device, verify=True, **_):
     _only_causal_lm(task, "GPTQ")
-    return load_gptq(Path(source), dtype=dtype, device=device)
+    return load_gptq(Path(source), dtype=dtype, device=device, verify=verify)
 
 
-def _awq(source, task, dtype, device, **_):
+def _awq(source, task, dtype, device, verify=True, **_):
     _only_causal_lm(task, "AWQ")
-    return load_awq(Path(source), dtype=dtype, device=device)
+    return load_awq(Path(source), dtype=dtype, device=device, verify=verify)
 
 
 def _gguf_packed(source, task, dtype, device, **_):

@@ -17,6 +17,8 @@ from gguf import GGUFReader
 from torch import nn
 
 from ..config import QuantConfig
+from ..errors import CheckpointError
+from ..file_headers import read_gguf_header
 from ..formats import FORMATS, pack_codes
 from ..loading import load_gguf
 from ..packed import PackedWeight
@@ -53,8 +55,10 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
     tensor is Q4_0 / Q4_1 / Q8_0 by a QuantLinear holding exactly those codes and scales.
     Other types stay as transformers dequantized them (with a warning). Returns layer -> GGUF type."""
     path = Path(path)
+    arch = read_gguf_header(path)["metadata"].get("general.architecture")  # structure checked before gguf-py reads it
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{path} has no general.architecture; it is not a model GGUF file")
     reader = GGUFReader(str(path))
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     processor = _processor(model, arch)
     names = linear_names(model, arch)
     imported, left_float = {}, []
@@ -72,6 +76,7 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
         if kind not in blocks.BLOCK_BYTES or k % blocks.QK or perm == "unsupported":
             left_float.append(f"{module_name} ({kind})")
             continue
+        check_gguf_tensor(t, kind, n, k, path)
         codes, scales, zeros = blocks.decode(t.data, kind, n, k)
         if perm is not None:
             codes, scales = codes[perm], scales[perm]
@@ -93,6 +98,15 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
         # beside quantization_config, which must stay a valid QuantConfig dict
         model.config.quantllm_import = {"from": "gguf", "types": sorted(set(kinds))}
     return imported
+
+
+def check_gguf_tensor(t, kind: str, n: int, k: int, path: Path) -> None:
+    """The GGUF tensor holds exactly an ``[n, k]`` weight of ``kind`` blocks (GGUF lists dims
+    innermost first: ``(k, n)``), as the model transformers built from the same file needs."""
+    dims = tuple(int(d) for d in t.shape)
+    if dims != (k, n) or t.data.nbytes != n * (k // blocks.QK) * blocks.BLOCK_BYTES[kind]:
+        raise CheckpointError(f"{path}: tensor {t.name} ({kind}, dims {dims}, {t.data.nbytes} bytes) does not hold "
+                              f"the {n} x {k} weight the model's metadata describes; the file is corrupt")
 
 
 def load_gguf_packed(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):

@@ -15,7 +15,8 @@ import gguf
 import torch
 from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
 
-from ..errors import ExportError
+from ..errors import ExportError, OutputExistsError
+from ..file_headers import GGUF_MAGIC
 from ..packed import PackedWeight
 from . import _gguf_blocks as blocks
 from ._checkpoint import float_state, quantized_layers
@@ -97,13 +98,29 @@ def _write_tokenizer(writer, tokenizer, vocab_size: int, pre: str) -> None:
         SpecialVocab(Path(tmp), load_merges=model_name == "gpt2", n_vocab=len(tokens)).add_to_gguf(writer)
 
 
-def export_gguf(model, tokenizer, out, tokenizer_pre: str = "default", progress: bool = True) -> Path:
+def check_gguf_output(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``out`` without ``overwrite``, and with it anything but a GGUF file."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it (only a GGUF file is)")
+    if out.is_symlink() or not out.is_file():
+        raise OutputExistsError(f"refusing to replace {out}: it is not a plain file; choose another output")
+    with open(out, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise OutputExistsError(f"refusing to replace {out}: it is not a GGUF file; choose another output")
+
+
+def export_gguf(model, tokenizer, out, tokenizer_pre: str = "default", progress: bool = True,
+                overwrite: bool = False) -> Path:
     """Write ``model`` to the GGUF file ``out`` (see the module docstring for the type mapping).
     ``tokenizer_pre`` names llama.cpp's pre-tokenizer (e.g. "smollm", "llama-bpe"; "default" works
-    for most BPE vocabularies)."""
+    for most BPE vocabularies). ``overwrite`` replaces only an existing GGUF file."""
     # transformers at call time: it takes seconds to import, and `import quant_core` reaches this module
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
+    out = Path(out)
+    check_gguf_output(out, overwrite)
     config = model.config
     if config.model_type not in ARCHITECTURES:
         raise ExportError(f"GGUF export supports {', '.join(ARCHITECTURES)} models; this is {config.model_type!r}")
@@ -114,7 +131,6 @@ def export_gguf(model, tokenizer, out, tokenizer_pre: str = "default", progress:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     processor = LlamaTensorProcessor(config={"num_attention_heads": config.num_attention_heads,
                                              "num_key_value_heads": config.num_key_value_heads})
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_io import read_json, read_quantization_config, write_checkpoint
-from ..errors import ExportError
+from ..checkpoint_io import EXPORT_REPLACEABLE, check_output, read_json, read_quantization_config, write_checkpoint
+from ..errors import CheckpointError, ExportError
 from ..formats import FORMATS
 from ..packed import PackedWeight
-from ..primitives import default_g_idx
-from ._checkpoint import float_state, load_checkpoint, pack_int32, quantized_layers, unpack_int32
+from ..primitives import default_g_idx, n_groups
+from ._checkpoint import (check_tensor, config_int, float_state, load_checkpoint, pack_int32, quantized_layers,
+                          unpack_int32)
 
 FORMAT_OF_BITS = {2: "int2", 3: "int3", 4: "int4_fullrange", 8: "int8"}
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
@@ -79,27 +80,94 @@ def layer_from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.T
                         None if g_idx is None else g_idx.contiguous())
 
 
-def load_gptq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
-    """Load a GPTQ checkpoint directory into quantllm ``QuantLinear`` layers; returns (model, tokenizer)."""
+def gptq_settings(qc: dict, path: Path) -> tuple[int, int, str]:
+    """(bits, group_size, checkpoint_format) of a GPTQ config, each checked; CheckpointError otherwise."""
+    what = f"GPTQ config of {path}"
+    bits, group_size = config_int(qc, ("bits",), None, what), config_int(qc, ("group_size",), -1, what)
+    ckpt_format = qc.get("checkpoint_format", qc.get("format", "gptq"))
+    if bits not in FORMAT_OF_BITS:  # before reading gigabytes
+        raise CheckpointError(f"GPTQ bits={bits} is not supported; supported: {sorted(FORMAT_OF_BITS)}")
+    if not isinstance(ckpt_format, str) or ckpt_format.lower() not in CHECKPOINT_FORMATS:
+        raise CheckpointError(f"GPTQ checkpoint_format {ckpt_format!r} is not supported (marlin/bitblas "
+                              f"repacked checkpoints are not read); supported: {CHECKPOINT_FORMATS}")
+    if group_size < -1:
+        raise CheckpointError(f"GPTQ group_size {group_size} is invalid (-1, 0 or a positive size)")
+    return bits, group_size, ckpt_format.lower()
+
+
+def check_gptq_layer(prefix: str, tensors: dict, k: int, n: int, bits: int, group_size: int) -> tuple:
+    """Pop and check one layer's tensors against the model's ``k`` inputs, ``n`` outputs and the
+    config's bits and group size: (qweight, qzeros, scales, g_idx or None)."""
+    what = f"GPTQ layer {prefix} (config: {bits} bits, group_size {group_size})"
+    if k * bits % 32 or n * bits % 32:
+        raise CheckpointError(f"{what}: {k} inputs / {n} outputs of {bits} bits do not fill whole int32 words")
+    gs = -1 if group_size in (-1, 0) or group_size >= k else group_size
+    g = n_groups(k, gs)
+    qweight = check_tensor(what, f"{prefix}.qweight", tensors, (k * bits // 32, n), (torch.int32,))
+    qzeros = check_tensor(what, f"{prefix}.qzeros", tensors, (g, n * bits // 32), (torch.int32,))
+    scales = check_tensor(what, f"{prefix}.scales", tensors, (g, n), "float")
+    g_idx = None
+    if f"{prefix}.g_idx" in tensors:
+        g_idx = check_tensor(what, f"{prefix}.g_idx", tensors, (k,), (torch.int32, torch.int64))
+        if g_idx.numel() and (int(g_idx.min()) < 0 or int(g_idx.max()) >= g):
+            raise CheckpointError(f"{what}: g_idx names groups outside 0..{g - 1}")
+    elif gs > 0 and k % g == 0 and gs != k // g:
+        raise CheckpointError(f"{what}: the tensors hold {g} groups, i.e. groups of {k // g} inputs, but the config "
+                              f"says {group_size} and there is no g_idx to tell which: fix group_size in the config")
+    return qweight, qzeros, scales, g_idx
+
+
+def zero_convention_problem(stored: torch.Tensor, bits: int, ckpt_format: str, statistics: bool) -> str | None:
+    """Why the stored zero points contradict the checkpoint_format label (v1 stores zero - 1), or
+    None. Symmetric checkpoints are certain (one constant); asymmetric ones are judged by the
+    mean, which sits near the middle code for real weights (``statistics``: run that guess)."""
+    sym_zero, maxq = 1 << (bits - 1), (1 << bits) - 1
+    values = stored.unique()
+    if values.numel() == 1:
+        v = int(values[0])
+        if ckpt_format == "gptq_v2" and v == sym_zero - 1:
+            return (f"every stored zero point is {v}, how the v1 'gptq' layout stores the symmetric zero {sym_zero}; "
+                    f"set checkpoint_format (and format) to 'gptq'")
+        if ckpt_format == "gptq" and v == sym_zero:
+            return (f"every stored zero point is {v}, how 'gptq_v2' stores the symmetric zero {sym_zero} (v1 would "
+                    f"store {sym_zero - 1}); set checkpoint_format (and format) to 'gptq_v2'")
+        return None
+    if not statistics or stored.numel() < 256:
+        return None
+    mean = float(stored.float().mean()) + (1 if ckpt_format == "gptq" else 0)
+    if abs(mean - maxq / 2) > 0.5:  # v1 read as v2 is one code low, v2 read as v1 one code high
+        other = "gptq" if ckpt_format == "gptq_v2" else "gptq_v2"
+        return (f"the zero points average {mean:.2f} where {maxq / 2} is expected; this looks like a '{other}' "
+                f"checkpoint: set checkpoint_format to '{other}', or load with verify=False (--no-verify) if the "
+                f"label is right")
+    return None
+
+
+def load_gptq(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto",
+              verify: bool = True):
+    """Load a GPTQ checkpoint directory into quantllm ``QuantLinear`` layers; returns (model, tokenizer).
+    Every tensor is checked against the config and the model; ``verify=False`` skips only the
+    statistical guess at a mislabelled checkpoint_format."""
     path = Path(path)
     qc = read_gptq_config(path)
     if qc is None:
-        raise ValueError(f"{path} is not a GPTQ checkpoint (no quant_method 'gptq' in config.json "
-                         f"or quantize_config.json)")
-    bits, group_size = int(qc["bits"]), int(qc.get("group_size", -1))
-    ckpt_format = str(qc.get("checkpoint_format", qc.get("format", "gptq"))).lower()
-    if bits not in FORMAT_OF_BITS:  # before reading gigabytes
-        raise ValueError(f"GPTQ bits={bits} is not supported; supported: {sorted(FORMAT_OF_BITS)}")
-    if ckpt_format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"GPTQ checkpoint_format {ckpt_format!r} is not supported (marlin/bitblas "
-                         f"repacked checkpoints are not read); supported: {CHECKPOINT_FORMATS}")
+        raise CheckpointError(f"{path} is not a GPTQ checkpoint (no quant_method 'gptq' in config.json "
+                              f"or quantize_config.json)")
+    bits, group_size, ckpt_format = gptq_settings(qc, path)
 
-    def layer_from(prefix, tensors):
-        return layer_from_gptq(tensors.pop(f"{prefix}.qweight"), tensors.pop(f"{prefix}.qzeros"),
-                               tensors.pop(f"{prefix}.scales"), tensors.pop(f"{prefix}.g_idx", None),
-                               bits, group_size, ckpt_format)
+    stored_zeros = []
 
-    return load_checkpoint(path, "GPTQ", layer_from, dtype, device, compute_dtype)
+    def layer_from(prefix, tensors, k, n):
+        qweight, qzeros, scales, g_idx = check_gptq_layer(prefix, tensors, k, n, bits, group_size)
+        stored_zeros.append(unpack_int32(qzeros, bits, n).reshape(-1))
+        return layer_from_gptq(qweight, qzeros, scales, g_idx, bits, group_size, ckpt_format)
+
+    def after_layers():
+        why = zero_convention_problem(torch.cat(stored_zeros), bits, ckpt_format, statistics=verify)
+        if why:
+            raise CheckpointError(f"{path} is labelled checkpoint_format '{ckpt_format}' but {why}")
+
+    return load_checkpoint(path, "GPTQ", layer_from, dtype, device, compute_dtype, after_layers)
 
 
 # ---------------------------------------------------------------- writing
@@ -137,10 +205,12 @@ def layer_to_gptq(packed: PackedWeight, checkpoint_format: str = "gptq") -> dict
             "g_idx": packed.group_index().to(torch.int32).contiguous()}
 
 
-def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq") -> Path:
-    """Write ``model`` as a GPTQ checkpoint that transformers (GPTQ integration), GPTQModel and vLLM load."""
+def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq", overwrite: bool = False) -> Path:
+    """Write ``model`` as a GPTQ checkpoint that transformers (GPTQ integration), GPTQModel and vLLM load;
+    ``overwrite`` replaces only an empty folder or a checkpoint of ours (``checkpoint_io.check_output``)."""
     if checkpoint_format not in CHECKPOINT_FORMATS:
         raise ValueError(f"unknown GPTQ checkpoint_format {checkpoint_format!r}; choose one of {CHECKPOINT_FORMATS}")
+    check_output(Path(out), overwrite, EXPORT_REPLACEABLE)  # before any work
     layers = quantized_layers(model)
     for name, packed in layers.items():  # every refusal before any writing
         check_exportable(name, packed, checkpoint_format)
@@ -154,7 +224,8 @@ def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq") -> Path:
         tensors.update({f"{name}.{k}": v for k, v in layer_to_gptq(packed, checkpoint_format).items()})
     qc = gptq_config(bits.pop(), sizes.pop(), desc_act=any(p.g_idx is not None for p in layers.values()),
                      sym=all(p.zeros is None for p in layers.values()), checkpoint_format=checkpoint_format)
-    write_checkpoint(model, tokenizer, out, tensors, qc, extra_files={"quantize_config.json": qc})
+    write_checkpoint(model, tokenizer, out, tensors, qc, extra_files={"quantize_config.json": qc}, overwrite=overwrite,
+                     replaceable=EXPORT_REPLACEABLE, metadata={"producer": "quantllm"})
     return Path(out)
 
 
