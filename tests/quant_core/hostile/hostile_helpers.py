@@ -9,10 +9,11 @@ from safetensors.torch import load_file, save_file
 
 
 def edit_config(path: Path, fn) -> None:
-    """Apply ``fn`` to the parsed config.json of the directory ``path`` and write it back."""
+    """Apply ``fn`` (which edits in place; its result is ignored) to the parsed config.json of
+    the directory ``path`` and write it back."""
     cfg_path = Path(path) / "config.json"
     config = json.loads(cfg_path.read_text())
-    config = fn(config) or config
+    fn(config)
     cfg_path.write_text(json.dumps(config))
 
 
@@ -22,8 +23,8 @@ def rewrite_weights(path: Path, fn_tensors=None, fn_metadata=None, name: str = "
     with safe_open(str(file), framework="pt") as f:
         metadata = dict(f.metadata() or {})
     state = load_file(str(file))
-    if fn_tensors:
-        state = fn_tensors(state) or state
+    if fn_tensors:  # each edits in place
+        fn_tensors(state)
     if fn_metadata:
-        metadata = fn_metadata(metadata) or metadata
+        fn_metadata(metadata)
     save_file({k: v.contiguous() for k, v in state.items()}, str(file), metadata=metadata)
