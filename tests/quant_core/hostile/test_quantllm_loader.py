@@ -193,3 +193,34 @@ def test_plain_folder_with_packed_weights_is_refused(hf_dir, saved_ckpt):
     shutil.copy(saved_ckpt[0] / "model.safetensors", hf_dir / "model.safetensors")
     with pytest.raises(CheckpointError, match="packed"):
         load_model(hf_dir)
+
+
+def test_cli_no_verify_is_the_explicit_way_past_missing_checksums(ckpt, capsys):
+    from quant_core.cli import main
+
+    path, _ = ckpt
+    edit_config(path, lambda c: c[QC].pop("checksums"))
+    assert main(["info", str(path)]) != 0
+    assert "--no-verify" in capsys.readouterr().err
+    assert main(["info", str(path), "--no-verify"]) == 0
+
+
+def test_from_packed_checks_shapes_dtypes_and_indices():
+    from quant_core import QuantLinear
+    from quant_core.formats import FORMATS
+    from quant_core.packed import PackedWeight
+
+    fmt = FORMATS["int4_fullrange"]
+    good = dict(fmt=fmt, in_features=64, out_features=8, group_size=32, qweight=torch.zeros(8, 32, dtype=torch.uint8),
+                scales=torch.ones(8, 2, dtype=torch.float16))
+    QuantLinear.from_packed(PackedWeight(**good), None)
+    bad = [dict(scales=torch.ones(8, 4, dtype=torch.float16)),  # groups of 16, not 32
+           dict(qweight=torch.zeros(8, 16, dtype=torch.uint8)),  # 2-bit rows under a 4-bit format
+           dict(qweight=torch.zeros(8, 32, dtype=torch.int8)),
+           dict(zeros=torch.full((8, 2), 16, dtype=torch.uint8)),  # past the largest 4-bit code
+           dict(g_idx=torch.full((64,), 2, dtype=torch.int32))]  # group 2 of 0..1: reads past the scales
+    for change in bad:
+        with pytest.raises(CheckpointError, match="do not fit"):
+            QuantLinear.from_packed(PackedWeight(**{**good, **change}), None)
+    with pytest.raises(CheckpointError, match="bias"):
+        QuantLinear.from_packed(PackedWeight(**good), torch.zeros(7))
