@@ -4,19 +4,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 from quant_core import QuantConfig, quantize
 from quant_core.serialization import save_quantized
 from quant_core.testing import byte_tokenizer, tiny_llama_lm
 
-PROMPT_IDS = torch.tensor([[1, 5, 9, 33, 7, 120, 250]])
-
-
-def logits_of(model) -> torch.Tensor:
-    with torch.no_grad():
-        return model(PROMPT_IDS).logits
-
+from hostile_helpers import logits_of
 
 @pytest.fixture(scope="session")
 def saved_ckpt(tmp_path_factory):

@@ -17,7 +17,7 @@ from quant_core.loading import load_model
 from quant_core.serialization import load_quantized, save_quantized
 from quant_core.testing import tiny_llama_lm
 
-from conftest import logits_of
+from hostile_helpers import logits_of
 
 STEPS_EXCHANGE = ["staging", "written", "installed", "done"]
 STEPS_TWO_RENAMES = ["staging", "written", "parked", "installed", "done"]

@@ -14,8 +14,7 @@ from quant_core.errors import CheckpointError
 from quant_core.loading import load_model
 from quant_core.serialization import load_quantized
 
-from conftest import logits_of
-from hostile_helpers import edit_config, rewrite_weights
+from hostile_helpers import edit_config, logits_of, rewrite_weights
 
 QC = "quantization_config"
 LAYER = "model.layers.0.self_attn.q_proj"

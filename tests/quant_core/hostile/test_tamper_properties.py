@@ -21,7 +21,7 @@ from quant_core.interop import export_awq, export_gptq
 from quant_core.loading import load_model
 from quant_core.serialization import load_quantized
 
-from conftest import logits_of
+from hostile_helpers import logits_of
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -15,7 +15,7 @@ from quant_core.interop import export
 from quant_core.safe_write import STAGING_MARKER
 from quant_core.serialization import load_quantized, save_quantized
 
-from conftest import logits_of
+from hostile_helpers import logits_of
 
 
 @pytest.fixture(scope="module")
