@@ -72,7 +72,7 @@ def size_table(data: dict, n: int, letters: dict) -> list[str]:
              "Bits per weight: packed bytes of the quantized linears (codes, scales, zero points) x 8 / their "
              "weights; the lm_head stays float. Checkpoint: the whole saved folder on disk.", ""]
             + report.table(["setting", "bits / weight", "packed linears (MB)", "checkpoint on disk (MB)",
-                            "RTN perplexity", "quantize s", "sizes run"], rows) + [""])
+                            "RTN perplexity", "quantize s (shared CPU)", "sizes run"], rows) + [""])
 
 
 def timing_table(data: dict, letters: dict) -> list[str]:
