@@ -1,4 +1,5 @@
-"""The quality table's settings as data, shared by quality.py (ours) and quality_peer.py (Neural Compressor).
+"""The quality table's settings as data, shared by quality.py / quality_algorithms.py (ours), quality_peer.py
+(Neural Compressor) and the reports drawn from their results.
 
 Each column is one weight format setting; ``quant_config`` gives our QuantConfig fields,
 ``nc`` the matching Neural Compressor weight-only arguments (``dtype``/``bits``/``use_sym``/

@@ -136,7 +136,9 @@ def extra_sample_cells(data: dict, n: int, letters: dict) -> list[str]:
             + [""])
 
 
-def render_quality(data: dict, peer: dict, n: int = N_SAMPLES) -> list[str]:
+def render_quality(data: dict, peer: dict | None = None, n: int = N_SAMPLES) -> list[str]:
+    """``peer``: Neural Compressor's stored cells for the comparison target (default: quality_peer.json)."""
+    peer = report.load(PEER) if peer is None else peer
     letters = run_letters(data)
     setup = data.get("setup", {})
     lines = report.header(STORE, "Quality: perplexity of every algorithm and weight setting")
@@ -149,4 +151,4 @@ def render_quality(data: dict, peer: dict, n: int = N_SAMPLES) -> list[str]:
 
 
 def write_quality() -> None:
-    report.write_markdown(STORE, render_quality(report.load(STORE), report.load(PEER)))
+    report.write_markdown(STORE, render_quality(report.load(STORE)))
