@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on the machines that render
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
-
 from quality_columns import COLUMNS, N_SAMPLES, ROWS, cell_key  # noqa: E402
 
 # Left panel: the bit-width curve (asym int, 2 -> 3 -> 4 bits); right panel: the 4-bit settings,

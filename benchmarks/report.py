@@ -73,7 +73,7 @@ def git_commit() -> str:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+                               capture_output=True, text=True, check=False).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
@@ -87,8 +87,13 @@ def new_run(device: str, command: str, **extra) -> dict:
 
 def add_run(data: dict, run: dict, run_id: str | None = None) -> str:
     """Record ``run`` in ``data['runs']`` and return its id (the date and commit unless given)."""
-    run_id = run_id or f"{run['date'][:16].replace(' ', 'T')} {run['commit']}"
-    data.setdefault("runs", {})[run_id] = run
+    runs = data.setdefault("runs", {})
+    base = run_id or f"{run['date'][:16].replace(' ', 'T')} {run['commit']}"
+    run_id, n = base, 1
+    while run_id in runs:  # two runs in one minute at one commit stay two runs
+        n += 1
+        run_id = f"{base} #{n}"
+    runs[run_id] = run
     return run_id
 
 

@@ -64,6 +64,8 @@ def test_save_update_and_runs(results_dir):
     stored = json.loads((results_dir / "demo.json").read_text())
     assert stored["cells"] == {"a": {"ppl": 1.5, "run": run}, "b": {"ppl": 2.5, "run": run}}
     assert run == "2026-01-01T00:00 abc1234" and not list(results_dir.glob("*.tmp"))
+    again = report.add_run(stored, {"date": "2026-01-01 00:00 UTC", "commit": "abc1234", "device": "cpu"})
+    assert again == "2026-01-01T00:00 abc1234 #2" and len(stored["runs"]) == 2
 
 
 def test_table_and_fmt():
