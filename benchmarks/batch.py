@@ -2,17 +2,19 @@
 
 16 fixed prompts, max_new_tokens=32, greedy. Times ``chain.batch(prompts)`` against a loop
 of ``chain.invoke`` in the same process, alternating, medians of 3; prints tokens/s of
-each, the speed-up, whether the batch's outputs equal the loop's, and peak RSS. Writes
-benchmarks/results/batch.md.
+each, the speed-up, whether the batch's outputs equal the loop's, and peak RSS. Keeps them in
+benchmarks/results/batch.json and generates batch.md from it.
 
     python benchmarks/batch.py [--batch-size 16] [--repeats 3] [--max-new-tokens 32]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from langchain_core.prompts import PromptTemplate
 
 from langchain_quant import QuantLLM
 from quant_core import QuantConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402 - same folder
+from batch_report import NAME, write_report  # noqa: E402 - same folder
 
 QUESTIONS = [
     "What is electroencephalography?", "Why is the sky blue?", "How do vaccines work?",
@@ -54,7 +60,6 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "batch.md"))
     args = ap.parse_args(argv)
 
     config = QuantConfig(weight_dtype="int4", group_size=128)
@@ -88,28 +93,20 @@ def main(argv=None) -> int:
     tps = {m: statistics.median(tokens[m]) / med[m] for m in med}
     same = outputs["batch"] == outputs["loop"]
     differing = [i for i, (a, b) in enumerate(zip(outputs["batch"], outputs["loop"])) if a != b]
-    speedup = tps["batch"] / tps["loop"]
-    lines = [
-        "# Batch vs loop (benchmarks/batch.py)",
-        "",
-        f"SmolLM2-135M-Instruct, RTN int4 g128 (kernels: {', '.join(kernels) or 'none'}), CPU "
-        f"({torch.get_num_threads()} threads, {platform.machine()}), {len(QUESTIONS)} prompts, "
-        f"max_new_tokens={args.max_new_tokens}, greedy, batch_size={args.batch_size}, medians of {args.repeats}.",
-        "",
-        "| mode | median time (s) | completion tokens | tokens/s |",
-        "|---|---|---|---|",
-        f"| chain.batch | {med['batch']:.2f} | {statistics.median(tokens['batch']):.0f} | {tps['batch']:.1f} |",
-        f"| loop of chain.invoke | {med['loop']:.2f} | {statistics.median(tokens['loop']):.0f} | {tps['loop']:.1f} |",
-        "",
-        f"Batch throughput / loop throughput: **{speedup:.2f}x** (target >= 3x).",
-        f"Batch outputs identical to the loop's: **{same}**"
-        + ("" if same else f" (differing prompts: {differing})") + ".",
-        f"Peak RSS: {peak_rss_mib():.0f} MiB. Model load + quantize: {load_s:.1f} s.",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    data = {"runs": {}, "notes": [],
+            "setup": {"kernels": ", ".join(kernels) or "none", "threads": torch.get_num_threads(),
+                      "machine": platform.machine(), "prompts": len(QUESTIONS), "max_new_tokens": args.max_new_tokens,
+                      "batch_size": args.batch_size, "repeats": args.repeats},
+            "modes": {label: {"median_s": med[m], "tokens": statistics.median(tokens[m]), "tok_s": tps[m],
+                              "times_s": times[m]} for label, m in (("chain.batch", "batch"),
+                                                                     ("loop of chain.invoke", "loop"))},
+            "speedup": tps["batch"] / tps["loop"], "identical": same, "differing": differing,
+            "peak_rss_mib": peak_rss_mib(), "load_s": load_s}
+    data["run"] = report.add_run(data, report.new_run(
+        f"CPU, {os.cpu_count()} logical CPUs, load {os.getloadavg()[0]:.1f} at the end",
+        "python benchmarks/batch.py " + " ".join(argv if argv is not None else sys.argv[1:])))
+    report.save(NAME, data)
+    print(write_report(data))
     return 0
 
 

@@ -4,7 +4,8 @@
     python benchmarks/cpu_speed.py --models smollm2 --rows fp32 int4_sym --repeats 3
 
 Every (model, row) runs in its own child process so that its peak RSS is its own; the
-parent prints the table and writes benchmarks/results/cpu_speed.md. Figures are medians
+parent keeps the figures in benchmarks/results/cpu_speed.json (--merge adds rows to it) and
+regenerates benchmarks/results/cpu_speed.md from it. Figures are medians
 of --repeats runs. Models: the embedded SmolLM2-135M (real weights) and a synthetic 1.1B
 Llama of TinyLlama's shape (random weights built in memory, never written to disk; the
 quantized rows get random codes directly so no float copy ever exists).
@@ -20,6 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's quant_core
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules: report, cpu_speed_report
+import report  # noqa: E402
+from cpu_speed_report import NAME, write_report  # noqa: E402
+
 ROWS = {  # name -> QuantConfig kwargs (None: a float dtype)
     "fp32": None, "bf16": None,
     "int8": dict(weight_dtype="int8", group_size=-1, scheme="sym"),
@@ -34,8 +40,6 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 GEMM_SHAPES = {"q_proj/o_proj": (2048, 2048), "k_proj/v_proj": (2048, 256), "gate/up_proj": (2048, 5632),
                "down_proj": (5632, 2048)}
-RESULTS = Path(__file__).parent / "results" / "cpu_speed.md"
-RESULTS_JSON = RESULTS.with_suffix(".json")
 
 
 def median_time(fn, repeats):
@@ -252,7 +256,6 @@ def main(argv=None):
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if args.child:
         import torch
         torch.set_num_threads(args.threads)
@@ -262,15 +265,14 @@ def main(argv=None):
     from quant_core import cpu_features
     started = time.time()
     info = cpu_features.summary()
-    info["threads"] = args.threads
-    info["load_avg_start"] = os.getloadavg()  # a shared machine: say how busy it was
     print("CPU:", json.dumps(info), flush=True)
-    results = {"cpu": info, "args": {k: v for k, v in vars(args).items() if k not in ("child", "model", "row")},
-               "models": {}, "gemm": {}, "llamacpp": None}
-    if args.merge and RESULTS_JSON.is_file():  # add rows to an earlier run's table (same settings)
-        earlier = json.loads(RESULTS_JSON.read_text())
-        results.update({k: earlier[k] for k in ("models", "gemm", "llamacpp")})
-        results["merged_from"] = earlier.get("cpu", {}).get("load_avg_start")
+    # --merge adds rows to the stored run(s); otherwise the table starts anew (old notes no longer apply)
+    results = report.load(NAME) if args.merge else {"runs": {}, "notes": [], "models": {}, "gemm": {}, "llamacpp": None}
+    results["cpu"] = {k: v for k, v in info.items() if k not in ("threads", "load_avg_start", "load_avg_end")}
+    run = report.new_run(f"{info.get('machine', '?')} CPU, {os.cpu_count()} logical CPUs, {args.threads} threads",
+                         "python benchmarks/cpu_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                         load_avg_start=[round(x, 2) for x in os.getloadavg()])
+    run_id = report.add_run(results, run)
     for model_name in args.models:
         for row in (args.small_rows or args.rows) if model_name == "smollm2" else args.rows:
             t = time.time()
@@ -278,27 +280,25 @@ def main(argv=None):
             r = run_child("model", args, new_tokens=args.big_new_tokens if big else None,
                           prefill_tokens=args.big_prefill_tokens if big else None,
                           prompt_tokens=args.big_prompt_tokens if big else None, model=model_name, row=row)
-            results["models"][f"{model_name}|{row}"] = r
+            results["models"][f"{model_name}|{row}"] = {**r, "run": run_id}
             print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
-            results["wall_s"] = time.time() - started
             save(results)  # partial table so far, in case the run is cut short
     if not args.no_llamacpp:
-        results["llamacpp"] = run_child("llamacpp", args, new_tokens=args.new_tokens)
+        results["llamacpp"] = {**run_child("llamacpp", args, new_tokens=args.new_tokens), "run": run_id}
         print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)
         save(results)
     if not args.no_gemm:
         results["gemm"] = run_child("gemm", args, **{"cache-bytes": args.cache_bytes})
+        results["gemm_run"], results["gemm_cache_bytes"] = run_id, args.cache_bytes
         print("GEMM ms:", json.dumps(results["gemm"]), flush=True)
-    results["wall_s"] = time.time() - started
-    info["load_avg_end"] = os.getloadavg()
+    run.update(wall_s=round(time.time() - started, 1), load_avg_end=[round(x, 2) for x in os.getloadavg()])
     print(save(results))
     return 0
 
 
 def save(results) -> str:
-    from cpu_speed_report import write_report  # noqa: E402  (sibling module: table formatting)
-    RESULTS_JSON.write_text(json.dumps(results, indent=1))
-    return write_report(results, RESULTS)
+    report.save(NAME, results)
+    return write_report(results)
 
 
 if __name__ == "__main__":

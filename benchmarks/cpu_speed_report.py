@@ -1,11 +1,9 @@
 """Tables and target checks for benchmarks/cpu_speed.py's results (kept apart: formatting only)."""
 from __future__ import annotations
 
-import json
-import os
-import time
-from pathlib import Path
+import report
 
+NAME = "cpu_speed"
 FLOAT = ("fp32", "bf16")
 
 
@@ -24,9 +22,9 @@ def model_table(results, model_name):
     settings = next((r["settings"] for k, r in results["models"].items() if k.startswith(model_name + "|")
                      and "settings" in r), {})
     lines = [f"### {model_name}", "", f"Settings: {settings}", "",
-             "| row | kernel | linear weights MB | × bf16 bytes | prefill tok/s | × float | decode b1 tok/s | × float "
+             "| row | run | kernel | linear weights MB | × bf16 bytes | prefill tok/s | × float | decode b1 tok/s | × float "
              "| decode b8 tok/s | × float | peak RSS decoding MB | × fp32 | decode b1 dynamic cache tok/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     bf16_bytes = models.get(f"{model_name}|bf16", {}).get("weight_bytes")
     fp32_rss = models.get(f"{model_name}|fp32", {}).get("peak_rss_decode_mb")
     floats = {k: _best_float(models, model_name, k) for k in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s")}
@@ -35,11 +33,11 @@ def model_table(results, model_name):
         if name != model_name:
             continue
         if "error" in r:
-            lines.append(f"| {row} | error: {r['error']} |" + " |" * 11)
+            lines.append(f"| {row} | {r.get('run', '?')} | error: {r['error']} |" + " |" * 11)
             continue
         ratio = lambda k: _fmt(r[k] / floats[k]) if floats[k] else "—"  # noqa: E731
         lines.append(
-            f"| {row} | {', '.join(r['kernels'])} | {r['weight_bytes'] / 1e6:.1f} | "
+            f"| {row} | {r.get('run', '?')} | {', '.join(r['kernels'])} | {r['weight_bytes'] / 1e6:.1f} | "
             f"{_fmt(r['weight_bytes'] / bf16_bytes) if bf16_bytes else '—'} | {_fmt(r['prefill_tok_s'], 1)} | "
             f"{ratio('prefill_tok_s')} | {_fmt(r['decode_b1_tok_s'])} | {ratio('decode_b1_tok_s')} | "
             f"{_fmt(r['decode_b8_tok_s'])} | {ratio('decode_b8_tok_s')} | {r['peak_rss_decode_mb']:.0f} | "
@@ -49,6 +47,7 @@ def model_table(results, model_name):
 
 
 def gemm_table(gemm):
+    gemm = {k: v for k, v in (gemm or {}).items() if k != "run"}
     if not gemm or "error" in gemm:
         return [f"GEMM timings failed: {gemm.get('error') if gemm else 'not run'}"]
     rows = sorted({k.split("|")[2] for k in gemm}, key=lambda r: list(gemm).index(next(k for k in gemm if k.endswith("|" + r))))
@@ -93,30 +92,29 @@ def targets(results):
     return lines
 
 
-def write_report(results, path: Path) -> str:
-    cpu, args = results["cpu"], results["args"]
-    out = ["# CPU speed (benchmarks/cpu_speed.py)", "",
-           f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {results['wall_s'] / 60:.1f} min. "
-           f"Threads: {args['threads']}; medians of {args['repeats']}; decode = new tokens after a prompt "
-           f"(static KV cache), prefill = one forward of the prompt length given per model. "
-           f"× float = against the faster of fp32/bf16.",
-           "", f"CPU: ISA level `{cpu['isa_level']}` (detected `{cpu['detected']}`), PyTorch capability "
-           f"`{cpu['torch_capability']}`, flags: {' '.join(cpu['flags'])}", "",
-           f"Load average (1/5/15 min) at start {cpu.get('load_avg_start')}, at end {cpu.get('load_avg_end')} "
-           f"on {os.cpu_count()} logical CPUs: other jobs shared the machine, so times carry their noise.", ""]
-    for model_name in dict.fromkeys(k.split("|")[0] for k in results["models"]):
-        out += model_table(results, model_name) + [""]
-    lcpp = results.get("llamacpp")
+def render(data: dict) -> list[str]:
+    cpu = data.get("cpu", {})
+    out = report.header(NAME, "CPU speed (benchmarks/cpu_speed.py)")
+    out += ["Medians of each run's repeats; decode = new tokens after a prompt (static KV cache), prefill = one "
+            "forward of the prompt length given per model; × float = against the faster of fp32/bf16. Ratios are "
+            "only side by side within one run: the Runs section says which run each row is from.", "",
+            f"CPU: ISA level `{cpu.get('isa_level')}` (detected `{cpu.get('detected')}`), PyTorch capability "
+            f"`{cpu.get('torch_capability')}`, flags: {' '.join(cpu.get('flags', []))}", "",
+            "![decode tokens/s per model and format](cpu_speed.png)", ""]
+    for model_name in dict.fromkeys(k.split("|")[0] for k in data.get("models", {})):
+        out += model_table(data, model_name) + [""]
+    lcpp = data.get("llamacpp")
     if lcpp:
         out += ["### llama.cpp anchor (llama-cpp-python, same SmolLM2 Q4_1 GGUF, batch 1)", "",
                 f"decode b1: {_fmt(lcpp.get('decode_b1_tok_s'))} tok/s" + (f" (llama-cpp-python {lcpp['version']})"
-                                                                          if "version" in lcpp else f" — {lcpp}"), ""]
+                                                                          if "version" in lcpp else f" — {lcpp}")
+                + f" (run {lcpp.get('run', '?')})", ""]
+    cache = data.get("gemm_cache_bytes", 96 << 20)
     out += ["### Per-layer GEMM, 1.1B shapes (median ms per call, weights rotated through "
-            f"{args['cache_bytes'] >> 20} MiB of copies so caches do not flatter small layers)", ""]
-    out += gemm_table(results.get("gemm")) + ["", "### Targets", ""] + targets(results)
-    out += ["", "<details><summary>raw results</summary>", "", "```json", json.dumps(results, indent=1), "```",
-            "</details>", ""]
-    text = "\n".join(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
+            f"{cache >> 20} MiB of copies so caches do not flatter small layers; run {data.get('gemm_run', '?')})", ""]
+    out += gemm_table(data.get("gemm")) + ["", "### Targets", ""] + targets(data) + [""]
+    return out + report.runs_section(data) + report.notes_section(data)
+
+
+def write_report(data: dict) -> str:
+    return report.write_markdown(NAME, render(data)).read_text()

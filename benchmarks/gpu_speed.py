@@ -1,8 +1,10 @@
 """GPU speed: layer GEMMs (Llama-3-8B shapes), decode tokens/s on a synthetic 8B, GPTQ on GPU.
 
 Run on a CUDA machine:  python benchmarks/gpu_speed.py [--quick] [--skip-decode] [--gptq]
-Prints each figure as it is measured and writes benchmarks/results/gpu_speed.md
-(or --out). Every ratio in a table was measured side by side in this one run.
+Prints each figure as it is measured, keeps them in benchmarks/results/gpu_speed.json and
+generates benchmarks/results/gpu_speed.md from it (--out-dir elsewhere). Every ratio was
+measured side by side in this one run; --merge adds a run's rows to the stored file instead,
+which then says that it is stitched from several runs.
 
 Layer timing: each kernel is timed eagerly and replayed in a CUDA graph, cycling
 through enough weight copies (>= 4x the L2 size) that every call reads its weight
@@ -25,9 +27,12 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
+import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quant_core.formats import get_format, pack_codes  # noqa: E402
@@ -37,7 +42,10 @@ from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402 - same folder
 from gpu_peers import PEERS, probe, short_reason  # noqa: E402 - same folder; imports only torch
+from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
+from gpu_speed_report import NAME, write_report  # noqa: E402 - same folder
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]  # (K in, N out)
 ROWS = [1, 16, 64, 256]
@@ -45,13 +53,7 @@ ROWS = [1, 16, 64, 256]
 OURS = [("cuda int4 g128", "int4", 128, CudaKernel), ("cuda nf4 g128", "nf4", 128, CudaKernel),
         ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel)]
 DEV = "cuda"
-LINES: list[str] = []
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-    LINES.append(line)
-
+BF16, TINYGEMM = "bf16 cuBLAS", "tinygemm int4 g128"  # column names of the layer table in gpu_speed.json
 
 def timed(calls, graph: bool, reps: int = 15) -> float:
     """Median µs per call of ``calls`` (a round of callables), eagerly or as one replayed graph."""
@@ -106,7 +108,7 @@ def tinygemm_op(k: int, n: int):
                           torch.zeros(k // 128, n, device=DEV)], -1).to(torch.bfloat16).contiguous()
         return lambda x: torch.ops.aten._weight_int4pack_mm(x, w, 128, sz), q8.numel() + sz.numel() * 2
     except Exception as exc:  # noqa: BLE001 - report, don't fail the run
-        say(f"tinygemm unavailable: {type(exc).__name__}: {str(exc)[:120]}")
+        print(f"tinygemm unavailable: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
         return None
 
 
@@ -115,31 +117,27 @@ def copies_for(nbytes: int) -> int:
     return max(2, -(-4 * l2 // nbytes))
 
 
-def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> str:
-    """One peer's cell; a failure to run becomes a short reason, a failed graph capture "no graph"."""
+def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> dict:
+    """One peer's cell; a failure to run becomes a short reason, a failed graph capture its eager time only."""
     try:
         eager = timed(calls, False)
     except Exception as exc:  # noqa: BLE001 - a peer failing is a table entry
         print(f"  peer failed: {type(exc).__name__}: {exc}", flush=True)
         torch.cuda.synchronize()
-        return short_reason(exc)
+        return {"error": short_reason(exc)}
     try:
         graph = timed(calls, True)
     except Exception as exc:  # noqa: BLE001
         print(f"  peer graph capture failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         torch.cuda.synchronize()
-        return f"{eager:.1f} / no graph ({bf16_eager / eager:.2f}× eager)"
-    return f"{eager:.1f} / {graph:.1f} ({bf16_graph / graph:.2f}×)"
+        return {"eager_us": eager, "graph_us": None, "x_bf16_eager": bf16_eager / eager}
+    return {"eager_us": eager, "graph_us": graph, "x_bf16": bf16_graph / graph}
 
 
-def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
-    """``peers``: (label, builder) pairs from gpu_peers.py; a str in place of the builder is the
-    reason that peer cannot run, shown in each of its cells."""
-    say("\n## Layer GEMM, bf16 activations (µs per call: eager / CUDA-graph replay; ×: bf16 time / this time, "
-        "graph; bf16 time = the faster of its eager and graph times)\n")
-    say("| K×N | M | bf16 cuBLAS | tinygemm int4 g128 | " + " | ".join(f"ours {o[0]}" for o in OURS)
-        + " | ours int4 eff. BW (graph) |" + "".join(f" {p[0]} |" for p in peers))
-    say("|---|---|---|---|" + "---|" * len(OURS) + "---|" + "---|" * len(peers))
+def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[dict]:
+    """Rows of gpu_speed.json's ``layers``. ``peers``: (label, builder) pairs from gpu_peers.py; a str
+    in place of the builder is the reason that peer cannot run, shown in each of its cells."""
+    rows = []
     for k, n in shapes:
         wb = torch.randn(n, k, device=DEV, dtype=torch.bfloat16)
         bf16_w = [wb] + [wb.clone() for _ in range(copies_for(wb.numel() * 2) - 1)]
@@ -163,23 +161,24 @@ def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
                 peer_fns.append(short_reason(exc))
         for m in rows_list:
             x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
-            cells, base, bf16_eager = [], None, None
-            for name, calls in [("bf16", [lambda w=w: F.linear(x, w) for w in bf16_w])] + \
-                    ([("tg", [lambda f=f: f(x) for f in tg])] if tg else []) + \
-                    [(lbl[0], [lambda kk=kk: kk.forward(x) for kk in ks]) for lbl, (ks, _) in zip(OURS, ours)]:
+            cells, base, bf16_eager = {}, None, None
+            for name, calls in [(BF16, [lambda w=w: F.linear(x, w) for w in bf16_w])] + \
+                    ([(TINYGEMM, [lambda f=f: f(x) for f in tg])] if tg else []) + \
+                    [(f"ours {lbl[0]}", [lambda kk=kk: kk.forward(x) for kk in ks]) for lbl, (ks, _) in zip(OURS, ours)]:
                 eager, graph = timed(calls, False), timed(calls, True)
                 base = min(eager, graph) if base is None else base  # bf16: whichever mode is faster
                 bf16_eager = eager if bf16_eager is None else bf16_eager
-                cells.append(f"{eager:.1f} / {graph:.1f} ({base / graph:.2f}×)")
-                if name == OURS[0][0]:
-                    int4_graph = graph
-            if not tg:
-                cells.insert(1, "n/a")
-            bw = ours[0][1] / int4_graph / 1e6
-            peer_cells = [fs if isinstance(fs, str) else peer_cell([lambda f=f: f(x) for f in fs], bf16_eager, base)
-                          for fs in peer_fns]
-            say(f"| {k}×{n} | {m} | " + " | ".join(cells) + f" | {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) |"
-                + "".join(f" {c} |" for c in peer_cells))
+                cells[name] = {"eager_us": eager, "graph_us": graph, "x_bf16": base / graph}
+            if not tg:  # keep the column where it stands when the kernel exists
+                cells = {BF16: cells.pop(BF16), TINYGEMM: {"error": "n/a"}, **cells}
+            bw = ours[0][1] / cells[f"ours {OURS[0][0]}"]["graph_us"] / 1e6
+            for (label, _), fs in zip(peers, peer_fns):
+                cells[label] = {"error": fs} if isinstance(fs, str) else \
+                    peer_cell([lambda f=f: f(x) for f in fs], bf16_eager, base)
+            rows.append({"run": run, "k": k, "n": n, "m": m, "cells": cells, "int4_bw_tbs": bw,
+                         "int4_bw_pct_of_copy": 100 * bw / copy_tbs})
+            print(f"{k}x{n} M={m}: " + "; ".join(f"{c}: {v.get('graph_us') or v.get('error')}" for c, v in cells.items()),
+                  flush=True)
         from quant_core.kernels.cuda_kernel import CACHE as CUDA_CACHE
         from quant_core.kernels.triton_tuning import CACHE
         print("tuned:", {f"{key[0]} M<={key[1]} {key[4]}b{'cb' if key[6] else ''}": cfg.label()
@@ -188,9 +187,10 @@ def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
                if key[2:4] == (k, n)}, flush=True)
         del bf16_w, ours, tg, peer_fns
         torch.cuda.empty_cache()
+    return rows
 
 
-def launch_overhead() -> None:
+def launch_overhead(run: str) -> dict:
     p = random_packed("int4", 4096, 4096, 128)
     kern = CudaKernel(p, LayerSpec.of(p, "bf16", "cuda"))
     x = torch.randn(1, 4096, device=DEV, dtype=torch.bfloat16)
@@ -202,8 +202,25 @@ def launch_overhead() -> None:
     host = (time.perf_counter() - t0) / 200 * 1e6
     torch.cuda.synchronize()
     eager, graph = timed([lambda: kern.forward(x)] * 20, False), timed([lambda: kern.forward(x)] * 20, True)
-    say(f"\nLaunch overhead of our Python path (CUDA kernel, int4 g128, 4096×4096, M=1): host time per call {host:.1f} µs; "
-        f"eager {eager:.1f} µs vs graph {graph:.1f} µs per call (one weight copy, L2-resident).")
+    print(f"launch overhead: host {host:.1f} us, eager {eager:.1f} us, graph {graph:.1f} us", flush=True)
+    return {"run": run, "host_us": host, "eager_us": eager, "graph_us": graph}
+
+
+def start(args, copy_tbs: float) -> tuple[dict, str]:
+    """The stored results (--merge) or a fresh file, with this run recorded."""
+    props = torch.cuda.get_device_properties(0)
+    data = report.load(NAME) if args.merge else {"runs": {}, "notes": []}
+    for part in ("layers", "launch", "decode", "gptq", "targets"):
+        data[part] = data.get(part, []) if args.merge else []
+    data["setup"] = {"gpu": props.name, "sms": props.multi_processor_count, "l2_mb": props.L2_cache_size >> 20,
+                     "torch": torch.__version__, "triton": triton.__version__,
+                     "transformers": transformers.__version__,
+                     "copy_bandwidth": f"{copy_tbs:.2f} TB/s (1 GiB device-to-device, read + write)"}
+    run_id = report.add_run(data, report.new_run(props.name, "python benchmarks/gpu_speed.py " + " ".join(sys.argv[1:])),
+                            args.run_id)
+    if len(data["runs"]) > 1 and not data.get("stitched"):
+        data["stitched"] = f"rows from {len(data['runs'])} runs (--merge); ratios are side by side within a run only."
+    return data, run_id
 
 
 def main() -> None:
@@ -218,41 +235,46 @@ def main() -> None:
                     help="also time bitsandbytes nf4 (bs64) and gemlite int4 g128, where importable, "
                          "in the layer table and the decode table")
     ap.add_argument("--decode-layers", type=int, default=32, help="decoder layers of the synthetic Llama-3-8B")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "gpu_speed.md"))
+    ap.add_argument("--merge", action="store_true", help="add this run's rows to the stored gpu_speed.json "
+                    "(the file then says it is stitched from several runs)")
+    ap.add_argument("--run-id", help="name of this run in the file (default: date and commit)")
+    ap.add_argument("--out-dir", help="folder for gpu_speed.json/.md (default: benchmarks/results)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_speed.py needs a CUDA GPU; none is visible to PyTorch")
-    import triton
-    props = torch.cuda.get_device_properties(0)
-    say(f"# GPU speed\n\nGPU: {props.name} ({props.multi_processor_count} SMs, L2 {props.L2_cache_size >> 20} MB), "
-        f"torch {torch.__version__}, triton {triton.__version__}")
+    if args.out_dir:
+        report.RESULTS = Path(args.out_dir)
     copy_tbs = copy_bandwidth()
-    say(f"Measured copy bandwidth (1 GiB device-to-device, read + write): {copy_tbs:.2f} TB/s")
+    data, run_id = start(args, copy_tbs)
+    print(f"GPU: {data['setup']}", flush=True)
     peers = []
     if args.peers:
         for label, build, module in PEERS:
             try:
-                say(f"Peer {label}: {probe(build, module)}")
+                data.setdefault("peers", {})[label] = probe(build, module)
                 peers.append((label, build))
             except Exception as exc:  # noqa: BLE001 - an unavailable peer is reported, not fatal
-                say(f"Peer {label} unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}")
+                data.setdefault("peers", {})[label] = f"unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
                 torch.cuda.synchronize()
                 peers.append((label, short_reason(exc)))
     if not args.skip_layers:
         shapes = [tuple(map(int, s.lower().split("x"))) for s in args.shapes] if args.shapes else \
             SHAPES[:2] + SHAPES[-1:] if args.quick else SHAPES
-        layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, peers)
-        launch_overhead()
-    if not args.skip_decode or args.gptq:
-        from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
-        if not args.skip_decode:
-            decode_section(say, args.decode_layers, peers=peers)
-        if args.gptq:
-            gptq_section(say, args.decode_layers)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(LINES) + "\n")
-    print(f"wrote {args.out}")
+        data["layers"] += layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, run_id, peers)
+        data["launch"].append(launch_overhead(run_id))
+        save(data)
+    if not args.skip_decode:
+        data["decode"] += decode_section(run_id, args.decode_layers, peers=peers)
+        save(data)
+    if args.gptq:
+        data["gptq"].append(gptq_section(run_id, args.decode_layers))
+    print(f"wrote {save(data)}")
+
+
+def save(data: dict) -> Path:
+    report.save(NAME, data)
+    write_report(data)
+    return report.path_of(NAME, ".md")
 
 
 if __name__ == "__main__":

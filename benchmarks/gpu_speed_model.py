@@ -80,16 +80,14 @@ def swap_linears(model, build) -> None:
                 setattr(parent, name, PeerLinear(build(child.weight.data)))
 
 
-def decode_section(say, layers: int, batches=(1, 16), peers=()) -> None:
-    """``peers``: (label, builder) pairs from gpu_peers.py, run through the same decoder."""
-    say(f"\n## Decode, synthetic Llama-3-8B shapes ({layers} layers, random weights built on the GPU; "
-        f"every linear quantized, lm_head included; RTN)\n")
-    say("| weights | " + " | ".join(f"batch {b} tok/s" for b in batches) + " | × bf16 |")
-    say("|---|" + "---|" * (len(batches) + 1))
-    base = {}
+def decode_section(run: str, layers: int, batches=(1, 16), peers=()) -> list[dict]:
+    """Rows of gpu_speed.json's ``decode``: every linear quantized (lm_head included), RTN.
+    ``peers``: (label, builder) pairs from gpu_peers.py, run through the same decoder."""
+    base, out = {}, []
     rows = [(label, qcfg, None) for label, qcfg in DECODE_FORMATS]
     rows += [(f"peer {label}", None, build) for label, build in peers if not isinstance(build, str)]
     for label, qcfg, build in rows:
+        row = {"run": run, "layers": layers, "weights": label}
         try:
             model = synthetic_llama(layers)
             if qcfg:
@@ -97,25 +95,29 @@ def decode_section(say, layers: int, batches=(1, 16), peers=()) -> None:
             if build:
                 swap_linears(model, build)
             torch.cuda.empty_cache()
-            cells, ratios = [], []
+            row["batches"] = {}
             for b in batches:
                 tps, mode, warm_s = tokens_per_second(model, b)
                 base.setdefault(b, tps)
-                cells.append(f"{tps:.1f} ({mode}; first use {warm_s:.0f} s)")
-                ratios.append(f"{tps / base[b]:.2f}×")
-            kernels = sorted({m.kernel.name for m in model.modules() if getattr(m, "kernel", None) is not None
-                              and hasattr(m.kernel, "name")})
-            say(f"| {label}{' (' + ', '.join(kernels) + ')' if kernels else ''} | " + " | ".join(cells) + " | "
-                + " / ".join(ratios) + " |")
+                row["batches"][str(b)] = {"tok_s": tps, "mode": mode, "x_bf16": tps / base[b],
+                                          "first_use_s": warm_s}
+            row["kernels"] = sorted({m.kernel.name for m in model.modules()
+                                     if getattr(m, "kernel", None) is not None and hasattr(m.kernel, "name")})
+            print(f"decode {label}: kernels {row['kernels']}; " + "; ".join(
+                f"batch {b}: {v['tok_s']:.1f} tok/s ({v['x_bf16']:.2f}x, first use {v['first_use_s']:.0f} s)"
+                for b, v in row["batches"].items()), flush=True)
         except Exception as exc:  # noqa: BLE001 - a peer that cannot decode is a table entry
             if not build:
                 raise
-            say(f"| {label} | {type(exc).__name__}: {str(exc).strip()[:100]} | | |")
+            row = {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:100]}"}
+        print(f"decode {row}", flush=True)
+        out.append(row)
         model = None
         torch.cuda.empty_cache()
+    return out
 
 
-def gptq_section(say, layers: int, samples: int = 128, seqlen: int = 2048) -> None:
+def gptq_section(run: str, layers: int, samples: int = 128, seqlen: int = 2048) -> dict:
     """GPTQ int4 g128 through the block-sequential driver, blocks on the GPU one at a time."""
     # random init of 8B parameters takes minutes on the CPU and seconds on the GPU
     model = synthetic_llama(layers, device="cuda").to("cpu")
@@ -127,8 +129,7 @@ def gptq_section(say, layers: int, samples: int = 128, seqlen: int = 2048) -> No
     quantize(model, QuantConfig(algorithm="gptq", weight_dtype="int4", group_size=128),
              calibration=calib, device="cuda", progress=True)
     torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    say(f"\n## GPTQ int4 g128 on the GPU\n\nSynthetic Llama-3-8B shapes, {layers} layers, {samples} × {seqlen} "
-        f"random-token calibration: wall {wall:.1f} s, peak GPU memory {peak:.2f} GiB "
-        f"(model on CPU, one block at a time on the GPU).")
+    out = {"run": run, "layers": layers, "samples": samples, "seqlen": seqlen, "wall_s": time.perf_counter() - t0,
+           "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    print(f"gptq {out}", flush=True)
+    return out

@@ -23,11 +23,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quant_core import QuantConfig, quantize  # noqa: E402
 from quant_core.evaluation import read_eval_text, windows  # noqa: E402
 from quant_core.interop import export  # noqa: E402
 from quant_core.loading import embedded_model_dir, embedded_model_path, load_model  # noqa: E402
+
+import report  # noqa: E402 - benchmarks/
+from interop_report import NAME, write_report  # noqa: E402 - benchmarks/
 
 TEXT = ROOT.parent / "shared" / "data" / "wikitext2-test.txt"
 
@@ -61,7 +65,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "interop.md"))
     args = ap.parse_args()
 
     float_model, tok = load_model(embedded_model_dir())
@@ -105,16 +108,16 @@ def main() -> int:
                     "(identical)" if value == base else f"({100 * (value / base - 1):+.4f} % vs ours)")
                 del back
 
-    lines = ["# Interop round trips (SmolLM2-135M-Instruct)", "",
-             f"`python benchmarks/interop.py --windows {args.windows} --seqlen {args.seqlen}`: "
-             f"{len(batches)} windows of {args.seqlen} tokens from `wikitext2-test.txt`, all rows on the same "
-             f"token ids in one run, CPU ({torch.get_num_threads()} threads).", "",
-             "| model | perplexity | note |", "|---|---|---|"]
-    lines += [f"| {n} | {v:.4f} | {note} |" for n, v, note in rows]
-    lines += ["", "| export | seconds |", "|---|---|"] + [f"| {t} | {s:.1f} |" for t, s in times]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    data = {"runs": {}, "notes": [],
+            "setup": {"windows": args.windows, "seqlen": args.seqlen, "n_windows": len(batches),
+                      "threads": torch.get_num_threads()},
+            "rows": [{"model": n, "ppl": v, "note": note} for n, v, note in rows],
+            "exports": [{"target": t, "seconds": s} for t, s in times]}
+    data["run"] = report.add_run(data, report.new_run(f"CPU ({torch.get_num_threads()} threads)",
+                                                      "python benchmarks/interop.py " + " ".join(sys.argv[1:])))
+    report.save(NAME, data)
+    write_report(data)
+    print(f"wrote {report.path_of(NAME, '.md')}")
     return 0
 
 

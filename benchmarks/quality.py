@@ -1,51 +1,41 @@
-"""Perplexity table for SmolLM2-135M-Instruct: fp32 versus RTN in every weight format.
+"""RTN in every weight setting on SmolLM2-135M-Instruct: perplexity, packed size, checkpoint size, quantize time.
 
-    python benchmarks/quality.py               # first 32 windows of 512 tokens (16,384 tokens)
-    python benchmarks/quality.py --windows 0   # every window (~560)
+    python benchmarks/quality.py                      # every setting; perplexity only where missing
+    python benchmarks/quality.py --columns int8_pc_sym int4_pc_sym --force   # re-measure these cells
 
-Prints a markdown table and writes it to benchmarks/results/quality.md. Columns: perplexity
-on shared/data/wikitext2-test.txt, packed size of the quantized linears, size of the whole
-saved checkpoint on disk, and quantize time.
+Sizes and times go to the ``sizes`` part of benchmarks/results/quality.json; the RTN
+perplexity cells go to its ``cells``, the store that quality_algorithms.py fills for the
+calibrated algorithms, so each figure exists once. A cell already in the store is kept
+(it may come from another device) unless ``--force``. benchmarks/results/quality.md is
+regenerated from the JSON after every setting.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TEXT = REPO.parent / "shared" / "data" / "wikitext2-test.txt"
-
-# label -> QuantConfig fields (None: the float model). The embedded weights were stored as
-# Q4_1 (int4 asym g32), so g32 asym int4 would reproduce them almost exactly: not a row here.
-RTN_ROWS = {
-    "fp32": None,
-    "int8 per-channel": dict(weight_dtype="int8", group_size=-1),
-    "int4_clip g128": dict(weight_dtype="int4_clip", group_size=128),
-    "int4_fullrange g128 sym": dict(weight_dtype="int4_fullrange", group_size=128),
-    "int4_fullrange g128 asym": dict(weight_dtype="int4_fullrange", group_size=128, scheme="asym"),
-    "int4_fullrange per-channel": dict(weight_dtype="int4_fullrange", group_size=-1),
-    "nf4 g64": dict(weight_dtype="nf4", group_size=64),
-    "fp4_e2m1 g64": dict(weight_dtype="fp4_e2m1", group_size=64),
-    "int3 g128 asym": dict(weight_dtype="int3", group_size=128, scheme="asym"),
-    "int2 g64 asym": dict(weight_dtype="int2", group_size=64, scheme="asym"),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+from quality_columns import ALL_COLUMNS, EVAL_FILE, N_SAMPLES, SEQLEN, STORE, WINDOWS, cell_key  # noqa: E402
+from quality_report import write_quality  # noqa: E402
 
 
 def dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def measure(model, tokenizer, text, fields, seqlen, windows) -> dict:
-    """Quantize a copy of ``model`` with ``fields`` (None = float), save it, and measure it."""
+def measure_sizes(model, tokenizer, fields) -> tuple[dict, object]:
+    """Quantize a copy with ``fields`` (None = the float model) and save it: sizes, time, the model."""
     from quant_core import QuantConfig, quantize
-    from quant_core.evaluation import perplexity
     from quant_core.inspect import packed_bytes
     from quant_core.serialization import save_quantized
 
-    row = {"quant_s": None, "packed_mb": None}
+    row = {}
     model = copy.deepcopy(model)
     with tempfile.TemporaryDirectory() as tmp:
         if fields is None:
@@ -57,48 +47,49 @@ def measure(model, tokenizer, text, fields, seqlen, windows) -> dict:
             row["packed_mb"] = packed_bytes(model) / 1e6
             save_quantized(model, tokenizer, Path(tmp) / "q")
         row["ckpt_mb"] = dir_mb(Path(tmp))
-    row["ppl"] = perplexity(model, tokenizer, text, seqlen, windows, progress=False)
-    return row
+    return row, model
 
 
-def fmt(value, spec):
-    return "—" if value is None else format(value, spec)
+def quantized_weights(model) -> int:
+    """Weights the quantized settings pack (every linear but the lm_head, as quantize keeps it float)."""
+    import torch
 
-
-def markdown(results: dict, windows_used: str, seqlen: int) -> str:
-    lines = [f"SmolLM2-135M-Instruct (embedded Q4_1 GGUF, dequantized to fp32), wikitext2-test v1, "
-             f"seqlen {seqlen}, {windows_used}; RTN; scales fp16; lm_head kept in float.", "",
-             "| setting | perplexity | packed linears (MB) | checkpoint on disk (MB) | quantize time (s) |",
-             "|---|---|---|---|---|"]
-    for label, r in results.items():
-        lines.append(f"| {label} | {r['ppl']:.2f} | {fmt(r['packed_mb'], '.2f')} | {r['ckpt_mb']:.1f} "
-                     f"| {fmt(r['quant_s'], '.1f')} |")
-    return "\n".join(lines)
+    return sum(m.weight.numel() for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--text", default=str(DEFAULT_TEXT), help="evaluation text (default: shared wikitext2-test)")
-    p.add_argument("--windows", type=int, default=32, help="windows of --seqlen tokens; 0 = all")
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--rows", nargs="*", default=list(RTN_ROWS), help="subset of row labels")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quality.md"))
+    p.add_argument("--columns", nargs="*", default=["fp32", *ALL_COLUMNS], choices=["fp32", *ALL_COLUMNS],
+                   help="settings to measure (fp32: the float model's checkpoint size and perplexity)")
+    p.add_argument("--force", action="store_true", help="re-measure perplexity cells already in the store")
+    p.add_argument("--sizes-only", action="store_true", help="measure sizes and times, no perplexity")
     args = p.parse_args(argv)
 
-    from quant_core.evaluation import read_eval_text, windows
+    import torch
+
+    from quant_core.evaluation import perplexity, read_eval_text
     from quant_core.loading import load_model
 
+    torch.backends.cuda.matmul.allow_tf32 = False
     model, tokenizer = load_model()
-    text = read_eval_text(args.text)
-    n = windows(tokenizer, text, args.seqlen, args.windows or None).shape[0]
-    results = {}
-    for label in args.rows:
-        results[label] = measure(model, tokenizer, text, RTN_ROWS[label], args.seqlen, args.windows or None)
-        print(f"{label}: {results[label]}", flush=True)
-    table = markdown(results, f"first {n} windows ({n * args.seqlen} tokens)", args.seqlen)
-    print(table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(table + "\n")
+    text = read_eval_text(EVAL_FILE)
+    device = f"CPU x{os.cpu_count()} ({torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f} at start)"
+    data = report.load(STORE)
+    run_id = report.add_run(data, report.new_run(device, "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:])))
+    report.save(STORE, data)
+    settings = [(c, None if c == "fp32" else ALL_COLUMNS[c]["quant_config"]) for c in args.columns]
+    for column, fields in settings:
+        sizes, qmodel = measure_sizes(model, tokenizer, fields)
+        key = "fp32" if fields is None else cell_key("RTN", column, N_SAMPLES)
+        want_ppl = not args.sizes_only and (args.force or "ppl" not in report.load(STORE).get("cells", {}).get(key, {}))
+        ppl = perplexity(qmodel, tokenizer, text, SEQLEN, WINDOWS, progress=False) if want_ppl else None
+        report.put(STORE, "sizes", column, {**sizes, "run": run_id})
+        report.put(STORE, "setup", "quantized_weights", quantized_weights(model))
+        if ppl is not None:
+            report.put(STORE, "cells", key, {"ppl": ppl, "seconds": sizes.get("quant_s"), "run": run_id})
+        print(f"{column}: {sizes}" + (f", perplexity {ppl:.3f}" if ppl is not None else ""), flush=True)
+        write_quality()
 
 
 if __name__ == "__main__":

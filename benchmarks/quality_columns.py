@@ -1,9 +1,12 @@
-"""The quality table's settings as data, shared by quality.py (ours) and quality_peer.py (Neural Compressor).
+"""The quality table's settings as data, shared by quality.py / quality_algorithms.py (ours), quality_peer.py
+(Neural Compressor) and the reports drawn from their results.
 
 Each column is one weight format setting; ``quant_config`` gives our QuantConfig fields,
 ``nc`` the matching Neural Compressor weight-only arguments (``dtype``/``bits``/``use_sym``/
 ``group_size``; ``use_full_range`` where NC has it, so its sym int4 also uses [-8, 7]).
 """
+from pathlib import Path
+
 COLUMNS = {
     "int4_g128_sym": dict(label="int4_fullrange g128 sym",
                           quant_config=dict(weight_dtype="int4_fullrange", group_size=128, scheme="sym"),
@@ -28,6 +31,17 @@ COLUMNS = {
                           nc=dict(dtype="int", bits=2, use_sym=False, group_size=64)),
 }
 
+# Settings measured with RTN only (quality.py's size table): no calibrated algorithm runs them.
+RTN_ONLY_COLUMNS = {
+    "int8_pc_sym": dict(label="int8 per-channel sym",
+                        quant_config=dict(weight_dtype="int8", group_size=-1, scheme="sym")),
+    "int4clip_g128_sym": dict(label="int4_clip g128 sym",
+                              quant_config=dict(weight_dtype="int4_clip", group_size=128, scheme="sym")),
+    "int4_pc_sym": dict(label="int4_fullrange per-channel sym",
+                        quant_config=dict(weight_dtype="int4_fullrange", group_size=-1, scheme="sym")),
+}
+ALL_COLUMNS = {**COLUMNS, **RTN_ONLY_COLUMNS}
+
 # Rows: algorithm name -> extra QuantConfig fields.
 ROWS = {
     "RTN": dict(algorithm="rtn"),
@@ -42,6 +56,12 @@ ROWS = {
     "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True),
 }
 
-EVAL_FILE = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.txt")
+EVAL_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.txt")
 SEQLEN = 512
 WINDOWS = 32
+N_SAMPLES = 128  # calibration windows of the table; cells are keyed "row:column:n_samples"
+STORE = "quality"  # benchmarks/results/quality.json: every perplexity cell of ours, sizes and timing
+
+
+def cell_key(row: str, column: str, n_samples: int = N_SAMPLES) -> str:
+    return f"{row}:{column}:{n_samples}"

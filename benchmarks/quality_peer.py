@@ -11,7 +11,7 @@ project's venv (transformers imports torchao whenever it is installed)::
 
 Each cell runs in its own subprocess (so a crash is a table entry, and peak RSS is the cell's
 own); finished cells are kept in ``benchmarks/results/quality_peer.json`` and the table
-``benchmarks/results/quality_peer.md`` is rewritten after every cell, so a run cut short by
+``benchmarks/results/quality_peer.md`` is regenerated from it after every cell, so a run cut short by
 its timeout still leaves every finished figure. A cell that cannot run says why.
 """
 from __future__ import annotations
@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
 from quality_columns import COLUMNS, EVAL_FILE, SEQLEN, WINDOWS  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-PEER_ROWS = ("RTN", "GPTQ", "GPTQ act_order", "AWQ", "TEQ")
+from quality_peer_report import PEER, PEER_ROWS, write_peer  # noqa: E402
 DEFAULT_CELLS = ["RTN:int4_g128_sym", "GPTQ:int4_g128_sym", "GPTQ act_order:int4_g128_sym",
                  "RTN:int3_g128_asym", "GPTQ:int3_g128_asym", "AWQ:int4_g128_sym", "TEQ:int4_g128_sym"]
 
@@ -140,47 +139,6 @@ def device_name(device: str) -> str:
     return f"CPU x{os.cpu_count()}"
 
 
-def write_table(results: dict, meta: dict) -> str:
-    cols = list(COLUMNS)
-    lines = [
-        "# Neural Compressor weight-only quantization (peer table)",
-        "",
-        f"neural-compressor-pt {meta.get('nc_version', '?')}, torch {meta.get('torch', '?')}, "
-        f"{meta.get('device', 'CPU')}. "
-        f"SmolLM2-135M-Instruct (fp32 from the embedded Q4_1 GGUF), WikiText-2 test, seqlen {SEQLEN}, "
-        f"first {WINDOWS} windows. Calibration: the same {meta.get('n_samples')} x {SEQLEN}-token windows "
-        f"({', '.join(f'{k}: {v}' for k, v in meta.get('row_samples', {}).items())} windows) "
-        f"of quantllm's shipped WikiText-2 *valid* sample (seed 0) that quality.py gives our algorithms. "
-        f"GPTQ: percdamp 0.01, block 128, true-sequential; RTN/AWQ/TEQ with use_full_range; "
-        f"TEQ: Adam lr 1e-3, {meta.get('teq_steps')} steps on the LM loss; lm_head kept float.",
-        "",
-        "Perplexity (lower is better); `-` = not run (CPU budget), `error: ...` = Neural Compressor failed.",
-        "",
-        "| algorithm | " + " | ".join(COLUMNS[c]["label"] for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for row in PEER_ROWS:
-        cells = []
-        for col in cols:
-            r = results.get(f"{row}:{col}")
-            if r is None:
-                cells.append("-")
-            elif "error" in r:
-                cells.append(f"error: {r['error'][:160]}")
-            else:
-                cells.append(f"{r['ppl']:.2f}")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    lines += ["", "Quantize time and peak RSS per cell (one subprocess each; machine shared, see load):", "",
-              "| cell | samples | quantize s | peak RSS GB | load avg at start |", "|---|---|---|---|---|"]
-    for key, r in results.items():
-        if "ppl" in r:
-            lines.append(f"| {key} | {r.get('n_samples', '?')} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | "
-                         f"{r.get('load', '?')} |")
-    text = "\n".join(lines) + "\n"
-    (RESULTS / "quality_peer.md").write_text(text)
-    return text
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", default=",".join(DEFAULT_CELLS),
@@ -205,14 +163,17 @@ def main(argv=None) -> None:
         row, _, col = cell.partition(":")
         if row not in PEER_ROWS or col not in COLUMNS:
             raise SystemExit(f"unknown cell {cell!r}: rows {', '.join(PEER_ROWS)}; columns {', '.join(COLUMNS)}")
-    store = RESULTS / "quality_peer.json"
-    saved = json.loads(store.read_text()) if store.is_file() else {}
-    results = saved.get("results", {}) if saved.get("n_samples") == args.n_samples else {}
+    data = report.load(PEER)
+    if data.get("setup", {}).get("n_samples") != args.n_samples:
+        data["results"] = {}  # cells at another calibration size are not comparable: start the table anew
     os.environ["INC_TARGET_DEVICE"] = args.device
-    meta = {"nc_version": md.version("neural-compressor-pt"), "torch": md.version("torch"),
-            "n_samples": args.n_samples, "teq_steps": args.teq_steps, "device": device_name(args.device)}
     row_samples = {k: int(v) for k, v in (x.split("=") for x in args.row_samples.split(",") if x)}
-    meta["row_samples"] = row_samples
+    data["setup"] = {"nc_version": md.version("neural-compressor-pt"), "torch": md.version("torch"),
+                     "n_samples": args.n_samples, "teq_steps": args.teq_steps, "device": device_name(args.device),
+                     "row_samples": row_samples}
+    run_id = report.add_run(data, report.new_run(device_name(args.device), "python benchmarks/quality_peer.py "
+                                                 + " ".join(argv or sys.argv[1:])))
+    results = data.setdefault("results", {})
     for cell in cells:
         if cell in results and "ppl" in results[cell]:
             continue
@@ -221,19 +182,18 @@ def main(argv=None) -> None:
         print(f"[peer] {cell} (load {load}, {n} samples) ...", flush=True)
         try:
             proc = subprocess.run([sys.executable, __file__, "--one", cell, "--n-samples", str(n),
-                                   "--teq-steps", str(args.teq_steps), "--device", args.device], capture_output=True, text=True,
-                                  timeout=args.cell_timeout)
-            found = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                                   "--teq-steps", str(args.teq_steps), "--device", args.device],
+                                  capture_output=True, text=True, timeout=args.cell_timeout)
+            found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if found:
-                results[cell] = {**json.loads(found[-1][7:]), "load": load, "n_samples": n}
+                results[cell] = {**json.loads(found[-1][7:]), "load": load, "n_samples": n, "run": run_id}
             else:
-                err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                results[cell] = {"error": err}
+                results[cell] = {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "run": run_id}
         except subprocess.TimeoutExpired:
-            results[cell] = {"error": f"did not finish within {args.cell_timeout} s on this shared CPU"}
+            results[cell] = {"error": f"did not finish within {args.cell_timeout} s on this shared CPU", "run": run_id}
         print(f"[peer] {cell}: {results[cell]}", flush=True)
-        store.write_text(json.dumps({**meta, "results": results}, indent=1))
-        print(write_table(results, meta), flush=True)
+        report.save(PEER, data)
+        write_peer()
 
 
 if __name__ == "__main__":

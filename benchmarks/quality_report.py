@@ -1,0 +1,154 @@
+"""quality.md from quality.json (ours) and quality_peer.json (Neural Compressor): formatting only.
+
+quality.json is the one store of our perplexity cells (every algorithm, every setting), the RTN
+size table and the CPU quantize timing; quality.md is the one quality table. Each cell names
+the run it came from, shown as a letter that the Runs section resolves.
+"""
+from __future__ import annotations
+
+import report
+from quality_columns import ALL_COLUMNS, COLUMNS, N_SAMPLES, ROWS, RTN_ONLY_COLUMNS, STORE, cell_key
+from quality_peer_report import PEER
+
+TIMING_COLUMN = "int4_g128_sym"
+
+
+def run_letters(data: dict) -> dict:
+    return {run_id: chr(ord("a") + i) for i, run_id in enumerate(data.get("runs", {}))}
+
+
+def ppl(cells: dict, key: str):
+    c = cells.get(key)
+    return None if c is None or "ppl" not in c else c["ppl"]
+
+
+def gap(cells: dict, row: str, col: str, n: int):
+    rtn, alg, fp32 = ppl(cells, cell_key("RTN", col, n)), ppl(cells, cell_key(row, col, n)), ppl(cells, "fp32")
+    return None if None in (rtn, alg, fp32) else 100 * (rtn - alg) / (rtn - fp32)
+
+
+def cell_text(cell, letters: dict, spec: str = ".2f") -> str:
+    if cell is None:
+        return "-"
+    if "error" in cell:
+        return f"error: {cell['error']}"
+    tag = letters.get(cell.get("run"))
+    return format(cell["ppl"], spec) + (f" <sup>{tag}</sup>" if tag else "")
+
+
+def perplexity_table(data: dict, n: int, letters: dict) -> list[str]:
+    cells, cols = data.get("cells", {}), list(COLUMNS)
+    head = ["algorithm"] + [COLUMNS[c]["label"] for c in cols]
+    rows = [["fp32"] + [cell_text(cells.get("fp32"), letters)] * len(cols)]
+    rows += [[row] + [cell_text(cells.get(cell_key(row, c, n)), letters) for c in cols] for row in ROWS]
+    gaps = [[row] + [report.fmt(gap(cells, row, c, n), ".0f") + (" %" if gap(cells, row, c, n) is not None else "")
+                     for c in cols] for row in ROWS if row != "RTN"]
+    return (["## Perplexity (lower is better)", ""] + report.table(head, rows)
+            + ["", "Gap closed versus RTN at the same setting, (RTN - alg) / (RTN - fp32):", ""]
+            + report.table(head, gaps) + [""])
+
+
+def bits_per_weight(data: dict, column: str):
+    size, weights = data.get("sizes", {}).get(column, {}), data.get("setup", {}).get("quantized_weights")
+    return size["packed_mb"] * 1e6 * 8 / weights if weights and "packed_mb" in size else None
+
+
+def size_table(data: dict, n: int, letters: dict) -> list[str]:
+    sizes, cells = data.get("sizes", {}), data.get("cells", {})
+    rows = []
+    for column in ["fp32", *ALL_COLUMNS]:
+        s = sizes.get(column)
+        if s is None:
+            continue
+        label = "fp32" if column == "fp32" else ALL_COLUMNS[column]["label"]
+        key = "fp32" if column == "fp32" else cell_key("RTN", column, n)
+        only = " (RTN only)" if column in RTN_ONLY_COLUMNS else ""
+        rows.append([label + only, report.fmt(bits_per_weight(data, column)), report.fmt(s.get("packed_mb")),
+                     report.fmt(s.get("ckpt_mb"), ".1f"), cell_text(cells.get(key), letters),
+                     report.fmt(s.get("quant_s"), ".1f"), letters.get(s.get("run"), "?")])
+    if not rows:
+        return []
+    return (["## RTN: size of every setting", "",
+             "Bits per weight: packed bytes of the quantized linears (codes, scales, zero points) x 8 / their "
+             "weights; the lm_head stays float. Checkpoint: the whole saved folder on disk.", ""]
+            + report.table(["setting", "bits / weight", "packed linears (MB)", "checkpoint on disk (MB)",
+                            "RTN perplexity", "quantize s", "sizes run"], rows) + [""])
+
+
+def timing_table(data: dict, letters: dict) -> list[str]:
+    timing = data.get("timing", {})
+    if not timing:
+        return []
+    rows = []
+    for row, t in timing.items():
+        rows.append([row, f"error: {t['error']}", "", "", "", "", "", letters.get(t.get("run"), "?")] if "error" in t else
+                    [row, t["n_samples"], f"{t['seconds']:.0f}", report.fmt(t.get("cpu_seconds"), ".0f"),
+                     f"{t['peak_rss_gb']:.2f}", t["threads"], f"{t['load_start']} / {t['load_end']}",
+                     letters.get(t.get("run"), "?")])
+    return ([f"## Quantize time and peak RSS at {COLUMNS[TIMING_COLUMN]['label']} on a CPU", "",
+             "One subprocess per algorithm (so peak RSS is its own); the machine is shared, so the load average "
+             "is given.", ""]
+            + report.table(["algorithm", "samples", "quantize wall s", "quantize CPU s (user+sys)", "peak RSS GB",
+                            "threads", "load avg start / end", "run"], rows) + [""])
+
+
+def targets(data: dict, peer: dict, n: int) -> list[str]:
+    """The issue's targets, checked on the figures present (a target without figures says so)."""
+    cells = data.get("cells", {})
+    out = ["## Targets", ""]
+    gptq_rows = [r for r in ROWS if r.startswith("GPTQ")]
+    for label, rows, col, goal in (("GPTQ (best row)", gptq_rows, "int4_g128_sym", 60),
+                                   ("GPTQ (best row)", gptq_rows, "int3_g128_asym", 65),
+                                   ("AWQ", ["AWQ"], "int4_g128_sym", 50)):
+        found = [(g, r) for r in rows if (g := gap(cells, r, col, n)) is not None]
+        b = max(found) if found else None
+        out.append(f"- {label} at {COLUMNS[col]['label']}: gap closed >= {goal} %: " +
+                   ("not measured" if b is None else
+                    f"{b[0]:.0f} % ({b[1]}) -> {'met' if b[0] >= goal else f'MISSED by {goal - b[0]:.0f} points'}"))
+    worse = [f"{r} {COLUMNS[c]['label']} ({ppl(cells, cell_key(r, c, n)):.2f} > RTN {ppl(cells, cell_key('RTN', c, n)):.2f})"
+             for r in ROWS if r != "RTN" for c in COLUMNS
+             if None not in (ppl(cells, cell_key(r, c, n)), ppl(cells, cell_key("RTN", c, n)))
+             and ppl(cells, cell_key(r, c, n)) > ppl(cells, cell_key("RTN", c, n))]
+    out.append("- No algorithm worse than RTN in any measured cell: " + ("met" if not worse else "MISSED: " + "; ".join(worse)))
+    out.append("- Ours at or below Neural Compressor on identical inputs (quality_peer.md): " + peer_comparison(cells, peer, n))
+    return out + [""]
+
+
+def peer_comparison(cells: dict, peer: dict, n: int) -> str:
+    comp = []
+    for key, res in peer.get("results", {}).items():
+        row, _, col = key.partition(":")
+        ours = ppl(cells, cell_key(row, col, n if row == "RTN" else res.get("n_samples", n)))
+        if "ppl" in res and ours is not None:
+            same = ppl(cells, cell_key("RTN fp32 scales", col, n)) if row == "RTN" else None
+            like = "" if same is None else f", ours with fp32 scales as NC {same:.3f} vs {res['ppl']:.3f}"
+            comp.append(f"{key} ours {ours:.2f} vs NC {res['ppl']:.2f} ({'ok' if ours <= res['ppl'] else 'WORSE'}{like})")
+    return "; ".join(comp) if comp else "no cell measured by both on identical inputs yet"
+
+
+def extra_sample_cells(data: dict, n: int, letters: dict) -> list[str]:
+    cells = data.get("cells", {})
+    extra = sorted(k for k in cells if k != "fp32" and not k.endswith(f":{n}"))
+    if not extra:
+        return []
+    return (["Our cells at the Neural Compressor table's sample counts (see quality_peer.md):", ""]
+            + report.table(["cell (row:column:samples)", "perplexity"], [[k, cell_text(cells[k], letters)] for k in extra])
+            + [""])
+
+
+def render_quality(data: dict, peer: dict | None = None, n: int = N_SAMPLES) -> list[str]:
+    """``peer``: Neural Compressor's stored cells for the comparison target (default: quality_peer.json)."""
+    peer = report.load(PEER) if peer is None else peer
+    letters = run_letters(data)
+    setup = data.get("setup", {})
+    lines = report.header(STORE, "Quality: perplexity of every algorithm and weight setting")
+    lines += [setup.get("text", ""), "", "![perplexity against bits per weight](quality.png)", ""]
+    lines += perplexity_table(data, n, letters) + extra_sample_cells(data, n, letters)
+    lines += size_table(data, n, letters) + timing_table(data, letters) + targets(data, peer, n)
+    lines += report.runs_section({"runs": {f"{letters[k]}) {k}": v for k, v in data.get("runs", {}).items()}},
+                                 "Runs (the letter beside each figure)")
+    return lines + report.notes_section(data)
+
+
+def write_quality() -> None:
+    report.write_markdown(STORE, render_quality(report.load(STORE)))
