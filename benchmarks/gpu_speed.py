@@ -52,6 +52,7 @@ ROWS = [1, 16, 64, 256]
 # (column, format, group size, kernel): the CUDA kernel in every format, Triton (the fallback) for int4
 OURS = [("cuda int4 g128", "int4", 128, CudaKernel), ("cuda nf4 g128", "nf4", 128, CudaKernel),
         ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel)]
+TRITON_UNTUNED = "triton int4 g128 (heuristic config, untuned)"
 DEV = "cuda"
 BF16, TINYGEMM = "bf16 cuBLAS", "tinygemm int4 g128"  # column names of the layer table in gpu_speed.json
 
@@ -134,7 +135,7 @@ def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> dict:
     return {"eager_us": eager, "graph_us": graph, "x_bf16": bf16_graph / graph}
 
 
-def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[dict]:
+def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=(), on_rows=None) -> list[dict]:
     """Rows of gpu_speed.json's ``layers``. ``peers``: (label, builder) pairs from gpu_peers.py; a str
     in place of the builder is the reason that peer cannot run, shown in each of its cells."""
     rows = []
@@ -187,6 +188,8 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[
                if key[2:4] == (k, n)}, flush=True)
         del bf16_w, ours, tg, peer_fns
         torch.cuda.empty_cache()
+        if on_rows:
+            on_rows(rows)  # saved shape by shape: a run cut short keeps what it measured
     return rows
 
 
@@ -239,6 +242,8 @@ def main() -> None:
                     "(the file then says it is stitched from several runs)")
     ap.add_argument("--run-id", help="name of this run in the file (default: date and commit)")
     ap.add_argument("--out-dir", help="folder for gpu_speed.json/.md (default: benchmarks/results)")
+    ap.add_argument("--triton-untuned", action="store_true",
+                    help="Triton column with its heuristic default config (tuning compiles for minutes)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_speed.py needs a CUDA GPU; none is visible to PyTorch")
@@ -257,14 +262,22 @@ def main() -> None:
                 data.setdefault("peers", {})[label] = f"unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
                 torch.cuda.synchronize()
                 peers.append((label, short_reason(exc)))
+    if args.triton_untuned:  # the Triton tuner's cache answers its first candidate; the CUDA tuner is separate
+        from quant_core.kernels import triton_tuning
+        triton_tuning.CACHE.choose = lambda key, candidates, run, tune: candidates[0]
+        OURS[3] = (OURS[3][0].replace("triton int4 g128", TRITON_UNTUNED),) + OURS[3][1:]
     if not args.skip_layers:
         shapes = [tuple(map(int, s.lower().split("x"))) for s in args.shapes] if args.shapes else \
             SHAPES[:2] + SHAPES[-1:] if args.quick else SHAPES
-        data["layers"] += layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, run_id, peers)
+        done = list(data["layers"])
+        data["layers"] += layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, run_id, peers,
+                                      on_rows=lambda rows: save({**data, "layers": done + rows}))
         data["launch"].append(launch_overhead(run_id))
         save(data)
     if not args.skip_decode:
-        data["decode"] += decode_section(run_id, args.decode_layers, peers=peers)
+        done = list(data["decode"])
+        data["decode"] += decode_section(run_id, args.decode_layers, peers=peers,
+                                         on_row=lambda rows: save({**data, "decode": done + rows}))
         save(data)
     if args.gptq:
         data["gptq"].append(gptq_section(run_id, args.decode_layers))

@@ -80,7 +80,7 @@ def swap_linears(model, build) -> None:
                 setattr(parent, name, PeerLinear(build(child.weight.data)))
 
 
-def decode_section(run: str, layers: int, batches=(1, 16), peers=()) -> list[dict]:
+def decode_section(run: str, layers: int, batches=(1, 16), peers=(), on_row=None) -> list[dict]:
     """Rows of gpu_speed.json's ``decode``: every linear quantized (lm_head included), RTN.
     ``peers``: (label, builder) pairs from gpu_peers.py, run through the same decoder."""
     base, out = {}, []
@@ -112,6 +112,8 @@ def decode_section(run: str, layers: int, batches=(1, 16), peers=()) -> list[dic
             row = {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:100]}"}
         print(f"decode {row}", flush=True)
         out.append(row)
+        if on_row:
+            on_row(out)  # saved row by row: a run cut short keeps what it measured
         model = None
         torch.cuda.empty_cache()
     return out
