@@ -180,6 +180,8 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=(), on_rows=
                          "int4_bw_pct_of_copy": 100 * bw / copy_tbs})
             print(f"{k}x{n} M={m}: " + "; ".join(f"{c}: {v.get('graph_us') or v.get('error')}" for c, v in cells.items()),
                   flush=True)
+            if on_rows:
+                on_rows(rows)  # saved row by row: a run cut short keeps what it measured
         from quant_core.kernels.cuda_kernel import CACHE as CUDA_CACHE
         from quant_core.kernels.triton_tuning import CACHE
         print("tuned:", {f"{key[0]} M<={key[1]} {key[4]}b{'cb' if key[6] else ''}": cfg.label()
@@ -188,8 +190,6 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=(), on_rows=
                if key[2:4] == (k, n)}, flush=True)
         del bf16_w, ours, tg, peer_fns
         torch.cuda.empty_cache()
-        if on_rows:
-            on_rows(rows)  # saved shape by shape: a run cut short keeps what it measured
     return rows
 
 
