@@ -1,0 +1,266 @@
+// out[M, N] = x[M, K] @ W[N, K]^T for a quantized W re-laid into tensor-core units (cuda_layout.py).
+//
+// A block computes 16*MT rows x BN columns over one split of K, BK rows of K per pipeline stage.
+// Per stage, cp.async brings the weight units, the activation tile and the group scales (and
+// zeros) into shared memory, STAGES-1 stages ahead of the math, so a block keeps tens of
+// kilobytes in flight (what saturating HBM takes). Warps split the stage WN ways along N (one
+// 64-column unit each) and WK ways along K; each dequantizes its units straight into B
+// fragments (cuda_dequant.cuh) and issues mma.sync m16n8k16 with fp32 accumulators. The WK
+// partial sums meet in shared memory; K splits meet in an fp32 workspace where the last block
+// to arrive writes the output and re-zeroes its tile, so no memset or cast kernel runs.
+#pragma once
+#include "cuda_dequant.cuh"
+
+namespace qmm {
+
+struct Args {            // mirrored by cuda_build.QmmArgs (ctypes): keep the order
+  const void* x;         // [M, K] activations, T
+  const uint8_t* qw;     // re-laid codes [K/16][N/64][unit]
+  const void* scales;    // [G, N] T, columns permuted within 64-column blocks
+  const void* zeros;     // [G, N] uint8 zero points (ZINT) or T minimums (ZMIN), same permutation
+  void* out;             // [M, N] T
+  float* ws;             // split-K sums [M, N] fp32: zero on entry, left zero
+  int* counters;         // split-K arrivals per output tile: zero on entry, left zero
+  int M, N, K;
+  int group;             // K rows per scale group (K itself for one group per column)
+  int group_shift;       // log2(group), used when group < BK
+  int k_split;           // K rows per split, a multiple of BK
+  int splits;
+  uint32_t lut[8];       // codebook byte tables (CB4)
+};
+
+template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES>
+struct Tile {
+  static constexpr int BITS = FMT == INT8 ? 8 : 4;
+  static constexpr int UNIT = 128 * BITS;  // bytes of one 16 x 64 unit; 4 * BITS per lane
+  static constexpr int THREADS = WARPS * 32;
+  static constexpr int WN = BN / 64, WK = WARPS / WN, ROWS = BK / 16, RPW = ROWS / WK;
+  static constexpr int MROWS = 16 * MT;
+  static constexpr int A_STRIDE = BK + 8;  // +16 bytes a row: ldmatrix's 8 row reads hit distinct banks
+  static constexpr int B_BYTES = ROWS * WN * UNIT;
+  static constexpr int A_BYTES = MROWS * A_STRIDE * 2;
+  static constexpr int Z_ELEM = ZM == ZINT ? 1 : ZM == ZMIN ? 2 : 0;
+  static constexpr int RED_STRIDE = BN + 4;
+  static_assert(BN % 64 == 0 && WARPS % WN == 0 && ROWS % WK == 0 && RPW >= 1, "warps must tile the stage");
+
+  __host__ __device__ static int stage_groups(int group) { return group < BK ? BK / group : 1; }
+  __host__ __device__ static int stage_bytes(int group) {
+    const int sg = stage_groups(group);
+    return B_BYTES + A_BYTES + sg * BN * 2 + (sg * BN * Z_ELEM + 15) / 16 * 16;
+  }
+  __host__ static int smem_bytes(int group) {
+    const int pipe = STAGES * stage_bytes(group), red = MROWS * RED_STRIDE * 4;
+    return pipe > red ? pipe : red;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float a, float b) {
+  if constexpr (Pair<T>::MAGIC == 0x64646464u) {
+    return to_bits(__floats2half2_rn(a, b));
+  } else {
+    return to_bits(__floats2bfloat162_rn(a, b));
+  }
+}
+
+// One unit's B fragments for this lane: codes from shared memory, group values from their rows.
+template <typename T, int FMT, int ZM>
+__device__ __forceinline__ void unit_fragments(const uint8_t* unit, const T* srow, const uint8_t* zrow,
+                                               const Args& a, int lane, uint32_t b[8][2]) {
+  const int col = (lane >> 2) * 8;  // this lane's 8 columns (one per subtile) are contiguous
+  const uint4 sv = *reinterpret_cast<const uint4*>(srow + col);
+  const uint32_t sc[4] = {sv.x, sv.y, sv.z, sv.w};
+  uint32_t zr[2] = {0u, 0u}, mn[4] = {0u, 0u, 0u, 0u};
+  if constexpr (ZM == ZINT) {
+    const uint2 zv = *reinterpret_cast<const uint2*>(zrow + col);
+    zr[0] = zv.x;
+    zr[1] = zv.y;
+  } else if constexpr (ZM == ZMIN) {
+    const uint4 mv = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(zrow) + col);
+    mn[0] = mv.x, mn[1] = mv.y, mn[2] = mv.z, mn[3] = mv.w;
+  }
+  const uint4 q0 = *reinterpret_cast<const uint4*>(unit + lane * 16);
+  if constexpr (FMT == INT8) {
+    const uint4 q1 = *reinterpret_cast<const uint4*>(unit + 512 + lane * 16);
+    const uint32_t q[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+    dequant_int8<T, ZM>(q, sc, zr, mn, b);
+  } else if constexpr (FMT == CB4) {
+    const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
+    dequant_cb4<T>(q, sc, a.lut, b);
+  } else {
+    const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
+    dequant_int4<T, ZM>(q, sc, zr, mn, b);
+  }
+}
+
+template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
+  using C = Tile<T, FMT, ZM, MT, BN, BK, WARPS, STAGES>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ int last_arrival;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % C::WN, wk = warp / C::WN;
+  const int m0 = blockIdx.x * C::MROWS, n0 = blockIdx.y * BN;  // m fastest: row blocks share weight tiles in L2
+  const int rows = min(C::MROWS, a.M - m0);
+  const int k_begin = blockIdx.z * a.k_split;
+  const int iters = max(0, min(a.K - k_begin, a.k_split)) / BK;
+  const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
+  const bool one_group = a.group >= BK;
+  const size_t wrow = static_cast<size_t>(a.N) * 2 * C::BITS;  // bytes of one 16-row band of units
+  const uint64_t policy = evict_first_policy();
+
+  // Rows past M are never loaded; ldmatrix reads them as the tile's padding, so zero them once.
+  for (int st = 0; st < STAGES; ++st) {
+    uint4* pad = reinterpret_cast<uint4*>(smem + st * stage_bytes + C::B_BYTES + rows * C::A_STRIDE * 2);
+    for (int i = tid; i < (C::MROWS - rows) * C::A_STRIDE / 8; i += C::THREADS) pad[i] = make_uint4(0, 0, 0, 0);
+  }
+
+  auto load = [&](int slot, int k0) {
+    uint8_t* base = smem + slot * stage_bytes;
+    constexpr int RC = BN * C::BITS / 8;  // 16-byte chunks of one k16 band in this block's columns
+    const uint8_t* wsrc = a.qw + static_cast<size_t>(k0 / 16) * wrow + static_cast<size_t>(n0) * 2 * C::BITS;
+#pragma unroll 4
+    for (int c = tid; c < C::ROWS * RC; c += C::THREADS)
+      cp_async16_stream(base + c * 16, wsrc + (c / RC) * wrow + (c % RC) * 16, policy);
+    T* as = reinterpret_cast<T*>(base + C::B_BYTES);
+    const T* xs = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0) * a.K + k0;
+    constexpr int AC = BK / 8;
+    for (int c = tid; c < rows * AC; c += C::THREADS)
+      cp_async16(as + (c / AC) * C::A_STRIDE + (c % AC) * 8, xs + static_cast<size_t>(c / AC) * a.K + (c % AC) * 8);
+    const int g0 = one_group ? k0 / a.group : k0 >> a.group_shift;
+    T* ss = reinterpret_cast<T*>(base + C::B_BYTES + C::A_BYTES);
+    constexpr int SC = BN / 8;
+    for (int c = tid; c < sg * SC; c += C::THREADS)
+      cp_async16(ss + (c / SC) * BN + (c % SC) * 8,
+                 reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g0 + c / SC) * a.N + n0 + (c % SC) * 8);
+    if constexpr (ZM != ZNONE) {
+      uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN);
+      constexpr int ZC = BN * C::Z_ELEM / 16, ZB = BN * C::Z_ELEM;
+      const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(a.zeros) + static_cast<size_t>(g0) * a.N * C::Z_ELEM +
+                            static_cast<size_t>(n0) * C::Z_ELEM;
+      for (int c = tid; c < sg * ZC; c += C::THREADS)
+        cp_async16(zs + (c / ZC) * ZB + (c % ZC) * 16, zsrc + static_cast<size_t>(c / ZC) * a.N * C::Z_ELEM + (c % ZC) * 16);
+    }
+  };
+
+  float acc[MT][8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][s][i] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < iters) load(s, k_begin + s * BK);
+    cp_async_commit();
+  }
+  for (int it = 0; it < iters; ++it) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage `it` landed for every thread; slot (it - 1) % STAGES is free again
+    const int next = it + STAGES - 1;
+    if (next < iters) load(next % STAGES, k_begin + next * BK);
+    cp_async_commit();
+    const uint8_t* base = smem + (it % STAGES) * stage_bytes;
+    const T* as = reinterpret_cast<const T*>(base + C::B_BYTES);
+    const T* ss = reinterpret_cast<const T*>(base + C::B_BYTES + C::A_BYTES);
+    const uint8_t* zs = reinterpret_cast<const uint8_t*>(ss + sg * BN);
+#pragma unroll
+    for (int i = 0; i < C::RPW; ++i) {
+      const int r = wk * C::RPW + i;
+      uint32_t af[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldmatrix_x4(af[mt], as + (mt * 16 + (lane & 15)) * C::A_STRIDE + r * 16 + (lane >> 4) * 8);
+      const int gr = one_group ? 0 : (r * 16) >> a.group_shift;
+      uint32_t b[8][2];
+      unit_fragments<T, FMT, ZM>(base + (r * C::WN + wn) * C::UNIT, ss + gr * BN + wn * 64,
+                                 zs + (gr * BN + wn * 64) * C::Z_ELEM, a, lane, b);
+#pragma unroll
+      for (int s = 0; s < 8; ++s)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) mma16816<T>(acc[mt][s], af[mt], b[s]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the pipeline's shared memory becomes the reduction buffer
+
+  // K-warps meet in shared memory, one after another (fp32 [MROWS][BN + 4]).
+  float* red = reinterpret_cast<float*>(smem);
+  const int g = lane >> 2, t = lane & 3;
+  for (int w = 0; w < C::WK; ++w) {
+    if (wk == w) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int s = 0; s < 8; ++s) {
+          float2* p0 = reinterpret_cast<float2*>(red + (mt * 16 + g) * C::RED_STRIDE + wn * 64 + 8 * s + 2 * t);
+          float2* p1 = p0 + 4 * C::RED_STRIDE;  // row g + 8 (float2 pointer: 8 rows = 4 * stride float2s)
+          float2 v0 = make_float2(acc[mt][s][0], acc[mt][s][1]), v1 = make_float2(acc[mt][s][2], acc[mt][s][3]);
+          if (w > 0) {
+            v0.x += p0->x, v0.y += p0->y, v1.x += p1->x, v1.y += p1->y;
+          }
+          *p0 = v0;
+          *p1 = v1;
+        }
+    }
+    __syncthreads();
+  }
+
+  constexpr int HALF = BN / 2;
+  for (int i = tid; i < rows * HALF; i += C::THREADS) {
+    const int m = i / HALF, c = (i % HALF) * 2;
+    const float2 v = *reinterpret_cast<const float2*>(red + m * C::RED_STRIDE + c);
+    const size_t o = static_cast<size_t>(m0 + m) * a.N + n0 + c;
+    if (a.splits == 1) {
+      *reinterpret_cast<uint32_t*>(reinterpret_cast<T*>(a.out) + o) = pack2<T>(v.x, v.y);
+    } else {
+      red_add(a.ws + o, v.x);
+      red_add(a.ws + o + 1, v.y);
+    }
+  }
+  if (a.splits == 1) return;
+  __threadfence();  // this block's sums are visible in L2 before it counts itself in
+  __syncthreads();
+  int* counter = a.counters + blockIdx.x * gridDim.y + blockIdx.y;
+  if (tid == 0) last_arrival = atomicAdd(counter, 1) == a.splits - 1;
+  __syncthreads();
+  if (!last_arrival) return;
+  for (int i = tid; i < rows * HALF; i += C::THREADS) {
+    const int m = i / HALF, c = (i % HALF) * 2;
+    const size_t o = static_cast<size_t>(m0 + m) * a.N + n0 + c;
+    const float2 v = __ldcg(reinterpret_cast<const float2*>(a.ws + o));
+    *reinterpret_cast<uint32_t*>(reinterpret_cast<T*>(a.out) + o) = pack2<T>(v.x, v.y);
+    __stcg(reinterpret_cast<float2*>(a.ws + o), make_float2(0.f, 0.f));
+  }
+  if (tid == 0) *counter = 0;
+}
+
+// The whole weight as T [N, K] (one warp per unit): for many rows, where cuBLAS on the
+// dequantized weight beats the fused kernel, and for checking the layout on the device.
+template <typename T, int FMT, int ZM>
+__global__ void dequant_kernel(const Args a, T* w) {
+  constexpr int BITS = FMT == INT8 ? 8 : 4, UNIT = 128 * BITS;
+  const int lane = threadIdx.x & 31;
+  const int unit = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int units_n = a.N / 64;
+  if (unit >= (a.K / 16) * units_n) return;
+  const int band = unit / units_n, ub = unit % units_n;
+  const int grp = band * 16 / a.group;
+  const T* srow = reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(grp) * a.N + ub * 64;
+  const int ze = ZM == ZINT ? 1 : 2;
+  const uint8_t* zrow = reinterpret_cast<const uint8_t*>(a.zeros) + (static_cast<size_t>(grp) * a.N + ub * 64) * ze;
+  uint32_t b[8][2];
+  unit_fragments<T, FMT, ZM>(a.qw + static_cast<size_t>(unit) * UNIT, srow, zrow, a, lane, b);
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int s = 0; s < 8; ++s)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const size_t n = static_cast<size_t>(ub) * 64 + 8 * s + g, k = band * 16 + 2 * t + 8 * r;
+      *reinterpret_cast<uint32_t*>(w + n * a.K + k) = b[s][r];
+    }
+}
+
+}  // namespace qmm
