@@ -107,7 +107,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
   const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
   const bool one_group = a.group >= BK;
   const size_t wrow = static_cast<size_t>(a.N) * 2 * C::BITS;  // bytes of one 16-row band of units
-  const uint64_t policy = evict_first_policy();
 
   // Rows past M are never loaded; ldmatrix reads them as the tile's padding, so zero them once.
   for (int st = 0; st < STAGES; ++st) {
@@ -121,7 +120,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
     const uint8_t* wsrc = a.qw + static_cast<size_t>(k0 / 16) * wrow + static_cast<size_t>(n0) * 2 * C::BITS;
 #pragma unroll 4
     for (int c = tid; c < C::ROWS * RC; c += C::THREADS)
-      cp_async16_stream(base + c * 16, wsrc + (c / RC) * wrow + (c % RC) * 16, policy);
+      cp_async16(base + c * 16, wsrc + (c / RC) * wrow + (c % RC) * 16);
     T* as = reinterpret_cast<T*>(base + C::B_BYTES);
     const T* xs = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0) * a.K + k0;
     constexpr int AC = BK / 8;
