@@ -32,15 +32,18 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
+from quant_core.kernels.cuda_kernel import CudaKernel  # noqa: E402
 from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_peers import PEERS, probe, short_reason  # noqa: E402 - same folder; imports only torch
 
-SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024), (4096, 128256)]  # (K in, N out)
-ROWS = [1, 4, 16, 64, 256]
-OURS = [("int4 g128", "int4", 128, True), ("nf4 g128", "nf4", 128, True), ("int8 per-ch", "int8", -1, True)]
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]  # (K in, N out)
+ROWS = [1, 16, 64, 256]
+# (column, format, group size, kernel): the CUDA kernel in every format, Triton (the fallback) for int4
+OURS = [("cuda int4 g128", "int4", 128, CudaKernel), ("cuda nf4 g128", "nf4", 128, CudaKernel),
+        ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel)]
 DEV = "cuda"
 LINES: list[str] = []
 
@@ -132,7 +135,8 @@ def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> str:
 def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
     """``peers``: (label, builder) pairs from gpu_peers.py; a str in place of the builder is the
     reason that peer cannot run, shown in each of its cells."""
-    say("\n## Layer GEMM, bf16 activations (µs per call: eager / CUDA-graph replay; ×: bf16 time / this time, graph)\n")
+    say("\n## Layer GEMM, bf16 activations (µs per call: eager / CUDA-graph replay; ×: bf16 time / this time, "
+        "graph; bf16 time = the faster of its eager and graph times)\n")
     say("| K×N | M | bf16 cuBLAS | tinygemm int4 g128 | " + " | ".join(f"ours {o[0]}" for o in OURS)
         + " | ours int4 eff. BW (graph) |" + "".join(f" {p[0]} |" for p in peers))
     say("|---|---|---|---|" + "---|" * len(OURS) + "---|" + "---|" * len(peers))
@@ -143,11 +147,11 @@ def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
         if tg:
             tg = [tg[0]] + [tinygemm_op(k, n)[0] for _ in range(copies_for(tg[1]) - 1)]
         ours = []
-        for label, fmt, gs, _ in OURS:
+        for label, fmt, gs, kernel_class in OURS:
             p0 = random_packed(fmt, k, n, gs)
             spec = LayerSpec.of(p0, "bf16", "cuda")
-            kernels = [TritonKernel(p0, spec)]
-            kernels += [TritonKernel(random_packed(fmt, k, n, gs), spec) for _ in range(copies_for(p0.nbytes()) - 1)]
+            kernels = [kernel_class(p0, spec)]
+            kernels += [kernel_class(random_packed(fmt, k, n, gs), spec) for _ in range(copies_for(p0.nbytes()) - 1)]
             ours.append((kernels, p0.nbytes()))
         peer_fns = []  # per peer: forward callables over weight copies, or the reason it cannot run
         for label, build in peers:
@@ -164,7 +168,7 @@ def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
                     ([("tg", [lambda f=f: f(x) for f in tg])] if tg else []) + \
                     [(lbl[0], [lambda kk=kk: kk.forward(x) for kk in ks]) for lbl, (ks, _) in zip(OURS, ours)]:
                 eager, graph = timed(calls, False), timed(calls, True)
-                base = graph if base is None else base
+                base = min(eager, graph) if base is None else base  # bf16: whichever mode is faster
                 bf16_eager = eager if bf16_eager is None else bf16_eager
                 cells.append(f"{eager:.1f} / {graph:.1f} ({base / graph:.2f}×)")
                 if name == OURS[0][0]:
@@ -176,16 +180,19 @@ def layer_table(shapes, rows_list, copy_tbs: float, peers=()) -> None:
                           for fs in peer_fns]
             say(f"| {k}×{n} | {m} | " + " | ".join(cells) + f" | {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) |"
                 + "".join(f" {c} |" for c in peer_cells))
+        from quant_core.kernels.cuda_kernel import CACHE as CUDA_CACHE
         from quant_core.kernels.triton_tuning import CACHE
         print("tuned:", {f"{key[0]} M<={key[1]} {key[4]}b{'cb' if key[6] else ''}": cfg.label()
-                         for key, cfg in CACHE.best.items() if key[2:4] == (k, n)}, flush=True)
+                         for key, cfg in CACHE.best.items() if key[2:4] == (k, n)},
+              {f"M<={key[1]} {key[4]} {key[5]}": cfg.label() for key, cfg in CUDA_CACHE.best.items()
+               if key[2:4] == (k, n)}, flush=True)
         del bf16_w, ours, tg, peer_fns
         torch.cuda.empty_cache()
 
 
 def launch_overhead() -> None:
     p = random_packed("int4", 4096, 4096, 128)
-    kern = TritonKernel(p, LayerSpec.of(p, "bf16", "cuda"))
+    kern = CudaKernel(p, LayerSpec.of(p, "bf16", "cuda"))
     x = torch.randn(1, 4096, device=DEV, dtype=torch.bfloat16)
     kern.forward(x)
     torch.cuda.synchronize()
@@ -195,7 +202,7 @@ def launch_overhead() -> None:
     host = (time.perf_counter() - t0) / 200 * 1e6
     torch.cuda.synchronize()
     eager, graph = timed([lambda: kern.forward(x)] * 20, False), timed([lambda: kern.forward(x)] * 20, True)
-    say(f"\nLaunch overhead of our Python path (int4 g128, 4096×4096, M=1): host time per call {host:.1f} µs; "
+    say(f"\nLaunch overhead of our Python path (CUDA kernel, int4 g128, 4096×4096, M=1): host time per call {host:.1f} µs; "
         f"eager {eager:.1f} µs vs graph {graph:.1f} µs per call (one weight copy, L2-resident).")
 
 

@@ -112,7 +112,9 @@ def check_case(label, fmt, group, zero_mode, act_order, dtype_name, k, n) -> Non
         if err > worst:
             worst, worst_cfg = err, f"M={m} forward"
     tol = TOL[dtype_name]
-    bad = worst > tol or dq > tol or repeat > 1e-5
+    # split-K sums arrive through atomics in any order: a repeat may differ by rounding (~1e-4);
+    # a workspace not reset to zero would differ by ~100 %
+    bad = worst > tol or dq > tol or repeat > 1e-2
     if bad:
         FAILS.append(name)
     print(f"{'FAIL' if bad else 'ok  '} {name}: worst rel err {worst:.2e} ({worst_cfg}); dequant max err {dq:.2e}; "

@@ -34,11 +34,13 @@ def synthetic_llama(layers: int, device="cuda", **overrides):
     return model.eval()
 
 
-def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> tuple[float, str]:
+def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> tuple[float, str, float]:
     """Greedy decode through the product's own ``StaticDecoder`` (static cache; on CUDA each step
-    is one CUDA-graph replay, captured at the first step), timed after a few warm-up steps."""
+    is one CUDA-graph replay, captured at the first step), timed after a few warm-up steps.
+    Also returns the seconds the prefill and warm-up took: first use, kernel tuning included."""
     from quant_core.decode import StaticDecoder
 
+    t_start = time.perf_counter()
     dec = StaticDecoder(model, batch, prompt + steps + 1)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=model.device)
     token = dec.prefill(ids).argmax(-1)
@@ -46,11 +48,12 @@ def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> t
         token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
+    warm_s = t0 - t_start
     n = steps - 8
     for _ in range(n):
         token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
-    return batch * n / (time.perf_counter() - t0), "graph" if dec.graphed else "eager"
+    return batch * n / (time.perf_counter() - t0), "graph" if dec.graphed else "eager", warm_s
 
 
 DECODE_FORMATS = [("bf16", None), ("int4 g128", dict(weight_dtype="int4", group_size=128)),
@@ -96,11 +99,14 @@ def decode_section(say, layers: int, batches=(1, 16), peers=()) -> None:
             torch.cuda.empty_cache()
             cells, ratios = [], []
             for b in batches:
-                tps, mode = tokens_per_second(model, b)
+                tps, mode, warm_s = tokens_per_second(model, b)
                 base.setdefault(b, tps)
-                cells.append(f"{tps:.1f} ({mode})")
+                cells.append(f"{tps:.1f} ({mode}; first use {warm_s:.0f} s)")
                 ratios.append(f"{tps / base[b]:.2f}×")
-            say(f"| {label} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
+            kernels = sorted({m.kernel.name for m in model.modules() if getattr(m, "kernel", None) is not None
+                              and hasattr(m.kernel, "name")})
+            say(f"| {label}{' (' + ', '.join(kernels) + ')' if kernels else ''} | " + " | ".join(cells) + " | "
+                + " / ".join(ratios) + " |")
         except Exception as exc:  # noqa: BLE001 - a peer that cannot decode is a table entry
             if not build:
                 raise

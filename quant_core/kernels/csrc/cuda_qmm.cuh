@@ -41,6 +41,7 @@ struct Tile {
   static constexpr int A_BYTES = MROWS * A_STRIDE * 2;
   static constexpr int Z_ELEM = ZM == ZINT ? 1 : ZM == ZMIN ? 2 : 0;
   static constexpr int RED_STRIDE = BN + 4;
+  static constexpr int BK_ = BK, BN_ = BN;
   static_assert(BN % 64 == 0 && WARPS % WN == 0 && ROWS % WK == 0 && RPW >= 1, "warps must tile the stage");
 
   __host__ __device__ static int stage_groups(int group) { return group < BK ? BK / group : 1; }
@@ -63,39 +64,45 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
   }
 }
 
-// One unit's B fragments for this lane: codes from shared memory, group values from their rows.
+// One unit's B fragments for this lane: codes from `unit` (shared or global memory).
 template <typename T, int FMT, int ZM>
-__device__ __forceinline__ void unit_fragments(const uint8_t* unit, const T* srow, const uint8_t* zrow,
-                                               const Args& a, int lane, uint32_t b[8][2]) {
-  const int col = (lane >> 2) * 8;  // this lane's 8 columns (one per subtile) are contiguous
-  const uint4 sv = *reinterpret_cast<const uint4*>(srow + col);
-  const uint32_t sc[4] = {sv.x, sv.y, sv.z, sv.w};
-  uint32_t zr[2] = {0u, 0u}, mn[4] = {0u, 0u, 0u, 0u};
-  if constexpr (ZM == ZINT) {
-    const uint2 zv = *reinterpret_cast<const uint2*>(zrow + col);
-    zr[0] = zv.x;
-    zr[1] = zv.y;
-  } else if constexpr (ZM == ZMIN) {
-    const uint4 mv = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(zrow) + col);
-    mn[0] = mv.x, mn[1] = mv.y, mn[2] = mv.z, mn[3] = mv.w;
-  }
+__device__ __forceinline__ void unit_fragments(const uint8_t* unit, const GroupRegs<T, FMT, ZM>& gp, const Args& a,
+                                               int lane, uint32_t b[8][2]) {
   const uint4 q0 = *reinterpret_cast<const uint4*>(unit + lane * 16);
   if constexpr (FMT == INT8) {
     const uint4 q1 = *reinterpret_cast<const uint4*>(unit + 512 + lane * 16);
     const uint32_t q[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-    dequant_int8<T, ZM>(q, sc, zr, mn, b);
+    dequant_int8<T, ZM>(q, gp, b);
   } else if constexpr (FMT == CB4) {
     const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
-    dequant_cb4<T>(q, sc, a.lut, b);
+    dequant_cb4<T>(q, gp, a.lut, b);
   } else {
     const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
-    dequant_int4<T, ZM>(q, sc, zr, mn, b);
+    dequant_int4<T, ZM>(q, gp, b);
   }
 }
+
+// Which 16-byte chunks of a stage this thread copies, fixed for the whole K loop: pointers are
+// made once and advanced by constant strides (address arithmetic was half the loop's instructions).
+template <typename C, typename T>
+struct LoadPlan {
+  static constexpr int RC = C::WN * C::UNIT / 16;  // weight chunks of one k16 band in the block's columns
+  static constexpr int B_PER = C::ROWS * RC / C::THREADS, B_ROWS = C::THREADS / RC;
+  static constexpr int AC = C::BK_ / 8, A_PER = (C::MROWS * AC + C::THREADS - 1) / C::THREADS, A_ROWS = C::THREADS / AC;
+  static_assert(C::THREADS % RC == 0 && (C::ROWS * RC) % C::THREADS == 0, "weight chunks must split evenly");
+  static_assert(C::THREADS % AC == 0, "activation chunks must split evenly");
+  static_assert((C::BK_ / 16) * (C::BN_ / 8) <= C::THREADS, "one thread per scale chunk, even for groups of 16");
+  const uint8_t* b_src;  // this thread's first weight chunk of the current stage
+  size_t b_band;         // bytes between the k16 bands of consecutive chunk rounds
+  const T* a_src;        // first activation chunk of the current stage
+  int a_row;             // its row in the block
+  int s_row, s_col;      // the scale (and zero) chunk this thread copies, if s_row < groups per stage
+};
 
 template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES>
 __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
   using C = Tile<T, FMT, ZM, MT, BN, BK, WARPS, STAGES>;
+  using P = LoadPlan<C, T>;
   extern __shared__ __align__(16) uint8_t smem[];
   __shared__ int last_arrival;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -105,8 +112,17 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
   const int k_begin = blockIdx.z * a.k_split;
   const int iters = max(0, min(a.K - k_begin, a.k_split)) / BK;
   const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
-  const bool one_group = a.group >= BK;
+  const bool one_group = a.group >= BK, per_channel = a.group >= a.K;
   const size_t wrow = static_cast<size_t>(a.N) * 2 * C::BITS;  // bytes of one 16-row band of units
+
+  P plan;
+  plan.b_src = a.qw + static_cast<size_t>(k_begin / 16 + tid / P::RC) * wrow + static_cast<size_t>(n0) * 2 * C::BITS +
+               (tid % P::RC) * 16;
+  plan.b_band = P::B_ROWS * wrow;
+  plan.a_row = tid / P::AC;
+  plan.a_src = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0 + plan.a_row) * a.K + k_begin + (tid % P::AC) * 8;
+  plan.s_row = tid / (BN / 8);
+  plan.s_col = (tid % (BN / 8)) * 8;
 
   // Rows past M are never loaded; ldmatrix reads them as the tile's padding, so zero them once.
   for (int st = 0; st < STAGES; ++st) {
@@ -114,31 +130,31 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
     for (int i = tid; i < (C::MROWS - rows) * C::A_STRIDE / 8; i += C::THREADS) pad[i] = make_uint4(0, 0, 0, 0);
   }
 
-  auto load = [&](int slot, int k0) {
+  auto load = [&](int slot, int it) {
     uint8_t* base = smem + slot * stage_bytes;
-    constexpr int RC = BN * C::BITS / 8;  // 16-byte chunks of one k16 band in this block's columns
-    const uint8_t* wsrc = a.qw + static_cast<size_t>(k0 / 16) * wrow + static_cast<size_t>(n0) * 2 * C::BITS;
-#pragma unroll 4
-    for (int c = tid; c < C::ROWS * RC; c += C::THREADS)
-      cp_async16(base + c * 16, wsrc + (c / RC) * wrow + (c % RC) * 16);
+    const uint8_t* wsrc = plan.b_src + static_cast<size_t>(it) * C::ROWS * wrow;
+#pragma unroll
+    for (int i = 0; i < P::B_PER; ++i) cp_async16(base + (tid + i * C::THREADS) * 16, wsrc + i * plan.b_band);
     T* as = reinterpret_cast<T*>(base + C::B_BYTES);
-    const T* xs = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0) * a.K + k0;
-    constexpr int AC = BK / 8;
-    for (int c = tid; c < rows * AC; c += C::THREADS)
-      cp_async16(as + (c / AC) * C::A_STRIDE + (c % AC) * 8, xs + static_cast<size_t>(c / AC) * a.K + (c % AC) * 8);
-    const int g0 = one_group ? k0 / a.group : k0 >> a.group_shift;
-    T* ss = reinterpret_cast<T*>(base + C::B_BYTES + C::A_BYTES);
-    constexpr int SC = BN / 8;
-    for (int c = tid; c < sg * SC; c += C::THREADS)
-      cp_async16(ss + (c / SC) * BN + (c % SC) * 8,
-                 reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g0 + c / SC) * a.N + n0 + (c % SC) * 8);
-    if constexpr (ZM != ZNONE) {
-      uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN);
-      constexpr int ZC = BN * C::Z_ELEM / 16, ZB = BN * C::Z_ELEM;
-      const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(a.zeros) + static_cast<size_t>(g0) * a.N * C::Z_ELEM +
-                            static_cast<size_t>(n0) * C::Z_ELEM;
-      for (int c = tid; c < sg * ZC; c += C::THREADS)
-        cp_async16(zs + (c / ZC) * ZB + (c % ZC) * 16, zsrc + static_cast<size_t>(c / ZC) * a.N * C::Z_ELEM + (c % ZC) * 16);
+#pragma unroll
+    for (int i = 0; i < P::A_PER; ++i) {
+      const int row = plan.a_row + i * P::A_ROWS;
+      if (row < rows)
+        cp_async16(as + row * C::A_STRIDE + (tid % P::AC) * 8, plan.a_src + static_cast<size_t>(i) * P::A_ROWS * a.K + it * BK);
+    }
+    if (plan.s_row < sg) {
+      const int k0 = k_begin + it * BK;
+      const int g = (per_channel ? 0 : k0 >> a.group_shift) + plan.s_row;
+      T* ss = reinterpret_cast<T*>(base + C::B_BYTES + C::A_BYTES);
+      cp_async16(ss + plan.s_row * BN + plan.s_col, reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g) * a.N + n0 + plan.s_col);
+      if constexpr (ZM != ZNONE) {
+        constexpr int ZB = BN * C::Z_ELEM;  // bytes of one group row of zeros in the block
+        uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN) + plan.s_row * ZB;
+        const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(a.zeros) + (static_cast<size_t>(g) * a.N + n0) * C::Z_ELEM;
+        // minimums: one chunk beside each scale chunk; uint8 zero points: BN bytes, every other copier
+        if (C::Z_ELEM == 2 || plan.s_col % 16 == 0)
+          cp_async16(zs + plan.s_col * C::Z_ELEM, zsrc + plan.s_col * C::Z_ELEM);
+      }
     }
   };
 
@@ -152,14 +168,15 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < iters) load(s, k_begin + s * BK);
+    if (s < iters) load(s, s);
     cp_async_commit();
   }
+  GroupRegs<T, FMT, ZM> gp;
   for (int it = 0; it < iters; ++it) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage `it` landed for every thread; slot (it - 1) % STAGES is free again
     const int next = it + STAGES - 1;
-    if (next < iters) load(next % STAGES, k_begin + next * BK);
+    if (next < iters) load(next % STAGES, next);
     cp_async_commit();
     const uint8_t* base = smem + (it % STAGES) * stage_bytes;
     const T* as = reinterpret_cast<const T*>(base + C::B_BYTES);
@@ -168,14 +185,17 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
 #pragma unroll
     for (int i = 0; i < C::RPW; ++i) {
       const int r = wk * C::RPW + i;
+      // a stage inside one group reads its group row once; smaller groups change every few rows
+      if (i == 0 || (!one_group && ((r * 16) & (a.group - 1)) == 0)) {
+        const int gr = one_group ? 0 : (r * 16) >> a.group_shift;
+        gp.load(ss + gr * BN + wn * 64, zs + (gr * BN + wn * 64) * C::Z_ELEM, lane);
+      }
       uint32_t af[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
         ldmatrix_x4(af[mt], as + (mt * 16 + (lane & 15)) * C::A_STRIDE + r * 16 + (lane >> 4) * 8);
-      const int gr = one_group ? 0 : (r * 16) >> a.group_shift;
       uint32_t b[8][2];
-      unit_fragments<T, FMT, ZM>(base + (r * C::WN + wn) * C::UNIT, ss + gr * BN + wn * 64,
-                                 zs + (gr * BN + wn * 64) * C::Z_ELEM, a, lane, b);
+      unit_fragments<T, FMT, ZM>(base + (r * C::WN + wn) * C::UNIT, gp, a, lane, b);
 #pragma unroll
       for (int s = 0; s < 8; ++s)
 #pragma unroll
@@ -250,8 +270,10 @@ __global__ void dequant_kernel(const Args a, T* w) {
   const T* srow = reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(grp) * a.N + ub * 64;
   const int ze = ZM == ZINT ? 1 : 2;
   const uint8_t* zrow = reinterpret_cast<const uint8_t*>(a.zeros) + (static_cast<size_t>(grp) * a.N + ub * 64) * ze;
+  GroupRegs<T, FMT, ZM> gp;
+  gp.load(srow, zrow, lane);
   uint32_t b[8][2];
-  unit_fragments<T, FMT, ZM>(a.qw + static_cast<size_t>(unit) * UNIT, srow, zrow, a, lane, b);
+  unit_fragments<T, FMT, ZM>(a.qw + static_cast<size_t>(unit) * UNIT, gp, a, lane, b);
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int s = 0; s < 8; ++s)
