@@ -151,8 +151,8 @@ def speed(shapes, rows_list, copy_tbs, with_triton: bool) -> None:
 
 
 def sweep(cks, k, n, nbytes) -> None:
-    """Every candidate's graph time at M = 1 and 16 (weights rotated), to see what the tiles do."""
-    for m in (1, 16):
+    """Every candidate's graph time at M = 1, 16 and 64 (weights rotated), to see what the tiles do."""
+    for m in (1, 16, 64):
         x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
         cells = []
         for cfg in candidates(m, n, k, 128):
@@ -164,6 +164,19 @@ def sweep(cks, k, n, nbytes) -> None:
         print(f"  sweep {k}x{n} M={m} (µs): " + "; ".join(cells), flush=True)
 
 
+def profile_target(spec: str) -> None:
+    """``KxN,M,TILE,SPLITS``: 20 launches of one int4 g128 bf16 config, for ncu (no tuning, no checks)."""
+    shape, m, tile, splits = spec.split(",")
+    k, n = map(int, shape.split("x"))
+    from quant_core.kernels.cuda_kernel import CudaConfig
+    ps = [random_packed("int4", k, n, 128) for _ in range(copies_for(k * n // 2))]
+    kerns = [CudaKernel(p, LayerSpec.of(p, "bf16", "cuda")) for p in ps]
+    x = torch.randn(int(m), k, device=DEV, dtype=torch.bfloat16)
+    for i in range(20):
+        kerns[i % len(kerns)]._launch(x, CudaConfig(int(tile), int(splits)))
+    torch.cuda.synchronize()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-timing", action="store_true")
@@ -172,7 +185,10 @@ def main() -> None:
     ap.add_argument("--triton", action="store_true", help="also time our Triton kernel (compiles: minutes)")
     ap.add_argument("--skip-variants", nargs="*", default=[], metavar="DTYPE,KIND,ZM",
                     help="variants that failed gpu_speed_cuda_smoke.py (a kernel fault ends the process)")
+    ap.add_argument("--profile", metavar="KxN,M,TILE,SPLITS", help="only launch one config 20 times (for ncu)")
     args = ap.parse_args()
+    if args.profile:
+        return profile_target(args.profile)
     props = torch.cuda.get_device_properties(0)
     print(f"GPU {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}; "
           f"{subprocess.run([cuda_build.nvcc(), '--version'], capture_output=True, text=True).stdout.splitlines()[-1]}")
