@@ -29,11 +29,11 @@ template <> struct Shape<3> { static constexpr int BN = 128, BK = 64, WARPS = 4;
 template <> struct Shape<4> { static constexpr int BN = 256, BK = 128, WARPS = 8; };
 template <> struct Shape<5> { static constexpr int BN = 64, BK = 64, WARPS = 4; };  // fits any 64 x 64 grid
 
-template <int TILE, int MT>
+template <int TILE, int MT, bool ONE_GROUP>
 cudaError_t launch(const qmm::Args& a, cudaStream_t stream) {
   using S = Shape<TILE>;
   using C = qmm::Tile<T, QMM_FMT, QMM_ZM, MT, S::BN, S::BK, S::WARPS, STAGES>;
-  auto kernel = qmm::qmm_kernel<T, QMM_FMT, QMM_ZM, MT, S::BN, S::BK, S::WARPS, STAGES>;
+  auto kernel = qmm::qmm_kernel<T, QMM_FMT, QMM_ZM, MT, S::BN, S::BK, S::WARPS, STAGES, ONE_GROUP>;
   if (a.N % S::BN || a.K % S::BK || a.k_split % S::BK || (a.group < S::BK && S::BK % a.group) ||
       (a.group >= S::BK && a.group % S::BK) || (a.group < S::BK && (1 << a.group_shift) != a.group))
     return cudaErrorInvalidValue;  // the Python side filters configs; this keeps a wrong call harmless
@@ -49,11 +49,16 @@ cudaError_t launch(const qmm::Args& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <int TILE, int MT>
+cudaError_t launch_groups(const qmm::Args& a, cudaStream_t stream) {
+  return a.group >= Shape<TILE>::BK ? launch<TILE, MT, true>(a, stream) : launch<TILE, MT, false>(a, stream);
+}
+
 template <int TILE>
 cudaError_t launch_rows(const qmm::Args& a, cudaStream_t stream) {
-  if (a.M <= 16) return launch<TILE, 1>(a, stream);
-  if (a.M <= 32) return launch<TILE, 2>(a, stream);
-  return launch<TILE, 4>(a, stream);  // more rows: blocks of 64 along M
+  if (a.M <= 16) return launch_groups<TILE, 1>(a, stream);
+  if (a.M <= 32) return launch_groups<TILE, 2>(a, stream);
+  return launch_groups<TILE, 4>(a, stream);  // more rows: blocks of 64 along M
 }
 }  // namespace
 

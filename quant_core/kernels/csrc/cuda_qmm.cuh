@@ -99,8 +99,12 @@ struct LoadPlan {
   int s_row, s_col;      // the scale (and zero) chunk this thread copies, if s_row < groups per stage
 };
 
-template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES>
-__global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
+// ONE_GROUP: every stage lies inside one scale group (group >= BK), so a warp reads its group values
+// once a stage, before the row loop; otherwise every 16-row unit reads its own. Either way the row
+// loop has no branch, so the compiler can start the next unit's shared-memory loads early.
+// 16-row blocks cap registers for 3 blocks (24 warps) per SM: the kernel is latency-bound there.
+template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES, bool ONE_GROUP>
+__global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 1) qmm_kernel(const Args a) {
   using C = Tile<T, FMT, ZM, MT, BN, BK, WARPS, STAGES>;
   using P = LoadPlan<C, T>;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -112,7 +116,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
   const int k_begin = blockIdx.z * a.k_split;
   const int iters = max(0, min(a.K - k_begin, a.k_split)) / BK;
   const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
-  const bool one_group = a.group >= BK, per_channel = a.group >= a.K;
+  const bool per_channel = a.group >= a.K;
   const size_t wrow = static_cast<size_t>(a.N) * 2 * C::BITS;  // bytes of one 16-row band of units
 
   P plan;
@@ -182,12 +186,12 @@ __global__ void __launch_bounds__(WARPS * 32, 1) qmm_kernel(const Args a) {
     const T* as = reinterpret_cast<const T*>(base + C::B_BYTES);
     const T* ss = reinterpret_cast<const T*>(base + C::B_BYTES + C::A_BYTES);
     const uint8_t* zs = reinterpret_cast<const uint8_t*>(ss + sg * BN);
+    if constexpr (ONE_GROUP) gp.load(ss + wn * 64, zs + wn * 64 * C::Z_ELEM, lane);
 #pragma unroll
     for (int i = 0; i < C::RPW; ++i) {
       const int r = wk * C::RPW + i;
-      // a stage inside one group reads its group row once; smaller groups change every few rows
-      if (i == 0 || (!one_group && ((r * 16) & (a.group - 1)) == 0)) {
-        const int gr = one_group ? 0 : (r * 16) >> a.group_shift;
+      if constexpr (!ONE_GROUP) {
+        const int gr = (r * 16) >> a.group_shift;
         gp.load(ss + gr * BN + wn * 64, zs + (gr * BN + wn * 64) * C::Z_ELEM, lane);
       }
       uint32_t af[MT][4];
