@@ -6,11 +6,15 @@ from typing import Any, Iterator
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from ._params import generation_params
-from .llms import DEFAULT_MODEL_NAME, QuantLLM
+from quant_core.auto import as_quant_config
+from quant_core.engine import GenerationEngine, GenerationOutput, GenerationParams
+from quant_core.errors import ConfigError
+
+from .llms import DEFAULT_MODEL_NAME, QuantLLM, loading_options
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
@@ -30,13 +34,15 @@ class ChatQuant(BaseChatModel):
     model_name: str | None = Field(default=None, alias="model")
     """Local folder, ``.gguf`` file, quantllm-saved folder or hub id; None: the embedded SmolLM2-135M-Instruct."""
     quantization_config: Any = None
-    """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). Ignored for quantllm-saved folders."""
+    """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). A quantllm-saved folder takes None or
+    the config it was saved with (another one is an error)."""
     model_kwargs: dict | None = None
     """Loading options: ``dtype``/``torch_dtype``, ``trust_remote_code`` (off by default)."""
     device: Any = -1
     """-1 or "cpu", "cuda", or a GPU index."""
     chat_template: str | None = None
-    """A Jinja chat template to use instead of (or for want of) the tokenizer's own."""
+    """A Jinja chat template to use instead of (or for want of) the tokenizer's own (for this ChatQuant only:
+    the model's engine, shared with every other wrapper of it, is left as it is)."""
     temperature: float = 0.0
     """Sampling temperature; 0 decodes greedily."""
     max_tokens: int = Field(default=256, alias="max_new_tokens")
@@ -66,30 +72,25 @@ class ChatQuant(BaseChatModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ChatQuant":
-        from quant_core.auto import as_quant_config
-
         as_quant_config(self.quantization_config)
+        loading_options(self.model_kwargs)
         self._defaults()  # bad generation settings fail at construction
         return self
 
     # ---- the engine ------------------------------------------------------------------
-    def get_engine(self):
-        """The generation engine, loading (and quantizing) the model on first use."""
+    def get_engine(self) -> GenerationEngine:
+        """The model's one generation engine, loading (and quantizing) the model on first use."""
         if self._engine is None:
             llm = self.llm or QuantLLM(model_id=self.model_name, quantization_config=self.quantization_config,
                                        model_kwargs=self.model_kwargs, device=self.device,
                                        batch_size=self.batch_size)
-            engine = llm.get_engine()
-            if self.chat_template is not None:
-                from quant_core.engine import GenerationEngine
-                engine = GenerationEngine(engine.model, engine.tokenizer, max_batch_size=self.batch_size,
-                                          chat_template=self.chat_template)
-            self._engine = engine
+            self._engine = llm.get_engine()
         return self._engine
 
     def render(self, messages: list[BaseMessage]) -> str:
         """LangChain messages -> the prompt text the model sees."""
-        return self.get_engine().render_chat([_as_dict(m) for m in messages], add_generation_prompt=True)
+        return self.get_engine().render_chat([_as_dict(m) for m in messages], add_generation_prompt=True,
+                                             chat_template=self.chat_template)
 
     # ---- LangChain's chat model interface ----------------------------------------------
     @property
@@ -148,21 +149,22 @@ class ChatQuant(BaseChatModel):
                 "stop": self.stop}
 
     def _defaults(self, overrides: dict[str, Any] | None = None, stop: list[str] | None = None):
-        return generation_params(self._defaults_dict(), overrides, stop)
+        return GenerationParams.from_kwargs(self._defaults_dict(), overrides, stop=stop)
 
     def _metadata(self, out) -> dict[str, Any]:
         return {"model_name": self._name(), "model_provider": "quantllm", "finish_reason": out.finish_reason}
 
 
-def _usage(out) -> dict[str, int]:
-    return {"input_tokens": out.prompt_tokens, "output_tokens": out.completion_tokens,
-            "total_tokens": out.prompt_tokens + out.completion_tokens}
+def _usage(out: GenerationOutput) -> UsageMetadata:
+    """The engine's token counts under LangChain's names."""
+    return UsageMetadata(input_tokens=out.prompt_tokens, output_tokens=out.completion_tokens,
+                         total_tokens=out.total_tokens)
 
 
 def _as_dict(message: BaseMessage) -> dict[str, str]:
     role = getattr(message, "role", None) or _ROLES.get(message.type)
     if role is None:
-        raise ValueError(f"message type {message.type!r} has no chat role; use system, human or ai messages")
+        raise ConfigError(f"message type {message.type!r} has no chat role; use system, human or ai messages")
     content = message.content
     if isinstance(content, list):
         parts = []
@@ -173,7 +175,7 @@ def _as_dict(message: BaseMessage) -> dict[str, str]:
                 parts.append(block.get("text", ""))
             else:
                 kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise ValueError(f"ChatQuant handles text only; a message holds a {kind!r} block "
-                                 f"(images, audio, files and tool calls are not supported)")
+                raise ConfigError(f"ChatQuant handles text only; a message holds a {kind!r} block "
+                                  f"(images, audio, files and tool calls are not supported)")
         content = "".join(parts)
     return {"role": role, "content": content}

@@ -9,7 +9,10 @@ from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from ._params import generation_params, usage
+from quant_core.auto import TASKS, as_device, as_quant_config, check_task, engine_for_model, engine_for_source
+from quant_core.dtypes import as_torch_dtype
+from quant_core.engine import GenerationOutput, GenerationParams
+from quant_core.errors import ConfigError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -30,7 +33,8 @@ class QuantLLM(BaseLLM):
     task: str = "text-generation"
     """``text-generation`` (decoder-only) or ``text2text-generation`` (encoder-decoder, e.g. T5)."""
     quantization_config: Any = None
-    """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). Ignored for quantllm-saved folders."""
+    """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). A quantllm-saved folder or an already
+    quantized pipeline model takes None or the config it carries (another one is an error)."""
     model_kwargs: dict | None = None
     """Loading options: ``dtype``/``torch_dtype``, ``trust_remote_code`` (off by default)."""
     pipeline_kwargs: dict | None = None
@@ -46,15 +50,13 @@ class QuantLLM(BaseLLM):
 
     @model_validator(mode="after")
     def _check(self) -> "QuantLLM":
-        from quant_core.auto import TASKS, as_quant_config
-
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        check_task(self.task)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+            raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+        loading_options(self.model_kwargs)
         config = as_quant_config(self.quantization_config)
         self.quantization_config = config.to_dict() if config is not None else None
-        generation_params(self.pipeline_kwargs)  # bad settings fail here, not at the first call
+        GenerationParams.from_kwargs(self.pipeline_kwargs)  # bad settings fail here, not at the first call
         if self.engine is not None:
             self._engine = self.engine
             if self.model_id is None:  # name the wrapped model, not the default one
@@ -73,8 +75,6 @@ class QuantLLM(BaseLLM):
 
         Every argument is checked before the model is loaded.
         """
-        from quant_core.auto import as_device, as_quant_config
-
         config = as_quant_config(quantization_config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
         device = as_device(device, device_map)
         llm = cls(model_id=None if model_id is None else str(model_id), task=task,
@@ -87,19 +87,9 @@ class QuantLLM(BaseLLM):
     def get_engine(self):
         """The generation engine, loading (and quantizing) the model on first use."""
         if self._engine is None:
-            from quant_core.auto import load_for_generation
-            from quant_core.engine import GenerationEngine
-
-            options = dict(self.model_kwargs or {})
-            dtype = options.pop("dtype", options.pop("torch_dtype", None))
-            trust = bool(options.pop("trust_remote_code", False))
-            if options:
-                raise ValueError(f"unsupported model_kwargs {sorted(options)}; supported: dtype, torch_dtype, "
-                                 f"trust_remote_code")
-            model, tokenizer = load_for_generation(self.model_id, task=self.task, dtype=dtype, device=self.device,
-                                                   quantization_config=self.quantization_config,
-                                                   trust_remote_code=trust)
-            self._engine = GenerationEngine.for_model(model, tokenizer, max_batch_size=self.batch_size)
+            self._engine = engine_for_source(self.model_id, task=self.task, device=self.device,
+                                             quantization_config=self.quantization_config,
+                                             max_batch_size=self.batch_size, **loading_options(self.model_kwargs))
         return self._engine
 
     # ---- LangChain's LLM interface -----------------------------------------------------
@@ -115,25 +105,37 @@ class QuantLLM(BaseLLM):
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        params = generation_params(self.pipeline_kwargs, _call_settings(kwargs), stop)
+        params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
         if not prompts:
-            raise ValueError("no prompts were given: pass at least one prompt")
+            raise ConfigError("no prompts were given: pass at least one prompt")
         engine = self.get_engine()
         outputs = []
         for start in range(0, len(prompts), self.batch_size):
             outputs.extend(engine.generate(list(prompts[start:start + self.batch_size]), params))
         generations = [[Generation(text=o.text, generation_info=_info(o))] for o in outputs]
-        return LLMResult(generations=generations,
-                         llm_output={"token_usage": usage(outputs), "model_name": self.model_id or DEFAULT_MODEL_NAME})
+        llm_output = {"token_usage": GenerationOutput.total_usage(outputs),
+                      "model_name": self.model_id or DEFAULT_MODEL_NAME}
+        return LLMResult(generations=generations, llm_output=llm_output)
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        params = generation_params(self.pipeline_kwargs, _call_settings(kwargs), stop)
+        params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
         for delta, final in self.get_engine().stream_with_output(prompt, params):
             chunk = GenerationChunk(text=delta, generation_info=_info(final) if final else None)
             if run_manager and delta:
                 run_manager.on_llm_new_token(delta, chunk=chunk)
             yield chunk
+
+
+def loading_options(model_kwargs: dict | None) -> dict[str, Any]:
+    """``model_kwargs`` -> the loading keywords of ``quant_core.auto`` (checked, so a typo fails early)."""
+    options = dict(model_kwargs or {})
+    dtype = options.pop("dtype", options.pop("torch_dtype", None))
+    trust = bool(options.pop("trust_remote_code", False))
+    if options:
+        raise ConfigError(f"unsupported model_kwargs {sorted(options)}; supported: dtype, torch_dtype, "
+                          f"trust_remote_code")
+    return {"dtype": as_torch_dtype(dtype), "trust_remote_code": trust}
 
 
 def _call_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -143,34 +145,29 @@ def _call_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _info(output) -> dict[str, Any]:
-    return {"finish_reason": output.finish_reason, "prompt_tokens": output.prompt_tokens,
-            "completion_tokens": output.completion_tokens,
-            "total_tokens": output.prompt_tokens + output.completion_tokens}
+def _info(output: GenerationOutput) -> dict[str, Any]:
+    return {"finish_reason": output.finish_reason, **output.usage()}
 
 
 def _engine_from_pipeline(llm: QuantLLM, config):
     """Use a transformers pipeline's model and tokenizer (quantizing the model once if a config is given)."""
-    from quant_core.auto import quantize_once
-    from quant_core.engine import GenerationEngine
-
     pipe = llm.pipeline
     if not (hasattr(pipe, "model") and hasattr(pipe, "tokenizer")):
         raise TypeError(f"pipeline must be a transformers pipeline (with .model and .tokenizer), "
                         f"not {type(pipe).__name__}")
     task = getattr(pipe, "task", llm.task)
-    if task not in ("text-generation", "text2text-generation"):
-        raise ValueError(f"pipeline task {task!r} is not supported; use a text-generation pipeline")
+    if task not in TASKS:
+        raise ConfigError(f"pipeline task {task!r} is not supported; use a text-generation pipeline")
     llm.task = task
     # settings given when the pipeline was built (pipeline(..., max_new_tokens=10)) become defaults
     built = getattr(pipe, "_generate_kwargs", None) or getattr(pipe, "_forward_params", None) or {}
     known = {k: v for k, v in built.items() if k in ("max_new_tokens", "temperature", "top_p", "top_k",
                                                      "repetition_penalty", "do_sample")}
     llm.pipeline_kwargs = {**known, **(llm.pipeline_kwargs or {})}
-    model = pipe.model if config is None else quantize_once(pipe.model, config)
+    engine = engine_for_model(pipe.model, pipe.tokenizer, config, max_batch_size=llm.batch_size)
     if llm.model_id is None:  # name the wrapped model, not the default one
-        llm.model_id = getattr(model.config, "name_or_path", None) or "unnamed-model"
-    return GenerationEngine.for_model(model, pipe.tokenizer, max_batch_size=llm.batch_size)
+        llm.model_id = getattr(engine.model.config, "name_or_path", None) or "unnamed-model"
+    return engine
 
 
 # Intel Extension for Transformers' name for the same class.

@@ -25,16 +25,16 @@ from llama_index.core.callbacks import EventPayload
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
+from quant_core.auto import engine_for_model, engine_for_source
 from quant_core.config import QuantConfig
 from quant_core.engine import GenerationEngine, GenerationParams
+from quant_core.errors import ConfigError
 
 from .responses import completion_response, in_thread, llm_events, to_chat, usage_of
 
 log = logging.getLogger("llamaindex_quant")
 
 PARAM_NAMES = tuple(f.name for f in dataclasses.fields(GenerationParams))
-# Names other LLM APIs use for the same settings.
-PARAM_ALIASES = {"max_tokens": "max_new_tokens", "stop_sequences": "stop"}
 # LlamaIndex roles that chat templates know under another name.
 ROLE_NAMES = {MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant", MessageRole.DEVELOPER: "system"}
 DEFAULT_NUM_OUTPUT = 256
@@ -81,16 +81,13 @@ class QuantLlamaLLM(CustomLLM):
         else:
             fields.setdefault("model_name", getattr(getattr(model, "config", None), "_name_or_path", "") or
                               type(model).__name__)
-        unknown = set(fields.get("generate_kwargs", {})) - set(PARAM_NAMES) - set(PARAM_ALIASES)
-        if unknown:  # fail before loading a model
-            raise ValueError(f"unknown generate_kwargs {sorted(unknown)}; valid: {', '.join(PARAM_NAMES)}")
+        GenerationParams.check_keywords(fields.get("generate_kwargs"), "generate_kwargs")  # before loading
         super().__init__(**fields)
         if engine is None:
-            model, tokenizer = _resolve_model(model, tokenizer, quant_config, device, trust_remote_code)
             # one engine per model: wrappers of the same model (LangChain's too) share its lock and batches
-            engine = GenerationEngine.for_model(model, tokenizer, max_batch_size=self.max_batch_size)
+            engine = _engine_for(model, tokenizer, quant_config, device, trust_remote_code, self.max_batch_size)
         elif quant_config is not None:
-            raise ValueError("pass either engine= (an already prepared model) or quant_config=, not both")
+            raise ConfigError("pass either engine= (an already prepared model) or quant_config=, not both")
         self._engine = engine
         if self.max_new_tokens is None:
             gen_cfg = getattr(engine.model, "generation_config", None)
@@ -99,7 +96,8 @@ class QuantLlamaLLM(CustomLLM):
     @classmethod
     def from_model(cls, model, tokenizer, quant_config: QuantConfig | dict | None = None,
                    **fields: Any) -> "QuantLlamaLLM":
-        """Wrap a loaded transformers model (quantized in place first when ``quant_config`` is given)."""
+        """Wrap a loaded transformers model (quantized in place first when ``quant_config`` is given; an
+        already quantized model takes None or the config it carries, and another one is an error)."""
         return cls(model, quant_config, tokenizer=tokenizer, **fields)
 
     @classmethod
@@ -193,17 +191,8 @@ class QuantLlamaLLM(CustomLLM):
 
     # ---- internals --------------------------------------------------------------
     def _params(self, kwargs: dict) -> GenerationParams:
-        merged = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
-        for source in (self.generate_kwargs, kwargs):
-            for key, value in source.items():
-                merged[PARAM_ALIASES.get(key, key)] = value
-        unknown = set(merged) - set(PARAM_NAMES)
-        if unknown:
-            raise TypeError(f"unknown generation argument(s) {sorted(unknown)}; "
-                            f"QuantLlamaLLM passes through: {', '.join(PARAM_NAMES)}")
-        if isinstance(merged.get("stop"), str):
-            merged["stop"] = [merged["stop"]]
-        return GenerationParams(**merged).validate()
+        defaults = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        return GenerationParams.from_kwargs(defaults, self.generate_kwargs, kwargs)
 
     def _fit(self, prompt: str, formatted: bool, params: GenerationParams) -> tuple[str, int]:
         """Apply ``completion_to_prompt`` and make sure prompt + completion fit the context window.
@@ -218,10 +207,10 @@ class QuantLlamaLLM(CustomLLM):
         if len(ids) <= room:
             return prompt, 0
         if room <= 0:
-            raise ValueError(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
-                             f"context window of {window} tokens; lower max_new_tokens")
+            raise ConfigError(f"max_new_tokens={params.max_new_tokens} leaves no room for a prompt in the "
+                              f"context window of {window} tokens; lower max_new_tokens")
         if not self.truncate_prompt:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt is {len(ids)} tokens; with max_new_tokens={params.max_new_tokens} it does not fit the "
                 f"model's context window of {window} tokens (room for {room} prompt tokens). Shorten the prompt "
                 f"(in RAG: fewer or smaller chunks), lower max_new_tokens, or pass truncate_prompt=True to cut "
@@ -233,7 +222,7 @@ class QuantLlamaLLM(CustomLLM):
 
     def _complete_many(self, prompts: list[str], formatted: bool, kwargs: dict) -> list[CompletionResponse]:
         if isinstance(prompts, str) or not prompts:
-            raise ValueError("pass a non-empty list of prompt strings")
+            raise ConfigError("pass a non-empty list of prompt strings")
         params = self._params(kwargs)
         fitted = [self._fit(p, formatted, params) for p in prompts]
         outputs = self._engine.generate([p for p, _ in fitted], params)
@@ -251,31 +240,23 @@ class QuantLlamaLLM(CustomLLM):
                 text += delta
                 if final is None:
                     yield CompletionResponse(text=text, delta=delta)
-            usage = usage_of(final.prompt_tokens, final.completion_tokens, final.finish_reason, cut)
+            usage = usage_of(final, cut)
             yield CompletionResponse(text=text, delta="", raw={"usage": usage}, additional_kwargs=usage)
         return gen()
 
 
-def _resolve_model(model, tokenizer, quant_config, device, trust_remote_code):
+def _engine_for(model, tokenizer, quant_config, device, trust_remote_code, max_batch_size) -> GenerationEngine:
     """A source goes through the core's cached load-then-quantize step (shared with the LangChain
-    provider: one copy of a model per source and config in a process); a model object is used as is."""
-    from quant_core.auto import as_quant_config, load_for_generation
-    from quant_core.modules import QuantLinear
-    from quant_core.quantize import quantize
-
-    config = as_quant_config(quant_config)
+    provider: one copy of a model per source and config in a process); a model object is quantized
+    in place once (when a config is given). Either way the model's one engine comes back."""
     if model is None or isinstance(model, (str, os.PathLike)):
         if tokenizer is not None:
-            raise ValueError("tokenizer= is only for a model object; a model source brings its own tokenizer")
-        return load_for_generation(model, quantization_config=config, device=device,
-                                   trust_remote_code=trust_remote_code)
+            raise ConfigError("tokenizer= is only for a model object; a model source brings its own tokenizer")
+        return engine_for_source(model, quantization_config=quant_config, device=device,
+                                 trust_remote_code=trust_remote_code, max_batch_size=max_batch_size)
     if not hasattr(model, "config") or not callable(model):
         raise TypeError(f"model must be a source (None, a hub id, a path) or a loaded transformers model, "
                         f"not {type(model).__name__}")
     if tokenizer is None:
-        raise ValueError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
-    if config is not None:
-        if any(isinstance(m, QuantLinear) for m in model.modules()):
-            raise ValueError("this model is already quantized (a quantllm checkpoint?); drop quant_config")
-        model = quantize(model, config)
-    return model, tokenizer
+        raise ConfigError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
+    return engine_for_model(model, tokenizer, quant_config, max_batch_size=max_batch_size)

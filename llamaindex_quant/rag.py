@@ -7,10 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llama_index.core import Document, VectorStoreIndex
+from llama_index.core import Document, SimpleDirectoryReader, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
 from llama_index.core.schema import MetadataMode, NodeWithScore
+
+from quant_core.errors import SourceNotFoundError
 
 from .base import QuantLlamaLLM
 
@@ -32,14 +34,12 @@ def local_embed_model(device: str = "cpu"):
 
 def load_documents(folder: str | os.PathLike) -> list[Document]:
     """Every ``*.txt`` file of ``folder``; a clear error when there is none."""
-    from llama_index.core import SimpleDirectoryReader
-
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"documents folder {folder} does not exist; pass a folder of .txt files "
-                                f"(the example ships examples/data/)")
+        raise SourceNotFoundError(f"documents folder {folder} does not exist; pass a folder of .txt files "
+                                  f"(the example ships examples/data/)")
     if not any(p.suffix in DOC_EXTENSIONS for p in folder.iterdir()):
-        raise FileNotFoundError(f"documents folder {folder} has no {'/'.join(DOC_EXTENSIONS)} files to index")
+        raise SourceNotFoundError(f"documents folder {folder} has no {'/'.join(DOC_EXTENSIONS)} files to index")
     return SimpleDirectoryReader(str(folder), required_exts=DOC_EXTENSIONS, filename_as_id=True).load_data()
 
 

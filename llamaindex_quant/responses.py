@@ -11,16 +11,16 @@ from llama_index.core.callbacks import CBEventType
 from quant_core.engine import GenerationOutput
 
 
-def usage_of(prompt_tokens: int, completion_tokens: int, finish_reason: str, cut: int) -> dict:
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens, "finish_reason": finish_reason}
+def usage_of(out: GenerationOutput, cut: int) -> dict:
+    """Token counts and finish reason, plus how many prompt tokens were cut to fit (when any)."""
+    usage = {**out.usage(), "finish_reason": out.finish_reason}
     if cut:
         usage["truncated_prompt_tokens"] = cut
     return usage
 
 
 def completion_response(out: GenerationOutput, cut: int) -> CompletionResponse:
-    usage = usage_of(out.prompt_tokens, out.completion_tokens, out.finish_reason, cut)
+    usage = usage_of(out, cut)
     return CompletionResponse(text=out.text, raw={"usage": usage}, additional_kwargs=usage)
 
 

@@ -4,6 +4,7 @@ from .formats import FORMATS, get_format
 from .modules import QuantLinear
 from .packed import PackedWeight
 from .quantize import quantize
+from . import interop, loading  # noqa: F401  (each registers the sources load_model reads)
 
 __all__ = ["QuantConfig", "WeightOnlyQuantConfig", "FORMATS", "get_format", "QuantLinear",
            "PackedWeight", "quantize"]

@@ -1,12 +1,14 @@
 """``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM`` as Intel's extension offered them, and the
-cached load-then-quantize step that the LangChain and LlamaIndex providers share.
+cached load-then-quantize step that the LangChain and LlamaIndex providers share: they reach a
+model only through ``engine_for_source`` / ``engine_for_model`` (one engine per model).
 
     from quant_core.auto import AutoModelForSeq2SeqLM
     model = AutoModelForSeq2SeqLM.from_pretrained(model_id, quantization_config=WeightOnlyQuantConfig(weight_dtype="nf4"))
 
 returns an ordinary transformers model whose linear layers are ``QuantLinear``. Loading and
 quantizing the same source with the same config twice in one process returns the first result.
-A directory saved by quantllm loads packed, without quantizing again.
+A directory saved by quantllm loads packed, without quantizing again; asking for a different
+config than the one it (or any already quantized model) carries is an error that says what to do.
 """
 from __future__ import annotations
 
@@ -17,14 +19,17 @@ import threading
 from pathlib import Path
 
 import torch
+from huggingface_hub import model_info, try_to_load_from_cache
 
 from .config import QuantConfig
+from .dtypes import as_torch_dtype
+from .engine import GenerationEngine
+from .errors import ConfigError, SourceNotFoundError
+from .loading import TASKS, load_model
+from .modules import QuantLinear
+from .quantize import quantize
 
 log = logging.getLogger("quant_core")
-
-TASKS = ("text-generation", "text2text-generation")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "auto": torch.float32}
 
 _CACHE: dict[tuple, tuple] = {}  # (source, task, config, dtype, device) -> (model, tokenizer)
 _CACHE_LOCK = threading.Lock()
@@ -33,9 +38,9 @@ _CACHE_LOCK = threading.Lock()
 def as_quant_config(config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> QuantConfig | None:
     """None | QuantConfig (= WeightOnlyQuantConfig) | dict, or a ``load_in_*bit`` shortcut -> QuantConfig | None."""
     if load_in_4bit and load_in_8bit:
-        raise ValueError("pass at most one of load_in_4bit and load_in_8bit")
+        raise ConfigError("pass at most one of load_in_4bit and load_in_8bit")
     if config is not None and (load_in_4bit or load_in_8bit):
-        raise ValueError("pass either quantization_config or a load_in_*bit shortcut, not both")
+        raise ConfigError("pass either quantization_config or a load_in_*bit shortcut, not both")
     if load_in_4bit:
         return QuantConfig(weight_dtype="int4")
     if load_in_8bit:
@@ -52,7 +57,7 @@ def as_device(device=None, device_map=None) -> str:
     """transformers-pipeline style device (-1, "cpu", "cuda", 0, "cuda:1") -> a torch device string."""
     if device_map is not None and device in (None, -1):
         if isinstance(device_map, dict):
-            raise ValueError("a per-module device_map dict is not supported; pass device='cpu' or 'cuda:N'")
+            raise ConfigError("a per-module device_map dict is not supported; pass device='cpu' or 'cuda:N'")
         device = "cuda" if device_map == "auto" and torch.cuda.is_available() else device_map
         device = "cpu" if device == "auto" else device
     if device is None or device == -1:
@@ -61,21 +66,16 @@ def as_device(device=None, device_map=None) -> str:
         device = f"cuda:{device}"
     device = str(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available; use device='cpu' (or -1)")
+        raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use device='cpu' (or -1)")
     if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"unknown device {device!r}; use -1 or 'cpu', 'cuda', or a GPU index such as 0")
+        raise ConfigError(f"unknown device {device!r}; use -1 or 'cpu', 'cuda', or a GPU index such as 0")
     return device
 
 
-def as_dtype(dtype) -> torch.dtype:
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).replace("torch.", "")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return _DTYPES[key]
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return task
 
 
 def check_source(model_id) -> str | None:
@@ -88,15 +88,13 @@ def check_source(model_id) -> str | None:
     if Path(source).exists():
         return str(Path(source).resolve())
     if source.endswith(".gguf") or source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise FileNotFoundError(f"model path {source!r} does not exist")
-    from huggingface_hub import model_info, try_to_load_from_cache
-
+        raise SourceNotFoundError(f"model path {source!r} does not exist")
     if isinstance(try_to_load_from_cache(source, "config.json"), str):
         return source
     try:
         model_info(source, timeout=10)
     except Exception as exc:  # offline, unknown id, gated: all mean "cannot load this"
-        raise FileNotFoundError(
+        raise SourceNotFoundError(
             f"model {source!r} is neither a local path nor reachable on the Hugging Face Hub "
             f"({type(exc).__name__}: {str(exc)[:200]}); download it and pass its folder, a .gguf file, "
             f"or model_id=None for the embedded SmolLM2-135M-Instruct") from exc
@@ -106,16 +104,13 @@ def check_source(model_id) -> str | None:
 def load_for_generation(model_id=None, *, task: str = "text-generation", quantization_config=None,
                         dtype=None, device="cpu", trust_remote_code: bool = False, progress: bool = True):
     """``(model, tokenizer)`` ready to generate: loaded, quantized when a config is given, cached."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    check_task(task)
     config = as_quant_config(quantization_config)
-    dtype, device = as_dtype(dtype), as_device(device)
+    dtype, device = as_torch_dtype(dtype), as_device(device)
     source = check_source(model_id)
     key = (source, task, json.dumps(config.to_dict(), sort_keys=True) if config else None, str(dtype), device)
     with _CACHE_LOCK:  # held while loading so two threads never quantize the same model twice
         if key not in _CACHE:
-            from .loading import load_model
-
             model, tokenizer = load_model(source, task=task, dtype=dtype, device=device,
                                           trust_remote_code=trust_remote_code)
             if config is not None:
@@ -124,20 +119,43 @@ def load_for_generation(model_id=None, *, task: str = "text-generation", quantiz
         return _CACHE[key]
 
 
-def quantize_once(model, config: QuantConfig, progress: bool = True):
-    """Quantize ``model`` in place, unless it already is: then it must carry the same config."""
-    from .modules import QuantLinear
-    from .quantize import quantize
+def engine_for_source(model_id=None, *, task: str = "text-generation", quantization_config=None, dtype=None,
+                      device="cpu", trust_remote_code: bool = False, max_batch_size: int = 8) -> GenerationEngine:
+    """The one engine of the (cached) model that ``load_for_generation`` gives for these arguments."""
+    model, tokenizer = load_for_generation(model_id, task=task, quantization_config=quantization_config,
+                                           dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size)
 
+
+def engine_for_model(model, tokenizer, quantization_config=None, *, max_batch_size: int = 8) -> GenerationEngine:
+    """The one engine of a loaded model, quantized in place first (once) when a config is given."""
+    config = as_quant_config(quantization_config)
+    if config is not None:
+        model = quantize_once(model, config)
+    return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size)
+
+
+def quantize_once(model, config: QuantConfig, progress: bool = True):
+    """Quantize ``model`` in place, unless it already is: then ``config`` must be the one it carries
+    (a different one raises rather than being silently ignored)."""
     if not any(isinstance(m, QuantLinear) for m in model.modules()):
         return quantize(model, config, progress=progress)  # keeps transformers' fp32-only layers float
-    saved = dict(getattr(model.config, "quantization_config", None) or {})
-    saved.pop("quant_method", None)
-    have = QuantConfig.from_dict(saved) if saved else None
-    if have is not None and have != config:
-        log.warning("model is already quantized (%s); the requested config (%s) is ignored: load the float "
-                    "model to quantize it differently", have.weight_dtype, config.weight_dtype)
+    have = _carried_config(model)
+    if have is None:
+        raise ConfigError("model is already quantized but records no quantization_config to compare with "
+                          "the requested one; pass quantization_config=None to use it as it is")
+    if have != config:
+        theirs, ours = have.to_dict(), config.to_dict()
+        differ = ", ".join(f"{k}={theirs[k]!r} (asked: {ours[k]!r})" for k in ours if theirs.get(k) != ours[k])
+        raise ConfigError(f"model is already quantized with a different config: {differ}; pass "
+                          f"quantization_config=None to use it as it is, or load the float model to quantize "
+                          f"it with this config")
     return model
+
+
+def _carried_config(model) -> QuantConfig | None:
+    saved = getattr(getattr(model, "config", None), "quantization_config", None)
+    return QuantConfig.from_dict(dict(saved)) if saved else None
 
 
 class _QuantAutoModel:

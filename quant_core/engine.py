@@ -6,7 +6,7 @@ ONE forward pass for the whole batch (decoder-only and encoder-decoder models).
 It applies the sampling settings, cuts text before stop strings, stops as soon as
 every row is done, counts tokens and streams text deltas.
 
-Threads: every forward pass holds one lock, so passes of different calls never
+Threads: every forward pass holds the model's one lock, so passes of different calls never
 interleave. Concurrent ``generate`` calls queue up; the thread that gets to run
 takes the other waiting calls with the same settings into its batch
 (micro-batching), up to ``max_batch_size`` prompts.
@@ -16,53 +16,16 @@ from __future__ import annotations
 import inspect
 import threading
 import weakref
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
 from .engine_rows import Row, choose_next_tokens, device_of, eos_ids, first_not_none
 from .engine_steppers import DynamicStepper, Seq2SeqStepper, StaticStepper
+from .engine_types import GenerationOutput, GenerationParams
+from .errors import ConfigError
 
-
-@dataclass
-class GenerationParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k cut
-    repetition_penalty: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None  # sampling only; None = torch's global generator
-
-    def validate(self) -> "GenerationParams":
-        """Raise a clear error for a bad setting (called before any model work)."""
-        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
-            raise TypeError(f"stop must be a list of non-empty strings, e.g. stop=['\\n\\n']; got {self.stop!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 means greedy); got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it); got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it); got {self.repetition_penalty}")
-        return self
-
-    @property
-    def batchable_with_others(self) -> bool:
-        # A seeded sampling run must not depend on who else is in the batch.
-        return self.temperature == 0 or self.seed is None
-
-
-@dataclass
-class GenerationOutput:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length" | "eos"
+__all__ = ["GenerationEngine", "GenerationOutput", "GenerationParams"]
 
 
 class _Request:
@@ -73,9 +36,18 @@ class _Request:
         self.done = False
 
 
-# model -> its engine; kept beside the model, not on it, so the model stays deep-copyable
-# (an engine holds a lock) and the engine goes away with the model.
+# model -> its engine, and model -> its forward lock; kept beside the model, not on it, so the
+# model stays deep-copyable (a lock cannot be copied) and both go away with the model.
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.RLock()  # for_model builds an engine, which takes its forward lock, inside it
+
+
+def forward_lock_of(model) -> threading.Lock:
+    """The one lock of ``model``'s forward passes, however many engines serve it (one built by a
+    user, one per tokenizer), so that passes on the same weights never interleave."""
+    with _REGISTRY_LOCK:
+        return _FORWARD_LOCKS.setdefault(model, threading.Lock())
 
 
 class GenerationEngine:
@@ -87,9 +59,9 @@ class GenerationEngine:
         "dynamic" (transformers' own), or "auto": static for decoder-only models that transformers
         marks as compilable (static-cache capable), dynamic otherwise and for encoder-decoders."""
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
+            raise ConfigError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
         if kv_cache not in ("auto", "static", "dynamic"):
-            raise ValueError(f"kv_cache must be 'auto', 'static' or 'dynamic'; got {kv_cache!r}")
+            raise ConfigError(f"kv_cache must be 'auto', 'static' or 'dynamic'; got {kv_cache!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch_size = max_batch_size
         self.chat_template = chat_template
@@ -108,9 +80,9 @@ class GenerationEngine:
             static_ok = not self.is_encoder_decoder and getattr(model, "_can_compile_fullgraph", False)
             kv_cache = "static" if static_ok else "dynamic"
         if kv_cache == "static" and self.is_encoder_decoder:
-            raise ValueError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
+            raise ConfigError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
         self.kv_cache = kv_cache
-        self._forward_lock = threading.Lock()  # one forward pass at a time
+        self._forward_lock = forward_lock_of(model)  # one forward pass of this model at a time
         self._leader_lock = threading.Lock()  # one batch being formed and run at a time
         self._queue_lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -131,15 +103,18 @@ class GenerationEngine:
     def has_chat_template(self) -> bool:
         return bool(self.chat_template or getattr(self.tokenizer, "chat_template", None))
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Messages ``[{"role": ..., "content": ...}]`` -> prompt text, through the chat template."""
-        if not self.has_chat_template:
-            raise ValueError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
-                             "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
-                             "tokenizer_config.json) or use plain-text generation instead")
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
+                    chat_template: str | None = None) -> str:
+        """Messages ``[{"role": ..., "content": ...}]`` -> prompt text, through ``chat_template`` when given
+        (one caller's own, so wrappers sharing this engine need not agree), else the engine's or tokenizer's."""
+        chat_template = chat_template or self.chat_template
+        if not (chat_template or self.has_chat_template):
+            raise ConfigError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
+                              "pass chat_template='<jinja template>' (e.g. copied from a chat model's "
+                              "tokenizer_config.json) or use plain-text generation instead")
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise TypeError("messages must be a list of dicts with 'role' and 'content'")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=self.chat_template,
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
                                                   add_generation_prompt=add_generation_prompt)
 
     def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[GenerationOutput]:
@@ -180,19 +155,20 @@ class GenerationEngine:
     def for_model(cls, model, tokenizer, *, max_batch_size: int = 8) -> "GenerationEngine":
         """The one engine of ``model`` (created on first use), so that every wrapper of the same
         model shares its forward lock and micro-batching queue."""
-        engine = _ENGINES.get(model)
-        if engine is None or engine.tokenizer is not tokenizer:
-            engine = cls(model, tokenizer, max_batch_size=max_batch_size)
-            _ENGINES[model] = engine
-        engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
-        return engine
+        with _REGISTRY_LOCK:  # two threads asking at once still get one engine
+            engine = _ENGINES.get(model)
+            if engine is None or engine.tokenizer is not tokenizer:
+                engine = cls(model, tokenizer, max_batch_size=max_batch_size)
+                _ENGINES[model] = engine
+            engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
+            return engine
 
     # ---- internals -----------------------------------------------------------------
     def _prepare(self, prompts, params) -> tuple[GenerationParams, list[list[int]]]:
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
             raise TypeError(f"prompts must be a list of strings, not {type(prompts).__name__}")
         if not prompts:
-            raise ValueError("prompts is empty: pass at least one prompt")
+            raise ConfigError("prompts is empty: pass at least one prompt")
         if not all(isinstance(p, str) for p in prompts):
             raise TypeError("every prompt must be a string")
         params = (params or GenerationParams()).validate()
@@ -200,8 +176,8 @@ class GenerationEngine:
         if not self.is_encoder_decoder:
             longest = max(len(e) for e in encoded)
             if longest >= self.context_window:
-                raise ValueError(f"a prompt has {longest} tokens but the model's context window is "
-                                 f"{self.context_window}: shorten the prompt")
+                raise ConfigError(f"a prompt has {longest} tokens but the model's context window is "
+                                  f"{self.context_window}: shorten the prompt")
         return params, encoded
 
     def _encode(self, prompt: str) -> list[int]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import torch
+from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+from .engine_types import GenerationOutput, GenerationParams
 
 
 class Row:
@@ -44,8 +47,7 @@ class Row:
         hold = max((held_back(text, s) for s in self.stop), default=0)
         return text[:len(text) - hold]
 
-    def output(self):
-        from .engine import GenerationOutput
+    def output(self) -> GenerationOutput:
         return GenerationOutput(self.text, self.prompt_tokens, self.completion_tokens,
                                 self.finish_reason or "length")
 
@@ -75,14 +77,12 @@ def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, histor
 
 
 def choose_next_tokens(logits: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor,
-                       params, generator: torch.Generator | None) -> torch.Tensor:
+                       params: GenerationParams, generator: torch.Generator | None) -> torch.Tensor:
     """float32 logits ``[B, V]`` -> next token ids ``[B]`` (greedy when temperature is 0)."""
     if params.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, history, history_mask, params.repetition_penalty)
     if params.temperature == 0:
         return logits.argmax(-1)
-    from transformers import TopKLogitsWarper, TopPLogitsWarper
-
     logits = logits / params.temperature
     if params.top_k > 0:
         logits = TopKLogitsWarper(params.top_k)(history, logits)

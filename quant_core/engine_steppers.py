@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .decode import StaticDecoder
 from .engine_rows import decoder_start_id
 
 
@@ -45,8 +46,6 @@ class StaticStepper:
     """Decoder-only model over quant_core.decode's preallocated KV cache (no per-step cache growth)."""
 
     def __init__(self, model, input_ids, mask, max_len: int):
-        from .decode import StaticDecoder
-
         self.decoder = StaticDecoder(model, batch_size=input_ids.shape[0], max_len=max_len)
         self.input_ids, self.mask = input_ids, mask
         self.history = input_ids

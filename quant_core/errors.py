@@ -17,6 +17,10 @@ class ConfigError(QuantllmError, ValueError):
     """A quantization or generation setting is invalid, or a combination no path can run."""
 
 
+class UnknownSettingError(ConfigError, TypeError):
+    """A keyword names no setting (a typo?); also a TypeError, as Python's unexpected keyword is."""
+
+
 class CalibrationError(QuantllmError, ValueError):
     """Calibration data is missing, unreadable or too small."""
 

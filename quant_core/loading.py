@@ -1,19 +1,23 @@
 """Load a model from whatever a user names: nothing (the embedded SmolLM2), a ``.gguf``
 file, a quantllm-saved directory, a local Hugging Face directory or a hub id.
 
-Each kind of source is recognised by one detector in ``DETECTORS`` (first match wins),
-so importers of other checkpoint layouts plug in without touching the others.
+Which loader reads a source is asked of the registry in ``quant_core.sources`` (first match
+wins); this module registers the quantllm, GGUF and transformers loaders, and importers of
+other checkpoint layouts (``quant_core.interop``) register theirs without touching it.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from .cache import cache_root
+from .checkpoint_io import atomic_directory, read_quantization_config
+from .serialization import load_quantized
+from .sources import register_source, source_for
 
 log = logging.getLogger("quant_core")
 
@@ -25,6 +29,7 @@ TASKS = {"text-generation": "AutoModelForCausalLM", "text2text-generation": "Aut
 def auto_model_class(task: str):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    # transformers at call time: it takes seconds to import, and `import quant_core` reaches this module
     import transformers
     return getattr(transformers, TASKS[task])
 
@@ -41,23 +46,12 @@ def embedded_model_path() -> Path:
     return path
 
 
-def read_quantization_config(path: Path) -> dict | None:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return None
-    try:
-        return json.loads(cfg.read_text()).get("quantization_config")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg} is not valid JSON ({exc}); the checkpoint is corrupt") from exc
-
-
 def is_quantllm_dir(path: Path) -> bool:
     qc = read_quantization_config(path) if Path(path).is_dir() else None
     return bool(qc) and qc.get("quant_method") == "quantllm"
 
 
 def _load_quantllm(path, task, dtype, device, **kw):
-    from .serialization import load_quantized
     return load_quantized(path, device=device)
 
 
@@ -66,7 +60,7 @@ def _load_gguf(path, task, dtype, device, **kw):
 
 
 def _load_transformers(source, task, dtype, device, trust_remote_code=False, **kw):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -75,21 +69,6 @@ def _load_transformers(source, task, dtype, device, trust_remote_code=False, **k
         where = "a local directory" if Path(str(source)).exists() else "a local path or a reachable hub id"
         raise FileNotFoundError(f"could not load model {source!r} as {where}: {exc}") from exc
     return model.to(device).eval(), tokenizer
-
-
-from .interop.detectors import DETECTORS as INTEROP_DETECTORS  # noqa: E402
-
-# (name, matches(source) -> bool, loader(source, task, dtype, device, **kw) -> (model, tokenizer))
-DETECTORS: list[tuple[str, Callable, Callable]] = [
-    ("quantllm", lambda s: is_quantllm_dir(Path(s)), _load_quantllm),
-    *INTEROP_DETECTORS,  # GPTQ / AWQ directories, "file.gguf#packed" (quant_core.interop)
-    ("gguf", lambda s: str(s).endswith(".gguf"), _load_gguf),
-    ("transformers", lambda s: True, _load_transformers),
-]
-
-
-def detect(source) -> str:
-    return next(name for name, matches, _ in DETECTORS if matches(source))
 
 
 def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype = torch.float32,
@@ -101,20 +80,14 @@ def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype
     source = os.fspath(source)
     if str(source).endswith(".gguf") and not Path(source).is_file():
         raise FileNotFoundError(f"GGUF file {source} does not exist")
-    for name, matches, loader in DETECTORS:
-        if matches(source):
-            log.info("loading %s as %s", source, name)
-            return loader(source, task, dtype, device, trust_remote_code=trust_remote_code)
-    raise AssertionError("the transformers detector matches everything")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("QUANTLLM_CACHE", Path.home() / ".cache" / "quantllm"))
+    kind = source_for(source)
+    log.info("loading %s as %s", source, kind.name)
+    return kind.loader(source, task, dtype, device, trust_remote_code=trust_remote_code)
 
 
 def gguf_cache_path(path: Path) -> Path:
     stat = Path(path).stat()
-    return cache_dir() / "gguf" / f"{Path(path).stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    return cache_root() / "gguf" / f"{Path(path).stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
 def embedded_model_dir() -> Path:
@@ -129,7 +102,7 @@ def embedded_model_dir() -> Path:
 def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, device="cpu"):
     """A GGUF file dequantized to float by transformers, cached as safetensors after the first load
     (dequantizing takes tens of seconds; reading the cache takes about one)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
     cached = gguf_cache_path(path)
     if (cached / "config.json").is_file():
@@ -157,7 +130,11 @@ def clear_gguf_marker(model) -> None:
 
 
 def _write_cache(model, tokenizer, target: Path) -> None:
-    from .serialization import atomic_directory
     with atomic_directory(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+
+register_source("quantllm", lambda s: is_quantllm_dir(Path(s)), _load_quantllm, priority=10)
+register_source("gguf", lambda s: str(s).endswith(".gguf"), _load_gguf, priority=50)
+register_source("transformers", lambda s: True, _load_transformers, priority=90)

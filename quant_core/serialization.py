@@ -6,55 +6,19 @@ QuantConfig, a manifest of quantized layers and the file's SHA-256, and the toke
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from .checkpoint_io import (WEIGHTS_FILE, build_skeleton, dedupe_tied, finish_model, load_tokenizer,
+                            read_quantization_config, sha256, write_checkpoint)
 from .config import QuantConfig
+from .errors import CheckpointError
 from .modules import QuantLinear
 from .packed import expected_shapes
-from .errors import CheckpointError
-
-WEIGHTS_FILE = "model.safetensors"
-
-
-
-
-@contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False):
-    """Yield a temporary directory beside ``target``; rename it into place only if the block succeeds."""
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; choose another path or pass overwrite=True")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{tmp.name[-8:]}")
-            target.rename(old)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def layer_manifest(model: torch.nn.Module) -> dict[str, dict]:
@@ -65,20 +29,6 @@ def layer_manifest(model: torch.nn.Module) -> dict[str, dict]:
             for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def _dedupe_shared(state: dict) -> tuple[dict, dict]:
-    """Tied weights (lm_head = embed_tokens) are one tensor under two names; safetensors stores
-    each storage once, so keep the first name and record the others as aliases."""
-    kept, aliases, seen = {}, {}, {}
-    for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            kept[name] = t.contiguous()
-    return kept, aliases
-
-
 def save_quantized(model, tokenizer, path, overwrite: bool = False) -> Path:
     """Write ``model`` (quantized by ``quant_core.quantize``) and ``tokenizer`` to ``path`` atomically."""
     qc = getattr(model.config, "quantization_config", None)
@@ -86,18 +36,11 @@ def save_quantized(model, tokenizer, path, overwrite: bool = False) -> Path:
     if not isinstance(qc, dict) or qc.get("quant_method") != "quantllm" or not layers:
         raise ValueError("model is not quantized by quantllm: call quant_core.quantize(model, config) first")
     path = Path(path)
-    with atomic_directory(path, overwrite=overwrite) as tmp:
-        tensors, aliases = _dedupe_shared(model.state_dict())
-        save_file(tensors, str(tmp / WEIGHTS_FILE),
-                  metadata={"format": "pt", "producer": "quantllm", "aliases": json.dumps(aliases)})
-        qc = {**qc, "layers": layers, "checksums": {WEIGHTS_FILE: _sha256(tmp / WEIGHTS_FILE)}}
-        model.config.quantization_config = qc
-        model.config.architectures = [type(model).__name__]
-        model.config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+    tensors, aliases = dedupe_tied(model.state_dict())
+    written = write_checkpoint(model, tokenizer, path, tensors, {**qc, "layers": layers}, overwrite=overwrite,
+                               metadata={"producer": "quantllm", "aliases": json.dumps(aliases)}, checksum=True)
+    model.config.quantization_config = written  # the model describes what was saved
+    model.config.architectures = [type(model).__name__]
     return path
 
 
@@ -107,7 +50,7 @@ def _check_file(path: Path, qc: dict) -> dict[str, tuple]:
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete")
     expected = qc.get("checksums", {}).get(WEIGHTS_FILE)
-    if expected and _sha256(weights) != expected:
+    if expected and sha256(weights) != expected:
         raise CheckpointError(f"{weights} does not match the checksum in config.json: the file is truncated, "
                               f"corrupt or was modified; re-create it with `quantllm quantize`")
     try:
@@ -135,11 +78,6 @@ def _check_layers(layers: dict, shapes: dict) -> None:
 
 def load_quantized(path, device="cpu", compute_dtype: str | None = None, kernel: str | None = None):
     """Rebuild a model saved by ``save_quantized`` with packed tensors only; returns (model, tokenizer)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoTokenizer
-
-    from .loading import read_quantization_config
-
     path = Path(path)
     qc = read_quantization_config(path)
     if not qc or qc.get("quant_method") != "quantllm":
@@ -152,38 +90,21 @@ def load_quantized(path, device="cpu", compute_dtype: str | None = None, kernel:
     shapes = _check_file(path, qc)
     _check_layers(layers, shapes)
 
-    hf_config = AutoConfig.from_pretrained(path)
-    del hf_config.quantization_config  # ours, not a transformers quantizer's
-    with init_empty_weights():
-        model = _model_class(hf_config)(hf_config)
+    model = build_skeleton(path, by_architecture=True)
     for name, spec in layers.items():
         _swap_in_skeleton(model, name, spec, config)
     state = load_file(str(path / WEIGHTS_FILE), device="cpu")
     for alias, name in _aliases(path).items():
         if name in state:
             state[alias] = state[name]
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    still_empty = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
-    if still_empty:
-        raise CheckpointError(f"{path / WEIGHTS_FILE} lacks tensors for: {', '.join(still_empty[:5])}")
+    finish_model(model, state, path / WEIGHTS_FILE)
     model.config.quantization_config = qc
-    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), load_tokenizer(path)
 
 
 def _aliases(path: Path) -> dict:
     with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
         return json.loads((f.metadata() or {}).get("aliases", "{}"))
-
-
-def _model_class(hf_config):
-    import transformers
-    for arch in hf_config.architectures or []:
-        if hasattr(transformers, arch):
-            return getattr(transformers, arch)
-    raise CheckpointError(f"config.json names no transformers architecture this version knows "
-                          f"({hf_config.architectures}); upgrade transformers")
 
 
 def _swap_in_skeleton(model, name: str, spec: dict, config: QuantConfig) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ExportError
+from . import detectors  # noqa: F401  (registers the GPTQ, AWQ and packed-GGUF sources with load_model)
 from .awq import export_awq, is_awq_dir, load_awq
-from .gguf import PACKED_SUFFIX, export_gguf, import_gguf_layers, is_packed_gguf_source, load_gguf_packed
-from .gptq import ExportError, export_gptq, is_gptq_dir, load_gptq
+from .gguf import PACKED_SUFFIX, import_gguf_layers, is_packed_gguf_source, load_gguf_packed
+from .gguf_export import export_gguf
+from .gptq import export_gptq, is_gptq_dir, load_gptq
 
 TARGETS = ("gptq", "awq", "gguf")
 

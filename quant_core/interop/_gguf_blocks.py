@@ -9,6 +9,9 @@ Every block covers 32 consecutive weights of one row (ggml's ``QK = 32``), littl
   int4 with float group minimums (zero_mode "min"), scale ``d``, zeros ``m``.
 * Q8_0, 34 bytes: fp16 ``d``, 32 int8 ``q``. ``w = q * d``: our int8 symmetric code
   ``u = q + 128`` with the fixed zero 128.
+
+Rows: llama.cpp stores the Q/K projections' rows in its own rotary order; ``row_permutation``
+asks transformers' tensor processor for the reordering, for the importer and the exporter alike.
 """
 from __future__ import annotations
 
@@ -73,3 +76,18 @@ def encode(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
     else:
         raise ValueError(f"cannot encode GGUF type {kind}; exact types: {', '.join(BLOCK_BYTES)}")
     return np.concatenate(parts, axis=-1).reshape(n, -1)
+
+
+def row_permutation(processor, gguf_name: str, rows: int) -> torch.Tensor | None | str:
+    """How transformers reorders this tensor's rows on load (llama.cpp permutes Q/K rows for
+    its rotary layout): an index tensor, None for no reordering, or "unsupported" when the
+    processor does more than permute rows (then the tensor is dequantized instead)."""
+    idx = np.arange(rows, dtype=np.int64).reshape(rows, 1)
+    try:
+        out = processor.process(weights=idx, name=gguf_name, tensor_key_mapping={}, parsed_parameters={})
+    except Exception:  # an architecture-specific processor that needs more context
+        return "unsupported"
+    perm = np.asarray(out.weights).reshape(-1)
+    if out.name != gguf_name or perm.shape != (rows,) or not np.array_equal(np.sort(perm), idx[:, 0]):
+        return "unsupported"
+    return None if np.array_equal(perm, idx[:, 0]) else torch.from_numpy(perm.copy())

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from ..formats import FORMATS, pack_codes, unpack_codes
+from ..checkpoint_io import read_json, read_quantization_config, write_checkpoint
+from ..errors import ExportError
+from ..formats import FORMATS, pack_codes
 from ..packed import PackedWeight
-from ._checkpoint import float_state, load_checkpoint, pack_int32, read_json, unpack_int32, write_checkpoint
-from .gptq import ExportError, quantized_layers
+from ._checkpoint import float_state, load_checkpoint, pack_int32, quantized_layers, unpack_int32
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i holds column AWQ_ORDER[i] of its 8
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j sits in nibble AWQ_REVERSE_ORDER[j]
@@ -32,7 +33,7 @@ EXPORTABLE = ("4-bit int formats int4_fullrange / int4_clip, scheme 'sym' or 'as
 
 def read_awq_config(path: Path) -> dict | None:
     path = Path(path)
-    qc = (read_json(path / "config.json") or {}).get("quantization_config")
+    qc = read_quantization_config(path)
     if isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "awq":
         return qc
     qc = read_json(path / "quant_config.json")  # AutoAWQ's own file
@@ -134,4 +135,5 @@ def export_awq(model, tokenizer, out) -> Path:
     qc = {"quant_method": "awq", "bits": 4, "group_size": sizes.pop(), "zero_point": True,
           "version": "gemm", "modules_to_not_convert": None}
     legacy = {"w_bit": 4, "q_group_size": qc["group_size"], "zero_point": True, "version": "GEMM"}
-    return write_checkpoint(model, tokenizer, out, tensors, qc, {"quant_config.json": legacy})
+    write_checkpoint(model, tokenizer, out, tensors, qc, extra_files={"quant_config.json": legacy})
+    return Path(out)

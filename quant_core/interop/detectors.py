@@ -1,8 +1,14 @@
-"""Entries for ``quant_core.loading.DETECTORS``: how ``load_model`` recognises the checkpoints
-this package imports. Each is (name, matches(source), loader(source, task, dtype, device, **kw))."""
+"""How ``load_model`` recognises the checkpoints this package imports: each kind registers
+with ``quant_core.sources`` when ``quant_core.interop`` is imported (``import quant_core``
+does it), between quantllm directories (priority 10) and plain ``.gguf`` files (50)."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from ..sources import register_source
+from .awq import is_awq_dir, load_awq
+from .gguf import is_packed_gguf_source, load_gguf_packed
+from .gptq import is_gptq_dir, load_gptq
 
 
 def _only_causal_lm(task: str, what: str) -> None:
@@ -11,40 +17,20 @@ def _only_causal_lm(task: str, what: str) -> None:
 
 
 def _gptq(source, task, dtype, device, **_):
-    from .gptq import load_gptq
     _only_causal_lm(task, "GPTQ")
     return load_gptq(Path(source), dtype=dtype, device=device)
 
 
 def _awq(source, task, dtype, device, **_):
-    from .awq import load_awq
     _only_causal_lm(task, "AWQ")
     return load_awq(Path(source), dtype=dtype, device=device)
 
 
 def _gguf_packed(source, task, dtype, device, **_):
-    from .gguf import load_gguf_packed
     _only_causal_lm(task, "GGUF")
     return load_gguf_packed(source, dtype=dtype, device=device)
 
 
-def _is_gptq(source) -> bool:
-    from .gptq import is_gptq_dir
-    return is_gptq_dir(source)
-
-
-def _is_awq(source) -> bool:
-    from .awq import is_awq_dir
-    return is_awq_dir(source)
-
-
-def _is_packed_gguf(source) -> bool:
-    from .gguf import is_packed_gguf_source
-    return is_packed_gguf_source(source)
-
-
-DETECTORS = [
-    ("gptq", _is_gptq, _gptq),  # a directory whose quantization_config says quant_method gptq
-    ("awq", _is_awq, _awq),  # ... quant_method awq (GEMM)
-    ("gguf-packed", _is_packed_gguf, _gguf_packed),  # "file.gguf#packed": keep Q4_0/Q4_1/Q8_0 packed
-]
+register_source("gptq", is_gptq_dir, _gptq, priority=20)  # a directory whose quantization_config says gptq
+register_source("awq", is_awq_dir, _awq, priority=30)  # ... says awq (GEMM)
+register_source("gguf-packed", is_packed_gguf_source, _gguf_packed, priority=40)  # "file.gguf#packed"

@@ -3,20 +3,24 @@ write quantllm models as GGUF that llama.cpp runs.
 
 Which GGUF tensor is which Hugging Face parameter, and how llama.cpp reorders rows of
 the attention projections, is taken from transformers' own GGUF loader (its name map and
-tensor processors), so the two loaders cannot disagree. Block layouts: ``_gguf_blocks``.
+tensor processors), so the two loaders cannot disagree. Block layouts and row orders:
+``_gguf_blocks``; writing: ``gguf_export``.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import numpy as np
+import gguf
 import torch
+from gguf import GGUFReader
 from torch import nn
 
 from ..config import QuantConfig
 from ..formats import FORMATS, pack_codes
+from ..loading import load_gguf
 from ..packed import PackedWeight
+from ..quantize import mark_quantized, replace_linear
 from . import _gguf_blocks as blocks
 
 log = logging.getLogger("quant_core.interop")
@@ -24,6 +28,7 @@ PACKED_SUFFIX = "#packed"  # load_model("file.gguf#packed") keeps GGUF's quantiz
 
 
 def _processor(model, arch: str):
+    # transformers at call time: it takes seconds to import, and `import quant_core` reaches this module
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
     return TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=model.config.to_dict())
 
@@ -31,7 +36,6 @@ def _processor(model, arch: str):
 def linear_names(model: nn.Module, arch: str) -> dict[str, str]:
     """GGUF tensor name -> module name for every ``nn.Linear``, from gguf-py's own name map
     (the table transformers' GGUF loader uses; walking only the linears keeps it fast)."""
-    import gguf
     arch_id = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), None)
     if arch_id is None:
         raise ValueError(f"gguf-py does not know the architecture {arch!r}; upgrade the gguf package")
@@ -44,29 +48,10 @@ def linear_names(model: nn.Module, arch: str) -> dict[str, str]:
     return out
 
 
-def row_permutation(processor, gguf_name: str, rows: int) -> torch.Tensor | None | str:
-    """How transformers reorders this tensor's rows on load (llama.cpp permutes Q/K rows for
-    its rotary layout): an index tensor, None for no reordering, or "unsupported" when the
-    processor does more than permute rows (then the tensor is dequantized instead)."""
-    idx = np.arange(rows, dtype=np.int64).reshape(rows, 1)
-    try:
-        out = processor.process(weights=idx, name=gguf_name, tensor_key_mapping={}, parsed_parameters={})
-    except Exception:  # an architecture-specific processor that needs more context
-        return "unsupported"
-    perm = np.asarray(out.weights).reshape(-1)
-    if out.name != gguf_name or perm.shape != (rows,) or not np.array_equal(np.sort(perm), idx[:, 0]):
-        return "unsupported"
-    return None if np.array_equal(perm, idx[:, 0]) else torch.from_numpy(perm.copy())
-
-
 def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> dict[str, str]:
     """Replace every ``nn.Linear`` of ``model`` (loaded from the GGUF file ``path``) whose GGUF
     tensor is Q4_0 / Q4_1 / Q8_0 by a QuantLinear holding exactly those codes and scales.
     Other types stay as transformers dequantized them (with a warning). Returns layer -> GGUF type."""
-    from gguf import GGUFReader
-
-    from ..quantize import mark_quantized, replace_linear
-
     path = Path(path)
     reader = GGUFReader(str(path))
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
@@ -83,7 +68,7 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
         module = model.get_submodule(module_name)
         kind = t.tensor_type.name
         n, k = module.out_features, module.in_features
-        perm = row_permutation(processor, t.name, n)
+        perm = blocks.row_permutation(processor, t.name, n)
         if kind not in blocks.BLOCK_BYTES or k % blocks.QK or perm == "unsupported":
             left_float.append(f"{module_name} ({kind})")
             continue
@@ -112,8 +97,6 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
 
 def load_gguf_packed(path, dtype: torch.dtype = torch.float32, device="cpu", compute_dtype: str = "auto"):
     """A GGUF file with its Q4_0/Q4_1/Q8_0 linear weights kept packed; returns (model, tokenizer)."""
-    from ..loading import load_gguf
-
     path = Path(str(path).removesuffix(PACKED_SUFFIX))
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
@@ -127,6 +110,4 @@ def is_packed_gguf_source(source) -> bool:
     return str(source).endswith(".gguf" + PACKED_SUFFIX)
 
 
-from .gguf_export import export_gguf  # noqa: E402  (re-exported: one module per external format)
-
-__all__ = ["import_gguf_layers", "load_gguf_packed", "export_gguf", "row_permutation", "PACKED_SUFFIX"]
+__all__ = ["import_gguf_layers", "load_gguf_packed", "PACKED_SUFFIX"]

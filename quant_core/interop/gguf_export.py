@@ -11,13 +11,14 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
+import gguf
 import torch
+from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
 
+from ..errors import ExportError
 from ..packed import PackedWeight
 from . import _gguf_blocks as blocks
-from ._checkpoint import float_state
-from .gptq import ExportError, quantized_layers
+from ._checkpoint import float_state, quantized_layers
 
 log = logging.getLogger("quant_core.interop")
 EXPORTABLE = ("int4_fullrange or int4_clip with scheme 'sym' and group_size 32 (-> Q4_0), int4 with float "
@@ -59,7 +60,6 @@ def _rope_theta(config) -> float:
 
 
 def _write_hparams(writer, config, file_type: str) -> None:
-    import gguf
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -76,8 +76,6 @@ def _write_hparams(writer, config, file_type: str) -> None:
 
 
 def _write_tokenizer(writer, tokenizer, vocab_size: int, pre: str) -> None:
-    import gguf
-    from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         try:
@@ -103,10 +101,8 @@ def export_gguf(model, tokenizer, out, tokenizer_pre: str = "default", progress:
     """Write ``model`` to the GGUF file ``out`` (see the module docstring for the type mapping).
     ``tokenizer_pre`` names llama.cpp's pre-tokenizer (e.g. "smollm", "llama-bpe"; "default" works
     for most BPE vocabularies)."""
-    import gguf
+    # transformers at call time: it takes seconds to import, and `import quant_core` reaches this module
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
-
-    from .gguf import row_permutation
 
     config = model.config
     if config.model_type not in ARCHITECTURES:
@@ -135,7 +131,7 @@ def export_gguf(model, tokenizer, out, tokenizer_pre: str = "default", progress:
         for name, packed in layers.items():
             target = _gguf_name(names, name + ".weight")
             codes, scales, zeros = packed.codes(), packed.scales, packed.zeros
-            perm = row_permutation(processor, target, packed.out_features)
+            perm = blocks.row_permutation(processor, target, packed.out_features)
             if isinstance(perm, torch.Tensor):  # llama.cpp's row order = inverse of transformers' reorder
                 inv = torch.argsort(perm)
                 codes, scales = codes[inv], scales[inv]

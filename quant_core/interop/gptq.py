@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint_io import read_json, read_quantization_config, write_checkpoint
+from ..errors import ExportError
 from ..formats import FORMATS
-from ..modules import QuantLinear
 from ..packed import PackedWeight
 from ..primitives import default_g_idx
-from ._checkpoint import float_state, load_checkpoint, pack_int32, read_json, unpack_int32, write_checkpoint
-from ..errors import ExportError
+from ._checkpoint import float_state, load_checkpoint, pack_int32, quantized_layers, unpack_int32
 
 FORMAT_OF_BITS = {2: "int2", 3: "int3", 4: "int4_fullrange", 8: "int8"}
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
@@ -35,13 +35,11 @@ EXPORTABLE = ("int formats int2, int3, int4_fullrange, int4_clip, int8 with sche
               "(integer zero points), any group_size, fp16 scales, in_features a multiple of 32")
 
 
-
-
 # ---------------------------------------------------------------- reading
 def read_gptq_config(path: Path) -> dict | None:
     """The GPTQ quantization config of a checkpoint directory, or None if it is not GPTQ."""
     path = Path(path)
-    qc = (read_json(path / "config.json") or {}).get("quantization_config")
+    qc = read_quantization_config(path)
     if isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == "gptq":
         return qc
     qc = read_json(path / "quantize_config.json")  # AutoGPTQ writes it beside config.json
@@ -139,13 +137,6 @@ def layer_to_gptq(packed: PackedWeight, checkpoint_format: str = "gptq") -> dict
             "g_idx": packed.group_index().to(torch.int32).contiguous()}
 
 
-def quantized_layers(model) -> dict[str, PackedWeight]:
-    layers = {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear)}
-    if not layers:
-        raise ExportError("the model has no quantized layers: quantize it (quantllm quantize) before exporting")
-    return layers
-
-
 def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq") -> Path:
     """Write ``model`` as a GPTQ checkpoint that transformers (GPTQ integration), GPTQModel and vLLM load."""
     if checkpoint_format not in CHECKPOINT_FORMATS:
@@ -163,7 +154,8 @@ def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq") -> Path:
         tensors.update({f"{name}.{k}": v for k, v in layer_to_gptq(packed, checkpoint_format).items()})
     qc = gptq_config(bits.pop(), sizes.pop(), desc_act=any(p.g_idx is not None for p in layers.values()),
                      sym=all(p.zeros is None for p in layers.values()), checkpoint_format=checkpoint_format)
-    return write_checkpoint(model, tokenizer, out, tensors, qc, {"quantize_config.json": qc})
+    write_checkpoint(model, tokenizer, out, tensors, qc, extra_files={"quantize_config.json": qc})
+    return Path(out)
 
 
 def gptq_config(bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str) -> dict:

@@ -1,13 +1,12 @@
 """The small interface every kernel backend implements."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 
+from ..cache import cache_root  # noqa: F401  (kernel modules import it from here)
 from ..packed import PackedWeight
 
 
@@ -59,7 +58,3 @@ def activation_dtype(compute_dtype: str) -> torch.dtype:
     """Float dtype activations are computed in (int8 compute keeps fp32 around its int parts)."""
     return TORCH_DTYPES.get(compute_dtype, torch.float32)
 
-
-def cache_root() -> Path:
-    """Where kernels keep what they build or measure: ``$QUANTLLM_CACHE`` or ``~/.cache/quantllm``."""
-    return Path(os.environ.get("QUANTLLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "quantllm"))

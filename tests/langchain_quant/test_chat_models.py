@@ -86,8 +86,13 @@ def test_missing_chat_template_is_a_clear_error_and_a_given_one_works():
     llm = QuantLLM(engine=GenerationEngine(tiny_llama_lm(), byte_tokenizer()))
     with pytest.raises(ValueError, match="no chat template"):
         ChatQuant(llm=llm).invoke("hi")
-    reply = ChatQuant(llm=llm, chat_template=CHATML_TEMPLATE, max_tokens=3).invoke("hi")
+    templated = ChatQuant(llm=llm, chat_template=CHATML_TEMPLATE, max_tokens=3)
+    reply = templated.invoke("hi")
     assert reply.usage_metadata["output_tokens"] == 3
+    assert templated.get_engine() is llm.get_engine()  # its own template, not its own engine (and lock)
+    assert templated.render([HumanMessage("hi")]).startswith("<|im_start|>user")
+    with pytest.raises(ValueError, match="no chat template"):  # the shared engine kept no template
+        ChatQuant(llm=llm).invoke("hi")
 
 
 def test_non_text_content_is_refused(chat):

@@ -98,14 +98,13 @@ def test_text2text_generation_with_a_tiny_t5():
 
 def test_same_model_and_config_quantized_once_per_process(tmp_path, monkeypatch):
     import quant_core.auto as auto
-    import quant_core.loading as loading
 
     loads = []
 
     def fake_load(source, **kwargs):
         loads.append(source)
         return tiny_llama_lm(), byte_tokenizer()
-    monkeypatch.setattr(loading, "load_model", fake_load)
+    monkeypatch.setattr(auto, "load_model", fake_load)
     monkeypatch.setattr(auto, "_CACHE", {})
     config = {"weight_dtype": "int4", "group_size": 32}
     a = QuantLLM.from_model_id(str(tmp_path), quantization_config=config)
@@ -126,11 +125,11 @@ def test_same_model_and_config_quantized_once_per_process(tmp_path, monkeypatch)
     (dict(device="tpu"), ValueError),
 ])
 def test_bad_arguments_fail_before_loading(monkeypatch, kwargs, error):
-    import quant_core.loading as loading
+    import quant_core.auto as auto
 
     def no_loading(*args, **kw):
         raise AssertionError("the model was loaded before the bad argument was caught")
-    monkeypatch.setattr(loading, "load_model", no_loading)
+    monkeypatch.setattr(auto, "load_model", no_loading)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(error):
         QuantLLM.from_model_id(**{"model_id": None, **kwargs})

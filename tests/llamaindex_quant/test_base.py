@@ -193,8 +193,10 @@ def test_quant_config_quantizes_the_model(tiny_pair, make_tiny_model):
                                    max_new_tokens=3)
     assert any(isinstance(m, QuantLinear) for m in llm.engine.model.modules())
     assert llm.complete(PROMPT).additional_kwargs["completion_tokens"] >= 1
-    with pytest.raises(ValueError, match="already quantized"):
-        QuantLlamaLLM.from_model(model, tokenizer, QuantConfig(group_size=32))
+    # the rule of quant_core.auto: the config the model carries is reused, another one is an error
+    assert QuantLlamaLLM.from_model(model, tokenizer, QuantConfig(group_size=32)).engine is llm.engine
+    with pytest.raises(ValueError, match="already quantized with a different config: weight_dtype='int4_fullrange'"):
+        QuantLlamaLLM.from_model(model, tokenizer, QuantConfig(weight_dtype="nf4", group_size=32))
 
 
 def test_bad_construction_fails_clearly(tiny_pair, tmp_path, monkeypatch):

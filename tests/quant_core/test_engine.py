@@ -156,10 +156,9 @@ def test_bad_input_fails_before_any_forward(tok, prompts, params, error):
     assert calls == []
 
 
-def test_concurrent_calls_never_overlap_and_are_micro_batched(tok):
-    model = tiny_llama_lm()
-    engine = GenerationEngine(model, tok)
-    expected = {p: engine.generate([p], GREEDY)[0] for p in PROMPTS * 2}
+def slow_down_forward(model) -> tuple[list[bool], list[int]]:
+    """Make each forward pass of ``model`` last 20 ms; returns the lists it fills, per pass:
+    whether another pass was running at the same time, and the batch size."""
     inside, overlaps, sizes, forward = [0], [], [], model.forward
 
     @functools.wraps(forward)
@@ -173,18 +172,41 @@ def test_concurrent_calls_never_overlap_and_are_micro_batched(tok):
         finally:
             inside[0] -= 1
     model.forward = slow_forward
+    return overlaps, sizes
+
+
+def generate_in_threads(engines: list, prompts: list[str]) -> list:
+    """One thread per prompt, the i-th on ``engines[i % len(engines)]``; outputs in prompt order."""
     results = {}
 
     def call(i, prompt):
-        results[i] = engine.generate([prompt], GREEDY)[0]
-    threads = [threading.Thread(target=call, args=(i, p)) for i, p in enumerate(PROMPTS * 2)]
+        results[i] = engines[i % len(engines)].generate([prompt], GREEDY)[0]
+    threads = [threading.Thread(target=call, args=(i, p)) for i, p in enumerate(prompts)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return [results[i] for i in range(len(prompts))]
+
+
+def test_concurrent_calls_never_overlap_and_are_micro_batched(tok):
+    model = tiny_llama_lm()
+    engine = GenerationEngine(model, tok)
+    expected = {p: engine.generate([p], GREEDY)[0] for p in PROMPTS * 2}
+    overlaps, sizes = slow_down_forward(model)
+    assert generate_in_threads([engine], PROMPTS * 2) == [expected[p] for p in PROMPTS * 2]
     assert not any(overlaps)
-    assert [results[i] for i in range(6)] == [expected[p] for p in PROMPTS * 2]
     assert max(sizes) > 1  # waiting single calls were run as one batch
+
+
+def test_engines_of_one_model_share_its_forward_lock(tok):
+    model = tiny_llama_lm()
+    # a user's own engine and one per tokenizer: each may exist, yet the model runs one pass at a time
+    engines = [GenerationEngine(model, tok), GenerationEngine.for_model(model, byte_tokenizer(CHATML_TEMPLATE))]
+    expected = {p: engines[0].generate([p], GREEDY)[0] for p in PROMPTS}
+    overlaps, _ = slow_down_forward(model)
+    assert generate_in_threads(engines, PROMPTS * 2) == [expected[p] for p in PROMPTS * 2]
+    assert overlaps and not any(overlaps)
 
 
 def test_quantized_model_batches_like_it_loops(tok):

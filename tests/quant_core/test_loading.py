@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from quant_core import QuantConfig, quantize
-from quant_core.loading import detect, load_model
+from quant_core.loading import load_model
 from quant_core.serialization import save_quantized
+from quant_core.sources import detect
 
 
 def test_unknown_task_fails_before_loading():

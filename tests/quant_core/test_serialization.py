@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from quant_core import QuantConfig, QuantLinear, quantize
-from quant_core.serialization import CheckpointError, WEIGHTS_FILE, atomic_directory, load_quantized, save_quantized
+from quant_core.checkpoint_io import atomic_directory
+from quant_core.serialization import CheckpointError, WEIGHTS_FILE, load_quantized, save_quantized
 
 
 @pytest.fixture

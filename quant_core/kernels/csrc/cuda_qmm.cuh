@@ -41,7 +41,8 @@ struct Tile {
   static constexpr int A_BYTES = MROWS * A_STRIDE * 2;
   static constexpr int Z_ELEM = ZM == ZINT ? 1 : ZM == ZMIN ? 2 : 0;
   static constexpr int RED_STRIDE = BN + 4;
-  static constexpr int BK_ = BK, BN_ = BN;
+  static constexpr int BK_ = BK, BN_ = BN, MT_ = MT, FMT_ = FMT, ZM_ = ZM;
+  using Type = T;
   static_assert(BN % 64 == 0 && WARPS % WN == 0 && ROWS % WK == 0 && RPW >= 1, "warps must tile the stage");
 
   __host__ __device__ static int stage_groups(int group) { return group < BK ? BK / group : 1; }
@@ -97,125 +98,77 @@ struct LoadPlan {
   const T* a_src;        // first activation chunk of the current stage
   int a_row;             // its row in the block
   int s_row, s_col;      // the scale (and zero) chunk this thread copies, if s_row < groups per stage
-};
+  int tid, rows, sg, k_begin, n0;
+  bool per_channel;
+  size_t wrow;           // bytes of one 16-row band of units
 
-// ONE_GROUP: every stage lies inside one scale group (group >= BK), so a warp reads its group values
-// once a stage, before the row loop; otherwise every 16-row unit reads its own. Either way the row
-// loop has no branch, so the compiler can start the next unit's shared-memory loads early.
-// 16-row blocks cap registers for 3 blocks (24 warps) per SM: the kernel is latency-bound there.
-template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES, bool ONE_GROUP>
-__global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 1) qmm_kernel(const Args a) {
-  using C = Tile<T, FMT, ZM, MT, BN, BK, WARPS, STAGES>;
-  using P = LoadPlan<C, T>;
-  extern __shared__ __align__(16) uint8_t smem[];
-  __shared__ int last_arrival;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wn = warp % C::WN, wk = warp / C::WN;
-  const int m0 = blockIdx.x * C::MROWS, n0 = blockIdx.y * BN;  // m fastest: row blocks share weight tiles in L2
-  const int rows = min(C::MROWS, a.M - m0);
-  const int k_begin = blockIdx.z * a.k_split;
-  const int iters = max(0, min(a.K - k_begin, a.k_split)) / BK;
-  const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
-  const bool per_channel = a.group >= a.K;
-  const size_t wrow = static_cast<size_t>(a.N) * 2 * C::BITS;  // bytes of one 16-row band of units
-
-  P plan;
-  plan.b_src = a.qw + static_cast<size_t>(k_begin / 16 + tid / P::RC) * wrow + static_cast<size_t>(n0) * 2 * C::BITS +
-               (tid % P::RC) * 16;
-  plan.b_band = P::B_ROWS * wrow;
-  plan.a_row = tid / P::AC;
-  plan.a_src = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0 + plan.a_row) * a.K + k_begin + (tid % P::AC) * 8;
-  plan.s_row = tid / (BN / 8);
-  plan.s_col = (tid % (BN / 8)) * 8;
-
-  // Rows past M are never loaded; ldmatrix reads them as the tile's padding, so zero them once.
-  for (int st = 0; st < STAGES; ++st) {
-    uint4* pad = reinterpret_cast<uint4*>(smem + st * stage_bytes + C::B_BYTES + rows * C::A_STRIDE * 2);
-    for (int i = tid; i < (C::MROWS - rows) * C::A_STRIDE / 8; i += C::THREADS) pad[i] = make_uint4(0, 0, 0, 0);
-  }
-
-  auto load = [&](int slot, int it) {
-    uint8_t* base = smem + slot * stage_bytes;
-    const uint8_t* wsrc = plan.b_src + static_cast<size_t>(it) * C::ROWS * wrow;
+  // Stage `it` of this block's K range into the shared-memory slot at `base` (cp.async, not waited on).
+  __device__ __forceinline__ void load(uint8_t* base, int it, const Args& a) const {
+    constexpr int BN = C::BN_, BK = C::BK_, ZM = C::ZM_;
+    const uint8_t* wsrc = b_src + static_cast<size_t>(it) * C::ROWS * wrow;
 #pragma unroll
-    for (int i = 0; i < P::B_PER; ++i) cp_async16(base + (tid + i * C::THREADS) * 16, wsrc + i * plan.b_band);
+    for (int i = 0; i < B_PER; ++i) cp_async16(base + (tid + i * C::THREADS) * 16, wsrc + i * b_band);
     T* as = reinterpret_cast<T*>(base + C::B_BYTES);
 #pragma unroll
-    for (int i = 0; i < P::A_PER; ++i) {
-      const int row = plan.a_row + i * P::A_ROWS;
+    for (int i = 0; i < A_PER; ++i) {
+      const int row = a_row + i * A_ROWS;
       if (row < rows)
-        cp_async16(as + row * C::A_STRIDE + (tid % P::AC) * 8, plan.a_src + static_cast<size_t>(i) * P::A_ROWS * a.K + it * BK);
+        cp_async16(as + row * C::A_STRIDE + (tid % AC) * 8, a_src + static_cast<size_t>(i) * A_ROWS * a.K + it * BK);
     }
-    if (plan.s_row < sg) {
+    if (s_row < sg) {
       const int k0 = k_begin + it * BK;
-      const int g = (per_channel ? 0 : k0 >> a.group_shift) + plan.s_row;
+      const int g = (per_channel ? 0 : k0 >> a.group_shift) + s_row;
       T* ss = reinterpret_cast<T*>(base + C::B_BYTES + C::A_BYTES);
-      cp_async16(ss + plan.s_row * BN + plan.s_col, reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g) * a.N + n0 + plan.s_col);
+      cp_async16(ss + s_row * BN + s_col, reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g) * a.N + n0 + s_col);
       if constexpr (ZM != ZNONE) {
         constexpr int ZB = BN * C::Z_ELEM;  // bytes of one group row of zeros in the block
-        uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN) + plan.s_row * ZB;
+        uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN) + s_row * ZB;
         const uint8_t* zsrc = reinterpret_cast<const uint8_t*>(a.zeros) + (static_cast<size_t>(g) * a.N + n0) * C::Z_ELEM;
         // minimums: one chunk beside each scale chunk; uint8 zero points: BN bytes, every other copier
-        if (C::Z_ELEM == 2 || plan.s_col % 16 == 0)
-          cp_async16(zs + plan.s_col * C::Z_ELEM, zsrc + plan.s_col * C::Z_ELEM);
+        if (C::Z_ELEM == 2 || s_col % 16 == 0) cp_async16(zs + s_col * C::Z_ELEM, zsrc + s_col * C::Z_ELEM);
       }
     }
-  };
+  }
+};
 
-  float acc[MT][8][4];
+// One pipeline stage's math for this warp: its 16-row units of the stage, each decoded once into B
+// fragments and multiplied with every 16-row block of the activations.
+template <typename C, bool ONE_GROUP, typename T = typename C::Type>
+__device__ __forceinline__ void compute_stage(float (&acc)[C::MT_][8][4], const uint8_t* base, int sg, const Args& a,
+                                              int lane, int wn, int wk, GroupRegs<T, C::FMT_, C::ZM_>& gp) {
+  constexpr int MT = C::MT_, BN = C::BN_, FMT = C::FMT_, ZM = C::ZM_;
+  const T* as = reinterpret_cast<const T*>(base + C::B_BYTES);
+  const T* ss = reinterpret_cast<const T*>(base + C::B_BYTES + C::A_BYTES);
+  const uint8_t* zs = reinterpret_cast<const uint8_t*>(ss + sg * BN);
+  if constexpr (ONE_GROUP) gp.load(ss + wn * 64, zs + wn * 64 * C::Z_ELEM, lane);
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int i = 0; i < C::RPW; ++i) {
+    const int r = wk * C::RPW + i;
+    if constexpr (!ONE_GROUP) {
+      const int gr = (r * 16) >> a.group_shift;
+      gp.load(ss + gr * BN + wn * 64, zs + (gr * BN + wn * 64) * C::Z_ELEM, lane);
+    }
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      ldmatrix_x4(af[mt], as + (mt * 16 + (lane & 15)) * C::A_STRIDE + r * 16 + (lane >> 4) * 8);
+    uint32_t b[8][2];
+    unit_fragments<T, FMT, ZM>(base + (r * C::WN + wn) * C::UNIT, gp, a, lane, b);
 #pragma unroll
     for (int s = 0; s < 8; ++s)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][s][i] = 0.f;
-
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < iters) load(s, s);
-    cp_async_commit();
+      for (int mt = 0; mt < MT; ++mt) mma16816<T>(acc[mt][s], af[mt], b[s]);
   }
-  GroupRegs<T, FMT, ZM> gp;
-  for (int it = 0; it < iters; ++it) {
-    cp_async_wait<STAGES - 2>();
-    __syncthreads();  // stage `it` landed for every thread; slot (it - 1) % STAGES is free again
-    const int next = it + STAGES - 1;
-    if (next < iters) load(next % STAGES, next);
-    cp_async_commit();
-    const uint8_t* base = smem + (it % STAGES) * stage_bytes;
-    const T* as = reinterpret_cast<const T*>(base + C::B_BYTES);
-    const T* ss = reinterpret_cast<const T*>(base + C::B_BYTES + C::A_BYTES);
-    const uint8_t* zs = reinterpret_cast<const uint8_t*>(ss + sg * BN);
-    if constexpr (ONE_GROUP) gp.load(ss + wn * 64, zs + wn * 64 * C::Z_ELEM, lane);
-#pragma unroll
-    for (int i = 0; i < C::RPW; ++i) {
-      const int r = wk * C::RPW + i;
-      if constexpr (!ONE_GROUP) {
-        const int gr = (r * 16) >> a.group_shift;
-        gp.load(ss + gr * BN + wn * 64, zs + (gr * BN + wn * 64) * C::Z_ELEM, lane);
-      }
-      uint32_t af[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-        ldmatrix_x4(af[mt], as + (mt * 16 + (lane & 15)) * C::A_STRIDE + r * 16 + (lane >> 4) * 8);
-      uint32_t b[8][2];
-      unit_fragments<T, FMT, ZM>(base + (r * C::WN + wn) * C::UNIT, gp, a, lane, b);
-#pragma unroll
-      for (int s = 0; s < 8; ++s)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) mma16816<T>(acc[mt][s], af[mt], b[s]);
-    }
-  }
-  cp_async_wait<0>();
-  __syncthreads();  // the pipeline's shared memory becomes the reduction buffer
+}
 
-  // K-warps meet in shared memory, one after another (fp32 [MROWS][BN + 4]).
-  float* red = reinterpret_cast<float*>(smem);
+// The K-warps' partial sums meet in shared memory, one warp row after another (fp32 [MROWS][BN + 4]).
+template <typename C>
+__device__ __forceinline__ void reduce_k_warps(const float (&acc)[C::MT_][8][4], float* red, int lane, int wn, int wk) {
   const int g = lane >> 2, t = lane & 3;
   for (int w = 0; w < C::WK; ++w) {
     if (wk == w) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+      for (int mt = 0; mt < C::MT_; ++mt)
 #pragma unroll
         for (int s = 0; s < 8; ++s) {
           float2* p0 = reinterpret_cast<float2*>(red + (mt * 16 + g) * C::RED_STRIDE + wn * 64 + 8 * s + 2 * t);
@@ -230,8 +183,14 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 1) qmm_kernel(const 
     }
     __syncthreads();
   }
+}
 
-  constexpr int HALF = BN / 2;
+// The block's sums to the output; with K splits, into the fp32 workspace, where the last block to
+// arrive at this tile writes the output and leaves the workspace and its counter at zero again.
+template <typename C, typename T>
+__device__ __forceinline__ void store_tile(const float* red, const Args& a, int tid, int m0, int n0, int rows) {
+  __shared__ int last_arrival;
+  constexpr int HALF = C::BN_ / 2;
   for (int i = tid; i < rows * HALF; i += C::THREADS) {
     const int m = i / HALF, c = (i % HALF) * 2;
     const float2 v = *reinterpret_cast<const float2*>(red + m * C::RED_STRIDE + c);
@@ -258,6 +217,72 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 1) qmm_kernel(const 
     __stcg(reinterpret_cast<float2*>(a.ws + o), make_float2(0.f, 0.f));
   }
   if (tid == 0) *counter = 0;
+}
+
+// ONE_GROUP: every stage lies inside one scale group (group >= BK), so a warp reads its group values
+// once a stage, before the row loop; otherwise every 16-row unit reads its own. Either way the row
+// loop has no branch, so the compiler can start the next unit's shared-memory loads early.
+// 16-row blocks cap registers for 3 blocks (24 warps) per SM: the kernel is latency-bound there.
+template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES, bool ONE_GROUP>
+__global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 1) qmm_kernel(const Args a) {
+  using C = Tile<T, FMT, ZM, MT, BN, BK, WARPS, STAGES>;
+  using P = LoadPlan<C, T>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wn = warp % C::WN, wk = warp / C::WN;
+  const int m0 = blockIdx.x * C::MROWS, n0 = blockIdx.y * BN;  // m fastest: row blocks share weight tiles in L2
+  const int rows = min(C::MROWS, a.M - m0);
+  const int k_begin = blockIdx.z * a.k_split;
+  const int iters = max(0, min(a.K - k_begin, a.k_split)) / BK;
+  const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
+  const bool per_channel = a.group >= a.K;
+  const size_t wrow = static_cast<size_t>(a.N) * 2 * C::BITS;  // bytes of one 16-row band of units
+
+  P plan;
+  plan.b_src = a.qw + static_cast<size_t>(k_begin / 16 + tid / P::RC) * wrow + static_cast<size_t>(n0) * 2 * C::BITS +
+               (tid % P::RC) * 16;
+  plan.b_band = P::B_ROWS * wrow;
+  plan.a_row = tid / P::AC;
+  plan.a_src = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0 + plan.a_row) * a.K + k_begin + (tid % P::AC) * 8;
+  plan.s_row = tid / (BN / 8);
+  plan.s_col = (tid % (BN / 8)) * 8;
+  plan.tid = tid, plan.rows = rows, plan.sg = sg, plan.k_begin = k_begin, plan.n0 = n0;
+  plan.per_channel = per_channel, plan.wrow = wrow;
+
+  // Rows past M are never loaded; ldmatrix reads them as the tile's padding, so zero them once.
+  for (int st = 0; st < STAGES; ++st) {
+    uint4* pad = reinterpret_cast<uint4*>(smem + st * stage_bytes + C::B_BYTES + rows * C::A_STRIDE * 2);
+    for (int i = tid; i < (C::MROWS - rows) * C::A_STRIDE / 8; i += C::THREADS) pad[i] = make_uint4(0, 0, 0, 0);
+  }
+
+
+  float acc[MT][8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int s = 0; s < 8; ++s)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][s][i] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < iters) plan.load(smem + s * stage_bytes, s, a);
+    cp_async_commit();
+  }
+  GroupRegs<T, FMT, ZM> gp;
+  for (int it = 0; it < iters; ++it) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage `it` landed for every thread; slot (it - 1) % STAGES is free again
+    const int next = it + STAGES - 1;
+    if (next < iters) plan.load(smem + (next % STAGES) * stage_bytes, next, a);
+    cp_async_commit();
+    compute_stage<C, ONE_GROUP>(acc, smem + (it % STAGES) * stage_bytes, sg, a, lane, wn, wk, gp);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the pipeline's shared memory becomes the reduction buffer
+
+  reduce_k_warps<C>(acc, reinterpret_cast<float*>(smem), lane, wn, wk);
+  store_tile<C, T>(reinterpret_cast<const float*>(smem), a, tid, m0, n0, rows);
 }
 
 // The whole weight as T [N, K] (one warp per unit): for many rows, where cuBLAS on the

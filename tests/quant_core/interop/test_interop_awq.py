@@ -9,7 +9,8 @@ import torch
 from quant_core import QuantConfig, quantize
 from quant_core.interop import ExportError, export_awq
 from quant_core.interop.awq import layer_from_awq, layer_to_awq
-from quant_core.loading import detect, load_model
+from quant_core.loading import load_model
+from quant_core.sources import detect
 
 AWQ_PACK_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ: nibble i of a word holds column order[i]
 

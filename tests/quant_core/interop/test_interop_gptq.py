@@ -10,9 +10,10 @@ import torch
 from quant_core import QuantConfig, quantize
 from quant_core.interop import ExportError, export_gptq, load_gptq
 from quant_core.interop.gptq import layer_from_gptq, layer_to_gptq
-from quant_core.loading import detect, load_model
+from quant_core.loading import load_model
 from quant_core.modules import QuantLinear
 from quant_core.serialization import load_quantized, save_quantized
+from quant_core.sources import detect
 
 
 def gptq_reference_dequant(qweight, qzeros, scales, g_idx, bits, checkpoint_format):
