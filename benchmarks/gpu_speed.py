@@ -37,6 +37,7 @@ import triton
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
+from quant_core.kernels.cuda_kernel import CudaKernel  # noqa: E402
 from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
 
@@ -46,9 +47,12 @@ from gpu_peers import PEERS, probe, short_reason  # noqa: E402 - same folder; im
 from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
 from gpu_speed_report import NAME, write_report  # noqa: E402 - same folder
 
-SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024), (4096, 128256)]  # (K in, N out)
-ROWS = [1, 4, 16, 64, 256]
-OURS = [("int4 g128", "int4", 128, True), ("nf4 g128", "nf4", 128, True), ("int8 per-ch", "int8", -1, True)]
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]  # (K in, N out)
+ROWS = [1, 16, 64, 256]
+# (column, format, group size, kernel): the CUDA kernel in every format, Triton (the fallback) for int4
+OURS = [("cuda int4 g128", "int4", 128, CudaKernel), ("cuda nf4 g128", "nf4", 128, CudaKernel),
+        ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel)]
+TRITON_UNTUNED = "triton int4 g128 (heuristic config, untuned)"
 DEV = "cuda"
 BF16, TINYGEMM = "bf16 cuBLAS", "tinygemm int4 g128"  # column names of the layer table in gpu_speed.json
 
@@ -131,7 +135,7 @@ def peer_cell(calls, bf16_eager: float, bf16_graph: float) -> dict:
     return {"eager_us": eager, "graph_us": graph, "x_bf16": bf16_graph / graph}
 
 
-def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[dict]:
+def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=(), on_rows=None) -> list[dict]:
     """Rows of gpu_speed.json's ``layers``. ``peers``: (label, builder) pairs from gpu_peers.py; a str
     in place of the builder is the reason that peer cannot run, shown in each of its cells."""
     rows = []
@@ -142,11 +146,11 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[
         if tg:
             tg = [tg[0]] + [tinygemm_op(k, n)[0] for _ in range(copies_for(tg[1]) - 1)]
         ours = []
-        for label, fmt, gs, _ in OURS:
+        for label, fmt, gs, kernel_class in OURS:
             p0 = random_packed(fmt, k, n, gs)
             spec = LayerSpec.of(p0, "bf16", "cuda")
-            kernels = [TritonKernel(p0, spec)]
-            kernels += [TritonKernel(random_packed(fmt, k, n, gs), spec) for _ in range(copies_for(p0.nbytes()) - 1)]
+            kernels = [kernel_class(p0, spec)]
+            kernels += [kernel_class(random_packed(fmt, k, n, gs), spec) for _ in range(copies_for(p0.nbytes()) - 1)]
             ours.append((kernels, p0.nbytes()))
         peer_fns = []  # per peer: forward callables over weight copies, or the reason it cannot run
         for label, build in peers:
@@ -163,7 +167,7 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[
                     ([(TINYGEMM, [lambda f=f: f(x) for f in tg])] if tg else []) + \
                     [(f"ours {lbl[0]}", [lambda kk=kk: kk.forward(x) for kk in ks]) for lbl, (ks, _) in zip(OURS, ours)]:
                 eager, graph = timed(calls, False), timed(calls, True)
-                base = graph if base is None else base
+                base = min(eager, graph) if base is None else base  # bf16: whichever mode is faster
                 bf16_eager = eager if bf16_eager is None else bf16_eager
                 cells[name] = {"eager_us": eager, "graph_us": graph, "x_bf16": base / graph}
             if not tg:  # keep the column where it stands when the kernel exists
@@ -176,9 +180,14 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[
                          "int4_bw_pct_of_copy": 100 * bw / copy_tbs})
             print(f"{k}x{n} M={m}: " + "; ".join(f"{c}: {v.get('graph_us') or v.get('error')}" for c, v in cells.items()),
                   flush=True)
+            if on_rows:
+                on_rows(rows)  # saved row by row: a run cut short keeps what it measured
+        from quant_core.kernels.cuda_kernel import CACHE as CUDA_CACHE
         from quant_core.kernels.triton_tuning import CACHE
         print("tuned:", {f"{key[0]} M<={key[1]} {key[4]}b{'cb' if key[6] else ''}": cfg.label()
-                         for key, cfg in CACHE.best.items() if key[2:4] == (k, n)}, flush=True)
+                         for key, cfg in CACHE.best.items() if key[2:4] == (k, n)},
+              {f"M<={key[1]} {key[4]} {key[5]}": cfg.label() for key, cfg in CUDA_CACHE.best.items()
+               if key[2:4] == (k, n)}, flush=True)
         del bf16_w, ours, tg, peer_fns
         torch.cuda.empty_cache()
     return rows
@@ -186,7 +195,7 @@ def layer_table(shapes, rows_list, copy_tbs: float, run: str, peers=()) -> list[
 
 def launch_overhead(run: str) -> dict:
     p = random_packed("int4", 4096, 4096, 128)
-    kern = TritonKernel(p, LayerSpec.of(p, "bf16", "cuda"))
+    kern = CudaKernel(p, LayerSpec.of(p, "bf16", "cuda"))
     x = torch.randn(1, 4096, device=DEV, dtype=torch.bfloat16)
     kern.forward(x)
     torch.cuda.synchronize()
@@ -233,6 +242,8 @@ def main() -> None:
                     "(the file then says it is stitched from several runs)")
     ap.add_argument("--run-id", help="name of this run in the file (default: date and commit)")
     ap.add_argument("--out-dir", help="folder for gpu_speed.json/.md (default: benchmarks/results)")
+    ap.add_argument("--triton-untuned", action="store_true",
+                    help="Triton column with its heuristic default config (tuning compiles for minutes)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_speed.py needs a CUDA GPU; none is visible to PyTorch")
@@ -251,14 +262,22 @@ def main() -> None:
                 data.setdefault("peers", {})[label] = f"unavailable: {type(exc).__name__}: {str(exc).strip()[:200]}"
                 torch.cuda.synchronize()
                 peers.append((label, short_reason(exc)))
+    if args.triton_untuned:  # the Triton tuner's cache answers its first candidate; the CUDA tuner is separate
+        from quant_core.kernels import triton_tuning
+        triton_tuning.CACHE.choose = lambda key, candidates, run, tune: candidates[0]
+        OURS[3] = (OURS[3][0].replace("triton int4 g128", TRITON_UNTUNED),) + OURS[3][1:]
     if not args.skip_layers:
         shapes = [tuple(map(int, s.lower().split("x"))) for s in args.shapes] if args.shapes else \
             SHAPES[:2] + SHAPES[-1:] if args.quick else SHAPES
-        data["layers"] += layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, run_id, peers)
+        done = list(data["layers"])
+        data["layers"] += layer_table(shapes, args.rows or ([1, 16, 64] if args.quick else ROWS), copy_tbs, run_id, peers,
+                                      on_rows=lambda rows: save({**data, "layers": done + rows}))
         data["launch"].append(launch_overhead(run_id))
         save(data)
     if not args.skip_decode:
-        data["decode"] += decode_section(run_id, args.decode_layers, peers=peers)
+        done = list(data["decode"])
+        data["decode"] += decode_section(run_id, args.decode_layers, peers=peers,
+                                         on_row=lambda rows: save({**data, "decode": done + rows}))
         save(data)
     if args.gptq:
         data["gptq"].append(gptq_section(run_id, args.decode_layers))

@@ -34,11 +34,13 @@ def synthetic_llama(layers: int, device="cuda", **overrides):
     return model.eval()
 
 
-def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> tuple[float, str]:
+def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> tuple[float, str, float]:
     """Greedy decode through the product's own ``StaticDecoder`` (static cache; on CUDA each step
-    is one CUDA-graph replay, captured at the first step), timed after a few warm-up steps."""
+    is one CUDA-graph replay, captured at the first step), timed after a few warm-up steps.
+    Also returns the seconds the prefill and warm-up took: first use, kernel tuning included."""
     from quant_core.decode import StaticDecoder
 
+    t_start = time.perf_counter()
     dec = StaticDecoder(model, batch, prompt + steps + 1)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=model.device)
     token = dec.prefill(ids).argmax(-1)
@@ -46,11 +48,12 @@ def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> t
         token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
+    warm_s = t0 - t_start
     n = steps - 8
     for _ in range(n):
         token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
-    return batch * n / (time.perf_counter() - t0), "graph" if dec.graphed else "eager"
+    return batch * n / (time.perf_counter() - t0), "graph" if dec.graphed else "eager", warm_s
 
 
 DECODE_FORMATS = [("bf16", None), ("int4 g128", dict(weight_dtype="int4", group_size=128)),
@@ -77,7 +80,7 @@ def swap_linears(model, build) -> None:
                 setattr(parent, name, PeerLinear(build(child.weight.data)))
 
 
-def decode_section(run: str, layers: int, batches=(1, 16), peers=()) -> list[dict]:
+def decode_section(run: str, layers: int, batches=(1, 16), peers=(), on_row=None) -> list[dict]:
     """Rows of gpu_speed.json's ``decode``: every linear quantized (lm_head included), RTN.
     ``peers``: (label, builder) pairs from gpu_peers.py, run through the same decoder."""
     base, out = {}, []
@@ -94,15 +97,23 @@ def decode_section(run: str, layers: int, batches=(1, 16), peers=()) -> list[dic
             torch.cuda.empty_cache()
             row["batches"] = {}
             for b in batches:
-                tps, mode = tokens_per_second(model, b)
+                tps, mode, warm_s = tokens_per_second(model, b)
                 base.setdefault(b, tps)
-                row["batches"][str(b)] = {"tok_s": tps, "mode": mode, "x_bf16": tps / base[b]}
+                row["batches"][str(b)] = {"tok_s": tps, "mode": mode, "x_bf16": tps / base[b],
+                                          "first_use_s": warm_s}
+            row["kernels"] = sorted({m.kernel.name for m in model.modules()
+                                     if getattr(m, "kernel", None) is not None and hasattr(m.kernel, "name")})
+            print(f"decode {label}: kernels {row['kernels']}; " + "; ".join(
+                f"batch {b}: {v['tok_s']:.1f} tok/s ({v['x_bf16']:.2f}x, first use {v['first_use_s']:.0f} s)"
+                for b, v in row["batches"].items()), flush=True)
         except Exception as exc:  # noqa: BLE001 - a peer that cannot decode is a table entry
             if not build:
                 raise
             row = {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:100]}"}
         print(f"decode {row}", flush=True)
         out.append(row)
+        if on_row:
+            on_row(out)  # saved row by row: a run cut short keeps what it measured
         model = None
         torch.cuda.empty_cache()
     return out

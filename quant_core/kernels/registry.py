@@ -20,12 +20,13 @@ KERNELS: dict[str, str] = {
     "cpu_avx2": "quant_core.kernels.cpu_simd:CpuAvx2Kernel",
     "ipex": "quant_core.kernels.ipex:IpexKernel",
     "triton": "quant_core.kernels.triton_kernel:TritonKernel",
+    "cuda": "quant_core.kernels.cuda_kernel:CudaKernel",
 }
 
 # Fastest first; "reference" last so a choice always exists.
 PRIORITY: dict[str, list[str]] = {
     "cpu": ["ipex", "cpu_avx512", "cpu_avx2", "reference"],
-    "cuda": ["triton", "reference"],
+    "cuda": ["cuda", "triton", "reference"],
 }
 
 FORCE_ENV = "QUANTLLM_KERNEL"

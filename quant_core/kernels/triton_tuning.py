@@ -135,13 +135,15 @@ class ConfigCache:
     timed during graph capture, under the interpreter or with $QUANTLLM_TRITON_TUNE=0; a file
     that cannot be read or written only costs a re-tune, with a warning."""
 
-    def __init__(self, path: Path | None = None, timer=graph_time):
+    def __init__(self, path: Path | None = None, timer=graph_time, fingerprint=None, file_name: str = TUNING_FILE):
         self.best: dict[tuple, Config] = {}
-        self.path = path  # None: cache_root() / TUNING_FILE, looked up at first use
+        self.path = path  # None: cache_root() / file_name, looked up at first use
         self.timer = timer
+        self.fingerprint = fingerprint or _fingerprint  # the CUDA kernel keys by its own sources
+        self.file_name = file_name
 
     def _file(self) -> Path:
-        return self.path or cache_root() / TUNING_FILE
+        return self.path or cache_root() / self.file_name
 
     def _saved(self) -> dict:
         try:
@@ -168,7 +170,7 @@ class ConfigCache:
             return self.best[key]
         if not tune or len(candidates) == 1 or os.environ.get(TUNE_ENV, "1") == "0":
             return candidates[0]
-        skey = f"{_fingerprint()} | {key}"
+        skey = f"{self.fingerprint()} | {key}"
         by_label = {c.label(): c for c in candidates}
         saved = self._saved().get(skey)
         if saved in by_label:  # a label no longer among the candidates is timed again

@@ -1,0 +1,94 @@
+// C entry points of one kernel library variant: activation dtype, weight format and zero mode are
+// fixed at compile time (-DQMM_BF16=0/1 -DQMM_FMT=0/1/2 -DQMM_ZM=0/1/2, see cuda_build.py), so
+// each library holds only the kernels one kind of layer needs and builds in seconds.
+// Every entry point returns a cudaError_t (0 = launched); ctypes calls them, no torch headers.
+#include <cuda_runtime.h>
+
+#include "cuda_qmm.cuh"
+
+#ifndef QMM_BF16
+#define QMM_BF16 1
+#endif
+#ifndef QMM_FMT
+#define QMM_FMT 0
+#endif
+#ifndef QMM_ZM
+#define QMM_ZM 0
+#endif
+
+namespace {
+using T = std::conditional<QMM_BF16, __nv_bfloat16, half>::type;
+constexpr int STAGES = 4;
+
+// Launch shapes (BN, BK, warps), indexed by the tuner's `tile`; keep in step with cuda_kernel.TILES.
+template <int TILE> struct Shape;
+template <> struct Shape<0> { static constexpr int BN = 128, BK = 128, WARPS = 8; };
+template <> struct Shape<1> { static constexpr int BN = 256, BK = 64, WARPS = 8; };
+template <> struct Shape<2> { static constexpr int BN = 64, BK = 256, WARPS = 8; };
+template <> struct Shape<3> { static constexpr int BN = 128, BK = 64, WARPS = 4; };
+template <> struct Shape<4> { static constexpr int BN = 256, BK = 128, WARPS = 8; };
+template <> struct Shape<5> { static constexpr int BN = 64, BK = 64, WARPS = 4; };  // fits any 64 x 64 grid
+
+template <int TILE, int MT, bool ONE_GROUP>
+cudaError_t launch(const qmm::Args& a, cudaStream_t stream) {
+  using S = Shape<TILE>;
+  using C = qmm::Tile<T, QMM_FMT, QMM_ZM, MT, S::BN, S::BK, S::WARPS, STAGES>;
+  auto kernel = qmm::qmm_kernel<T, QMM_FMT, QMM_ZM, MT, S::BN, S::BK, S::WARPS, STAGES, ONE_GROUP>;
+  if (a.N % S::BN || a.K % S::BK || a.k_split % S::BK || (a.group < S::BK && S::BK % a.group) ||
+      (a.group >= S::BK && a.group % S::BK) || (a.group < S::BK && (1 << a.group_shift) != a.group))
+    return cudaErrorInvalidValue;  // the Python side filters configs; this keeps a wrong call harmless
+  const int smem = C::smem_bytes(a.group);
+  static int raised = 48 * 1024;  // per instantiation: the dynamic limit already granted
+  if (smem > raised) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    raised = smem;
+  }
+  const dim3 grid((a.M + C::MROWS - 1) / C::MROWS, a.N / S::BN, a.splits);
+  kernel<<<grid, C::THREADS, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <int TILE, int MT>
+cudaError_t launch_groups(const qmm::Args& a, cudaStream_t stream) {
+  return a.group >= Shape<TILE>::BK ? launch<TILE, MT, true>(a, stream) : launch<TILE, MT, false>(a, stream);
+}
+
+template <int TILE>
+cudaError_t launch_rows(const qmm::Args& a, cudaStream_t stream) {
+  if (a.M <= 16) return launch_groups<TILE, 1>(a, stream);
+  if (a.M <= 32) return launch_groups<TILE, 2>(a, stream);
+  return launch_groups<TILE, 4>(a, stream);  // more rows: blocks of 64 along M
+}
+}  // namespace
+
+extern "C" {
+
+// Which variant this library is, so a stale or mislabelled cache entry is caught at load.
+int qmm_variant() { return QMM_BF16 * 100 + QMM_FMT * 10 + QMM_ZM; }
+
+int qmm_run(const qmm::Args* a, int tile, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (tile) {
+    case 0: return launch_rows<0>(*a, s);
+    case 1: return launch_rows<1>(*a, s);
+    case 2: return launch_rows<2>(*a, s);
+    case 3: return launch_rows<3>(*a, s);
+    case 4: return launch_rows<4>(*a, s);
+    case 5: return launch_rows<5>(*a, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+int qmm_dequant(const qmm::Args* a, void* w, void* stream) {
+  constexpr int WARPS = 4;
+  const int units = (a->K / 16) * (a->N / 64);
+  qmm::dequant_kernel<T, QMM_FMT, QMM_ZM>
+      <<<(units + WARPS - 1) / WARPS, WARPS * 32, 0, static_cast<cudaStream_t>(stream)>>>(*a, static_cast<T*>(w));
+  return cudaGetLastError();
+}
+
+int qmm_set_device(int device) { return cudaSetDevice(device); }
+
+const char* qmm_error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
+}

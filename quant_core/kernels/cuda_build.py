@@ -1,0 +1,123 @@
+"""Build (once, cached) and load the CUDA quantized-GEMM library, one shared library per variant.
+
+A variant fixes what the kernels specialise on at compile time: activation dtype (fp16/bf16),
+weight format (int4 / 4-bit codebook / int8) and zero mode. The source (``csrc/cuda_*.cu*``)
+includes no torch headers, so ``nvcc`` alone builds it (about 10 s a variant on a GPU machine);
+it is loaded with ctypes and launched on PyTorch's current stream, which also puts it in CUDA
+graphs being captured. The CPU kernels are built the same way (``cpu_build.py``).
+
+Cache: ``$QUANTLLM_CACHE/kernels`` (or ``~/.cache/quantllm/kernels``), keyed by the sources, flags,
+target architecture and nvcc version. ``$QUANTLLM_NVCC`` names the compiler if it is not in
+``$CUDA_HOME/bin``, ``/usr/local/cuda/bin`` or on the PATH.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .base import cache_root
+from ..errors import BuildError
+
+CSRC = Path(__file__).parent / "csrc"
+SOURCE = CSRC / "cuda_qmm.cu"
+NVCC_ENV = "QUANTLLM_NVCC"
+BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo"]
+FORMATS = {"int4": 0, "cb4": 1, "int8": 2}
+ZERO_MODES = {"none": 0, "int": 1, "min": 2}
+
+
+class QmmArgs(ctypes.Structure):
+    """``qmm::Args`` of ``csrc/cuda_qmm.cuh``, field for field."""
+    _fields_ = [("x", ctypes.c_void_p), ("qw", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+                ("zeros", ctypes.c_void_p), ("out", ctypes.c_void_p), ("ws", ctypes.c_void_p),
+                ("counters", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int),
+                ("group", ctypes.c_int), ("group_shift", ctypes.c_int), ("k_split", ctypes.c_int),
+                ("splits", ctypes.c_int), ("lut", ctypes.c_uint32 * 8)]
+
+
+def nvcc() -> str:
+    candidates = [os.environ.get(NVCC_ENV), os.environ.get("CUDA_HOME") and os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"),
+                  "/usr/local/cuda/bin/nvcc", shutil.which("nvcc")]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise BuildError("nvcc (the CUDA compiler) was not found: install the CUDA toolkit, or set "
+                     f"${NVCC_ENV} to its nvcc, or run layers with kernel='triton'")
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except Exception as exc:
+        raise BuildError(f"nvcc at {path!r} does not run: {exc}") from exc
+    return out.strip().splitlines()[-1] if out.strip() else "unknown"
+
+
+def variant_defines(bf16: bool, fmt: str, zero_mode: str) -> list[str]:
+    if fmt not in FORMATS or zero_mode not in ZERO_MODES:
+        raise BuildError(f"no CUDA kernel variant for format {fmt!r} with zero mode {zero_mode!r}")
+    return [f"-DQMM_BF16={int(bf16)}", f"-DQMM_FMT={FORMATS[fmt]}", f"-DQMM_ZM={ZERO_MODES[zero_mode]}"]
+
+
+def arch_flags(arch: str) -> list[str]:
+    """``arch`` like "90" or "80": real machine code for it (mma.sync needs no "a" target)."""
+    return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+
+
+def compile_command(out: str, bf16: bool, fmt: str, zero_mode: str, arch: str, extra=()) -> list[str]:
+    return [nvcc(), *BASE_FLAGS, *arch_flags(arch), *variant_defines(bf16, fmt, zero_mode), *extra, str(SOURCE),
+            "-o", out]
+
+
+def _source_hash() -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("cuda_*")))).hexdigest()[:16]
+
+
+def library_path(bf16: bool, fmt: str, zero_mode: str, arch: str) -> Path:
+    flags = " ".join(BASE_FLAGS + arch_flags(arch) + variant_defines(bf16, fmt, zero_mode))
+    key = hashlib.sha256((_source_hash() + flags + _nvcc_version(nvcc())).encode()).hexdigest()[:16]
+    dtype = "bf16" if bf16 else "fp16"
+    return cache_root() / "kernels" / f"cuda_qmm_{dtype}_{fmt}_{zero_mode}_sm{arch}_{key}.so"
+
+
+def build(bf16: bool, fmt: str, zero_mode: str, arch: str) -> Path:
+    """Compile the variant into the cache unless it is there; returns the library's path."""
+    out = library_path(bf16, fmt, zero_mode, arch)
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = compile_command(tmp, bf16, fmt, zero_mode, arch)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise BuildError(f"building the CUDA kernels failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    os.replace(tmp, out)  # atomic: a concurrent loader never sees half a file
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build(bf16, fmt, zero_mode, arch)))
+    p = ctypes.c_void_p
+    lib.qmm_run.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
+    lib.qmm_run.restype = ctypes.c_int
+    lib.qmm_dequant.argtypes = [ctypes.POINTER(QmmArgs), p, p]
+    lib.qmm_dequant.restype = ctypes.c_int
+    lib.qmm_set_device.argtypes = [ctypes.c_int]
+    lib.qmm_set_device.restype = ctypes.c_int
+    lib.qmm_error_string.argtypes = [ctypes.c_int]
+    lib.qmm_error_string.restype = ctypes.c_char_p
+    want = int(bf16) * 100 + FORMATS[fmt] * 10 + ZERO_MODES[zero_mode]
+    if lib.qmm_variant() != want:
+        raise BuildError(f"CUDA kernel library reports variant {lib.qmm_variant()}, expected {want}; "
+                         f"delete {cache_root() / 'kernels'} and retry")
+    return lib

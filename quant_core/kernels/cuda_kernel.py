@@ -1,0 +1,230 @@
+"""CudaKernel: the tensor-core kernel of the registry for int4 / nf4 / fp4 / int8 weights (sm_80+).
+
+The weight is re-laid once at construction (``cuda_weight``); each call is one launch of the
+fused dequantize + ``mma.sync`` kernel (``csrc/cuda_qmm.cuh``), or, where the tuner measures it
+faster (many rows), a dequantize kernel followed by cuBLAS. Launch configurations (tile shape,
+K splits) are chosen per (rows bucket, shape, format) by timing the candidates replayed from a
+CUDA graph, kept in ``$QUANTLLM_CACHE/cuda_tuning.json``; a table shipped for known GPUs
+(``cuda_defaults.json``) answers first, so first use of a common model times little.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import cuda_build
+from .base import Kernel, LayerSpec, TORCH_DTYPES
+from .cuda_weight import CudaWeight, group_reason, layout_kind, make_weight
+from .triton_tuning import ConfigCache, _split_for, graph_time, rows_bucket, sm_count
+from ..errors import BuildError, NoKernelError
+from ..formats import get_format
+
+# (BN, BK, warps) of csrc/cuda_qmm.cu's Shape<i>, by index.
+TILES = ((128, 128, 8), (256, 64, 8), (64, 256, 8), (128, 64, 4), (256, 128, 8), (64, 64, 4))
+SPLIT_MAX_ROWS = 64  # K splits meet in a shared [64, N] fp32 workspace: only for one row block
+DEQUANT_MIN_ROWS = 128  # from here the dequantize + cuBLAS path is a candidate
+DEFAULTS_FILE = Path(__file__).with_name("cuda_defaults.json")
+SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time every new key
+
+
+@dataclass(frozen=True)
+class CudaConfig:
+    tile: int
+    splits: int = 1
+    dequant: bool = False
+
+    def label(self) -> str:
+        if self.dequant:
+            return "dequant+mm"
+        bn, bk, warps = TILES[self.tile]
+        return f"t{self.tile}:n{bn}k{bk}w{warps}x{self.splits}"
+
+
+def _tile_fits(tile: int, n: int, k: int, group: int) -> bool:
+    bn, bk, _ = TILES[tile]
+    group_ok = bk % group == 0 if group < bk else group % bk == 0
+    return n % bn == 0 and k % bk == 0 and group_ok
+
+
+def candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
+    """Launch configs for ``m`` rows, the heuristic default first."""
+    out = []
+    rows = 16 if m <= 16 else 32 if m <= 32 else 64
+    for tile in range(len(TILES)):
+        if not _tile_fits(tile, n, k, group):
+            continue
+        bn, bk, _ = TILES[tile]
+        if m > SPLIT_MAX_ROWS:
+            out.append(CudaConfig(tile))
+            continue
+        # ~1 block per SM fills the GPU when each keeps ~40 KB in flight; try around that
+        split = _split_for(-(-m // rows) * (n // bn), k // bk, sm_count())
+        for s in dict.fromkeys((split, split * 2 if split * 2 <= k // bk else split, max(1, split // 2), 1)):
+            out.append(CudaConfig(tile, s))
+    if m >= DEQUANT_MIN_ROWS and out:
+        out.append(CudaConfig(0, dequant=True))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _fingerprint() -> str:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no-gpu"
+    return f"{gpu} | torch {torch.__version__} | cuda kernels {cuda_build._source_hash()} {TILES}"
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> dict:
+    """{GPU name: {key: label}} measured on that GPU (benchmarks/gpu_speed.py --write-cuda-defaults)."""
+    try:
+        return json.loads(DEFAULTS_FILE.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+CACHE = ConfigCache(fingerprint=_fingerprint, file_name="cuda_tuning.json")
+_WORKSPACES: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def workspace(device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split-K workspace of a device: fp32 sums ``[64, >= n]`` and one counter per 64 columns,
+    zero, and left zero by every launch. One per device (launches on a stream run one at a time);
+    a larger one replaces it for new launches, the old stays alive for graphs that captured it."""
+    held = _WORKSPACES.setdefault(device.index or 0, [])
+    if not held or held[-1][1].numel() < n // 64:
+        held.append((torch.zeros(SPLIT_MAX_ROWS * n, device=device, dtype=torch.float32),
+                     torch.zeros(n // 64, device=device, dtype=torch.int32)))
+    return held[-1]
+
+
+@functools.lru_cache(maxsize=1)
+def _several_gpus() -> bool:
+    return torch.cuda.device_count() > 1
+
+
+def _arch() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}{minor}"
+
+
+class CudaKernel(Kernel):
+    name = "cuda"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str]:
+        if spec.device_type != "cuda":
+            return False, f"CUDA kernels run on CUDA devices, not {spec.device_type}"
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible to PyTorch"
+        if torch.cuda.get_device_capability() < (8, 0):
+            return False, "needs compute capability 8.0+ (mma.sync with bf16)"
+        if spec.compute_dtype not in ("fp16", "bf16"):
+            return False, f"compute_dtype {spec.compute_dtype!r}: the CUDA kernel takes fp16 or bf16 activations"
+        kind = layout_kind(get_format(spec.weight_dtype))
+        if kind is None:
+            return False, f"{spec.weight_dtype}: no CUDA decoder (int4, nf4, fp4_e2m1, int8 only)"
+        if spec.out_features % 64 or spec.in_features % 64:
+            return False, f"{spec.in_features}x{spec.out_features}: needs in and out features divisible by 64"
+        reason = group_reason(spec.group_size, spec.in_features)
+        if reason:
+            return False, reason
+        try:
+            cuda_build.load_library(spec.compute_dtype == "bf16", kind, spec.zero_mode, _arch())
+        except (BuildError, OSError) as exc:
+            return False, f"CUDA kernel library unavailable: {str(exc).splitlines()[0]}"
+        return True, "fused dequantize + mma.sync (weights re-laid into fragments once)"
+
+    def __init__(self, packed, spec: LayerSpec):
+        super().__init__(packed, spec)
+        self.dtype = TORCH_DTYPES[spec.compute_dtype]
+        self.weight: CudaWeight = make_weight(packed, self.dtype)
+        self.lib = cuda_build.load_library(self.dtype == torch.bfloat16, self.weight.kind, self.weight.zero_mode,
+                                           _arch())
+        self.device = self.weight.qweight.device
+        self._ws = workspace(self.device, self.weight.out_features)
+        self._configs: dict[int, CudaConfig] = {}  # rows -> tuned config
+        self._args: dict[tuple, cuda_build.QmmArgs] = {}  # (rows, config) -> launch arguments
+
+    # -- launches ---------------------------------------------------------------------------
+    def _make_args(self, m: int, cfg: CudaConfig) -> cuda_build.QmmArgs:
+        w = self.weight
+        bk = TILES[cfg.tile][1]
+        per_split = -(-(w.in_features // bk) // cfg.splits) * bk
+        ws, counters = self._ws
+        zeros = w.zeros.data_ptr() if w.zeros is not None else None
+        return cuda_build.QmmArgs(None, w.qweight.data_ptr(), w.scales.data_ptr(), zeros, None, ws.data_ptr(),
+                                  counters.data_ptr(), m, w.out_features, w.in_features, w.group, w.group_shift,
+                                  per_split, -(-w.in_features // per_split), (ctypes.c_uint32 * 8)(*w.lut))
+
+    def _launch(self, x: torch.Tensor, cfg: CudaConfig) -> torch.Tensor:
+        """``x``: contiguous, 16-byte aligned ``[M, K]`` in the compute dtype, weight's column order."""
+        m, w = x.shape[0], self.weight
+        key = (m, cfg)
+        args = self._args.get(key)
+        if args is None:
+            args = self._args[key] = self._make_args(m, cfg)
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        if _several_gpus():  # the library's runtime keeps its own current device
+            self._check(self.lib.qmm_set_device(x.device.index))
+        if cfg.dequant:
+            wd = torch.empty((w.out_features, w.in_features), device=x.device, dtype=self.dtype)
+            self._check(self.lib.qmm_dequant(ctypes.byref(args), wd.data_ptr(), stream))
+            return F.linear(x, wd)
+        out = torch.empty((m, w.out_features), device=x.device, dtype=self.dtype)
+        args.x, args.out = x.data_ptr(), out.data_ptr()
+        self._check(self.lib.qmm_run(ctypes.byref(args), cfg.tile, stream))
+        return out
+
+    def _check(self, err: int) -> None:
+        if err:
+            raise NoKernelError(f"CUDA kernel launch failed: {self.lib.qmm_error_string(err).decode()}; "
+                                f"run this layer with kernel='triton'")
+
+    def dequantize(self) -> torch.Tensor:
+        """The weight as the kernel decodes it, ``[N, K]`` in the compute dtype and the weight's column
+        order (act-order permuted), for checking the layout on the device."""
+        w = self.weight
+        wd = torch.empty((w.out_features, w.in_features), device=self.device, dtype=self.dtype)
+        args = self._make_args(1, CudaConfig(0))
+        self._check(self.lib.qmm_dequant(ctypes.byref(args), wd.data_ptr(), torch.cuda.current_stream().cuda_stream))
+        return wd
+
+    # -- choice -----------------------------------------------------------------------------
+    def config_for(self, x: torch.Tensor) -> CudaConfig:
+        m, w = x.shape[0], self.weight
+        cands = candidates(m, w.out_features, w.in_features, w.group)
+        if not cands:
+            raise NoKernelError(f"no CUDA tile fits {w.in_features}x{w.out_features} group {w.group}; "
+                                f"run this layer with kernel='triton'")
+        key = ("cuda", rows_bucket(m), w.in_features, w.out_features, w.kind, w.zero_mode, w.group, str(self.dtype))
+        if key not in CACHE.best and os.environ.get(SHIPPED_ENV, "1") != "0":
+            label = _shipped().get(torch.cuda.get_device_name(x.device), {}).get(str(key))
+            chosen = [c for c in cands if c.label() == label]
+            if chosen:
+                CACHE.best[key] = chosen[0]
+        capturing = torch.cuda.is_current_stream_capturing()
+        return CACHE.choose(key, cands, lambda c: self._launch(x, c), tune=not capturing)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, w = x.shape[:-1], self.weight
+        x2 = x.reshape(-1, x.shape[-1]).to(self.dtype)
+        if w.perm is not None:
+            x2 = x2.index_select(1, w.perm)
+        x2 = x2.contiguous()
+        if x2.data_ptr() % 16:  # a view into the middle of a tensor: cp.async needs 16-byte rows
+            x2 = x2.clone()
+        m = x2.shape[0]
+        if m == 0:
+            return x2.new_empty((*lead, w.out_features))
+        cfg = self._configs.get(m)
+        if cfg is None:
+            cfg = self.config_for(x2)
+            if not torch.cuda.is_current_stream_capturing():
+                self._configs[m] = cfg  # an untuned default chosen during capture is not kept
+        return self._launch(x2, cfg).reshape(*lead, w.out_features)

@@ -1,0 +1,151 @@
+"""CudaKernel: what it accepts and why it refuses (any machine, capability faked), its launch
+configurations, and on a CUDA GPU its numbers against the reference kernel in every format."""
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+import torch
+
+from quant_core.formats import get_format, pack_codes
+from quant_core.kernels import cuda_build, cuda_kernel, registry
+from quant_core.kernels.base import LayerSpec
+from quant_core.kernels.cuda_kernel import TILES, CudaKernel, _tile_fits, candidates
+from quant_core.kernels.reference import ReferenceKernel
+from quant_core.packed import PackedWeight
+
+HAS_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+def spec(fmt="int4_fullrange", group=128, k=4096, n=4096, compute="bf16", device="cuda", zero_mode="none",
+         g_idx=False) -> LayerSpec:
+    f = get_format(fmt)
+    return LayerSpec(f.name, f.bits, group, k, n, zero_mode == "none", g_idx, zero_mode, compute, device)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """An sm_90 device whose kernel libraries 'build' (records which variants were asked for)."""
+    built = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(cuda_build, "load_library", lambda *v: built.append(v) or object())
+    return built
+
+
+def test_accepts_the_formats_it_decodes(fake_gpu):
+    for s in (spec(), spec("nf4", 64), spec("fp4", 128, compute="fp16"), spec("int8", -1), spec("int4_clip", 32),
+              spec(zero_mode="int"), spec(zero_mode="min"), spec(g_idx=True), spec(k=1088, n=320, group=64)):
+        ok, why = CudaKernel.can_implement(s)
+        assert ok, (s, why)
+    assert (True, "cb4", "none", "90") in fake_gpu and (False, "cb4", "none", "90") in fake_gpu
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (dict(device="cpu"), "CUDA devices"), (dict(compute="fp32"), "fp16 or bf16"), (dict(fmt="int3"), "no CUDA decoder"),
+    (dict(fmt="int2"), "no CUDA decoder"), (dict(n=4000), "divisible by 64"), (dict(group=48), "power of two"),
+    (dict(group=8), "power of two")])
+def test_refuses_with_a_reason(fake_gpu, bad, reason):
+    ok, why = CudaKernel.can_implement(spec(**bad))
+    assert not ok and reason in why
+
+
+def test_refuses_old_gpus_and_failed_builds(fake_gpu, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    assert "8.0" in CudaKernel.can_implement(spec())[1]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+
+    def no_nvcc(*v):
+        raise cuda_build.BuildError("nvcc (the CUDA compiler) was not found: install the CUDA toolkit")
+    monkeypatch.setattr(cuda_build, "load_library", no_nvcc)
+    ok, why = CudaKernel.can_implement(spec())
+    assert not ok and "nvcc" in why
+
+
+def test_registry_tries_cuda_first_then_triton_then_reference():
+    assert registry.PRIORITY["cuda"] == ["cuda", "triton", "reference"]
+    assert registry.load_kernel_class("cuda") is CudaKernel
+
+
+@pytest.mark.parametrize("m", [1, 16, 33, 64, 256])
+@pytest.mark.parametrize("k, n, group", [(4096, 14336, 128), (14336, 4096, 32), (1088, 320, 64), (4096, 4096, 4096)])
+def test_candidates_fit_the_shape_and_split_only_one_row_block(m, k, n, group):
+    cands = candidates(m, n, k, group)
+    assert cands, "a 64 x 64 tile fits every shape the kernel accepts"
+    for c in cands:
+        assert c.dequant or _tile_fits(c.tile, n, k, group)
+        assert c.splits == 1 or m <= cuda_kernel.SPLIT_MAX_ROWS
+    assert any(c.dequant for c in cands) == (m >= cuda_kernel.DEQUANT_MIN_ROWS)
+    assert len({c.label() for c in cands}) == len(cands)
+
+
+def test_shipped_defaults_name_real_candidates():
+    """Every shipped pick must be a label the tuner could choose for its key, else it is never used."""
+    shipped = json.loads(cuda_kernel.DEFAULTS_FILE.read_text())
+    assert shipped, "cuda_defaults.json holds measured picks"
+    for gpu, picks in shipped.items():
+        for key, label in picks.items():
+            _, rows, k, n, _, _, group, _ = ast.literal_eval(key)
+            assert label in {c.label() for c in candidates(rows, n, k, group)}, (gpu, key, label)
+
+
+def test_tiles_match_the_cuda_source():
+    src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
+    for i, (bn, bk, warps) in enumerate(TILES):
+        assert f"struct Shape<{i}> {{ static constexpr int BN = {bn}, BK = {bk}, WARPS = {warps}; }}" in src
+
+
+# ---- on a GPU -----------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU with compute capability 8.0+ (and nvcc to build)")
+CASES = [("int4", 128, "none", False), ("int4", 32, "int", False), ("int4", 128, "min", False),
+         ("int4", -1, "none", False), ("int4", 64, "none", True), ("nf4", 64, "none", False),
+         ("fp4", 128, "none", False), ("int8", -1, "none", False), ("int8", 128, "int", False)]
+
+
+def random_packed(fmt_name, k, n, group, zero_mode, act_order) -> PackedWeight:
+    fmt, dev = get_format(fmt_name), "cuda"
+    g = 1 if group <= 0 else -(-k // group)
+    codes = torch.randint(0, 1 << fmt.bits, (n, k), dtype=torch.uint8, device=dev)
+    scales = (torch.rand(n, g, device=dev) * 0.02 + 0.001).half()
+    zeros = {"none": None, "int": torch.randint(0, 1 << fmt.bits, (n, g), dtype=torch.uint8, device=dev),
+             "min": (-torch.rand(n, g, device=dev) * 0.1).half()}[zero_mode]
+    g_idx = (torch.arange(k, device=dev) // group)[torch.randperm(k, device=dev)].int() if act_order else None
+    return PackedWeight(fmt, k, n, group, pack_codes(codes, fmt.bits), scales, zeros, g_idx)
+
+
+@pytest.fixture
+def no_tuning(monkeypatch):
+    monkeypatch.setenv("QUANTLLM_TRITON_TUNE", "0")  # forward() takes the heuristic default: tests time nothing
+
+
+@gpu
+@pytest.mark.usefixtures("no_tuning")
+@pytest.mark.parametrize("compute", ["bf16", "fp16"])
+@pytest.mark.parametrize("fmt, group, zero_mode, act_order", CASES)
+def test_matches_the_reference_kernel(fmt, group, zero_mode, act_order, compute):
+    torch.manual_seed(0)
+    packed = random_packed(fmt, 512, 256, group, zero_mode, act_order)
+    s = LayerSpec.of(packed, compute, "cuda")
+    kern, ref = CudaKernel(packed, s), ReferenceKernel(packed, s)
+    tol = 1.2e-2 if compute == "bf16" else 3e-3
+    for m in (1, 7, 40, 130):
+        x = torch.randn(m, 512, device="cuda", dtype=torch.float32)
+        want = x.double() @ packed.dequantize(torch.float32).double().t()
+        for out in (kern.forward(x), ref.forward(x)):
+            assert torch.isfinite(out).all()
+            assert ((out.double() - want).norm() / want.norm()).item() < tol
+        xp = x.to(kern.dtype) if kern.weight.perm is None else x.to(kern.dtype)[:, kern.weight.perm].contiguous()
+        for cfg in candidates(m, 256, 512, kern.weight.group):
+            got = kern._launch(xp, cfg)
+            again = kern._launch(xp, cfg)  # split-K workspace back to zero: only summation order may differ
+            assert ((got.double() - want).norm() / want.norm()).item() < tol, cfg.label()
+            assert ((again.double() - got.double()).norm() / got.double().norm()).item() < 1e-2, cfg.label()
+
+
+@gpu
+def test_device_decoder_reproduces_the_reference_weight():
+    packed = random_packed("int4", 256, 128, 64, "int", False)
+    kern = CudaKernel(packed, LayerSpec.of(packed, "fp16", "cuda"))
+    want = packed.dequantize(torch.float32)
+    assert (kern.dequantize().float() - want).abs().max() <= 1e-3 * want.abs().max()
