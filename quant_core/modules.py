@@ -32,7 +32,7 @@ class QuantLinear(nn.Module):
                  zero_mode: str | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight_dtype, self.group_size = get_format(weight_dtype).name, group_size
+        self.fmt, self.group_size = get_format(weight_dtype), group_size  # parsed once, not per .packed
         self.compute_dtype, self.forced_kernel = compute_dtype, kernel
         shapes = expected_shapes(self.weight_dtype, in_features, out_features, group_size,
                                  not sym, has_g_idx)
@@ -68,8 +68,12 @@ class QuantLinear(nn.Module):
         return mod
 
     @property
+    def weight_dtype(self) -> str:
+        return self.fmt.name
+
+    @property
     def packed(self) -> PackedWeight:
-        return PackedWeight(get_format(self.weight_dtype), self.in_features, self.out_features,
+        return PackedWeight(self.fmt, self.in_features, self.out_features,
                             self.group_size, self.qweight, self.scales, self.zeros, self.g_idx)
 
     def resolved_compute_dtype(self, device_type: str, x_dtype: torch.dtype) -> str:
