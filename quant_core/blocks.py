@@ -1,4 +1,4 @@
-"""Block-sequential calibration driver and the architecture facts it needs, kept as data.
+"""Walking a decoder block by block over calibration inputs, and the architecture facts it needs, kept as data.
 
 Interface (stable; GPTQ, AWQ and TEQ are written against it)
 ------------------------------------------------------------
@@ -21,7 +21,7 @@ Interface (stable; GPTQ, AWQ and TEQ are written against it)
 ``architecture_of(model)`` looks the facts up by ``model.config.model_type`` and says
 which types are supported when it cannot.
 
-``run_blockwise(model, calibration_batches, per_block_fn, device=None, progress=True)``:
+``run_blockwise(model, calibration_batches, per_block_fn, device=None, progress=True, after_block_fn=None)``:
 
 1. Runs the model on each calibration batch (a LongTensor ``[b, T]`` of input ids, or a
    dict of model kwargs) only up to block 0, capturing that block's inputs: the hidden
@@ -31,7 +31,9 @@ which types are supported when it cannot.
    (which quantizes the block in place: replace linears, rescale weights...; it runs
    *with* autograd enabled so TEQ can train, everything else in the driver is no_grad),
    then runs the now-quantized block on ``inputs`` and makes its outputs the next block's
-   inputs (``BlockInputs.forward``), and moves the block back where it came from.
+   inputs (``BlockInputs.forward``), moves the block back where it came from and calls
+   ``after_block_fn(block, i)`` (e.g. to swap linears that computed with fake-quantized
+   weights for their packed modules, now that the block's outputs have moved on).
 
 Only one block and one block's activations live on ``device`` at a time. ``device=None``
 means CUDA when available, else CPU. ``per_block_fn`` may return anything; it is ignored.
@@ -281,7 +283,8 @@ def linearize_conv1d(block: nn.Module) -> None:
 
 
 def run_blockwise(model: nn.Module, calibration_batches, per_block_fn: Callable[[nn.Module, BlockInputs, int], Any],
-                  device=None, progress: bool = True, desc: str = "blocks") -> None:
+                  device=None, progress: bool = True, desc: str = "blocks",
+                  after_block_fn: Callable[[nn.Module, int], Any] | None = None) -> None:
     """Quantize ``model`` block by block (see the module docstring for the contract)."""
     arch = architecture_of(model)
     device = torch.device(device) if device is not None else default_device()
@@ -297,5 +300,7 @@ def run_blockwise(model: nn.Module, calibration_batches, per_block_fn: Callable[
         with torch.no_grad():
             inputs.hidden = [h.detach() for h in inputs.forward(block)]
         block.to(home)
+        if after_block_fn is not None:
+            after_block_fn(block, i)
         if device.type == "cuda":
             torch.cuda.empty_cache()
