@@ -12,19 +12,28 @@ import torch
 from .formats import WeightFormat
 
 
+def per_channel(group_size: int) -> bool:
+    """One scale per output channel? Saved as ``group_size=-1``; the one place that reads it."""
+    return group_size <= 0
+
+
+def group_width(in_features: int, group_size: int) -> int:
+    """Input columns per group: ``group_size``, or all of them per channel."""
+    return in_features if per_channel(group_size) else group_size
+
+
 def n_groups(in_features: int, group_size: int) -> int:
-    return 1 if group_size <= 0 else -(-in_features // group_size)
+    return -(-in_features // group_width(in_features, group_size))
 
 
 def default_g_idx(in_features: int, group_size: int, device=None) -> torch.Tensor:
-    gs = in_features if group_size <= 0 else group_size
-    return torch.arange(in_features, device=device, dtype=torch.int32) // gs
+    return torch.arange(in_features, device=device, dtype=torch.int32) // group_width(in_features, group_size)
 
 
-def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+def grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
     """[N, K] -> [N, G, gs], zero-padding a partial last group (zeros are exact in every format)."""
     n, k = w.shape
-    gs = k if group_size <= 0 else group_size
+    gs = group_width(k, group_size)
     pad = (-k) % gs
     if pad:
         w = torch.nn.functional.pad(w, (0, pad))
@@ -38,8 +47,8 @@ def group_qparams(w: torch.Tensor, fmt: WeightFormat, sym: bool, shrink: torch.T
     extra negative level (``qmin = -qmax - 1``, e.g. int4_fullrange's -8) take a *signed*
     scale that maps the group's largest-magnitude value onto ``qmin``, whatever its sign,
     so every group uses all 2^b levels (llama.cpp's Q4_0 and Neural Compressor do the
-    same; it measured 33.6 vs 36.4 perplexity against an always-positive scale on
-    SmolLM2). Every kernel multiplies by the stored scale, so its sign needs no support.
+    same; the effect on perplexity: ``benchmarks/results/quality*.md``). Every kernel
+    multiplies by the stored scale, so its sign needs no support.
     """
     w = w.float()
     wmax = w.amax(-1) * shrink
@@ -106,18 +115,19 @@ def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
 
 def quantize_weight(w: torch.Tensor, fmt: WeightFormat, group_size: int, sym: bool,
                     mse_clip: bool = False, clip_grid: int = 20, clip_min: float = 0.5,
-                    scale_dtype: torch.dtype = torch.float32):
+                    scale_dtype: torch.dtype = torch.float32, shrink: torch.Tensor | float = 1.0):
     """RTN of a whole ``[N, K]`` weight: returns ``codes [N, K]``, ``scale [N, G]``, ``zero [N, G] | None``.
 
-    With ``mse_clip`` each group's range is shrunk by the factor (on a grid down to
-    ``clip_min``) that minimises the group's squared reconstruction error. Scales are
-    rounded to ``scale_dtype`` before the codes are chosen, so codes fit the stored scales.
+    ``shrink`` (a scalar or ``[N, G]`` ratios) narrows each group's range, as a clipping
+    search chose it. With ``mse_clip`` each group's range is further shrunk by the factor (on
+    a grid down to ``clip_min``) that minimises the group's squared reconstruction error.
+    Scales are rounded to ``scale_dtype`` before the codes are chosen, so codes fit the stored scales.
     """
     n, k = w.shape
-    groups = _grouped(w.float(), group_size)
+    groups = grouped(w.float(), group_size)
 
     def qparams(ratio):
-        return stored_qparams(groups, fmt, sym, scale_dtype, shrink=ratio)
+        return stored_qparams(groups, fmt, sym, scale_dtype, shrink=shrink * ratio)
 
     scale, zero = qparams(1.0)
     if mse_clip:
@@ -135,9 +145,31 @@ def quantize_weight(w: torch.Tensor, fmt: WeightFormat, group_size: int, sym: bo
     return codes, scale, zero
 
 
+def round_trip_groups(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                      fmt: WeightFormat) -> torch.Tensor:
+    """``[..., gs]`` float groups quantized with their qparams and dequantized again."""
+    return dequantize_groups(quantize_groups(groups, scale, zero, fmt), scale, zero, fmt)
+
+
 def _group_error(groups, scale, zero, fmt):
-    q = quantize_groups(groups, scale, zero, fmt)
-    return (dequantize_groups(q, scale, zero, fmt) - groups).pow(2).sum(-1)
+    return (round_trip_groups(groups, scale, zero, fmt) - groups).pow(2).sum(-1)
+
+
+def fake_quantize_weight(w: torch.Tensor, fmt: WeightFormat, group_size: int, sym: bool,
+                         scale_dtype: torch.dtype = torch.float32,
+                         shrink: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """``[N, K]`` quantized then dequantized (float32), with ranges narrowed by ``shrink``
+    (a scalar or ``[N, G]`` ratios): the weight a quantized layer will compute with."""
+    n, k = w.shape
+    groups = grouped(w.float(), group_size)
+    scale, zero = stored_qparams(groups, fmt, sym, scale_dtype, shrink=shrink)
+    return round_trip_groups(groups, scale, zero, fmt).reshape(n, -1)[:, :k]
+
+
+def output_error(dw: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``trace(dW H dW^T)``: with ``H = sum x x^T`` over calibration inputs, the squared error
+    of ``x @ dW.T`` summed over those inputs (``dW``: a weight's change, e.g. by quantization)."""
+    return ((dw @ H) * dw).sum()
 
 
 def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,

@@ -13,56 +13,27 @@ quantization range (the clipping search, 10 ratios from 1.0 down to 0.55) with t
 output error restricted to the group's columns, and is quantized with those ranges into
 any format of the table through ``quant_core.primitives``.
 
-Measured (benchmarks/results/awq_teq.md, H100): SmolLM2-135M int4 g128 sym, 30.717 vs
-RTN 36.425 and fp32 25.255 (51.1 % of the gap; 46.6 % with 8 parent batches). Earlier
-runs that compared each linear's own output instead of attention/MLP outputs gave 44.4 %
-and 50.4 %; with that objective, skipping the clip search for q/k (as AutoAWQ does) gave
-40.0 % and no clip search 26.2 %.
+Measured quality against RTN and the other algorithms: ``benchmarks/results/quality_algorithms.md``.
 """
 from __future__ import annotations
 
 import torch
 
 from ..config import QuantConfig
-from ..primitives import _grouped, dequantize_groups, n_groups, quantize_groups, stored_qparams
+from ..primitives import group_width, grouped, n_groups, output_error, round_trip_groups, stored_qparams
 from .base import QuantResult
 from .equalize import ScaleGroup, check_group, fold_scales, normalized_scales
 from .equalize_blockwise import InputStats, quantize_blockwise
+from .rounding import fake_quantize, quantize_clipped
 
 N_GRID = 20  # ratio points of the scale search, as in the paper
 CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5  # clip ratios 1 - i/20 for i < 0.5 * 20
 PARENT_BATCHES = 32  # calibration batches whose attention/MLP outputs the scale search compares
 
 
-def _qparams(groups: torch.Tensor, config: QuantConfig, shrink=1.0):
-    return stored_qparams(groups, config.format, config.sym, config.torch_scale_dtype, shrink=shrink)
-
-
-def fake_quantize(w: torch.Tensor, config: QuantConfig, shrink=1.0) -> torch.Tensor:
-    """Quantize then dequantize ``[N, K]`` (``shrink``: scalar or ``[N, G]`` clip ratios)."""
-    n, k = w.shape
-    groups = _grouped(w.float(), config.group_size)
-    scale, zero = _qparams(groups, config, shrink)
-    deq = dequantize_groups(quantize_groups(groups, scale, zero, config.format), scale, zero, config.format)
-    return deq.reshape(n, -1)[:, :k]
-
-
-def quantize_clipped(w: torch.Tensor, config: QuantConfig, shrink=1.0) -> QuantResult:
-    n, k = w.shape
-    groups = _grouped(w.float(), config.group_size)
-    scale, zero = _qparams(groups, config, shrink)
-    codes = quantize_groups(groups, scale, zero, config.format).reshape(n, -1)[:, :k]
-    return QuantResult(codes, scale, zero)
-
-
-def output_error(dw: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """``trace(dW H dW^T)``: squared error of ``x @ dW.T`` summed over the calibration tokens."""
-    return ((dw @ H) * dw).sum()
-
-
 def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
     """Mean over output rows of |w| relative to its group's max: the weight side of duo scaling."""
-    groups = _grouped(w.abs(), group_size)
+    groups = grouped(w.abs(), group_size)
     rel = (groups / (groups.amax(-1, keepdim=True) + 1e-6)).reshape(w.shape[0], -1)[:, :w.shape[1]]
     return rel.mean(0)
 
@@ -128,19 +99,17 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
     diagonal block of ``H``: groups are independent, so each is chosen on its own.
     """
     n, k = w.shape
-    gs = k if config.group_size <= 0 else config.group_size
-    g = n_groups(k, config.group_size)
+    gs, g = group_width(k, config.group_size), n_groups(k, config.group_size)
     pad = g * gs - k
     Hp = torch.nn.functional.pad(H.float(), (0, pad, 0, pad))
     blocks = Hp.reshape(g, gs, g, gs).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [G, gs, gs]
-    groups = _grouped(w.float(), config.group_size)  # [N, G, gs]
+    groups = grouped(w.float(), config.group_size)  # [N, G, gs]
     best_err = torch.full((n, g), float("inf"), device=w.device)
     best_ratio = torch.ones(n, g, device=w.device)
     for i in range(int(max_shrink * n_grid)):
         ratio = 1 - i / n_grid
-        scale, zero = _qparams(groups, config, ratio)
-        dw = groups - dequantize_groups(quantize_groups(groups, scale, zero, config.format),
-                                        scale, zero, config.format)
+        scale, zero = stored_qparams(groups, config.format, config.sym, config.torch_scale_dtype, shrink=ratio)
+        dw = groups - round_trip_groups(groups, scale, zero, config.format)
         err = torch.einsum("ngi,gij,ngj->ng", dw, blocks, dw)
         better = err < best_err
         best_err = torch.where(better, err, best_err)

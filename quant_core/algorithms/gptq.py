@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..config import QuantConfig
-from ..primitives import dequantize_groups, quantize_groups, quantize_weight
+from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
 from .base import QuantResult
 
 log = logging.getLogger("quant_core")
@@ -87,18 +87,17 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> Qu
     n, k = w.shape
     if h.shape != (k, k):
         raise ValueError(f"GPTQ: Hessian of shape {tuple(h.shape)} does not match a weight with {k} inputs")
-    gs = k if config.group_size <= 0 else config.group_size
-    n_groups = -(-k // gs)
-    dynamic = config.group_size > 0 and not (config.act_order and config.static_groups)
+    gs, g_count = group_width(k, config.group_size), n_groups(k, config.group_size)
+    dynamic = not per_channel(config.group_size) and not (config.act_order and config.static_groups)
 
     dead = torch.diag(h) == 0  # inputs that were always zero: any value works, 0 is exact
     h[dead, dead] = 1
     w[:, dead] = 0
 
-    scales = torch.zeros(n, n_groups, dtype=torch.float32, device=w.device)
+    scales = torch.zeros(n, g_count, dtype=torch.float32, device=w.device)
     zeros = None if config.sym else torch.zeros_like(scales)
     if not dynamic:  # per-channel, or static groups: qparams from the unquantized weight
-        for g in range(n_groups):
+        for g in range(g_count):
             s, z = _qparams(w[:, g * gs:(g + 1) * gs], config)
             scales[:, g] = s
             if zeros is not None:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 
 from ..config import QuantConfig
-from ..primitives import _grouped, group_qparams
-from .awq import fake_quantize, output_error, quantize_clipped
+from ..primitives import group_qparams, grouped, output_error
 from .base import QuantResult
 from .equalize import ScaleGroup, check_group, fold_scales
 from .equalize_blockwise import InputStats, quantize_blockwise
+from .rounding import fake_quantize, quantize_clipped
 
 STEPS, LR, BATCH_TOKENS, KEEP_TOKENS = 200, 5e-3, 256, 4096
 
@@ -33,7 +33,7 @@ def fake_quantize_ste(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """Differentiable quantize-dequantize of ``[N, K]``: group ranges get gradients, rounding is STE."""
     n, k = w.shape
     fmt = config.format
-    groups = _grouped(w, config.group_size)
+    groups = grouped(w, config.group_size)
     scale, zero = group_qparams(groups, fmt, config.sym)
     x = groups / scale.unsqueeze(-1)
     if fmt.is_codebook:

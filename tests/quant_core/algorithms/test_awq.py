@@ -6,9 +6,10 @@ import torch
 import transformers as T
 
 from quant_core import QuantConfig, QuantLinear, quantize
-from quant_core.algorithms.awq import awq_block, fake_quantize, search_clip, search_scales
+from quant_core.algorithms.awq import awq_block, search_clip, search_scales
 from quant_core.algorithms.equalize import fold_scales, scale_groups
 from quant_core.algorithms.equalize_blockwise import InputStats
+from quant_core.algorithms.rounding import fake_quantize
 from quant_core.blocks import (UnsupportedModelError, architecture_of, capture_first_block_inputs,
                                decoder_layers, linearize_conv1d, record_inputs)
 from quant_core.calibration import CalibrationError
