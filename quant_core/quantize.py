@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from .config import QuantConfig
+from .model_surgery import mark_quantized, quantizable_linears
+from .model_surgery import replace_linear  # noqa: F401  (importers still take it from here)
 from .modules import QuantLinear
-from .packed import PackedWeight
 
 # algorithm name -> "module:function(model, config, **kwargs) -> model"
 HANDLERS = {
@@ -17,26 +18,6 @@ HANDLERS = {
     "awq": "quant_core.algorithms.awq:quantize_model",
     "teq": "quant_core.algorithms.teq:quantize_model",
 }
-
-
-def quantizable_linears(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Linear]]:
-    """Every ``nn.Linear`` not excluded by ``modules_to_not_convert``, in module order.
-
-    Layers that transformers keeps in fp32 (``_keep_in_fp32_modules``, e.g. T5's ``wo``,
-    whose forward reads ``.weight``) stay float too.
-    """
-    keep_float = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-    return [(name, mod) for name, mod in model.named_modules()
-            if isinstance(mod, nn.Linear) and not config.skips(name)
-            and not any(k in name.split(".") for k in keep_float)]
-
-
-def replace_linear(model: nn.Module, name: str, packed: PackedWeight, bias, config: QuantConfig) -> QuantLinear:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    qlinear = QuantLinear.from_packed(packed, bias, config.compute_dtype, config.kernel)
-    setattr(parent, child, qlinear)
-    return qlinear
 
 
 def quantize(model: nn.Module, config: QuantConfig | dict | None = None, **kwargs) -> nn.Module:
@@ -58,12 +39,6 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, **kwarg
         model = getattr(importlib.import_module(module), fn)(model, config, **kwargs)
     mark_quantized(model, config)
     return model
-
-
-def mark_quantized(model: nn.Module, config: QuantConfig) -> None:
-    if hasattr(model, "config"):
-        model.config.quantization_config = {"quant_method": "quantllm", **config.to_dict()}
-        model.hf_quantizer = None
 
 
 def _as_config(config) -> QuantConfig:

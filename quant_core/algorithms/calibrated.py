@@ -21,6 +21,7 @@ from torch import nn
 from ..blocks import architecture_of, run_blockwise
 from ..calibration import CalibrationError, batches_from_config, check_batches
 from ..config import QuantConfig
+from ..model_surgery import quantizable_linears, replace_linear
 
 log = logging.getLogger("quant_core")
 
@@ -58,7 +59,6 @@ def block_groups(block: nn.Module, arch, prefix: str, config: QuantConfig) -> li
 
 def calibrate_blockwise(model: nn.Module, config: QuantConfig, block_fn: Callable, calibration=None,
                         tokenizer=None, progress: bool = True, device=None, desc: str = "calibrate") -> nn.Module:
-    from ..quantize import quantizable_linears, replace_linear
     from .rtn import rtn
 
     arch = architecture_of(model)

@@ -7,6 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ..model_surgery import quantizable_linears, replace_linear
 from .equalize import scale_groups
 
 
@@ -86,7 +87,6 @@ def quantize_blockwise(model: nn.Module, config, block_fn, calibration=None, tok
     the decoder blocks are quantized by RTN.
     """
     from ..blocks import architecture_of, record_inputs, run_blockwise
-    from ..quantize import quantizable_linears, replace_linear
     from .calibrated import resolve_calibration
     from .rtn import rtn
 

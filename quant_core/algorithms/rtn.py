@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..config import QuantConfig
+from ..model_surgery import quantizable_linears, replace_linear
 from ..primitives import quantize_weight
 from .base import QuantResult
 
@@ -16,7 +17,6 @@ def rtn(weight: torch.Tensor, config: QuantConfig) -> QuantResult:
 
 
 def quantize_model(model: torch.nn.Module, config: QuantConfig, progress: bool = True, **_) -> torch.nn.Module:
-    from ..quantize import quantizable_linears, replace_linear
     from tqdm.auto import tqdm
 
     targets = quantizable_linears(model, config)
