@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
 from .formats import ALIASES, FORMATS, get_format
 
 CONFIG_VERSION = 1
@@ -59,6 +60,12 @@ class QuantConfig(BaseModel):
     true_sequential: bool = Field(True, description="GPTQ: quantize a block's linear groups one after another, "
                                                     "each seeing the previous groups' quantized outputs.")
     block_size: int = Field(128, gt=0, description="GPTQ: columns per lazy-batch update.")
+
+    def __init__(self, **data):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # one line per bad field, as a ConfigError (also a ValueError)
+            raise ConfigError("; ".join(_problem(e) for e in exc.errors())) from None
 
     @field_validator("algorithm", mode="before")
     @classmethod
@@ -124,9 +131,36 @@ class QuantConfig(BaseModel):
         data = {k: v for k, v in data.items() if k not in ("quant_method", "layers", "checksums")}
         version = data.get("version", CONFIG_VERSION)
         if version > CONFIG_VERSION:
-            raise ValueError(f"quantization_config version {version} is newer than this quantllm "
-                             f"understands ({CONFIG_VERSION}); upgrade quantllm")
+            raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
+                              f"understands ({CONFIG_VERSION}); upgrade quantllm")
         return cls(**data)
+
+    @classmethod
+    def coerce(cls, config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> "QuantConfig | None":
+        """What users pass as a quantization config -> a QuantConfig, or None when they passed none.
+
+        Accepts a QuantConfig (= WeightOnlyQuantConfig), its dict form (``quantization_config``
+        of a saved model), or transformers' ``load_in_4bit`` / ``load_in_8bit`` shortcuts.
+        """
+        if load_in_4bit and load_in_8bit:
+            raise ConfigError("pass at most one of load_in_4bit and load_in_8bit")
+        if config is not None and (load_in_4bit or load_in_8bit):
+            raise ConfigError("pass either quantization_config or a load_in_*bit shortcut, not both")
+        if load_in_4bit or load_in_8bit:
+            return cls(weight_dtype="int4" if load_in_4bit else "int8")
+        if config is None or isinstance(config, QuantConfig):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        raise TypeError(f"quantization config must be a QuantConfig/WeightOnlyQuantConfig, a dict or None, "
+                        f"not {type(config).__name__}")
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as ``field: message`` (our validators' messages without pydantic's prefix)."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 # Intel Extension for Transformers users write this name.

@@ -26,7 +26,8 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, **kwarg
     The config is recorded on ``model.config.quantization_config`` (as a dict with
     ``quant_method: quantllm``) so that ``save_quantized`` can write it.
     """
-    config = _as_config(config)
+    config = QuantConfig.coerce(config)
+    config = QuantConfig() if config is None else config
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise ValueError("model is already quantized; load the float model to quantize it again")
     if not quantizable_linears(model, config):
@@ -40,12 +41,3 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, **kwarg
     mark_quantized(model, config)
     return model
 
-
-def _as_config(config) -> QuantConfig:
-    if config is None:
-        return QuantConfig()
-    if isinstance(config, QuantConfig):
-        return config
-    if isinstance(config, dict):
-        return QuantConfig.from_dict(config)
-    raise TypeError(f"quantization config must be a QuantConfig or a dict, not {type(config).__name__}")

@@ -1,7 +1,7 @@
 import pytest
-from pydantic import ValidationError
 
 from quant_core import QuantConfig, WeightOnlyQuantConfig
+from quant_core.errors import ConfigError
 
 
 def test_defaults_are_int4_g128_sym_rtn():
@@ -29,7 +29,7 @@ def test_intel_names_accepted():
     ({"no_such_field": 1}, "no_such_field"),
 ])
 def test_invalid_configs_fail_with_choices(kwargs, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ConfigError, match=message):
         QuantConfig(**kwargs)
 
 
@@ -43,3 +43,17 @@ def test_dict_round_trip_with_version():
 def test_newer_version_refused():
     with pytest.raises(ValueError, match="newer"):
         QuantConfig.from_dict({"version": 99})
+
+
+def test_coerce_takes_configs_dicts_and_load_in_shortcuts():
+    c = QuantConfig(group_size=32)
+    assert QuantConfig.coerce(c) is c and QuantConfig.coerce(None) is None
+    assert QuantConfig.coerce(c.to_dict()) == c
+    assert QuantConfig.coerce(load_in_4bit=True).weight_dtype == "int4_fullrange"
+    assert QuantConfig.coerce(load_in_8bit=True).weight_dtype == "int8"
+    with pytest.raises(ConfigError, match="at most one"):
+        QuantConfig.coerce(load_in_4bit=True, load_in_8bit=True)
+    with pytest.raises(ConfigError, match="not both"):
+        QuantConfig.coerce(c, load_in_4bit=True)
+    with pytest.raises(TypeError, match="not str"):
+        QuantConfig.coerce("int4")
