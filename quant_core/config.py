@@ -9,8 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 from .formats import ALIASES, FORMATS, get_format
 
-CONFIG_VERSION = 1
-ALGORITHMS = ("rtn", "gptq", "awq", "teq")
+# 2: the AWQ and TEQ settings became fields. A version-1 dict lacks them and loads with their
+# defaults, which are the values version 1 ran with; a version-2 dict names them, so an older
+# quantllm refuses it as newer instead of failing on unknown fields.
+CONFIG_VERSION = 2
+# Each algorithm's own settings: a setting of another algorithm is refused unless at its default.
+ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
+    "rtn": (),
+    "gptq": ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size"),
+    "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling"),
+    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens"),
+}
+ALGORITHMS = tuple(ALGORITHM_SETTINGS)
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
 SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _COMPUTE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -60,6 +70,23 @@ class QuantConfig(BaseModel):
     true_sequential: bool = Field(True, description="GPTQ: quantize a block's linear groups one after another, "
                                                     "each seeing the previous groups' quantized outputs.")
     block_size: int = Field(128, gt=0, description="GPTQ: columns per lazy-batch update.")
+    # AWQ.
+    awq_n_grid: int = Field(20, gt=0, description="AWQ: ratios r in [0, 1) tried by the scale search "
+                                                  "(s = x_mean**r / w_mean**(1 - r)).")
+    awq_clip_grid: int = Field(20, gt=0, description="AWQ: steps of the clipping search; range ratios "
+                                                     "1 - i / awq_clip_grid are tried.")
+    awq_clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="AWQ: the clipping search narrows a "
+                                                                     "group's range by less than this fraction.")
+    awq_parent_batches: int = Field(32, ge=0, description="AWQ: calibration batches whose attention/MLP outputs "
+                                                          "the scale search compares (0: each linear's own output).")
+    awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
+                                                    "scaling); False: from activations alone.")
+    # TEQ.
+    teq_steps: int = Field(200, ge=0, description="TEQ: Adam steps per group of linears sharing an input.")
+    teq_lr: float = Field(5e-3, gt=0, description="TEQ: Adam learning rate on the log-scales.")
+    teq_batch_tokens: int = Field(256, gt=0, description="TEQ: token rows per training step.")
+    teq_keep_tokens: int = Field(4096, gt=0, description="TEQ: token rows kept per group (a uniform sample "
+                                                         "of all calibration tokens) to train on.")
 
     def __init__(self, **data):
         try:
@@ -108,6 +135,16 @@ class QuantConfig(BaseModel):
                              f"or an int format ({', '.join(n for n, f in FORMATS.items() if not f.is_codebook)}) for asym")
         return self
 
+    @model_validator(mode="after")
+    def _settings_of_other_algorithms(self):
+        problems = [f"{name}={getattr(self, name)!r} is a setting of algorithm='{algorithm}'"
+                    for algorithm, names in ALGORITHM_SETTINGS.items() if algorithm != self.algorithm
+                    for name in names if getattr(self, name) != type(self).model_fields[name].default]
+        if problems:
+            raise ValueError(f"{'; '.join(problems)}, not of '{self.algorithm}': choose that algorithm "
+                             f"or leave the setting at its default")
+        return self
+
     @property
     def format(self):
         return get_format(self.weight_dtype)
@@ -133,7 +170,7 @@ class QuantConfig(BaseModel):
         if version > CONFIG_VERSION:
             raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
                               f"understands ({CONFIG_VERSION}); upgrade quantllm")
-        return cls(**data)
+        return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
 
     @classmethod
     def coerce(cls, config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> "QuantConfig | None":

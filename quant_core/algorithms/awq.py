@@ -2,16 +2,16 @@
 
 For each group of linears that share an input (``equalize.ScaleGroup``), scales
 ``s = x_mean**r / w_mean**(1 - r)`` (AutoAWQ's "duo scaling"; ``x_mean**r`` alone with
-``duo_scaling=False``) are tried for 20 ratios ``r`` in ``[0, 1)``, and plain RTN
-(``s = 1``) is kept if nothing beats it. The objective, as in AutoAWQ, is the output
+``awq_duo_scaling=False``) are tried for ``awq_n_grid`` ratios ``r`` in ``[0, 1)``, and plain
+RTN (``s = 1``) is kept if nothing beats it. The objective, as in AutoAWQ, is the output
 error of the group's parent module (attention for q/k/v, the MLP for gate/up) on the
-first ``PARENT_BATCHES`` calibration batches; a lone linear (o_proj, down_proj) uses its
+first ``awq_parent_batches`` calibration batches; a lone linear (o_proj, down_proj) uses its
 exact squared output error over all calibration tokens, ``trace(dW H dW^T)`` with
 ``H = sum x x^T`` (``InputStats``). The best scales are folded into the producer of the
 input. Then each linear searches, per output row and group, how far to shrink the
-quantization range (the clipping search, 10 ratios from 1.0 down to 0.55) with the exact
-output error restricted to the group's columns, and is quantized with those ranges into
-any format of the table through ``quant_core.primitives``.
+quantization range (the clipping search: ratios ``1 - i / awq_clip_grid`` while
+``i / awq_clip_grid < awq_clip_max_shrink``) with the exact output error restricted to the
+group's columns, and is quantized with those ranges into any format of the table.
 
 Measured quality against RTN and the other algorithms: ``benchmarks/results/quality_algorithms.md``.
 """
@@ -25,11 +25,6 @@ from .base import QuantResult
 from .equalize import ScaleGroup, check_group, fold_scales, normalized_scales
 from .equalize_blockwise import InputStats, quantize_blockwise
 from .rounding import fake_quantize, quantize_clipped
-
-N_GRID = 20  # ratio points of the scale search, as in the paper
-CLIP_GRID, CLIP_MAX_SHRINK = 20, 0.5  # clip ratios 1 - i/20 for i < 0.5 * 20
-PARENT_BATCHES = 32  # calibration batches whose attention/MLP outputs the scale search compares
-
 
 def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
     """Mean over output rows of |w| relative to its group's max: the weight side of duo scaling."""
@@ -47,8 +42,7 @@ def _parent_outputs(group: ScaleGroup) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
-                  n_grid: int = N_GRID, duo_scaling: bool = True) -> tuple[torch.Tensor, list[float]]:
+def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> tuple[torch.Tensor, list[float]]:
     """Best per-channel scales (``group.n_scales`` entries) and the error of every ratio tried.
 
     The error is the parent module's output error (attention, MLP: as AutoAWQ, so softmax
@@ -73,9 +67,9 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
 
     best_err, best_s, errors = float("inf"), None, []
     try:
-        for i in range(n_grid):
-            r = i / n_grid
-            s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if duo_scaling else x_mean.pow(r)
+        for i in range(config.awq_n_grid):
+            r = i / config.awq_n_grid
+            s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if config.awq_duo_scaling else x_mean.pow(r)
             s = normalized_scales(s)
             s_in = group.expand(s)
             err = error(fake_quantize(w * s_in, config) / s_in)
@@ -91,8 +85,7 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
 
 
 @torch.no_grad()
-def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
-                n_grid: int = CLIP_GRID, max_shrink: float = CLIP_MAX_SHRINK) -> torch.Tensor:
+def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """Per ``[row, group]`` range-shrink ratio minimising that group's output error.
 
     The error of row ``n``, group ``g`` is ``dw H_gg dw^T`` with ``H_gg`` the group's
@@ -106,8 +99,8 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
     groups = grouped(w.float(), config.group_size)  # [N, G, gs]
     best_err = torch.full((n, g), float("inf"), device=w.device)
     best_ratio = torch.ones(n, g, device=w.device)
-    for i in range(int(max_shrink * n_grid)):
-        ratio = 1 - i / n_grid
+    for i in range(int(config.awq_clip_max_shrink * config.awq_clip_grid)):
+        ratio = 1 - i / config.awq_clip_grid
         scale, zero = stored_qparams(groups, config.format, config.sym, config.torch_scale_dtype, shrink=ratio)
         dw = groups - round_trip_groups(groups, scale, zero, config.format)
         err = torch.einsum("ngi,gij,ngj->ng", dw, blocks, dw)
@@ -117,9 +110,7 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig,
     return best_ratio
 
 
-def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig,
-              clip: bool = True, duo_scaling: bool = True, clip_skip: tuple[str, ...] = (),
-              clip_grid: int = CLIP_GRID) -> dict[str, QuantResult]:
+def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
     """Scale, fold, clip and quantize every linear of one block; returns codes per linear name.
 
     Groups are handled consumer-first (reverse of block order) so that when a group's
@@ -135,7 +126,7 @@ def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
     for group in reversed(groups):
         if not group.foldable:
             continue
-        s, _ = search_scales(group, stats[group.names[0]], config, duo_scaling=duo_scaling)
+        s, _ = search_scales(group, stats[group.names[0]], config)
         fold_scales(group, s)
         s_in = group.expand(s)
         for st in {id(stats[n]): stats[n] for n in group.names}.values():  # shared objects once
@@ -144,15 +135,12 @@ def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
     for group in groups:
         for name, lin in zip(group.names, group.linears):
             w = lin.weight.detach().float()
-            searched = clip and not any(part in name for part in clip_skip)
-            shrink = search_clip(w, stats[name].H.to(w.device), config, n_grid=clip_grid) if searched else 1.0
-            results[name] = quantize_clipped(w, config, shrink)
+            results[name] = quantize_clipped(w, config, search_clip(w, stats[name].H.to(w.device), config))
     return results
 
 
 def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
-                   progress: bool = True, device=None, parent_batches: int = PARENT_BATCHES,
-                   **_) -> torch.nn.Module:
+                   progress: bool = True, device=None, **_) -> torch.nn.Module:
     """``quantize(model, QuantConfig(algorithm="awq"))``: block by block over the calibration data."""
     return quantize_blockwise(model, config, awq_block, calibration, tokenizer, progress=progress,
-                              device=device, desc="AWQ", parent_batches=parent_batches)
+                              device=device, desc="AWQ", parent_batches=config.awq_parent_batches)

@@ -21,9 +21,6 @@ from .equalize import ScaleGroup, check_group, fold_scales
 from .equalize_blockwise import InputStats, quantize_blockwise
 from .rounding import fake_quantize, quantize_clipped
 
-STEPS, LR, BATCH_TOKENS, KEEP_TOKENS = 200, 5e-3, 256, 4096
-
-
 def _ste(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Value of ``target``, gradient of ``x`` (straight-through estimator)."""
     return x + (target - x).detach()
@@ -47,19 +44,21 @@ def fake_quantize_ste(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     return deq.reshape(n, -1)[:, :k]
 
 
-def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig, steps: int = STEPS,
-                 lr: float = LR, batch_tokens: int = BATCH_TOKENS, seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """Trained per-channel scales (``group.n_scales``) and the exact errors before/after."""
+def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
+                 seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """Trained per-channel scales (``group.n_scales``) and the exact errors before/after
+    (``config.teq_steps`` Adam steps at ``teq_lr`` on ``teq_batch_tokens`` rows each)."""
     if stats.sample is None:
-        raise ValueError("TEQ needs token samples: create InputStats with keep_tokens > 0")
+        raise ValueError("TEQ needs token samples: create InputStats with keep_tokens > 0 (teq_keep_tokens)")
     w = group.weight()
     tokens = stats.sample.to(w.device)
     log_s = torch.zeros(group.n_scales, device=w.device, requires_grad=True)
-    opt = torch.optim.Adam([log_s], lr=lr)
+    opt = torch.optim.Adam([log_s], lr=config.teq_lr)
     gen = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
-        for _ in range(steps):
-            pick = torch.randint(0, tokens.shape[0], (min(batch_tokens, tokens.shape[0]),), generator=gen)
+        for _ in range(config.teq_steps):
+            pick = torch.randint(0, tokens.shape[0], (min(config.teq_batch_tokens, tokens.shape[0]),),
+                                 generator=gen)
             xb = tokens[pick.to(tokens.device)]
             s_in = group.expand(log_s.exp())
             dw = w - fake_quantize_ste(w * s_in, config) / s_in
@@ -77,8 +76,8 @@ def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig, step
     return s, {"rtn_error": identity, "teq_error": trained}
 
 
-def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig,
-              steps: int = STEPS, lr: float = LR) -> dict[str, QuantResult]:
+
+def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
     """Train, fold and quantize every linear of one block (consumer-first, as ``awq.awq_block``)."""
     for group in groups:
         check_group(group)
@@ -87,7 +86,7 @@ def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
     for i, group in enumerate(reversed(groups)):
         if not group.foldable:
             continue
-        s, _ = train_scales(group, stats[group.names[0]], config, steps=steps, lr=lr, seed=i)
+        s, _ = train_scales(group, stats[group.names[0]], config, seed=i)
         with torch.no_grad():
             fold_scales(group, s)
         s_in = group.expand(s)
@@ -98,10 +97,7 @@ def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
 
 
 def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
-                   progress: bool = True, device=None, steps: int = STEPS, lr: float = LR, **_) -> torch.nn.Module:
+                   progress: bool = True, device=None, **_) -> torch.nn.Module:
     """``quantize(model, QuantConfig(algorithm="teq"))``: block by block over the calibration data."""
-    def block_fn(groups, stats, cfg):
-        return teq_block(groups, stats, cfg, steps=steps, lr=lr)
-
-    return quantize_blockwise(model, config, block_fn, calibration, tokenizer, progress=progress, device=device,
-                              desc="TEQ", keep_tokens=KEEP_TOKENS)
+    return quantize_blockwise(model, config, teq_block, calibration, tokenizer, progress=progress, device=device,
+                              desc="TEQ", keep_tokens=config.teq_keep_tokens)

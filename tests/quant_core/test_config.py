@@ -1,6 +1,7 @@
 import pytest
 
 from quant_core import QuantConfig, WeightOnlyQuantConfig
+from quant_core.config import ALGORITHM_SETTINGS, CONFIG_VERSION
 from quant_core.errors import ConfigError
 
 
@@ -36,13 +37,53 @@ def test_invalid_configs_fail_with_choices(kwargs, message):
 def test_dict_round_trip_with_version():
     c = QuantConfig(weight_dtype="int3", scheme="asym", group_size=-1, mse_clip=True)
     d = c.to_dict()
-    assert d["version"] == 1
+    assert d["version"] == CONFIG_VERSION
     assert QuantConfig.from_dict({"quant_method": "quantllm", **d}) == c
 
 
 def test_newer_version_refused():
     with pytest.raises(ValueError, match="newer"):
         QuantConfig.from_dict({"version": 99})
+
+
+# What quantllm wrote as quantization_config before the AWQ/TEQ settings became fields (version 1).
+V1_GPTQ = {"version": 1, "algorithm": "gptq", "weight_dtype": "int4_fullrange", "compute_dtype": "auto",
+           "group_size": 32, "scheme": "sym", "scale_dtype": "fp16", "modules_to_not_convert": ["lm_head"],
+           "mse_clip": False, "kernel": None, "calibration_dataset": None, "n_samples": 128, "seqlen": 512,
+           "calibration_seed": 0, "calibration_batch_size": 1, "damp_percent": 0.05, "act_order": True,
+           "static_groups": False, "true_sequential": True, "block_size": 128}
+
+
+def test_a_version_1_dict_loads_with_the_settings_it_ran_with():
+    c = QuantConfig.from_dict({"quant_method": "quantllm", **V1_GPTQ})
+    assert (c.algorithm, c.damp_percent, c.act_order, c.group_size) == ("gptq", 0.05, True, 32)
+    assert c.version == CONFIG_VERSION and c.teq_steps == 200 and c.awq_n_grid == 20
+    assert QuantConfig.from_dict(c.to_dict()) == c
+
+
+def _other_value(name):
+    default = QuantConfig.model_fields[name].default
+    return (not default) if isinstance(default, bool) else default / 2 if isinstance(default, float) else default + 1
+
+
+SETTINGS = [(name, owner) for owner, names in ALGORITHM_SETTINGS.items() for name in names]
+
+
+@pytest.mark.parametrize("name,owner", SETTINGS)
+def test_a_setting_of_another_algorithm_is_refused_unless_at_its_default(name, owner):
+    value = _other_value(name)
+    assert getattr(QuantConfig(algorithm=owner, **{name: value}), name) == value
+    for algorithm in ALGORITHM_SETTINGS:
+        assert QuantConfig(algorithm=algorithm, **{name: QuantConfig.model_fields[name].default})
+        if algorithm != owner:
+            with pytest.raises(ConfigError, match=f"{name}=.* is a setting of algorithm='{owner}', not of '{algorithm}'"):
+                QuantConfig(algorithm=algorithm, **{name: value})
+
+
+def test_every_algorithm_setting_is_a_described_field_saved_in_the_dict():
+    d = QuantConfig().to_dict()
+    for name, _ in SETTINGS:
+        assert name in d and QuantConfig.model_fields[name].description
 
 
 def test_coerce_takes_configs_dicts_and_load_in_shortcuts():

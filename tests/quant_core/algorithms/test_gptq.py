@@ -56,21 +56,21 @@ def test_lazy_batches_give_the_same_result_as_one_block(layer):
     """Block boundaries that cut groups in half (48 vs 64) must not change anything."""
     w, _, h = layer
     for act_order in (False, True):
-        one = gptq(w, h, QuantConfig(group_size=64, block_size=192, act_order=act_order))
-        lazy = gptq(w, h, QuantConfig(group_size=64, block_size=48, act_order=act_order))
+        one = gptq(w, h, QuantConfig(algorithm="gptq", group_size=64, block_size=192, act_order=act_order))
+        lazy = gptq(w, h, QuantConfig(algorithm="gptq", group_size=64, block_size=48, act_order=act_order))
         assert (one.codes != lazy.codes).float().mean() < 1e-3
         torch.testing.assert_close(one.scales, lazy.scales, rtol=1e-3, atol=1e-6)
 
 
 def test_act_order_records_groups_and_static_groups_does_not(layer):
     w, _, h = layer
-    dynamic = gptq(w, h, QuantConfig(group_size=64, act_order=True))
-    static = gptq(w, h, QuantConfig(group_size=64, act_order=True, static_groups=True))
+    dynamic = gptq(w, h, QuantConfig(algorithm="gptq", group_size=64, act_order=True))
+    static = gptq(w, h, QuantConfig(algorithm="gptq", group_size=64, act_order=True, static_groups=True))
     assert dynamic.g_idx is not None and static.g_idx is None
     assert torch.bincount(dynamic.g_idx.long()).tolist() == [64, 64, 64]
     assert not torch.equal(dynamic.g_idx.long(), torch.arange(192) // 64)  # columns were reordered
     # the recorded g_idx is what dequantization needs: reloading reproduces GPTQ's own result
-    cfg = QuantConfig(group_size=64, act_order=True)
+    cfg = QuantConfig(algorithm="gptq", group_size=64, act_order=True)
     packed = dynamic.pack(cfg)
     assert packed.g_idx is not None
     w_hat = packed.dequantize()

@@ -50,8 +50,8 @@ def test_trained_scales_lower_a_layer_groups_output_error_below_rtn():
     stats = InputStats(group.in_features, keep_tokens=256)
     with torch.no_grad(), record_inputs(block, [group.names[0]], lambda n, x: stats.add(x)):
         inputs.forward(block)
-    config = QuantConfig(weight_dtype="int4", group_size=32)
-    s, info = train_scales(group, stats, config, steps=60, lr=2e-2)
+    config = QuantConfig(weight_dtype="int4", group_size=32, algorithm="teq", teq_steps=60, teq_lr=2e-2)
+    s, info = train_scales(group, stats, config)
     assert s.shape == (group.in_features,) and (s > 0).all() and not torch.allclose(s, torch.ones_like(s))
     w = group.weight()
     teq_err = output_error(w - fake_quantize(w * s, config) / s, stats.H).item()
@@ -65,9 +65,9 @@ def test_quantize_with_teq_end_to_end_beats_rtn_on_logits():
     with torch.no_grad():
         ref = float_model(held_out).logits
     errs = {}
-    for algorithm, kwargs in (("rtn", {}), ("teq", {"steps": 40, "lr": 2e-2})):
-        model = quantize(copy.deepcopy(float_model), QuantConfig(algorithm=algorithm, group_size=32),
-                         calibration=calib, progress=False, **kwargs)
+    for algorithm, settings in (("rtn", {}), ("teq", {"teq_steps": 40, "teq_lr": 2e-2})):
+        model = quantize(copy.deepcopy(float_model), QuantConfig(algorithm=algorithm, group_size=32, **settings),
+                         calibration=calib, progress=False)
         assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
         with torch.no_grad():
             errs[algorithm] = (model(held_out).logits - ref).pow(2).mean().item()
