@@ -1,4 +1,5 @@
 """quant_core: weight-only quantization of Hugging Face models (config → algorithm → format → kernel)."""
+from . import algorithms  # noqa: F401  (registers every algorithm with quantize())
 from .config import QuantConfig, WeightOnlyQuantConfig
 from .formats import FORMATS, get_format
 from .modules import QuantLinear

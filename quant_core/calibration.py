@@ -122,6 +122,36 @@ def batches_from_config(tokenizer, config, source: Any = None, **source_kwargs) 
                                config.calibration_batch_size, **source_kwargs)
 
 
+MIN_CALIBRATION_TOKENS = 128  # fewer cannot estimate activation statistics
+
+
+def resolve_calibration(config, calibration: Any = None, tokenizer=None) -> list[torch.Tensor]:
+    """Input-id batches for ``config``, checked before any quantization work.
+
+    ``calibration``: tensors given directly (``[n, T]`` or a list of ``[b, T]``), or a text
+    source as above (``None``: ``config.calibration_dataset``, else the shipped sample)
+    tokenized with ``tokenizer`` into ``config.n_samples`` windows of ``config.seqlen``.
+    """
+    if isinstance(calibration, torch.Tensor):
+        calibration = list(calibration.reshape(-1, calibration.shape[-1]).split(config.calibration_batch_size))
+    if isinstance(calibration, (list, tuple)) and calibration and isinstance(calibration[0], torch.Tensor):
+        check_batches(calibration)
+        batches = list(calibration)
+    elif tokenizer is None:
+        what = "the shipped default text" if calibration is None and config.calibration_dataset is None \
+            else repr(calibration or config.calibration_dataset)
+        raise CalibrationError(f"{config.algorithm} needs calibration data: pass tokenizer=... to tokenize "
+                               f"{what}, or calibration=[LongTensor [batch, seqlen], ...]")
+    else:
+        batches = batches_from_config(tokenizer, config, source=calibration)
+    total = sum(b.numel() for b in batches)
+    if total < MIN_CALIBRATION_TOKENS:
+        raise CalibrationError(f"calibration data has {total} tokens, fewer than the {MIN_CALIBRATION_TOKENS} "
+                               f"needed to estimate activation statistics; pass more or longer samples "
+                               f"(e.g. n_samples=128, seqlen=512)")
+    return batches
+
+
 def check_batches(batches: Sequence[torch.Tensor]) -> None:
     if not batches:
         raise CalibrationError("no calibration batches: pass a tokenizer (to tokenize calibration text) "

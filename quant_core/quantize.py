@@ -1,43 +1,62 @@
-"""One entry point: ``quantize(model, config)`` looks up the algorithm's handler by name."""
+"""One entry point: ``quantize(model, config)`` runs the handler registered for ``config.algorithm``.
+
+Algorithms register themselves when their module is imported (``@register_algorithm("rtn")``,
+or ``algorithms.driver.calibrated_algorithm`` for a per-block step); ``import quant_core``
+imports ``quant_core.algorithms``, which imports every algorithm. A handler is called as
+``handler(model, config, calibration=..., tokenizer=..., progress=..., device=...)``, quantizes
+the model's linears in place (``model_surgery``) and returns the model.
+"""
 from __future__ import annotations
 
-import importlib
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import QuantConfig
+from .config import ALGORITHMS, QuantConfig
+from .errors import ConfigError
 from .model_surgery import mark_quantized, quantizable_linears
 from .model_surgery import replace_linear  # noqa: F401  (importers still take it from here)
 from .modules import QuantLinear
 
-# algorithm name -> "module:function(model, config, **kwargs) -> model"
-HANDLERS = {
-    "rtn": "quant_core.algorithms.rtn:quantize_model",
-    "gptq": "quant_core.algorithms.gptq:quantize_model",
-    "awq": "quant_core.algorithms.awq:quantize_model",
-    "teq": "quant_core.algorithms.teq:quantize_model",
-}
+Handler = Callable[..., nn.Module]
+HANDLERS: dict[str, Handler] = {}  # algorithm name -> handler
 
 
-def quantize(model: nn.Module, config: QuantConfig | dict | None = None, **kwargs) -> nn.Module:
+def register_algorithm(name: str) -> Callable[[Handler], Handler]:
+    """Decorator: ``handler`` quantizes models whose config names algorithm ``name``."""
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algorithm {name!r} has no entry in quant_core.config.ALGORITHM_SETTINGS; "
+                          f"add it there with its settings first")
+
+    def register(handler: Handler) -> Handler:
+        HANDLERS[name] = handler
+        return handler
+    return register
+
+
+def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, calibration=None, tokenizer=None,
+             progress: bool = True, device=None) -> nn.Module:
     """Quantize ``model``'s linear weights in place and return it.
 
-    The config is recorded on ``model.config.quantization_config`` (as a dict with
-    ``quant_method: quantllm``) so that ``save_quantized`` can write it.
+    ``calibration`` / ``tokenizer``: data for calibrated algorithms (see
+    ``quant_core.calibration.resolve_calibration``); ``device``: where they calibrate
+    (default: CUDA when available). The config is recorded on
+    ``model.config.quantization_config`` (as a dict with ``quant_method: quantllm``) so that
+    ``save_quantized`` can write it.
     """
     config = QuantConfig.coerce(config)
     config = QuantConfig() if config is None else config
     if any(isinstance(m, QuantLinear) for m in model.modules()):
-        raise ValueError("model is already quantized; load the float model to quantize it again")
+        raise ConfigError("model is already quantized; load the float model to quantize it again")
     if not quantizable_linears(model, config):
-        raise ValueError("model has no nn.Linear layers to quantize (all excluded by modules_to_not_convert?)")
-    module, fn = HANDLERS[config.algorithm].split(":") if config.algorithm in HANDLERS else (None, None)
-    if module is None:
-        raise NotImplementedError(f"algorithm {config.algorithm!r} is not available in this build; "
-                                  f"available: {', '.join(HANDLERS)}")
+        raise ConfigError("model has no nn.Linear layers to quantize (all excluded by modules_to_not_convert?)")
+    handler = HANDLERS.get(config.algorithm)
+    if handler is None:
+        raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
+                          f"registered: {', '.join(HANDLERS)}")
     with torch.no_grad():
-        model = getattr(importlib.import_module(module), fn)(model, config, **kwargs)
+        model = handler(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,
+                        device=device)
     mark_quantized(model, config)
     return model
-

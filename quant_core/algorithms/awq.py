@@ -17,14 +17,42 @@ Measured quality against RTN and the other algorithms: ``benchmarks/results/qual
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..config import QuantConfig
-from ..primitives import group_width, grouped, n_groups, output_error, round_trip_groups, stored_qparams
+from ..primitives import grouped, group_width, n_groups, output_error, round_trip_groups, stored_qparams
 from .base import QuantResult
-from .equalize import ScaleGroup, check_group, fold_scales, normalized_scales
-from .equalize_blockwise import InputStats, quantize_blockwise
+from .driver import CalibrationBlock, calibrated_algorithm
+from .equalize import ScaleGroup, equalize_block, normalized_scales, scale_groups
+from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
+
+
+@calibrated_algorithm("awq")
+def awq_step(block: CalibrationBlock) -> None:
+    """Record the block's input statistics (and its parents' inputs), then scale, clip and install."""
+    groups = scale_groups(block.module, block.arch, block.model_config)
+    with record_parent_inputs(groups, block.config.awq_parent_batches):
+        stats = collect_input_stats(block, groups)
+    block.install(awq_block(groups, stats, block.config))
+
+
+def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
+    """Scale, fold, clip and quantize every linear of one block; returns codes per linear name.
+
+    Groups that nothing can absorb a scale into (a linear fed by GELU) keep scales of 1 and
+    only get the clipping search.
+    """
+    equalize_block(groups, stats, lambda group, _i: search_scales(group, stats[group.names[0]], config)[0])
+    results = {}
+    for group in groups:
+        for name, lin in zip(group.names, group.linears):
+            w = lin.weight.detach().float()
+            results[name] = quantize_clipped(w, config, search_clip(w, stats[name].H.to(w.device), config))
+    return results
+
 
 def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
     """Mean over output rows of |w| relative to its group's max: the weight side of duo scaling."""
@@ -110,37 +138,22 @@ def search_clip(w: torch.Tensor, H: torch.Tensor, config: QuantConfig) -> torch.
     return best_ratio
 
 
-def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
-    """Scale, fold, clip and quantize every linear of one block; returns codes per linear name.
-
-    Groups are handled consumer-first (reverse of block order) so that when a group's
-    scales are folded into a producer linear, that producer's own group is searched
-    on its already-rescaled weights. Groups that nothing can absorb a scale into (a linear
-    fed by GELU) keep scales of 1 and only get the clipping search.
-    """
+@contextlib.contextmanager
+def record_parent_inputs(groups: list[ScaleGroup], max_batches: int):
+    """Keep the (args, kwargs) of each group's parent module for its first ``max_batches`` calls."""
+    handles = []
     for group in groups:
-        check_group(group)
-        missing = [n for n in group.names if n not in stats or stats[n].n == 0]
-        if missing:
-            raise ValueError(f"no calibration inputs were recorded for {missing}")
-    for group in reversed(groups):
-        if not group.foldable:
+        group.parent_inputs = []
+        if group.parent is None or max_batches <= 0:
             continue
-        s, _ = search_scales(group, stats[group.names[0]], config)
-        fold_scales(group, s)
-        s_in = group.expand(s)
-        for st in {id(stats[n]): stats[n] for n in group.names}.values():  # shared objects once
-            st.rescale(s_in)
-    results = {}
-    for group in groups:
-        for name, lin in zip(group.names, group.linears):
-            w = lin.weight.detach().float()
-            results[name] = quantize_clipped(w, config, search_clip(w, stats[name].H.to(w.device), config))
-    return results
 
-
-def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
-                   progress: bool = True, device=None, **_) -> torch.nn.Module:
-    """``quantize(model, QuantConfig(algorithm="awq"))``: block by block over the calibration data."""
-    return quantize_blockwise(model, config, awq_block, calibration, tokenizer, progress=progress,
-                              device=device, desc="AWQ", parent_batches=config.awq_parent_batches)
+        def hook(_module, args, kwargs, _group=group):
+            if len(_group.parent_inputs) < max_batches:
+                _group.parent_inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
+                                             dict(kwargs)))
+        handles.append(group.parent.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

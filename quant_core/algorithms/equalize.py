@@ -1,4 +1,4 @@
-"""Equivalent per-channel scaling shared by AWQ and TEQ.
+"""Equivalent per-channel scaling shared by AWQ and TEQ (which differ in how they choose the scales).
 
 A group of linears that read the same input ``x`` computes ``x @ W.T``. Scaling the
 weights' input columns by ``s`` and the input by ``1/s`` leaves the float output
@@ -20,6 +20,7 @@ an input scale (``ScaleGroup.foldable`` is false).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -125,6 +126,32 @@ def fold_scales(group: ScaleGroup, s: torch.Tensor) -> None:
     bias = getattr(prev, "bias", None)
     if isinstance(bias, torch.Tensor):
         bias.div_(s.to(bias.dtype))
+
+
+def equalize_block(groups: list[ScaleGroup], stats: dict,
+                   choose_scales: Callable[[ScaleGroup, int], torch.Tensor]) -> None:
+    """Choose and fold the scales of every foldable group of one block.
+
+    ``stats`` maps each linear's name to its input statistics (``input_stats.InputStats``,
+    one object shared by a group); ``choose_scales(group, i)`` returns ``group.n_scales``
+    scales, ``i`` counting the groups consumer-first. Groups go consumer-first (reverse of
+    block order) so that when a group's scales are folded into a producer linear, that
+    producer's own group is then chosen on its already-rescaled weights. Every group is
+    checked, and every linear's statistics looked up, before any weight changes.
+    """
+    for group in groups:
+        check_group(group)
+        missing = [n for n in group.names if n not in stats or stats[n].n == 0]
+        if missing:
+            raise ValueError(f"no calibration inputs were recorded for {missing}")
+    for i, group in enumerate(reversed(groups)):
+        if not group.foldable:
+            continue
+        s = choose_scales(group, i)
+        fold_scales(group, s)
+        s_in = group.expand(s)
+        for st in {id(stats[n]): stats[n] for n in group.names}.values():  # shared objects once
+            st.rescale(s_in)
 
 
 def repeat_kv_map(num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor | None:

@@ -15,9 +15,9 @@ the layer's reconstruction loss (``H = 2/n * sum x x^T`` over calibration inputs
   dtype first, so codes fit the scales that will be saved. ``mse_clip`` searches each
   group's clipping ratio when its scale is chosen.
 
-``gptq(weight, hessian, config)`` returns a ``QuantResult`` and never packs;
-``quantize_model`` drives it block by block (``quant_core.blocks``), in true-sequential
-order when ``config.true_sequential``.
+``gptq(weight, hessian, config)`` returns a ``QuantResult`` and never packs; ``gptq_step``
+runs it on one block for the calibration driver (``driver.py``), in true-sequential order
+when ``config.true_sequential``.
 """
 from __future__ import annotations
 
@@ -26,9 +26,11 @@ import math
 
 import torch
 
+from ..blocks import record_inputs
 from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
 from .base import QuantResult
+from .driver import CalibrationBlock, calibrated_algorithm
 
 log = logging.getLogger("quant_core")
 
@@ -151,53 +153,45 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> Qu
     return QuantResult(codes, scales, zeros, g_idx)
 
 
-def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
-                   progress: bool = True, device=None, **_) -> torch.nn.Module:
-    """GPTQ every quantizable linear of ``model``'s decoder blocks, block by block.
 
-    ``calibration``: a list of input-id tensors ``[b, T]``; or any text source of
-    ``quant_core.calibration`` (None = ``config.calibration_dataset`` / the shipped sample),
-    which then needs ``tokenizer``.
-    """
-    from .calibrated import calibrate_blockwise
-
-    return calibrate_blockwise(model, config, _gptq_block, calibration=calibration, tokenizer=tokenizer,
-                               progress=progress, device=device, desc="GPTQ")
+class _Stop(Exception):
+    """Raised from an input hook: the rest of the block's forward is not needed."""
 
 
-def _gptq_block(block, inputs, groups, config, quantize_group):
-    """Quantize one block's linear groups; ``quantize_group(names, results)`` installs results."""
-    from ..blocks import record_inputs
-
-    class _Stop(Exception):
-        pass
-
-    def collect(names_groups, stop: bool):
-        hessians = {}
-
-        def add(name, x):
-            hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
-            if stop:
-                raise _Stop  # the later parts of the block are not needed for this group
-
-        with record_inputs(block, [names[0] for names in names_groups], add), torch.no_grad():
-            for h, args, kwargs in zip(inputs.hidden, inputs.args, inputs.kwargs):
-                try:
-                    block(h, *args, **kwargs)
-                except _Stop:
-                    pass
-        return hessians
-
-    def quantize(names, hessian):
-        results = {}
-        for name in names:
-            results[name] = gptq(block.get_submodule(name).weight, hessian.matrix, config)
-        quantize_group(names, results)
-
-    if config.true_sequential:
+@calibrated_algorithm("gptq")
+def gptq_step(block: CalibrationBlock) -> None:
+    """GPTQ every linear group of one block from the Hessian of the group's input. In
+    true-sequential order each group's inputs are recorded after the groups before it were
+    installed, so it sees their quantized outputs."""
+    groups = block.linear_groups()
+    if block.config.true_sequential:
         for names in groups:
-            quantize(names, collect([names], stop=True)[names[0]])
+            _quantize_group(block, names, _hessians(block, [names], stop=True)[names[0]])
     else:
-        hessians = collect(groups, stop=False)
+        hessians = _hessians(block, groups, stop=False)
         for names in groups:
-            quantize(names, hessians[names[0]])
+            _quantize_group(block, names, hessians[names[0]])
+
+
+def _hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> dict[str, Hessian]:
+    """Hessian of each group's input (keyed by its first name) over the block's inputs; with
+    ``stop`` the forward ends at the first group's input."""
+    hessians = {}
+
+    def add(name, x):
+        hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
+        if stop:
+            raise _Stop
+
+    with record_inputs(block.module, [names[0] for names in groups], add), torch.no_grad():
+        for h, args, kwargs in zip(block.inputs.hidden, block.inputs.args, block.inputs.kwargs):
+            try:
+                block.module(h, *args, **kwargs)
+            except _Stop:
+                pass
+    return hessians
+
+
+def _quantize_group(block: CalibrationBlock, names: list[str], hessian: Hessian) -> None:
+    block.install({name: gptq(block.module.get_submodule(name).weight, hessian.matrix, block.config)
+                   for name in names})

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from ..config import QuantConfig
 from ..model_surgery import quantizable_linears, replace_linear
 from ..primitives import quantize_weight
+from ..quantize import register_algorithm
 from .base import QuantResult
 
 
@@ -16,9 +18,10 @@ def rtn(weight: torch.Tensor, config: QuantConfig) -> QuantResult:
     return QuantResult(codes, scales, zeros)
 
 
-def quantize_model(model: torch.nn.Module, config: QuantConfig, progress: bool = True, **_) -> torch.nn.Module:
-    from tqdm.auto import tqdm
-
+@register_algorithm("rtn")
+def quantize_model(model: torch.nn.Module, config: QuantConfig, *, progress: bool = True, calibration=None,
+                   tokenizer=None, device=None) -> torch.nn.Module:
+    """Every quantizable linear, where its weight is; RTN needs no calibration data."""
     targets = quantizable_linears(model, config)
     for name, linear in tqdm(targets, desc="RTN", disable=not progress, unit="layer"):
         replace_linear(model, name, rtn(linear.weight, config).pack(config), linear.bias, config)

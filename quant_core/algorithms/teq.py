@@ -17,9 +17,26 @@ import torch
 from ..config import QuantConfig
 from ..primitives import group_qparams, grouped, output_error
 from .base import QuantResult
-from .equalize import ScaleGroup, check_group, fold_scales
-from .equalize_blockwise import InputStats, quantize_blockwise
+from .driver import CalibrationBlock, calibrated_algorithm
+from .equalize import ScaleGroup, equalize_block, scale_groups
+from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
+
+
+@calibrated_algorithm("teq")
+def teq_step(block: CalibrationBlock) -> None:
+    """Record the block's inputs (with a token sample per group), then train, fold and install."""
+    groups = scale_groups(block.module, block.arch, block.model_config)
+    stats = collect_input_stats(block, groups, keep_tokens=block.config.teq_keep_tokens)
+    block.install(teq_block(groups, stats, block.config))
+
+
+def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
+    """Train, fold and quantize every linear of one block (consumer-first: ``equalize.equalize_block``)."""
+    equalize_block(groups, stats, lambda group, i: train_scales(group, stats[group.names[0]], config, seed=i)[0])
+    return {name: quantize_clipped(lin.weight.detach().float(), config)
+            for group in groups for name, lin in zip(group.names, group.linears)}
+
 
 def _ste(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Value of ``target``, gradient of ``x`` (straight-through estimator)."""
@@ -75,29 +92,3 @@ def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
         s = torch.ones_like(s)
     return s, {"rtn_error": identity, "teq_error": trained}
 
-
-
-def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
-    """Train, fold and quantize every linear of one block (consumer-first, as ``awq.awq_block``)."""
-    for group in groups:
-        check_group(group)
-        if any(n not in stats or stats[n].n == 0 for n in group.names):
-            raise ValueError(f"no calibration inputs were recorded for {group.names}")
-    for i, group in enumerate(reversed(groups)):
-        if not group.foldable:
-            continue
-        s, _ = train_scales(group, stats[group.names[0]], config, seed=i)
-        with torch.no_grad():
-            fold_scales(group, s)
-        s_in = group.expand(s)
-        for st in {id(stats[n]): stats[n] for n in group.names}.values():
-            st.rescale(s_in)
-    return {name: quantize_clipped(lin.weight.detach().float(), config)
-            for group in groups for name, lin in zip(group.names, group.linears)}
-
-
-def quantize_model(model: torch.nn.Module, config: QuantConfig, calibration=None, tokenizer=None,
-                   progress: bool = True, device=None, **_) -> torch.nn.Module:
-    """``quantize(model, QuantConfig(algorithm="teq"))``: block by block over the calibration data."""
-    return quantize_blockwise(model, config, teq_block, calibration, tokenizer, progress=progress, device=device,
-                              desc="TEQ", keep_tokens=config.teq_keep_tokens)

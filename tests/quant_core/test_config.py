@@ -76,7 +76,8 @@ def test_a_setting_of_another_algorithm_is_refused_unless_at_its_default(name, o
     for algorithm in ALGORITHM_SETTINGS:
         assert QuantConfig(algorithm=algorithm, **{name: QuantConfig.model_fields[name].default})
         if algorithm != owner:
-            with pytest.raises(ConfigError, match=f"{name}=.* is a setting of algorithm='{owner}', not of '{algorithm}'"):
+            refusal = f"{name}=.* is a setting of algorithm='{owner}', not of '{algorithm}'"
+            with pytest.raises(ConfigError, match=refusal):
                 QuantConfig(algorithm=algorithm, **{name: value})
 
 

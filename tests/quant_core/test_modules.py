@@ -5,6 +5,7 @@ import torch
 
 from quant_core import QuantConfig, QuantLinear, quantize
 from quant_core.algorithms.rtn import rtn
+from quant_core.errors import ConfigError
 
 
 def test_quantize_replaces_linears_but_lm_head(tiny_llama):
@@ -60,5 +61,5 @@ def test_unknown_algorithm_handler_is_clear(tiny_llama, monkeypatch):
     import importlib
     qmod = importlib.import_module("quant_core.quantize")
     monkeypatch.setattr(qmod, "HANDLERS", {"rtn": qmod.HANDLERS["rtn"]})
-    with pytest.raises(NotImplementedError, match="available: rtn"):
+    with pytest.raises(ConfigError, match="registered: rtn$"):
         quantize(copy.deepcopy(tiny_llama), QuantConfig(algorithm="teq"))

@@ -8,7 +8,7 @@ import transformers as T
 from quant_core import QuantConfig, QuantLinear, quantize
 from quant_core.algorithms.awq import awq_block, search_clip, search_scales
 from quant_core.algorithms.equalize import fold_scales, scale_groups
-from quant_core.algorithms.equalize_blockwise import InputStats
+from quant_core.algorithms.input_stats import InputStats
 from quant_core.algorithms.rounding import fake_quantize
 from quant_core.blocks import (UnsupportedModelError, architecture_of, capture_first_block_inputs,
                                decoder_layers, linearize_conv1d, record_inputs)

@@ -7,7 +7,7 @@ import transformers as T
 
 from quant_core import QuantConfig, QuantLinear, quantize
 from quant_core.algorithms.equalize import scale_groups
-from quant_core.algorithms.equalize_blockwise import InputStats
+from quant_core.algorithms.input_stats import InputStats
 from quant_core.algorithms.rounding import fake_quantize
 from quant_core.algorithms.teq import fake_quantize_ste, train_scales
 from quant_core.blocks import architecture_of, capture_first_block_inputs, decoder_layers, record_inputs
