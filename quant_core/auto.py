@@ -37,20 +37,7 @@ _CACHE_LOCK = threading.Lock()
 
 def as_quant_config(config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> QuantConfig | None:
     """None | QuantConfig (= WeightOnlyQuantConfig) | dict, or a ``load_in_*bit`` shortcut -> QuantConfig | None."""
-    if load_in_4bit and load_in_8bit:
-        raise ConfigError("pass at most one of load_in_4bit and load_in_8bit")
-    if config is not None and (load_in_4bit or load_in_8bit):
-        raise ConfigError("pass either quantization_config or a load_in_*bit shortcut, not both")
-    if load_in_4bit:
-        return QuantConfig(weight_dtype="int4")
-    if load_in_8bit:
-        return QuantConfig(weight_dtype="int8")
-    if config is None or isinstance(config, QuantConfig):
-        return config
-    if isinstance(config, dict):
-        return QuantConfig.from_dict(config)
-    raise TypeError(f"quantization_config must be a QuantConfig/WeightOnlyQuantConfig, a dict or None, "
-                    f"not {type(config).__name__}")
+    return QuantConfig.coerce(config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
 
 
 def as_device(device=None, device_map=None) -> str:

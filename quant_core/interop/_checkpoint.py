@@ -25,7 +25,7 @@ from ..file_headers import read_safetensors_header
 from ..formats import pack_codes, unpack_codes
 from ..modules import QuantLinear
 from ..packed import PackedWeight
-from ..quantize import mark_quantized, replace_linear
+from ..model_surgery import mark_quantized, replace_linear
 
 if sys.byteorder != "little":  # the int32 <-> byte views below assume it
     raise ImportError("quant_core.interop needs a little-endian host")

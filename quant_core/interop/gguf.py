@@ -22,7 +22,7 @@ from ..file_headers import read_gguf_header
 from ..formats import FORMATS, pack_codes
 from ..loading import load_gguf
 from ..packed import PackedWeight
-from ..quantize import mark_quantized, replace_linear
+from ..model_surgery import mark_quantized, replace_linear
 from . import _gguf_blocks as blocks
 
 log = logging.getLogger("quant_core.interop")

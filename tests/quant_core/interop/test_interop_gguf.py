@@ -52,7 +52,7 @@ def test_export_reads_back_exactly_in_transformers_and_packed(tiny_llama_320, ti
 
     from quant_core.algorithms.rtn import rtn
     from quant_core.interop import load_gguf_packed
-    from quant_core.quantize import replace_linear
+    from quant_core.model_surgery import replace_linear
 
     monkeypatch.setenv("QUANTLLM_CACHE", str(tmp_path / "cache"))
     model = tiny_llama_320
