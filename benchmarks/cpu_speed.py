@@ -196,7 +196,7 @@ def child_gemm(args):
                         state["i"] += 1
                     reps = max(3, min(len(copies), 20))
                     out[f"{shape_name}|{m}|{row}"] = median_time(one, reps) * 1e3
-                del copies
+                copies.clear()  # free the layers before the next shape (the closure above still names the list)
     return out
 
 

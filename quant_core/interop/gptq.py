@@ -194,7 +194,7 @@ def check_exportable(name: str, packed: PackedWeight, checkpoint_format: str = "
 
 def layer_to_gptq(packed: PackedWeight, checkpoint_format: str = "gptq") -> dict[str, torch.Tensor]:
     """PackedWeight -> GPTQ tensors (qweight, qzeros, scales, g_idx); exact."""
-    bits, n, k = packed.fmt.bits, packed.out_features, packed.in_features
+    bits, n = packed.fmt.bits, packed.out_features
     qweight = packed.qweight.contiguous().reshape(-1).view(torch.int32).reshape(n, -1).t().contiguous()  # [K*b/32, N]
     zeros = packed.zeros if packed.zeros is not None else torch.full(
         (n, packed.n_groups), packed.fmt.sym_zero, dtype=torch.uint8)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import cuda_build
 from .base import Kernel, LayerSpec, TORCH_DTYPES
 from .cuda_weight import CudaWeight, group_reason, layout_kind, make_weight
-from .triton_tuning import ConfigCache, _split_for, graph_time, rows_bucket, sm_count
+from .triton_tuning import ConfigCache, _split_for, rows_bucket, sm_count
 from ..errors import BuildError, NoKernelError
 from ..formats import get_format
 

@@ -100,7 +100,7 @@ def test_only_the_current_block_is_on_the_compute_device():
     layers = decoder_layers(model)
     placements = []
     run_blockwise(model, [torch.randint(0, 128, (1, 8))],
-                  lambda b, inputs, i: placements.append([l.mlp.up_proj.weight.device.type for l in layers]),
+                  lambda b, inputs, i: placements.append([layer.mlp.up_proj.weight.device.type for layer in layers]),
                   device="cuda", progress=False)
     assert placements == [["cuda", "cpu"], ["cpu", "cuda"]]
-    assert all(l.mlp.up_proj.weight.device.type == "cpu" for l in layers)
+    assert all(layer.mlp.up_proj.weight.device.type == "cpu" for layer in layers)

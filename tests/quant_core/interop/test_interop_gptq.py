@@ -26,7 +26,6 @@ def gptq_reference_dequant(qweight, qzeros, scales, g_idx, bits, checkpoint_form
 
     def codes(words, count):
         if bits in (2, 4, 8):
-            per = 32 // bits
             shifts = torch.arange(0, 32, bits, dtype=torch.int64)
             vals = (words.to(torch.int64)[:, None, :] >> shifts[None, :, None]) & (2 ** bits - 1)
             return vals.reshape(-1, words.shape[1])[:count]
