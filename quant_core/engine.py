@@ -245,7 +245,7 @@ class GenerationEngine:
             finished = []
             for row, token in zip(rows, tokens.tolist()):
                 if not row.finished:
-                    row.add(token, token in self.eos_ids)
+                    row.add(token, token in self.eos_ids or token in params.stop_token_ids)
                 finished.append(row.finished)
             yield rows
             if all(finished):

@@ -13,13 +13,17 @@ from typing import Any
 from .errors import ConfigError, UnknownSettingError
 
 # Other names callers use for a setting: transformers pipelines, OpenAI-style and LlamaIndex APIs.
-ALIASES = {"max_tokens": "max_new_tokens", "stop_sequence": "stop", "stop_sequences": "stop"}
-# Accepted for compatibility with transformers pipelines, with no effect here (and why).
-IGNORED = frozenset({
-    "return_full_text",  # completions never repeat the prompt, as in LangChain's HuggingFacePipeline
-    "num_return_sequences", "pad_token_id", "eos_token_id",  # the engine knows the model's own
-})
+ALIASES = {"max_tokens": "max_new_tokens", "stop_sequence": "stop", "stop_sequences": "stop",
+           "stopping_ids": "stop_token_ids"}
+# Accepted for compatibility with transformers, with no effect on any output: padding positions
+# are masked out of attention, so which id fills them changes nothing.
+IGNORED = frozenset({"pad_token_id"})
 DO_SAMPLE = "do_sample"  # transformers' switch: False forces greedy, True samples (at 1.0 unless told)
+EOS_TOKEN_ID = "eos_token_id"  # transformers' name: more ids that end a completion (int or list)
+# Settings about the shape of a call's result, not about decoding. A wrapper that honours them
+# (LangChain's QuantLLM) takes them out first; anywhere else a value other than the one that asks
+# for what the engine does (one completion, without the prompt) is refused, never dropped.
+OUTPUT_SETTINGS = {"num_return_sequences": 1, "return_full_text": False}
 
 
 @dataclass
@@ -31,6 +35,7 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # sampling only; None = torch's global generator
+    stop_token_ids: list[int] = field(default_factory=list)  # ids that end a completion, beside the model's EOS
 
     def validate(self) -> GenerationParams:
         """Raise a clear error for a bad setting (called before any model work)."""
@@ -38,6 +43,10 @@ class GenerationParams:
             raise TypeError(f"stop must be a list of non-empty strings, e.g. stop=['\\n\\n']; got {self.stop!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
+        if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
+                isinstance(i, int) and i >= 0 for i in self.stop_token_ids):
+            raise TypeError(f"stop_token_ids (stopping_ids, eos_token_id) must be a list of token ids; "
+                            f"got {self.stop_token_ids!r}")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (0 means greedy); got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -54,8 +63,10 @@ class GenerationParams:
 
         Keys may be spelled as transformers pipelines, LangChain or LlamaIndex spell them (``ALIASES``);
         None means "not set"; ``do_sample=False`` forces greedy decoding and ``do_sample=True`` without
-        a temperature samples at 1.0; pipeline-only keys (``IGNORED``) have no effect. An unknown key
-        raises, listing the known ones, so a typo never silently changes nothing.
+        a temperature samples at 1.0; ``eos_token_id`` adds ids that end a completion; ``pad_token_id``
+        has no effect (padding is masked). ``OUTPUT_SETTINGS`` other than their trivial values raise
+        (the caller did not take them out, so nothing would honour them). An unknown key raises,
+        listing the known ones, so a typo never silently changes nothing.
         """
         merged: dict[str, Any] = {}
         for layer in layers:
@@ -64,11 +75,18 @@ class GenerationParams:
                 merged[ALIASES.get(key, key)] = value
         if stop is not None:
             merged["stop"] = stop
+        refuse_output_settings(merged)
         do_sample = merged.pop(DO_SAMPLE, None)
-        settings = {k: v for k, v in merged.items() if v is not None and k not in IGNORED}
+        extra_eos = merged.pop(EOS_TOKEN_ID, None)
+        settings = {k: v for k, v in merged.items()
+                    if v is not None and k not in IGNORED and k not in OUTPUT_SETTINGS}
         if isinstance(settings.get("stop"), (str, tuple)):
             stops = settings["stop"]
             settings["stop"] = [stops] if isinstance(stops, str) else list(stops)
+        if isinstance(settings.get("stop_token_ids"), (int, tuple)):
+            settings["stop_token_ids"] = _as_id_list(settings["stop_token_ids"])
+        if extra_eos is not None:
+            settings["stop_token_ids"] = [*settings.get("stop_token_ids", []), *_as_id_list(extra_eos)]
         if do_sample is False:
             settings["temperature"] = 0.0
         elif do_sample and not settings.get("temperature"):
@@ -79,16 +97,32 @@ class GenerationParams:
     def check_keywords(cls, settings: Mapping[str, Any] | None, what: str = "generation setting(s)") -> None:
         """Raise ``UnknownSettingError`` naming every key of ``settings`` that ``from_kwargs`` does not know."""
         names = [f.name for f in fields(cls)]
-        unknown = sorted(set(settings or {}) - set(names) - set(ALIASES) - IGNORED - {DO_SAMPLE})
+        known = set(names) | set(ALIASES) | IGNORED | {DO_SAMPLE, EOS_TOKEN_ID} | set(OUTPUT_SETTINGS)
+        unknown = sorted(set(settings or {}) - known)
         if unknown:
             raise UnknownSettingError(
-                f"unknown {what} {unknown}; valid: {', '.join(names + list(ALIASES) + [DO_SAMPLE])} "
-                f"(accepted without effect: {', '.join(sorted(IGNORED))})")
+                f"unknown {what} {unknown}; valid: {', '.join(names + list(ALIASES) + [DO_SAMPLE, EOS_TOKEN_ID])} "
+                f"(accepted without effect: {', '.join(sorted(IGNORED))}: padding is masked)")
 
     @property
     def batchable_with_others(self) -> bool:
         # A seeded sampling run must not depend on who else is in the batch.
         return self.temperature == 0 or self.seed is None
+
+
+def refuse_output_settings(settings: Mapping[str, Any]) -> None:
+    """Raise for an ``OUTPUT_SETTINGS`` key set to anything but what the engine does anyway."""
+    for key, trivial in OUTPUT_SETTINGS.items():
+        value = settings.get(key)
+        if value is not None and value != trivial:
+            raise ConfigError(
+                f"{key}={value!r} is not honoured here: this call returns one completion per prompt, without "
+                f"the prompt. LangChain's QuantLLM honours it (several generations per prompt with sampling, or "
+                f"the prompt before the completion); elsewhere leave it out or set {key}={trivial!r}")
+
+
+def _as_id_list(ids) -> list[int]:
+    return [ids] if isinstance(ids, int) else list(ids)
 
 
 @dataclass

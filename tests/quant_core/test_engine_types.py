@@ -19,8 +19,25 @@ def test_stop_argument_none_values_and_ignored_pipeline_keys():
                                           stop=["END"])
     assert params.stop == ["END"] and params.seed is None and params.top_p == 1.0  # None: not set
     assert GenerationParams.from_kwargs({"stop": "a"}).stop == ["a"]
-    ignored = {"return_full_text": False, "num_return_sequences": 1, "pad_token_id": 0, "eos_token_id": 2}
-    assert GenerationParams.from_kwargs(ignored) == GenerationParams()
+    # pad_token_id changes no output (padding is masked); the output settings at the values that ask
+    # for what the engine does anyway are accepted as asked
+    trivial = {"return_full_text": False, "num_return_sequences": 1, "pad_token_id": 0}
+    assert GenerationParams.from_kwargs(trivial) == GenerationParams()
+
+
+def test_stop_token_ids_from_stopping_ids_and_eos_token_id():
+    assert GenerationParams.from_kwargs({"stopping_ids": [5, 6]}).stop_token_ids == [5, 6]
+    assert GenerationParams.from_kwargs({"eos_token_id": 7}).stop_token_ids == [7]
+    assert GenerationParams.from_kwargs({"stop_token_ids": (3,)}, {"eos_token_id": [8, 9]}).stop_token_ids == [3, 8, 9]
+    with pytest.raises(TypeError, match="stop_token_ids"):
+        GenerationParams.from_kwargs({"stopping_ids": ["</s>"]})
+
+
+@pytest.mark.parametrize("settings", [{"num_return_sequences": 2}, {"return_full_text": True}])
+def test_output_settings_nothing_honours_are_refused_by_name(settings):
+    (key,) = settings
+    with pytest.raises(ConfigError, match=rf"{key}=.*not honoured here.*QuantLLM"):
+        GenerationParams.from_kwargs({"max_new_tokens": 4}, settings)
 
 
 @pytest.mark.parametrize("settings, temperature", [
