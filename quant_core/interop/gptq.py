@@ -18,6 +18,7 @@ touching a float weight.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -33,7 +34,9 @@ from ._checkpoint import (check_tensor, config_int, float_state, load_checkpoint
 FORMAT_OF_BITS = {2: "int2", 3: "int3", 4: "int4_fullrange", 8: "int8"}
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")
 EXPORTABLE = ("int formats int2, int3, int4_fullrange, int4_clip, int8 with scheme 'sym' or 'asym' "
-              "(integer zero points), any group_size, fp16 scales, in_features a multiple of 32")
+              "(integer zero points), a group_size that divides every layer's in_features (or -1), fp16 scales, "
+              "in_features a multiple of 32")
+COMMON_GROUP_SIZES = (16, 32, 64, 128, 256)
 
 
 # ---------------------------------------------------------------- reading
@@ -192,6 +195,24 @@ def check_exportable(name: str, packed: PackedWeight, checkpoint_format: str = "
         raise ExportError(f"cannot export layer {name} to GPTQ: {why}. GPTQ can hold: {EXPORTABLE}")
 
 
+def check_whole_groups(layers: dict[str, PackedWeight]) -> None:
+    """vLLM's GPTQ loader sizes ``scales`` as ``in_features // group_size`` rows and asserts the
+    checkpoint's shape matches, so a partial last group (group_size 128 over 576 columns) cannot load.
+    Refuse it, naming the group sizes that divide every layer."""
+    partial = {name: p for name, p in layers.items() if p.group_size > 0 and p.in_features % p.group_size}
+    if not partial:
+        return
+    name, packed = next(iter(partial.items()))
+    widths = sorted({p.in_features for p in layers.values()})
+    divide = [g for g in COMMON_GROUP_SIZES if math.gcd(*widths) % g == 0]
+    raise ExportError(
+        f"cannot export to GPTQ: group_size {packed.group_size} leaves a partial last group in {len(partial)} "
+        f"layer(s) (e.g. {name}: {packed.in_features} input columns), which vLLM's GPTQ loader cannot load. "
+        f"Quantize with a group size that divides every layer's width {widths}: "
+        f"{', '.join(map(str, divide)) or 'none of ' + str(COMMON_GROUP_SIZES)}, or -1 (one group per output "
+        f"channel)")
+
+
 def layer_to_gptq(packed: PackedWeight, checkpoint_format: str = "gptq") -> dict[str, torch.Tensor]:
     """PackedWeight -> GPTQ tensors (qweight, qzeros, scales, g_idx); exact."""
     bits, n = packed.fmt.bits, packed.out_features
@@ -212,6 +233,7 @@ def export_gptq(model, tokenizer, out, checkpoint_format: str = "gptq", overwrit
         raise ValueError(f"unknown GPTQ checkpoint_format {checkpoint_format!r}; choose one of {CHECKPOINT_FORMATS}")
     check_output(Path(out), overwrite, EXPORT_REPLACEABLE)  # before any work
     layers = quantized_layers(model)
+    check_whole_groups(layers)
     for name, packed in layers.items():  # every refusal before any writing
         check_exportable(name, packed, checkpoint_format)
     bits = {p.fmt.bits for p in layers.values()}

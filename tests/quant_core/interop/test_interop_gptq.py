@@ -66,7 +66,7 @@ def test_import_is_bit_exact_to_gptq_dequantization(bits, checkpoint_format, act
 
 @pytest.mark.parametrize("weight_dtype,group_size,scheme,ckpt", [
     ("int4", 32, "sym", "gptq"), ("int4", 32, "asym", "gptq_v2"), ("int3", 32, "asym", "gptq_v2"),
-    ("int8", -1, "sym", "gptq"), ("int2", 32, "sym", "gptq"), ("int4_clip", 64, "sym", "gptq"),
+    ("int8", -1, "sym", "gptq"), ("int2", 32, "sym", "gptq"), ("int4_clip", 16, "sym", "gptq"),
 ])
 def test_round_trip_keeps_logits_exactly(tiny_llama, tmp_path, weight_dtype, group_size, scheme, ckpt):
     quantize(tiny_llama, QuantConfig(weight_dtype=weight_dtype, group_size=group_size, scheme=scheme))
@@ -110,6 +110,16 @@ def test_v1_layout_refuses_a_zero_point_of_zero(tiny_llama, tmp_path):
     tiny_llama.model.layers[0].mlp.up_proj.zeros[0, 0] = 0
     with pytest.raises(ExportError, match="gptq_v2"):
         export_gptq(tiny_llama, None, tmp_path / "x", checkpoint_format="gptq")
+
+
+def test_refuses_a_partial_last_group_naming_the_sizes_that_divide(tiny_llama, tmp_path):
+    """vLLM cannot load g128 over SmolLM2's 576 columns; here g64 over the tiny model's 160 (down_proj)."""
+    quantize(tiny_llama, QuantConfig(weight_dtype="int4", group_size=64))
+    with pytest.raises(ExportError, match=r"group_size 64 leaves a partial last group in 2 layer\(s\) "
+                                          r"\(e\.g\. model\.layers\.0\.mlp\.down_proj: 160 input columns\).*"
+                                          r"width \[64, 160\]: 16, 32, or -1"):
+        export_gptq(tiny_llama, None, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def vllm_gptq_config_check(qc: dict, layers: dict[str, tuple[int, int]]) -> list[str]:
