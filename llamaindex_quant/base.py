@@ -18,26 +18,29 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
-    MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.callbacks import EventPayload
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.prompts import PromptTemplate
 
-from quant_core.auto import engine_for_model, engine_for_source
 from quant_core.config import QuantConfig
 from quant_core.engine import GenerationEngine, GenerationParams
-from quant_core.errors import ConfigError
+from quant_core.errors import ConfigError, UnknownSettingError
 
+from .engine_setup import LoadRequest, build_engine
+from .prompts import chat_prompt, completion_prompt
 from .responses import completion_response, in_thread, llm_events, to_chat, usage_of
 
 log = logging.getLogger("llamaindex_quant")
 
 PARAM_NAMES = tuple(f.name for f in dataclasses.fields(GenerationParams))
-# LlamaIndex roles that chat templates know under another name.
-ROLE_NAMES = {MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant", MessageRole.DEVELOPER: "system"}
 DEFAULT_NUM_OUTPUT = 256
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# The engine passes only these tokenizer outputs to the model; HuggingFaceLLM's
+# tokenizer_outputs_to_remove may name any other (it is left out already) but not these.
+MODEL_INPUTS = ("input_ids", "attention_mask")
 
 
 class QuantLlamaLLM(CustomLLM):
@@ -50,45 +53,74 @@ class QuantLlamaLLM(CustomLLM):
         llm = QuantLlamaLLM("path/or/id", quant_config=QuantConfig(weight_dtype="int4"))
 
     or from a model already in memory: ``QuantLlamaLLM.from_model(model, tokenizer)``.
-    Generation keyword arguments (``max_new_tokens``, ``temperature``, ``top_p``,
-    ``top_k``, ``repetition_penalty``, ``stop``, ``seed``) are defaults here and can be
-    overridden per call. Token counts are in ``response.additional_kwargs`` and
-    ``response.raw["usage"]`` (read by LlamaIndex's ``TokenCountingHandler``).
+    It takes ``HuggingFaceLLM``'s constructor arguments with their meaning (``model_name``,
+    ``tokenizer_name``, ``context_window``, ``device_map``, ``model_kwargs``, ``tokenizer_kwargs``,
+    ``stopping_ids``, ``generate_kwargs``, ``system_prompt``, ``query_wrapper_prompt``,
+    ``completion_to_prompt``, ``messages_to_prompt``, ``is_chat_model``, ...); an unknown one is an
+    error. Generation settings are defaults here and can be overridden per call. Token counts are in
+    ``response.additional_kwargs`` and ``response.raw["usage"]`` (read by LlamaIndex's
+    ``TokenCountingHandler``); ``get_token_ids`` counts with the model's own tokenizer
+    (``Settings.tokenizer = llm.get_token_ids``).
     """
+    model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field(default="quantllm", description="What the model was loaded from (for logs).")
+    model_name: str = Field(default=EMBEDDED_NAME, description=(
+        "The model to load when no model is passed (a hub id, a directory, a .gguf file), as HuggingFaceLLM's "
+        "model_name; otherwise the model's name in metadata."))
+    context_window: int | None = Field(default=None, gt=0, description=(
+        "Most tokens of prompt plus completion; None: the model's own. A larger value than the model's is "
+        "lowered to it with a warning, as HuggingFaceLLM does."))
     max_new_tokens: int | None = Field(
         default=None, description="Tokens to generate; None: the model's generation_config, else 256.")
     temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy decoding.")
+    tokenizer_name: str | None = Field(
+        default=None, description="Load this tokenizer instead of the model's own (a hub id or directory).")
+    tokenizer_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keywords for AutoTokenizer.from_pretrained (the tokenizer is reloaded).")
+    tokenizer_outputs_to_remove: list[str] = Field(default_factory=list, description=(
+        "Tokenizer outputs not to pass to the model. The engine passes only input_ids and attention_mask, so "
+        "any other is left out already; those two cannot be."))
+    device_map: str | dict[str, Any] | None = Field(default=None, description=(
+        "Where to load the model, as transformers' device_map: 'auto' (a GPU if there is one), 'cpu', "
+        "'cuda:1', or a dict placing every module on one device."))
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keywords for the model's from_pretrained (dtype, revision, ...).")
+    stopping_ids: list[int] = Field(
+        default_factory=list, description="Token ids that end a completion, beside the model's EOS.")
     generate_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description=f"Default generation settings, any of: {', '.join(PARAM_NAMES)}.")
-    context_window_override: int | None = Field(
-        default=None, gt=0, description="Use this context window instead of the model config's.")
+        default_factory=dict, description=f"Default generation settings, any of: {', '.join(PARAM_NAMES)}, "
+                                          f"do_sample, eos_token_id.")
+    is_chat_model: bool | None = Field(default=None, description=(
+        "Whether LlamaIndex should call chat() rather than complete(); None: when the chat template is used."))
     truncate_prompt: bool = Field(
         default=False, description="Cut the start of a prompt that does not fit the context window "
                                    "(logged, and counted in additional_kwargs) instead of raising.")
     use_chat_template: bool = Field(
-        default=True, description="Format chat messages with the tokenizer's chat template when it has one.")
+        default=True, description="Format prompts with the tokenizer's chat template when it has one.")
     max_batch_size: int = Field(default=8, gt=0, description="Prompts per forward pass in batch calls.")
 
     _engine: GenerationEngine = PrivateAttr()
 
-    def __init__(self, model: str | os.PathLike | None = None, quant_config: QuantConfig | dict | None = None,
-                 *, tokenizer: Any = None, engine: GenerationEngine | None = None, device: str = "cpu",
-                 trust_remote_code: bool = False, **fields: Any):
-        if isinstance(model, (str, os.PathLike)) or model is None:
-            fields.setdefault("model_name", "SmolLM2-135M-Instruct" if model is None else os.fspath(model))
-        else:
-            fields.setdefault("model_name", getattr(getattr(model, "config", None), "_name_or_path", "") or
-                              type(model).__name__)
-        GenerationParams.check_keywords(fields.get("generate_kwargs"), "generate_kwargs")  # before loading
+    def __init__(self, model: Any = None, quant_config: QuantConfig | dict | None = None, *, tokenizer: Any = None,
+                 engine: GenerationEngine | None = None, device: Any = None, trust_remote_code: bool = False,
+                 **fields: Any):
+        _check_field_names(fields)
+        if model is None and fields.get("model_name"):  # HuggingFaceLLM(model_name=...) loads that model
+            model = fields["model_name"]
+        fields.setdefault("model_name", _name_of(model))
+        if isinstance(fields.get("query_wrapper_prompt"), str):
+            fields["query_wrapper_prompt"] = PromptTemplate(fields["query_wrapper_prompt"])
+        _check_generation_fields(fields)  # before loading
         super().__init__(**fields)
         if engine is None:
             # one engine per model: wrappers of the same model (LangChain's too) share its lock and batches
-            engine = _engine_for(model, tokenizer, quant_config, device, trust_remote_code, self.max_batch_size)
+            engine = build_engine(LoadRequest(
+                model, tokenizer, quant_config, device, self.device_map, self.model_kwargs, self.tokenizer_name,
+                self.tokenizer_kwargs, trust_remote_code, self.max_batch_size))
         elif quant_config is not None:
             raise ConfigError("pass either engine= (an already prepared model) or quant_config=, not both")
         self._engine = engine
+        self._fit_context_window()
         if self.max_new_tokens is None:
             gen_cfg = getattr(engine.model, "generation_config", None)
             self.max_new_tokens = getattr(gen_cfg, "max_new_tokens", None) or DEFAULT_NUM_OUTPUT
@@ -109,17 +141,26 @@ class QuantLlamaLLM(CustomLLM):
         return self._engine
 
     @property
-    def context_window(self) -> int:
-        return self.context_window_override or self._engine.context_window
+    def uses_chat_template(self) -> bool:
+        return self.use_chat_template and self._engine.has_chat_template
 
     @property
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(
             context_window=self.context_window,
             num_output=self.max_new_tokens,
-            is_chat_model=self.use_chat_template and self._engine.has_chat_template,
+            is_chat_model=self.uses_chat_template if self.is_chat_model is None else self.is_chat_model,
             model_name=self.model_name,
         )
+
+    # ---- token counting with the model's own tokenizer (no download, unlike LlamaIndex's tiktoken default) ----
+    def get_token_ids(self, text: str) -> list[int]:
+        """The model tokenizer's ids of ``text`` (no special tokens); ``Settings.tokenizer = llm.get_token_ids``
+        makes LlamaIndex's prompt fitting and token counting use them."""
+        return list(self._engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens(self, text: str) -> int:
+        return len(self.get_token_ids(text))
 
     # ---- completion -------------------------------------------------------------
     @llm_completion_callback()
@@ -180,27 +221,39 @@ class QuantLlamaLLM(CustomLLM):
         return responses
 
     def render_messages(self, messages: Sequence[ChatMessage]) -> str:
-        """Chat messages -> prompt text: the chat template when there is one, else ``messages_to_prompt``."""
-        if self.use_chat_template and self._engine.has_chat_template:
-            return self._engine.render_chat([{"role": ROLE_NAMES.get(m.role, m.role.value),
-                                              "content": m.content or ""} for m in messages])
-        return self.messages_to_prompt(messages)
+        """Chat messages -> prompt text (``messages_to_prompt`` if given, else the chat template; see prompts.py)."""
+        return chat_prompt(self, messages)
+
+    def render_completion(self, prompt: str) -> str:
+        """A completion prompt -> the text the model reads (query_wrapper_prompt, completion_to_prompt or the
+        chat template, system_prompt; see prompts.py)."""
+        return completion_prompt(self, prompt)
 
     def complete_formatted(self, prompt: str, kwargs: dict) -> CompletionResponse:
         return self._complete_many([prompt], True, kwargs)[0]
 
     # ---- internals --------------------------------------------------------------
     def _params(self, kwargs: dict) -> GenerationParams:
-        defaults = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+        defaults = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                    "stop_token_ids": self.stopping_ids}
         return GenerationParams.from_kwargs(defaults, self.generate_kwargs, kwargs)
 
+    def _fit_context_window(self) -> None:
+        own = self._engine.context_window
+        if self.context_window is None:
+            self.context_window = own
+        elif self.context_window > own:
+            log.warning("context_window=%d is more than the model's %d tokens; using %d",
+                        self.context_window, own, own)
+            self.context_window = own
+
     def _fit(self, prompt: str, formatted: bool, params: GenerationParams) -> tuple[str, int]:
-        """Apply ``completion_to_prompt`` and make sure prompt + completion fit the context window.
+        """Format the prompt (``render_completion``) and make sure prompt + completion fit the context window.
         Returns the prompt to run and how many tokens were cut from its start (0 if none)."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
         if not formatted:
-            prompt = self.completion_to_prompt(prompt)
+            prompt = self.render_completion(prompt)
         tokenizer, window = self._engine.tokenizer, self.context_window
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         room = window - params.max_new_tokens - 1  # one slot for a BOS the engine may add
@@ -245,18 +298,28 @@ class QuantLlamaLLM(CustomLLM):
         return gen()
 
 
-def _engine_for(model, tokenizer, quant_config, device, trust_remote_code, max_batch_size) -> GenerationEngine:
-    """A source goes through the core's cached load-then-quantize step (shared with the LangChain
-    provider: one copy of a model per source and config in a process); a model object is quantized
-    in place once (when a config is given). Either way the model's one engine comes back."""
-    if model is None or isinstance(model, (str, os.PathLike)):
-        if tokenizer is not None:
-            raise ConfigError("tokenizer= is only for a model object; a model source brings its own tokenizer")
-        return engine_for_source(model, quantization_config=quant_config, device=device,
-                                 trust_remote_code=trust_remote_code, max_batch_size=max_batch_size)
-    if not hasattr(model, "config") or not callable(model):
-        raise TypeError(f"model must be a source (None, a hub id, a path) or a loaded transformers model, "
-                        f"not {type(model).__name__}")
-    if tokenizer is None:
-        raise ConfigError("a model object needs its tokenizer: QuantLlamaLLM.from_model(model, tokenizer)")
-    return engine_for_model(model, tokenizer, quant_config, max_batch_size=max_batch_size)
+
+def _name_of(model) -> str:
+    if model is None:
+        return EMBEDDED_NAME
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+
+
+def _check_field_names(fields: dict) -> None:
+    """An argument QuantLlamaLLM does not know is an error naming it (pydantic would say less)."""
+    unknown = sorted(set(fields) - set(QuantLlamaLLM.model_fields))
+    if unknown:
+        raise UnknownSettingError(f"QuantLlamaLLM got unknown argument(s) {unknown}; it takes model, quant_config, "
+                                  f"tokenizer, engine, device, trust_remote_code and the fields "
+                                  f"{', '.join(sorted(QuantLlamaLLM.model_fields))}")
+
+
+def _check_generation_fields(fields: dict) -> None:
+    GenerationParams.check_keywords(fields.get("generate_kwargs"), "generate_kwargs")
+    GenerationParams.from_kwargs(fields.get("generate_kwargs"), {"stop_token_ids": fields.get("stopping_ids")})
+    kept = sorted(set(fields.get("tokenizer_outputs_to_remove") or []) & set(MODEL_INPUTS))
+    if kept:
+        raise ConfigError(f"tokenizer_outputs_to_remove names {kept}: the model needs {' and '.join(MODEL_INPUTS)}; "
+                          f"every other tokenizer output is never passed to it")

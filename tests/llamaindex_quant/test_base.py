@@ -53,11 +53,13 @@ def test_complete_returns_text_and_exact_token_counts(llm):
     r = llm.complete(PROMPT)
     assert isinstance(r, CompletionResponse) and isinstance(r.text, str)
     usage = r.additional_kwargs
-    assert usage["prompt_tokens"] == prompt_len(llm, PROMPT)
+    rendered = llm.render_completion(PROMPT)  # the chat template's user turn (it starts with BOS)
+    assert rendered == "<s><|user|>the quick brown fox</s><|assistant|>"
+    assert usage["prompt_tokens"] == prompt_len(llm, rendered, special=False)
     assert 1 <= usage["completion_tokens"] <= 6
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert r.raw["usage"] == usage
-    expected = llm.engine.generate([PROMPT], GenerationParams(max_new_tokens=6))[0]
+    expected = llm.engine.generate([rendered], GenerationParams(max_new_tokens=6))[0]
     assert (r.text, usage["completion_tokens"], usage["finish_reason"]) == (
         expected.text, expected.completion_tokens, expected.finish_reason)
 
@@ -125,9 +127,10 @@ def test_complete_batch_runs_one_batched_generation(llm, monkeypatch):
     real = llm.engine.generate
     monkeypatch.setattr(llm.engine, "generate", lambda p, params: calls.append(list(p)) or real(p, params))
     out = llm.complete_batch(prompts, max_new_tokens=4)
-    assert calls == [prompts]  # all three in one call: the engine batches them
+    rendered = [llm.render_completion(p) for p in prompts]
+    assert calls == [rendered]  # all three in one call: the engine batches them
     assert [type(r) for r in out] == [CompletionResponse] * 3
-    assert [r.additional_kwargs["prompt_tokens"] for r in out] == [prompt_len(llm, p) for p in prompts]
+    assert [r.additional_kwargs["prompt_tokens"] for r in out] == [prompt_len(llm, p, False) for p in rendered]
     assert all(1 <= r.additional_kwargs["completion_tokens"] <= 4 for r in out)
     chats = llm.chat_batch([MESSAGES, MESSAGES[1:]], max_new_tokens=4)
     assert [type(c) for c in chats] == [ChatResponse] * 2
