@@ -13,8 +13,9 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from quant_core.auto import as_quant_config
 from quant_core.engine import GenerationEngine, GenerationOutput, GenerationParams
 from quant_core.errors import ConfigError
+from quant_core.load_options import loading_options
 
-from .llms import DEFAULT_MODEL_NAME, QuantLLM, loading_options
+from .llms import DEFAULT_MODEL_NAME, QuantLLM
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
@@ -37,9 +38,12 @@ class ChatQuant(BaseChatModel):
     """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). A quantllm-saved folder takes None or
     the config it was saved with (another one is an error)."""
     model_kwargs: dict | None = None
-    """Loading options: ``dtype``/``torch_dtype``, ``trust_remote_code`` (off by default)."""
+    """transformers ``from_pretrained`` keywords, passed through (``dtype``, ``revision``, ``attn_implementation``,
+    ...; ``trust_remote_code`` is off by default); a ``device_map`` here works as the field."""
     device: Any = -1
     """-1 or "cpu", "cuda", or a GPU index."""
+    device_map: Any = None
+    """transformers' device_map: "auto" (a GPU if any), "cpu", "cuda:1", or a dict placing every module on one device."""
     chat_template: str | None = None
     """A Jinja chat template to use instead of (or for want of) the tokenizer's own (for this ChatQuant only:
     the model's engine, shared with every other wrapper of it, is left as it is)."""
@@ -73,7 +77,7 @@ class ChatQuant(BaseChatModel):
     @model_validator(mode="after")
     def _check(self) -> "ChatQuant":
         as_quant_config(self.quantization_config)
-        loading_options(self.model_kwargs)
+        loading_options(self.model_kwargs, device_map=self.device_map)
         self._defaults()  # bad generation settings fail at construction
         return self
 
@@ -83,7 +87,7 @@ class ChatQuant(BaseChatModel):
         if self._engine is None:
             llm = self.llm or QuantLLM(model_id=self.model_name, quantization_config=self.quantization_config,
                                        model_kwargs=self.model_kwargs, device=self.device,
-                                       batch_size=self.batch_size)
+                                       device_map=self.device_map, batch_size=self.batch_size)
             self._engine = llm.get_engine()
         return self._engine
 
@@ -91,6 +95,20 @@ class ChatQuant(BaseChatModel):
         """LangChain messages -> the prompt text the model sees."""
         return self.get_engine().render_chat([_as_dict(m) for m in messages], add_generation_prompt=True,
                                              chat_template=self.chat_template)
+
+    # ---- token counting with the model's own tokenizer (LangChain's default fetches GPT-2's) ----
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the model's tokenizer (``custom_get_token_ids`` when set, as LangChain does)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Any = None) -> int:
+        """The exact prompt length of ``messages``: their chat-template rendering, in the model's tokens
+        (what ``usage_metadata["input_tokens"]`` of the reply will say)."""
+        if tools:
+            raise ConfigError("counting tokens with tools is not supported: ChatQuant renders no tool definitions")
+        return self.get_engine().prompt_tokens(self.render(messages))
 
     # ---- LangChain's chat model interface ----------------------------------------------
     @property

@@ -9,12 +9,17 @@ from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from quant_core.auto import TASKS, as_device, as_quant_config, check_task, engine_for_model, engine_for_source
-from quant_core.dtypes import as_torch_dtype
+from quant_core.auto import TASKS, as_quant_config, check_task, engine_for_model, engine_for_source
 from quant_core.engine import GenerationOutput, GenerationParams
 from quant_core.errors import ConfigError
+from quant_core.load_options import as_device, loading_options
+
+from .pipeline_outputs import generate_sequences, shown_text, split_output_settings
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# langchain-huggingface's backends: "ipex" means the default there too (PyTorch runs Intel's kernels
+# itself); quantllm picks IPEX kernels where installed, with no flag. OpenVINO runs its own model format.
+BACKENDS = ("default", "ipex")
 
 
 class QuantLLM(BaseLLM):
@@ -36,13 +41,20 @@ class QuantLLM(BaseLLM):
     """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). A quantllm-saved folder or an already
     quantized pipeline model takes None or the config it carries (another one is an error)."""
     model_kwargs: dict | None = None
-    """Loading options: ``dtype``/``torch_dtype``, ``trust_remote_code`` (off by default)."""
+    """transformers ``from_pretrained`` keywords, passed through (``dtype``, ``revision``, ``attn_implementation``,
+    ...; ``trust_remote_code`` is off by default); a ``device_map`` here works as the field."""
     pipeline_kwargs: dict | None = None
-    """Default generation settings: max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample, seed."""
+    """Default generation settings: max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample, seed,
+    eos_token_id; and the result's shape: num_return_sequences (with sampling), return_full_text."""
     batch_size: int = 4
     """Prompts decoded together in one batch by ``batch``/``generate``."""
     device: Any = -1
     """-1 or "cpu", "cuda", or a GPU index."""
+    device_map: Any = None
+    """transformers' device_map: "auto" (a GPU if any), "cpu", "cuda:1", or a dict placing every module on one device."""
+    streaming: bool = False
+    """Generate through the stream even in ``invoke``/``generate``, so callbacks see every token
+    (``on_llm_new_token``); prompts then run one at a time."""
     engine: Any = Field(default=None, exclude=True)
     """A ``quant_core.engine.GenerationEngine`` to use directly (built from the model otherwise)."""
 
@@ -53,10 +65,12 @@ class QuantLLM(BaseLLM):
         check_task(self.task)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
-        loading_options(self.model_kwargs)
+        options = loading_options(self.model_kwargs, device_map=self.device_map)
+        self.device = as_device(self.device, options["device_map"])
         config = as_quant_config(self.quantization_config)
         self.quantization_config = config.to_dict() if config is not None else None
-        GenerationParams.from_kwargs(self.pipeline_kwargs)  # bad settings fail here, not at the first call
+        shape, (settings,) = split_output_settings(self.pipeline_kwargs)  # bad settings fail here, not at the first call
+        shape.check(GenerationParams.from_kwargs(settings), self.task)
         if self.engine is not None:
             self._engine = self.engine
             if self.model_id is None:  # name the wrapped model, not the default one
@@ -70,16 +84,22 @@ class QuantLLM(BaseLLM):
                       quantization_config=None, model_kwargs: dict | None = None,
                       pipeline_kwargs: dict | None = None, device: Any = -1, device_map: Any = None,
                       batch_size: int = 4, load_in_4bit: bool = False, load_in_8bit: bool = False,
-                      **kwargs: Any) -> "QuantLLM":
+                      backend: str = "default", **kwargs: Any) -> "QuantLLM":
         """Load ``model_id``, quantize it (cached per model and config within the process), wrap it.
-
-        Every argument is checked before the model is loaded.
+        The arguments of langchain-huggingface's ``HuggingFacePipeline.from_model_id`` mean what they mean
+        there. Every argument is checked before the model is loaded.
         """
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend!r} is not available: quantllm runs its own kernels (chosen per CPU "
+                              f"or GPU); use backend='default'")
         config = as_quant_config(quantization_config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
-        device = as_device(device, device_map)
+        # checked here too, so the error is ours (ConfigError) rather than pydantic's wrapper of it
+        check_task(task)
+        as_device(device, loading_options(model_kwargs, device_map=device_map)["device_map"])
         llm = cls(model_id=None if model_id is None else str(model_id), task=task,
                   quantization_config=config.to_dict() if config else None, model_kwargs=model_kwargs,
-                  pipeline_kwargs=pipeline_kwargs, device=device, batch_size=batch_size, **kwargs)
+                  pipeline_kwargs=pipeline_kwargs, device=device, device_map=device_map, batch_size=batch_size,
+                  **kwargs)
         llm.get_engine()
         return llm
 
@@ -87,10 +107,20 @@ class QuantLLM(BaseLLM):
     def get_engine(self):
         """The generation engine, loading (and quantizing) the model on first use."""
         if self._engine is None:
+            options = loading_options(self.model_kwargs, device_map=self.device_map)
             self._engine = engine_for_source(self.model_id, task=self.task, device=self.device,
                                              quantization_config=self.quantization_config,
-                                             max_batch_size=self.batch_size, **loading_options(self.model_kwargs))
+                                             max_batch_size=self.batch_size, dtype=options["dtype"],
+                                             trust_remote_code=options["trust_remote_code"],
+                                             model_kwargs=options["model_kwargs"])
         return self._engine
+
+    # ---- token counting with the model's own tokenizer (LangChain's default fetches GPT-2's) ----
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the model's tokenizer (``custom_get_token_ids`` when set, as LangChain does)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- LangChain's LLM interface -----------------------------------------------------
     @property
@@ -105,37 +135,43 @@ class QuantLLM(BaseLLM):
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
-        params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
         if not prompts:
             raise ConfigError("no prompts were given: pass at least one prompt")
-        engine = self.get_engine()
-        outputs = []
-        for start in range(0, len(prompts), self.batch_size):
-            outputs.extend(engine.generate(list(prompts[start:start + self.batch_size]), params))
-        generations = [[Generation(text=o.text, generation_info=_info(o))] for o in outputs]
-        llm_output = {"token_usage": GenerationOutput.total_usage(outputs),
+        if self.streaming:
+            return self._generate_by_streaming(prompts, stop, run_manager, **kwargs)
+        shape, layers = split_output_settings(self.pipeline_kwargs, _call_settings(kwargs))
+        params = GenerationParams.from_kwargs(*layers, stop=stop)
+        shape.check(params, self.task)
+        per_prompt = generate_sequences(self.get_engine(), list(prompts), params, shape, self.batch_size)
+        generations = [[Generation(text=shown_text(p, o, shape), generation_info=_info(o)) for o in outs]
+                       for p, outs in zip(prompts, per_prompt)]
+        llm_output = {"token_usage": GenerationOutput.total_usage(o for outs in per_prompt for o in outs),
                       "model_name": self.model_id or DEFAULT_MODEL_NAME}
         return LLMResult(generations=generations, llm_output=llm_output)
 
+    def _generate_by_streaming(self, prompts, stop, run_manager, **kwargs) -> LLMResult:
+        generations, usage = [], []
+        for prompt in prompts:
+            chunks = list(self._stream(prompt, stop, run_manager, **kwargs))
+            text = "".join(c.text for c in chunks)
+            generations.append([Generation(text=text, generation_info=chunks[-1].generation_info)])
+            usage.append(chunks[-1].generation_info)
+        total = {k: sum(u[k] for u in usage) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        return LLMResult(generations=generations,
+                         llm_output={"token_usage": total, "model_name": self.model_id or DEFAULT_MODEL_NAME})
+
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        params = GenerationParams.from_kwargs(self.pipeline_kwargs, _call_settings(kwargs), stop=stop)
+        shape, layers = split_output_settings(self.pipeline_kwargs, _call_settings(kwargs))
+        params = GenerationParams.from_kwargs(*layers, stop=stop)
+        shape.check(params, self.task, streaming=True)
+        if shape.return_full_text:
+            yield GenerationChunk(text=prompt)
         for delta, final in self.get_engine().stream_with_output(prompt, params):
             chunk = GenerationChunk(text=delta, generation_info=_info(final) if final else None)
             if run_manager and delta:
                 run_manager.on_llm_new_token(delta, chunk=chunk)
             yield chunk
-
-
-def loading_options(model_kwargs: dict | None) -> dict[str, Any]:
-    """``model_kwargs`` -> the loading keywords of ``quant_core.auto`` (checked, so a typo fails early)."""
-    options = dict(model_kwargs or {})
-    dtype = options.pop("dtype", options.pop("torch_dtype", None))
-    trust = bool(options.pop("trust_remote_code", False))
-    if options:
-        raise ConfigError(f"unsupported model_kwargs {sorted(options)}; supported: dtype, torch_dtype, "
-                          f"trust_remote_code")
-    return {"dtype": as_torch_dtype(dtype), "trust_remote_code": trust}
 
 
 def _call_settings(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -151,6 +151,10 @@ class GenerationEngine:
                 sent = text
         yield "", rows[0].output()
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens ``prompt`` is as the engine feeds it (with a BOS when the tokenizer adds one)."""
+        return len(self._encode(prompt))
+
     @classmethod
     def for_model(cls, model, tokenizer, *, max_batch_size: int = 8) -> "GenerationEngine":
         """The one engine of ``model`` (created on first use), so that every wrapper of the same
