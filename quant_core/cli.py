@@ -7,12 +7,16 @@ import sys
 import time
 
 EPILOG = """examples:
-  quantllm quantize --weight-dtype int4_fullrange --group-size 128 -o out/smollm2-int4
+  quantllm quantize --weight-dtype int4 --group-size 64 --scheme asym -o out/smollm2-int4
   quantllm generate out/smollm2-int4 "What is the capital of France?" --max-new-tokens 32
+  quantllm generate "What is the capital of France?"          # the embedded float model
   quantllm eval out/smollm2-int4 --text ../shared/data/wikitext2-test.txt
+  quantllm eval --text ../shared/data/wikitext2-test.txt      # the float baseline
   quantllm info out/smollm2-int4
 MODEL is a Hugging Face id or directory, a .gguf file, or a directory saved by quantllm;
-left out, it is the embedded SmolLM2-135M-Instruct."""
+left out (every command), it is the embedded SmolLM2-135M-Instruct, in float."""
+MODEL_HELP = "model (hub id, directory, .gguf file, quantllm-saved directory); default: the embedded SmolLM2-135M-Instruct"
+DEVICE_HELP = "cpu | cuda | cuda:N (default cpu)"
 
 
 def _parse_option(text: str):
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="quantize a model and save it", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("model", nargs="?", help="model to quantize (default: embedded SmolLM2-135M-Instruct)")
+    q.add_argument("model", nargs="?", help=MODEL_HELP)
     q.add_argument("-o", "--output", required=True, help="directory to write (must not exist unless --overwrite)")
     q.add_argument("--algorithm", default="rtn", help="rtn | gptq | awq | teq (default: rtn)")
     q.add_argument("--weight-dtype", default="int4_fullrange",
@@ -49,30 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true",
                    help="replace an existing output directory, if it is an empty folder or a quantllm checkpoint")
 
-    g = sub.add_parser("generate", help="answer a prompt (chat template applied when the model has one)")
-    g.add_argument("model")
-    g.add_argument("prompt")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    _add_no_verify(g)
+    add_generate_parser(sub)
 
-    e = sub.add_parser("eval", help="perplexity on a text file (windows of --seqlen tokens)")
-    e.add_argument("model")
+    e = sub.add_parser("eval", help="perplexity on a text file (windows of --seqlen tokens)", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("model", nargs="?", help=MODEL_HELP)
     e.add_argument("--text", required=True, help="text file, e.g. ../shared/data/wikitext2-test.txt")
-    e.add_argument("--seqlen", type=int, default=512)
-    e.add_argument("--windows", type=int, default=32, help="how many windows (0 = all)")
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
+    e.add_argument("--windows", type=int, default=32, help="how many windows (0 = all; default 32)")
+    e.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_no_verify(e)
 
     i = sub.add_parser("info", help="quantization config, sizes, and the kernel chosen per layer")
-    i.add_argument("model")
-    i.add_argument("--device", default="cpu", help="device to choose kernels for")
+    i.add_argument("model", nargs="?", help=MODEL_HELP)
+    i.add_argument("--device", default="cpu", help="device to choose kernels for: " + DEVICE_HELP)
     _add_no_verify(i)
 
     x = sub.add_parser("export", help="write a quantized model for vLLM / transformers (gptq, awq) or llama.cpp (gguf)")
-    x.add_argument("model", help="a quantllm-saved directory (or a GPTQ/AWQ directory, or FILE.gguf#packed)")
+    x.add_argument("model", nargs="?", help="a quantllm-saved directory (or a GPTQ/AWQ directory, or FILE.gguf#packed); "
+                                            "default: the embedded model, which is float and so has nothing to export")
     x.add_argument("--to", required=True, choices=["gptq", "awq", "gguf"], help="target format")
     x.add_argument("-o", "--output", required=True, help="directory to write (gptq, awq) or .gguf file (gguf)")
     x.add_argument("--checkpoint-format", default="gptq", help="gptq: gptq (v1, what vLLM reads) | gptq_v2")
@@ -88,6 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_no_verify(parser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="load a quantllm checkpoint without checking its checksums (every other check still runs)")
+
+
+def add_generate_parser(sub) -> None:
+    g = sub.add_parser("generate", help="answer a prompt (chat template applied when the model has one)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("model", nargs="?", help=MODEL_HELP)
+    g.add_argument("prompt", help="the prompt: the user's message, or with --raw the exact text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate (default 64)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the same answer every time (default)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="sampling: keep the likeliest tokens whose probabilities add up to P (default 1.0 = all)")
+    g.add_argument("--top-k", type=int, default=0, help="sampling: keep the K likeliest tokens (default 0 = all)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="penalty on tokens already in the text (default 1.0 = none)")
+    g.add_argument("--seed", type=int, default=None, help="sampling: seed, for the same answer again (default random)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the answer before TEXT (repeatable)")
+    g.add_argument("--system", default=None, help="system message, put before the prompt by the chat template")
+    stream = g.add_mutually_exclusive_group()
+    stream.add_argument("--stream", dest="stream", action="store_true", default=None,
+                        help="print the answer as it is generated (the default when output is a terminal)")
+    stream.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="print the answer once it is complete (the default when output is a file or pipe)")
+    g.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    g.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    _add_no_verify(g)
 
 
 def cmd_quantize(args) -> int:
@@ -113,16 +138,8 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .engine import GenerationEngine, GenerationParams
-    from .loading import load_model
-
-    model, tokenizer = load_model(args.model, device=args.device, verify=not args.no_verify)
-    engine = GenerationEngine(model, tokenizer)
-    use_chat = not args.raw and engine.has_chat_template
-    text = engine.render_chat([{"role": "user", "content": args.prompt}]) if use_chat else args.prompt
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    print(engine.generate([text], params)[0].text.strip())
-    return 0
+    from .cli_generate import run_generate
+    return run_generate(args)
 
 
 def cmd_eval(args) -> int:
@@ -151,12 +168,16 @@ def cmd_export(args) -> int:
     from .interop import export
     from .interop.gguf_export import check_gguf_output
     from .loading import load_model
+    from .modules import QuantLinear
 
     if args.to == "gguf":  # before loading anything
         check_gguf_output(Path(args.output), args.overwrite)
     else:
         check_output(Path(args.output), args.overwrite, EXPORT_REPLACEABLE)
     model, tokenizer = load_model(args.model, verify=not args.no_verify)
+    if not any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError(f"{args.model or 'the embedded model'} is a float model: nothing to export. Quantize it "
+                         f"first (quantllm quantize {args.model or ''} -o DIR ...) and export DIR")
     options = ({"checkpoint_format": args.checkpoint_format} if args.to == "gptq" else
                {"tokenizer_pre": args.tokenizer_pre} if args.to == "gguf" else {})
     start = time.perf_counter()
