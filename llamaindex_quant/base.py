@@ -115,8 +115,10 @@ class QuantLlamaLLM(CustomLLM):
         if engine is None:
             # one engine per model: wrappers of the same model (LangChain's too) share its lock and batches
             engine = build_engine(LoadRequest(
-                model, tokenizer, quant_config, device, self.device_map, self.model_kwargs, self.tokenizer_name,
-                self.tokenizer_kwargs, trust_remote_code, self.max_batch_size))
+                model=model, tokenizer=tokenizer, quant_config=quant_config, device=device,
+                device_map=self.device_map, model_kwargs=self.model_kwargs, tokenizer_name=self.tokenizer_name,
+                tokenizer_kwargs=self.tokenizer_kwargs, trust_remote_code=trust_remote_code,
+                max_batch_size=self.max_batch_size))
         elif quant_config is not None:
             raise ConfigError("pass either engine= (an already prepared model) or quant_config=, not both")
         self._engine = engine

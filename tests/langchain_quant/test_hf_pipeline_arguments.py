@@ -255,3 +255,14 @@ def test_streaming_field_streams_inside_invoke(engine):
     assert tokens and "".join(tokens) == text == llm_on(engine).invoke(PROMPT)
     result = llm.generate([PROMPT])
     assert result.llm_output["token_usage"]["prompt_tokens"] == len(PROMPT)
+
+
+def test_chat_model_refuses_output_settings_by_name(engine):
+    from langchain_core.messages import HumanMessage
+    chat = ChatQuant(llm=llm_on(engine), max_tokens=2)
+    chat._engine = GenerationEngine(tiny_llama_lm(), byte_tokenizer(chat_template="{{ messages[0]['content'] }}"))
+    assert isinstance(chat.invoke([HumanMessage("hi")], num_return_sequences=1).content, str)  # what it does anyway
+    with pytest.raises(ConfigError, match="num_return_sequences=2 is not honoured here"):
+        chat.invoke([HumanMessage("hi")], num_return_sequences=2)
+    with pytest.raises(ConfigError, match="return_full_text=True is not honoured here"):
+        chat.invoke([HumanMessage("hi")], return_full_text=True)
