@@ -71,6 +71,10 @@ class QuantLLM(BaseLLM):
         self.quantization_config = config.to_dict() if config is not None else None
         shape, (settings,) = split_output_settings(self.pipeline_kwargs)  # bad settings fail here, not at the first call
         shape.check(GenerationParams.from_kwargs(settings), self.task)
+        given = [name for name in ("model_kwargs", "device_map") if getattr(self, name)]
+        if given and (self.engine is not None or self.pipeline is not None):
+            raise ConfigError(f"{' and '.join(given)} apply when QuantLLM loads the model (from_model_id); this one "
+                              f"wraps a model already loaded (engine= or pipeline=): load it with them instead")
         if self.engine is not None:
             self._engine = self.engine
             if self.model_id is None:  # name the wrapped model, not the default one

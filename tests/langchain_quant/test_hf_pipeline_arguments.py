@@ -96,6 +96,8 @@ def check_model_kwargs(engine, tiny_dir):
     assert chat.get_engine().model.config._attn_implementation == "sdpa"
     with pytest.raises(ConfigError, match=r"model_kwargs\['load_in_4bit'\] is not used"):
         QuantLLM.from_model_id(str(tiny_dir), model_kwargs={"load_in_4bit": True})
+    with pytest.raises(ValueError, match="model_kwargs apply when QuantLLM loads the model"):
+        QuantLLM(engine=engine, model_kwargs={"revision": "main"})
 
 
 def check_pipeline_kwargs(engine, tiny_dir):
