@@ -27,6 +27,7 @@ RECIPES = {
     "rtn-int4-g32-sym": dict(weight_dtype="int4", group_size=32, scheme="sym"),
     "rtn-int4-g32-asym": dict(weight_dtype="int4", group_size=32, scheme="asym"),
     "rtn-int8-g128-sym": dict(weight_dtype="int8", group_size=128, scheme="sym"),
+    "rtn-int4-g64-asym-mse": dict(weight_dtype="int4", group_size=64, scheme="asym", mse_clip=True),
     "gptq-int4-g128-sym": dict(algorithm="gptq", weight_dtype="int4", group_size=128, scheme="sym", n_samples=32),
 }
 RESULTS = Path(__file__).parent / "results" / "demo_recipes.md"
