@@ -1,6 +1,7 @@
 """Which recipe should scripts/demo show? Quantize the embedded SmolLM2-135M-Instruct with each recipe,
 save it, reload it packed, and ask the README's question (greedy, 32 tokens); print one JSON line per
-recipe (answer, checkpoint size, quantization time) and write benchmarks/results/demo_recipes.md.
+recipe (answer, checkpoint size, quantization time), then a markdown table of them (the figures in
+benchmarks/results/demo_recipes.md came from this procedure).
 
 Usage: python benchmarks/demo_recipes.py [NAME ...]     (default: every recipe below)
 """
@@ -30,7 +31,6 @@ RECIPES = {
     "rtn-int4-g64-asym-mse": dict(weight_dtype="int4", group_size=64, scheme="asym", mse_clip=True),
     "gptq-int4-g128-sym": dict(algorithm="gptq", weight_dtype="int4", group_size=128, scheme="sym", n_samples=32),
 }
-RESULTS = Path(__file__).parent / "results" / "demo_recipes.md"
 
 
 def answer(model, tokenizer) -> str:
@@ -73,8 +73,7 @@ def main(names: list[str]) -> None:
     for name in names:
         rows.append(measure(name, base, tokenizer))
         print(json.dumps(rows[-1]), flush=True)
-    RESULTS.write_text(f"# Demo recipes on SmolLM2-135M-Instruct\n\n`python benchmarks/demo_recipes.py "
-                       f"{' '.join(names)}`\n\n{table(rows)}\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":
