@@ -1,7 +1,7 @@
 """Which recipe should scripts/demo show? Quantize the embedded SmolLM2-135M-Instruct with each recipe,
 save it, reload it packed, and ask the README's question (greedy, 32 tokens); print one JSON line per
-recipe (answer, checkpoint size, quantization time), then a markdown table of them (the figures in
-benchmarks/results/demo_recipes.md came from this procedure).
+recipe (answer, checkpoint size, quantization time) and record them in benchmarks/results/demo_recipes.json
+(demo_recipes.md is rendered from it).
 
 Usage: python benchmarks/demo_recipes.py [NAME ...]     (default: every recipe below)
 """
@@ -13,6 +13,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import demo_recipes_report
+import report
 
 from quant_core import QuantConfig, quantize
 from quant_core.engine import GenerationEngine, GenerationParams
@@ -59,21 +62,18 @@ def measure(name: str, base, tokenizer) -> dict:
             "quantize_s": round(seconds, 1)}
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| recipe | saved checkpoint (MB) | quantize (s) | answer to \"What is the capital of France?\" |",
-             "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['checkpoint_mb'] or '-'} | {r['quantize_s'] or '-'} | {r['answer']} |")
-    return "\n".join(lines)
-
-
 def main(names: list[str]) -> None:
     base, tokenizer = load_model()
-    rows = []
+    data = report.load(demo_recipes_report.NAME)
+    run = report.add_run(data, report.new_run("cpu", "python benchmarks/demo_recipes.py " + " ".join(names)))
+    measured = {}
     for name in names:
-        rows.append(measure(name, base, tokenizer))
-        print(json.dumps(rows[-1]), flush=True)
-    print(table(rows))
+        measured[name] = {**measure(name, base, tokenizer), "run": run}
+        print(json.dumps(measured[name]), flush=True)
+    kept = [r for r in data.get("rows", []) if r["name"] not in measured]
+    data["rows"] = kept + list(measured.values())
+    report.save(demo_recipes_report.NAME, data)
+    report.write_markdown(demo_recipes_report.NAME, demo_recipes_report.render(data))
 
 
 if __name__ == "__main__":

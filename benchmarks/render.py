@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import batch_report  # noqa: E402
 import cpu_speed_report  # noqa: E402
+import demo_recipes_report  # noqa: E402
 import gpu_speed_report  # noqa: E402
 import interop_report  # noqa: E402
 import quality_peer_report  # noqa: E402
@@ -37,6 +38,7 @@ RENDERERS = {
     "batch": batch_report.render,
     "interop": interop_report.render,
     "rag": rag_report.render,
+    "demo_recipes": demo_recipes_report.render,
 }
 
 

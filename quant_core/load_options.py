@@ -96,6 +96,9 @@ def loading_options(model_kwargs: dict | None, *, device_map=None) -> dict[str, 
     if "dtype" in options and "torch_dtype" in options:
         raise ConfigError("model_kwargs has both dtype and torch_dtype (the same setting); keep dtype")
     dtype = options.pop("dtype", options.pop("torch_dtype", None))
+    if options.pop("use_safetensors", True) is not True:  # True asks for what the loader always does
+        raise ConfigError("model_kwargs use_safetensors=False is refused: quantllm loads safetensors weights only "
+                          "(unpickling a .bin file can run code); convert the weights to safetensors first")
     trust = options.pop("trust_remote_code", False)
     if not isinstance(trust, bool):
         raise ConfigError(f"trust_remote_code must be True or False; got {trust!r}")

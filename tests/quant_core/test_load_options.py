@@ -54,6 +54,9 @@ def test_model_kwargs_split_into_ours_and_from_pretrained_s():
             loading_options({key: 1})
     with pytest.raises(ConfigError, match="both as an argument and in model_kwargs"):
         loading_options({"device_map": "cpu"}, device_map="auto")
+    assert loading_options({"use_safetensors": True})["model_kwargs"] == {}  # what the loader does anyway
+    with pytest.raises(ConfigError, match="use_safetensors=False is refused"):
+        loading_options({"use_safetensors": False})
     with pytest.raises(ConfigError, match="trust_remote_code must be True or False"):
         loading_options({"trust_remote_code": "yes"})
 
