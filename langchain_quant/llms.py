@@ -9,7 +9,7 @@ from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from quant_core.auto import TASKS, as_quant_config, check_task, engine_for_model, engine_for_source
+from quant_core.auto import as_quant_config, check_task, engine_for_model, engine_for_source, task_prefix
 from quant_core.engine import GenerationOutput, GenerationParams
 from quant_core.errors import ConfigError
 from quant_core.load_options import as_device, loading_options
@@ -36,7 +36,9 @@ class QuantLLM(BaseLLM):
     model_id: str | None = None
     """Local folder, ``.gguf`` file, quantllm-saved folder or hub id; None: the embedded SmolLM2-135M-Instruct."""
     task: str = "text-generation"
-    """``text-generation`` (decoder-only) or ``text2text-generation`` (encoder-decoder, e.g. T5)."""
+    """``text-generation`` (decoder-only), ``text2text-generation``, ``summarization`` or ``translation_XX_to_YY``
+    (encoder-decoder, e.g. T5; the last two put the model's own task prefix before each prompt, as transformers'
+    pipelines do)."""
     quantization_config: Any = None
     """QuantConfig / WeightOnlyQuantConfig / dict / None (float model). A quantllm-saved folder or an already
     quantized pipeline model takes None or the config it carries (another one is an error)."""
@@ -146,7 +148,9 @@ class QuantLLM(BaseLLM):
         shape, layers = split_output_settings(self.pipeline_kwargs, _call_settings(kwargs))
         params = GenerationParams.from_kwargs(*layers, stop=stop)
         shape.check(params, self.task)
-        per_prompt = generate_sequences(self.get_engine(), list(prompts), params, shape, self.batch_size)
+        prefix = task_prefix(self.get_engine().model, self.task)
+        per_prompt = generate_sequences(self.get_engine(), [prefix + p for p in prompts], params, shape,
+                                        self.batch_size)
         generations = [[Generation(text=shown_text(p, o, shape), generation_info=_info(o)) for o in outs]
                        for p, outs in zip(prompts, per_prompt)]
         llm_output = {"token_usage": GenerationOutput.total_usage(o for outs in per_prompt for o in outs),
@@ -171,6 +175,7 @@ class QuantLLM(BaseLLM):
         shape.check(params, self.task, streaming=True)
         if shape.return_full_text:
             yield GenerationChunk(text=prompt)
+        prompt = task_prefix(self.get_engine().model, self.task) + prompt
         for delta, final in self.get_engine().stream_with_output(prompt, params):
             chunk = GenerationChunk(text=delta, generation_info=_info(final) if final else None)
             if run_manager and delta:
@@ -196,8 +201,10 @@ def _engine_from_pipeline(llm: QuantLLM, config):
         raise TypeError(f"pipeline must be a transformers pipeline (with .model and .tokenizer), "
                         f"not {type(pipe).__name__}")
     task = getattr(pipe, "task", llm.task)
-    if task not in TASKS:
-        raise ConfigError(f"pipeline task {task!r} is not supported; use a text-generation pipeline")
+    try:
+        check_task(task)
+    except ConfigError as exc:
+        raise ConfigError(f"pipeline task {task!r} is not supported; use a text-generation pipeline") from exc
     llm.task = task
     # settings given when the pipeline was built (pipeline(..., max_new_tokens=10)) become defaults
     built = getattr(pipe, "_generate_kwargs", None) or getattr(pipe, "_forward_params", None) or {}

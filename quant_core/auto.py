@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -37,10 +38,31 @@ def as_quant_config(config=None, *, load_in_4bit: bool = False, load_in_8bit: bo
     return QuantConfig.coerce(config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
 
 
+# transformers pipeline tasks that run an encoder-decoder model as text2text-generation, with the
+# model's own input prefix for the task (config.task_specific_params, e.g. T5's "summarize: ")
+TRANSLATION = re.compile(r"translation(_[a-z]{2,3}_to_[a-z]{2,3})?")
+
+
 def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if task not in TASKS and task != "summarization" and not TRANSLATION.fullmatch(str(task)):
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}, summarization, "
+                          f"translation or translation_XX_to_YY (e.g. translation_en_to_de)")
     return task
+
+
+def model_task(task: str) -> str:
+    """The task whose model class loads the model: summarization and translation run seq2seq models."""
+    return task if check_task(task) in TASKS else "text2text-generation"
+
+
+def task_prefix(model, task: str) -> str:
+    """What transformers' summarization / translation pipelines put before the input, from the model's
+    config (``task_specific_params[task]["prefix"]``, else ``config.prefix``); "" for other tasks."""
+    if model_task(task) == task:
+        return ""
+    config = model.config
+    params = (getattr(config, "task_specific_params", None) or {}).get(task) or {}
+    return params.get("prefix") or getattr(config, "prefix", None) or ""
 
 
 def check_source(model_id, model_kwargs: dict | None = None) -> str | None:
@@ -75,7 +97,7 @@ def load_for_generation(model_id=None, *, task: str = "text-generation", quantiz
                         model_kwargs: dict | None = None):
     """``(model, tokenizer)`` ready to generate: loaded, quantized when a config is given, cached.
     ``model_kwargs`` go to transformers' ``from_pretrained`` as they are (see ``quant_core.load_options``)."""
-    check_task(task)
+    task = model_task(task)
     config = as_quant_config(quantization_config)
     dtype, device = as_torch_dtype(dtype), as_device(device)
     model_kwargs = dict(model_kwargs or {})

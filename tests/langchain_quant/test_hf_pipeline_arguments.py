@@ -12,7 +12,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_quant import ChatQuant, QuantLLM
 from quant_core.engine import GenerationEngine, GenerationParams
 from quant_core.errors import ConfigError
-from quant_core.testing import byte_tokenizer, tiny_llama_lm
+from quant_core.testing import byte_tokenizer, tiny_llama_lm, tiny_t5
 
 # langchain-huggingface 1.2.3: from_model_id's parameters, then HuggingFacePipeline's pydantic fields.
 FROM_MODEL_ID_1_2_3 = ("model_id", "task", "backend", "device", "device_map", "model_kwargs", "pipeline_kwargs",
@@ -59,8 +59,34 @@ def check_model_id(engine, tiny_dir):
 
 def check_task(engine, tiny_dir):
     assert QuantLLM.from_model_id(str(tiny_dir), task="text-generation").task == "text-generation"
-    with pytest.raises(ConfigError, match="unknown task 'summarization'; valid tasks"):
-        QuantLLM.from_model_id(str(tiny_dir), task="summarization")
+    with pytest.raises(ConfigError, match="unknown task 'fill-mask'; valid tasks"):
+        QuantLLM.from_model_id(str(tiny_dir), task="fill-mask")
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A tiny T5 whose config names its task prefixes, as T5's own config does."""
+    path = tmp_path_factory.mktemp("tiny-t5-tasks")
+    model = tiny_t5()
+    model.config.task_specific_params = {"summarization": {"prefix": "summarize: "},
+                                         "translation_en_to_de": {"prefix": "translate English to German: "}}
+    model.save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("task, prefix", [("summarization", "summarize: "),
+                                          ("translation_en_to_de", "translate English to German: "),
+                                          ("translation", ""), ("text2text-generation", "")])
+def test_summarization_and_translation_run_with_the_models_task_prefix(t5_dir, task, prefix):
+    """langchain-huggingface's tasks: the seq2seq model with the prefix its pipelines put before the input."""
+    llm = QuantLLM.from_model_id(str(t5_dir), task=task, pipeline_kwargs={"max_new_tokens": 3})
+    result = llm.generate(["hello world"])
+    assert result.llm_output["token_usage"]["prompt_tokens"] == len(prefix + "hello world")
+    expected = llm.get_engine().generate([prefix + "hello world"], GenerationParams(max_new_tokens=3))[0].text
+    assert result.generations[0][0].text == expected == "".join(llm.stream("hello world"))
+    with pytest.raises(ConfigError, match="return_full_text is for text-generation models"):
+        llm.invoke("hello", return_full_text=True)
 
 
 def check_backend(engine, tiny_dir):

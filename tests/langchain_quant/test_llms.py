@@ -115,7 +115,8 @@ def test_same_model_and_config_quantized_once_per_process(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("kwargs, error", [
-    (dict(task="summarization"), ValueError),
+    (dict(task="fill-mask"), ValueError),
+    (dict(task="translation_english_to_x"), ValueError),
     (dict(model_id="no-such-org/no-such-model-xyz"), FileNotFoundError),
     (dict(model_id="/no/such/dir"), FileNotFoundError),
     (dict(quantization_config=42), TypeError),
