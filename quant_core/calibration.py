@@ -152,6 +152,15 @@ def resolve_calibration(config, calibration: Any = None, tokenizer=None) -> list
     return batches
 
 
+def statistics_rows(x: torch.Tensor, skip_tokens: int) -> torch.Tensor:
+    """A layer input ``[batch, seq, features]`` without the first ``skip_tokens`` positions of each window.
+
+    The first token of a window (an attention sink, BOS or not) carries activations hundreds of times
+    larger than the rest in a few channels, so it can hold most of a Hessian's trace and decide what an
+    algorithm fits. Inputs without a sequence axis pass through unchanged."""
+    return x[:, skip_tokens:] if skip_tokens and x.dim() == 3 else x
+
+
 def check_batches(batches: Sequence[torch.Tensor]) -> None:
     if not batches:
         raise CalibrationError("no calibration batches: pass a tokenizer (to tokenize calibration text) "

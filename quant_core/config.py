@@ -61,6 +61,9 @@ class QuantConfig(BaseModel):
     seqlen: int = Field(512, gt=0, description="Tokens per calibration window.")
     calibration_seed: int = Field(0, description="Seed for drawing calibration windows.")
     calibration_batch_size: int = Field(1, gt=0, description="Calibration windows per forward pass.")
+    calibration_skip_tokens: int = Field(0, ge=0, description="Leading tokens of every calibration window left out "
+                                         "of the statistics an algorithm fits (the attention-sink token's "
+                                         "activations can dominate a layer's Hessian).")
     # GPTQ.
     damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ: Hessian damping as a fraction of its mean "
                                                               "diagonal; raised automatically if Cholesky fails.")

@@ -21,6 +21,7 @@ import contextlib
 
 import torch
 
+from ..calibration import statistics_rows
 from ..config import QuantConfig
 from ..primitives import grouped, group_width, n_groups, output_error, round_trip_groups, stored_qparams
 from .base import QuantResult
@@ -85,13 +86,15 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     originals = [lin.weight.detach().clone() for lin in group.linears]
     splits = [lin.out_features for lin in group.linears]
     ref = _parent_outputs(group) if use_parent else None
+    skip = config.calibration_skip_tokens
 
     def error(w_eff: torch.Tensor) -> float:
         if not use_parent:
             return output_error(w - w_eff, H).item()
         for lin, part in zip(group.linears, w_eff.split(splits)):
             lin.weight.copy_(part.to(lin.weight.dtype))
-        return sum((o.float() - r.float()).pow(2).sum().item() for o, r in zip(_parent_outputs(group), ref))
+        return sum(statistics_rows(o.float() - r.float(), skip).pow(2).sum().item()
+                   for o, r in zip(_parent_outputs(group), ref))
 
     best_err, best_s, errors = float("inf"), None, []
     try:

@@ -27,6 +27,7 @@ import math
 import torch
 
 from ..blocks import record_inputs
+from ..calibration import statistics_rows
 from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
 from .base import QuantResult
@@ -179,6 +180,7 @@ def _hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> d
     hessians = {}
 
     def add(name, x):
+        x = statistics_rows(x, block.config.calibration_skip_tokens)
         hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
         if stop:
             raise _Stop

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..blocks import record_inputs
+from ..calibration import statistics_rows
 from .driver import CalibrationBlock
 from .equalize import ScaleGroup
 
@@ -58,10 +59,11 @@ class InputStats:
 def collect_input_stats(block: CalibrationBlock, groups: list[ScaleGroup],
                         keep_tokens: int = 0) -> dict[str, InputStats]:
     """Run the block (still float) on its inputs; one ``InputStats`` per group, under each of its names."""
-    stats = {}
+    stats, skip = {}, block.config.calibration_skip_tokens
     for g in groups:
         shared = InputStats(g.in_features, keep_tokens=keep_tokens, seed=block.index)
         stats.update({n: shared for n in g.names})
-    with torch.no_grad(), record_inputs(block.module, [g.names[0] for g in groups], lambda n, x: stats[n].add(x)):
+    names = [g.names[0] for g in groups]
+    with torch.no_grad(), record_inputs(block.module, names, lambda n, x: stats[n].add(statistics_rows(x, skip))):
         block.inputs.forward(block.module)
     return stats
