@@ -118,6 +118,8 @@ def main(argv=None) -> None:
     p.add_argument("--windows", action="append", default=[], help="TEXT=N windows (0: all), e.g. legal=16")
     p.add_argument("--variant", action="append", default=[],
                    help="NAME=JSON extra QuantConfig fields for the calibrated rows (repeatable; none: defaults)")
+    p.add_argument("--only-variants", action="store_true",
+                   help="calibrated rows run only the --variant settings, not their defaults as well")
     p.add_argument("--n-samples", type=int, default=128)
     p.add_argument("--model", default=None)
     p.add_argument("--device", default=None)
@@ -129,7 +131,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"unknown rows/columns/texts {bad}")
     given = dict(w.split("=") for w in args.windows)
     args.windows = {t: int(given.get(t, TEXTS[t][1] or 0)) or None for t in TEXTS}
-    args.variants = [("", {})] + [(v.partition("=")[0], json.loads(v.partition("=")[2])) for v in args.variant]
+    args.variants = ([] if args.only_variants else [("", {})]) + [(v.partition("=")[0], json.loads(v.partition("=")[2])) for v in args.variant]
     store = json.loads(STORE.read_text()) if STORE.is_file() else {}
     run(args, store)
     print(markdown(store, args))
