@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .formats import ALIASES, FORMATS, get_format
+from .kernels.registry import KERNELS
 
 # 2: the AWQ and TEQ settings became fields. A version-1 dict lacks them and loads with their
 # defaults, which are the values version 1 ran with; a version-2 dict names them, so an older
@@ -24,6 +25,12 @@ ALGORITHMS = tuple(ALGORITHM_SETTINGS)
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
 SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _COMPUTE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# Upper bounds no useful quantization reaches: larger values are typos that would run for hours or
+# allocate terabytes before failing. Whether a group fits a layer is checked per layer by quantize().
+MAX_GROUP_SIZE = 1 << 16  # wider than any layer of today's models; -1 is one group per row
+MAX_CALIBRATION_TOKENS = 1 << 24  # n_samples * seqlen (GPTQ's reference uses 128 * 2048 = 2**18)
+MAX_COUNT = 1 << 16  # samples, batches, block widths
+MAX_SEED = 2 ** 63 - 1  # what every generator takes
 
 
 def _choice(value: str, choices, what: str, aliases: dict | None = None) -> str:
@@ -41,9 +48,9 @@ class QuantConfig(BaseModel):
     ``lm_head`` left in float. Names used by Intel's ``WeightOnlyQuantConfig``
     (``weight_dtype="nf4"``, ``compute_dtype="bf16"``, ``algorithm="RTN"``) are accepted.
     """
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    version: int = Field(CONFIG_VERSION, description="Format version of this config.")
+    version: int = Field(CONFIG_VERSION, description="Format version of this config, set by quantllm.")
     algorithm: str = Field("rtn", description="rtn | gptq | awq | teq")
     weight_dtype: str = Field("int4_fullrange", description="Weight format; see quant_core.formats.FORMATS.")
     compute_dtype: str = Field("auto", description="auto | fp32 | bf16 | fp16 (GPU) | int8 (activations quantized per token).")
@@ -57,10 +64,10 @@ class QuantConfig(BaseModel):
     # Calibration (GPTQ, AWQ, TEQ); see quant_core.calibration.
     calibration_dataset: str | None = Field(None, description="Calibration text: None (shipped WikiText-2 valid sample), "
                                             "a text file, or a Hugging Face dataset 'name[:config][@split]'.")
-    n_samples: int = Field(128, gt=0, description="Calibration windows.")
-    seqlen: int = Field(512, gt=0, description="Tokens per calibration window.")
-    calibration_seed: int = Field(0, description="Seed for drawing calibration windows.")
-    calibration_batch_size: int = Field(1, gt=0, description="Calibration windows per forward pass.")
+    n_samples: int = Field(128, gt=0, le=MAX_COUNT, description="Calibration windows.")
+    seqlen: int = Field(512, gt=0, le=1 << 17, description="Tokens per calibration window.")
+    calibration_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for drawing calibration windows.")
+    calibration_batch_size: int = Field(1, gt=0, le=MAX_COUNT, description="Calibration windows per forward pass.")
     calibration_skip_tokens: int = Field(0, ge=0, description="Leading tokens of every calibration window left out "
                                          "of the statistics an algorithm fits (the attention-sink token's "
                                          "activations can dominate a layer's Hessian).")
@@ -72,30 +79,76 @@ class QuantConfig(BaseModel):
                                                    "(no g_idx needed at inference).")
     true_sequential: bool = Field(True, description="GPTQ: quantize a block's linear groups one after another, "
                                                     "each seeing the previous groups' quantized outputs.")
-    block_size: int = Field(128, gt=0, description="GPTQ: columns per lazy-batch update.")
+    block_size: int = Field(128, gt=0, le=MAX_COUNT, description="GPTQ: columns per lazy-batch update.")
     # AWQ.
-    awq_n_grid: int = Field(20, gt=0, description="AWQ: ratios r in [0, 1) tried by the scale search "
+    awq_n_grid: int = Field(20, gt=0, le=1000, description="AWQ: ratios r in [0, 1) tried by the scale search "
                                                   "(s = x_mean**r / w_mean**(1 - r)).")
-    awq_clip_grid: int = Field(20, gt=0, description="AWQ: steps of the clipping search; range ratios "
+    awq_clip_grid: int = Field(20, gt=0, le=1000, description="AWQ: steps of the clipping search; range ratios "
                                                      "1 - i / awq_clip_grid are tried.")
     awq_clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="AWQ: the clipping search narrows a "
                                                                      "group's range by less than this fraction.")
-    awq_parent_batches: int = Field(32, ge=0, description="AWQ: calibration batches whose attention/MLP outputs "
+    awq_parent_batches: int = Field(32, ge=0, le=MAX_COUNT, description="AWQ: calibration batches whose attention/MLP outputs "
                                                           "the scale search compares (0: each linear's own output).")
     awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
                                                     "scaling); False: from activations alone.")
     # TEQ.
-    teq_steps: int = Field(200, ge=0, description="TEQ: Adam steps per group of linears sharing an input.")
-    teq_lr: float = Field(5e-3, gt=0, description="TEQ: Adam learning rate on the log-scales.")
-    teq_batch_tokens: int = Field(256, gt=0, description="TEQ: token rows per training step.")
-    teq_keep_tokens: int = Field(4096, gt=0, description="TEQ: token rows kept per group (a uniform sample "
+    teq_steps: int = Field(200, ge=0, le=100_000, description="TEQ: Adam steps per group of linears sharing an input.")
+    teq_lr: float = Field(5e-3, gt=0, le=1, description="TEQ: Adam learning rate on the log-scales.")
+    teq_batch_tokens: int = Field(256, gt=0, le=MAX_CALIBRATION_TOKENS, description="TEQ: token rows per training step.")
+    teq_keep_tokens: int = Field(4096, gt=0, le=MAX_CALIBRATION_TOKENS, description="TEQ: token rows kept per group (a uniform sample "
                                                          "of all calibration tokens) to train on.")
 
     def __init__(self, **data):
         try:
             super().__init__(**data)
         except ValidationError as exc:  # one line per bad field, as a ConfigError (also a ValueError)
-            raise ConfigError("; ".join(_problem(e) for e in exc.errors())) from None
+            raise ConfigError(_problems(exc)) from None
+
+    def __setattr__(self, name, value):
+        try:  # assignment is validated too (validate_assignment): the same ConfigError
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(_problems(exc)) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v, info):
+        # pydantic reads True as 1: n_samples=True would calibrate on one window
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError(f"must be a number, not a bool ({v})")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v):
+        if v != CONFIG_VERSION:  # a checkpoint saved with another version is refused by every later load
+            raise ValueError(f"version is set by quantllm (the config format's version, {CONFIG_VERSION}), not "
+                             f"by users; leave it out (QuantConfig.from_dict reads older saved versions)")
+        return v
+
+    @field_validator("kernel")
+    @classmethod
+    def _kernel(cls, v):
+        if v is not None and v not in KERNELS:  # saved, it would make every later load of the model fail
+            raise ValueError(f"unknown kernel {v!r}; known kernels: {', '.join(KERNELS)} "
+                             f"(or leave kernel unset to let quantllm choose per layer)")
+        return v
+
+    @field_validator("modules_to_not_convert")
+    @classmethod
+    def _modules(cls, v):
+        if any(not name.strip() for name in v):
+            raise ValueError("holds an empty name, which is part of every layer's name: nothing would be "
+                             "quantized; remove it (or pass names such as 'lm_head')")
+        return v
+
+    @field_validator("calibration_dataset")
+    @classmethod
+    def _calibration_dataset(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("calibration_dataset is empty; leave it unset for the shipped sample, or give a "
+                             "text file or a Hugging Face dataset 'name[:config][@split]'")
+        return v
 
     @field_validator("algorithm", mode="before")
     @classmethod
@@ -125,10 +178,21 @@ class QuantConfig(BaseModel):
     @field_validator("group_size")
     @classmethod
     def _group_size(cls, v):
-        if v != -1 and (v <= 0 or v % 8):
+        if v != -1 and (v <= 0 or v % 8 or v > MAX_GROUP_SIZE):
             raise ValueError(f"group_size must be -1 (per output channel) or a positive multiple of 8 "
-                             f"such as 32, 64, 128, 256; got {v}")
+                             f"up to {MAX_GROUP_SIZE}, such as 32, 64, 128, 256; got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _calibration_tokens(self):
+        tokens = self.n_samples * self.seqlen
+        if tokens > MAX_CALIBRATION_TOKENS:
+            raise ValueError(f"n_samples * seqlen = {tokens} calibration tokens, more than the "
+                             f"{MAX_CALIBRATION_TOKENS} quantllm accepts; lower n_samples or seqlen")
+        if self.calibration_skip_tokens >= self.seqlen:  # every token skipped: no statistics to fit
+            raise ValueError(f"calibration_skip_tokens={self.calibration_skip_tokens} leaves nothing of windows of "
+                             f"seqlen={self.seqlen} tokens; skip fewer tokens than seqlen")
+        return self
 
     @model_validator(mode="after")
     def _combination(self):
@@ -168,8 +232,13 @@ class QuantConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a quantization_config must be a JSON object, not {type(data).__name__}")
         data = {k: v for k, v in data.items() if k not in ("quant_method", "layers", "checksums")}
         version = data.get("version", CONFIG_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ConfigError(f"quantization_config version {version!r} is not one quantllm writes (a whole "
+                              f"number); the config.json is damaged: quantize and save the model again")
         if version > CONFIG_VERSION:
             raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
                               f"understands ({CONFIG_VERSION}); upgrade quantllm")
@@ -194,6 +263,10 @@ class QuantConfig(BaseModel):
             return cls.from_dict(config)
         raise TypeError(f"quantization config must be a QuantConfig/WeightOnlyQuantConfig, a dict or None, "
                         f"not {type(config).__name__}")
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(_problem(e) for e in exc.errors())
 
 
 def _problem(error: dict) -> str:

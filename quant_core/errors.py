@@ -21,8 +21,16 @@ class UnknownSettingError(ConfigError, TypeError):
     """A keyword names no setting (a typo?); also a TypeError, as Python's unexpected keyword is."""
 
 
+class SettingTypeError(ConfigError, TypeError):
+    """A setting has the wrong type (a bool or a string where a number goes); also a TypeError."""
+
+
 class CalibrationError(QuantllmError, ValueError):
     """Calibration data is missing, unreadable or too small."""
+
+
+class EvaluationError(QuantllmError, ValueError):
+    """An evaluation text cannot be used, or the model's outputs on it are not finite."""
 
 
 class UnsupportedModelError(QuantllmError, ValueError):

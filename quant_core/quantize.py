@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .model_surgery import mark_quantized, quantizable_linears
 from .model_surgery import replace_linear  # noqa: F401  (importers still take it from here)
 from .modules import QuantLinear
+from .primitives import per_channel
 
 Handler = Callable[..., nn.Module]
 HANDLERS: dict[str, Handler] = {}  # algorithm name -> handler
@@ -49,8 +50,10 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     config = QuantConfig() if config is None else config
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         raise ConfigError("model is already quantized; load the float model to quantize it again")
-    if not quantizable_linears(model, config):
+    linears = quantizable_linears(model, config)
+    if not linears:
         raise ConfigError("model has no nn.Linear layers to quantize (all excluded by modules_to_not_convert?)")
+    check_groups_fit(linears, config.group_size)
     handler = HANDLERS.get(config.algorithm)
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
@@ -60,3 +63,18 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
                         device=device)
     mark_quantized(model, config)
     return model
+
+
+def check_groups_fit(linears: list[tuple[str, nn.Linear]], group_size: int) -> None:
+    """Refuse, before any layer is quantized, a group wider than a layer: each row would be padded
+    to ``group_size`` columns (``--group-size 1000000000`` asked for terabytes after 18 s of work)."""
+    if per_channel(group_size):
+        return
+    narrow = [(name, linear.in_features) for name, linear in linears if linear.in_features < group_size]
+    if narrow:
+        name, width = min(narrow, key=lambda item: item[1])
+        others = f" (and {len(narrow) - 1} more layers)" if len(narrow) > 1 else ""
+        fitting = f"a group size of at most {width - width % 8}, " if width >= 8 else ""
+        raise ConfigError(f"group_size={group_size} is wider than layer {name}'s {width} input columns{others}: "
+                          f"use {fitting}-1 for one group per row, or keep such layers float with "
+                          f"modules_to_not_convert")

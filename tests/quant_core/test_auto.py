@@ -41,7 +41,10 @@ def test_causal_lm_is_quantized_on_load_and_cached(fresh_cache, llama_dir):
     assert quantized(model) == 14  # 7 linears x 2 layers; lm_head stays float
     again = auto.AutoModelForCausalLM.from_pretrained(str(llama_dir), quantization_config=config.to_dict())
     assert again is model
-    int8 = auto.AutoModelForCausalLM.from_pretrained(str(llama_dir), load_in_8bit=True)
+    # load_in_8bit means int8 at the default group of 128, wider than this model's 64-column layers
+    assert auto.as_quant_config(load_in_8bit=True) == QuantConfig(weight_dtype="int8")
+    int8 = auto.AutoModelForCausalLM.from_pretrained(str(llama_dir), quantization_config=QuantConfig(
+        weight_dtype="int8", group_size=64))
     assert int8 is not model and int8.config.quantization_config["weight_dtype"] == "int8"
 
 

@@ -52,9 +52,9 @@ def test_int8_compute_close_to_float():
 
 
 def test_quantizing_twice_is_refused(tiny_llama):
-    quantize(tiny_llama, progress=False)
+    quantize(tiny_llama, QuantConfig(group_size=32), progress=False)
     with pytest.raises(ValueError, match="already quantized"):
-        quantize(tiny_llama, progress=False)
+        quantize(tiny_llama, QuantConfig(group_size=32), progress=False)
 
 
 def test_unknown_algorithm_handler_is_clear(tiny_llama, monkeypatch):
@@ -62,4 +62,4 @@ def test_unknown_algorithm_handler_is_clear(tiny_llama, monkeypatch):
     qmod = importlib.import_module("quant_core.quantize")
     monkeypatch.setattr(qmod, "HANDLERS", {"rtn": qmod.HANDLERS["rtn"]})
     with pytest.raises(ConfigError, match="registered: rtn$"):
-        quantize(copy.deepcopy(tiny_llama), QuantConfig(algorithm="teq"))
+        quantize(copy.deepcopy(tiny_llama), QuantConfig(algorithm="teq", group_size=32))

@@ -23,7 +23,7 @@ def test_quantize_runs_the_handler_registered_under_the_configs_algorithm(tiny_l
         calls.append((config.algorithm, sorted(kwargs)))
         return model
     monkeypatch.setitem(qmod.HANDLERS, name, handler)
-    model = quantize(copy.deepcopy(tiny_llama), QuantConfig(algorithm=name), calibration=None, progress=False)
+    model = quantize(copy.deepcopy(tiny_llama), QuantConfig(algorithm=name, group_size=32), calibration=None, progress=False)
     assert calls == [(name, ["calibration", "device", "progress", "tokenizer"])]
     assert model.config.quantization_config["algorithm"] == name
 

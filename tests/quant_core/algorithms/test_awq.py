@@ -145,7 +145,7 @@ def test_unsupported_architecture_is_named_before_any_work():
     model = T.AutoModelForCausalLM.from_config(T.GPTNeoXConfig(
         vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4))
     with pytest.raises(UnsupportedModelError, match="gpt_neox.*supported: llama"):
-        quantize(model, QuantConfig(algorithm="awq"), calibration=ids(), progress=False)
+        quantize(model, QuantConfig(algorithm="awq", group_size=32), calibration=ids(), progress=False)
 
 
 def test_too_little_calibration_data_is_an_error():

@@ -144,9 +144,10 @@ def test_excluded_modules_stay_float(tiny_llama):
 
 def test_error_paths_raise_before_any_work(tiny_llama):
     with pytest.raises(CalibrationError, match="tokenizer"):
-        quantize(tiny_llama, QuantConfig(algorithm="gptq"), progress=False)
+        quantize(tiny_llama, QuantConfig(algorithm="gptq", group_size=32), progress=False)
     with pytest.raises(CalibrationError, match="2-D integer"):
-        quantize(tiny_llama, QuantConfig(algorithm="gptq"), calibration=[torch.randn(2, 8)], progress=False)
+        quantize(tiny_llama, QuantConfig(algorithm="gptq", group_size=32), calibration=[torch.randn(2, 8)],
+                 progress=False)
     assert not any(isinstance(m, QuantLinear) for m in tiny_llama.modules())
 
     class Bert(nn.Module):
@@ -156,7 +157,7 @@ def test_error_paths_raise_before_any_work(tiny_llama):
             super().__init__()
             self.fc = nn.Linear(8, 8)
     with pytest.raises(UnsupportedModelError, match="algorithm='rtn'"):
-        quantize(Bert(), QuantConfig(algorithm="gptq"), calibration=_ids(), progress=False)
+        quantize(Bert(), QuantConfig(algorithm="gptq", group_size=8), calibration=_ids(), progress=False)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from quant_core.testing import tiny_llama_lm
     ({"seqlen": 10 ** 9}, "seqlen"),
     ({"n_samples": 10 ** 9}, "n_samples"),
     ({"n_samples": 4096, "seqlen": 8192}, "tokens"),  # each is fine, their product is not
+    ({"seqlen": 64, "calibration_skip_tokens": 64}, "calibration_skip_tokens"),
     ({"calibration_seed": -1}, "calibration_seed"),
     ({"calibration_seed": 2 ** 70}, "calibration_seed"),
     ({"modules_to_not_convert": [""]}, "empty"),  # "" is in every name: nothing would be quantized
