@@ -6,11 +6,13 @@ one of them can name these types without importing the engine itself.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError, UnknownSettingError
+from .errors import ConfigError, SettingTypeError, UnknownSettingError
 
 # Other names callers use for a setting: transformers pipelines, OpenAI-style and LlamaIndex APIs.
 ALIASES = {"max_tokens": "max_new_tokens", "stop_sequence": "stop", "stop_sequences": "stop",
@@ -24,6 +26,7 @@ EOS_TOKEN_ID = "eos_token_id"  # transformers' name: more ids that end a complet
 # (LangChain's QuantLLM) takes them out first; anywhere else a value other than the one that asks
 # for what the engine does (one completion, without the prompt) is refused, never dropped.
 OUTPUT_SETTINGS = {"num_return_sequences": 1, "return_full_text": False}
+MAX_SEED = 2 ** 63 - 1  # torch's generators overflow above it
 
 
 @dataclass
@@ -38,15 +41,24 @@ class GenerationParams:
     stop_token_ids: list[int] = field(default_factory=list)  # ids that end a completion, beside the model's EOS
 
     def validate(self) -> GenerationParams:
-        """Raise a clear error for a bad setting (called before any model work)."""
+        """Raise a clear error for a bad setting (called before any model work): numbers of the wrong type
+        (a bool or a string) raise ``SettingTypeError``, out-of-range or non-finite ones ``ConfigError``.
+        Numbers of other types (numpy's) become Python's own."""
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
-            raise TypeError(f"stop must be a list of non-empty strings, e.g. stop=['\\n\\n']; got {self.stop!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise SettingTypeError(f"stop must be a list of non-empty strings, e.g. stop=['\\n\\n']; "
+                                   f"got {self.stop!r}")
+        self.max_new_tokens = _integer("max_new_tokens", self.max_new_tokens)
+        self.temperature = _finite("temperature", self.temperature)
+        self.top_p = _finite("top_p", self.top_p)
+        self.top_k = _integer("top_k", self.top_k)
+        self.repetition_penalty = _finite("repetition_penalty", self.repetition_penalty)
+        self.seed = None if self.seed is None else _integer("seed", self.seed)
+        if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}")
         if not isinstance(self.stop_token_ids, (list, tuple)) or not all(
-                isinstance(i, int) and i >= 0 for i in self.stop_token_ids):
-            raise TypeError(f"stop_token_ids (stopping_ids, eos_token_id) must be a list of token ids; "
-                            f"got {self.stop_token_ids!r}")
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.stop_token_ids):
+            raise SettingTypeError(f"stop_token_ids (stopping_ids, eos_token_id) must be a list of token ids; "
+                                   f"got {self.stop_token_ids!r}")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (0 means greedy); got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -55,6 +67,8 @@ class GenerationParams:
             raise ConfigError(f"top_k must be >= 0 (0 disables it); got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty must be > 0 (1.0 disables it); got {self.repetition_penalty}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be in [0, 2**63 - 1], what random generators take; got {self.seed}")
         return self
 
     @classmethod
@@ -123,6 +137,21 @@ def refuse_output_settings(settings: Mapping[str, Any]) -> None:
 
 def _as_id_list(ids) -> list[int]:
     return [ids] if isinstance(ids, int) else list(ids)
+
+
+def _integer(name: str, value) -> int:
+    # bool is an int in Python, but max_new_tokens=True meaning 1 is never what was meant
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SettingTypeError(f"{name} must be an integer, not {type(value).__name__} ({value!r})")
+    return int(value)
+
+
+def _finite(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SettingTypeError(f"{name} must be a number, not {type(value).__name__} ({value!r})")
+    if not math.isfinite(value):  # nan passes every comparison test: repetition_penalty=nan gave "HiHiHi"
+        raise ConfigError(f"{name} must be a finite number; got {value}")
+    return float(value)
 
 
 @dataclass
