@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
 from .errors import CalibrationError
+from .text_files import read_text_file
 
 log = logging.getLogger("quant_core")
 
 DEFAULT_CALIBRATION_FILE = Path(__file__).parent / "data" / "calibration.txt"
-
-
 
 
 def load_calibration_texts(source: Any = None, column: str = "text", max_chars: int | None = None,
@@ -43,17 +43,26 @@ def load_calibration_texts(source: Any = None, column: str = "text", max_chars: 
             raise CalibrationError("a calibration list must hold strings")
         return list(source)
     if isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
-        path = Path(source)
-        if not path.is_file():
-            raise CalibrationError(f"calibration file {path} does not exist; pass a text file, a list of "
-                                   f"strings, a Hugging Face dataset name, or nothing for the shipped default")
-        return [path.read_text(encoding="utf-8")]
+        return [read_calibration_file(source)]
     if isinstance(source, str):
         return _dataset_texts(_load_dataset(source, **dataset_kwargs), column, max_chars)
     if hasattr(source, "column_names"):  # a datasets.Dataset
         return _dataset_texts(source, column, max_chars)
     raise CalibrationError(f"unsupported calibration source of type {type(source).__name__}: pass a text "
                            f"file, a list of strings, a Hugging Face dataset name or a datasets.Dataset")
+
+
+def check_calibration_source(source: Any) -> None:
+    """Refuse a calibration file that is missing, empty or binary, before any model loads (other
+    sources are checked when they are read)."""
+    if isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
+        read_calibration_file(source)
+
+
+def read_calibration_file(path) -> str:
+    return read_text_file(path, "calibration file", CalibrationError,
+                          "pass a text file, a list of strings, a Hugging Face dataset name, or nothing for "
+                          "the shipped default")
 
 
 def _looks_like_path(s: str) -> bool:

@@ -6,6 +6,8 @@ import json
 import sys
 import time
 
+from .errors import QuantllmError  # imports nothing else: --help stays fast
+
 EPILOG = """examples:
   quantllm quantize --weight-dtype int4 --group-size 64 --scheme asym -o out/smollm2-int4
   quantllm generate out/smollm2-int4 "What is the capital of France?" --max-new-tokens 32
@@ -17,6 +19,7 @@ MODEL is a Hugging Face id or directory, a .gguf file, or a directory saved by q
 left out (every command), it is the embedded SmolLM2-135M-Instruct, in float."""
 MODEL_HELP = "model (hub id, directory, .gguf file, quantllm-saved directory); default: the embedded SmolLM2-135M-Instruct"
 DEVICE_HELP = "cpu | cuda | cuda:N (default cpu)"
+DEBUG_HELP = "on an error, show the full traceback instead of one line"
 
 
 def _parse_option(text: str):
@@ -32,6 +35,7 @@ def _parse_option(text: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantllm", description="Weight-only quantization of LLMs.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quantize", help="quantize a model and save it", epilog=EPILOG,
@@ -81,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing output: an empty folder or a quantllm/GPTQ/AWQ checkpoint written by "
                         "quantllm (gptq, awq), or a GGUF file (gguf)")
     _add_no_verify(x)
+    for command in sub.choices.values():  # --debug goes before or after the command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return p
 
 
@@ -119,14 +125,12 @@ def cmd_quantize(args) -> int:
     from pathlib import Path
 
     from .checkpoint_io import check_output
-    from .config import QuantConfig
+    from .cli_checks import quant_config_from_args
     from .loading import load_model
     from .quantize import quantize
     from .serialization import save_quantized
 
-    config = QuantConfig(algorithm=args.algorithm, weight_dtype=args.weight_dtype, group_size=args.group_size,
-                         scheme=args.scheme, compute_dtype=args.compute_dtype, scale_dtype=args.scale_dtype,
-                         mse_clip=args.mse_clip, modules_to_not_convert=args.keep_float, **dict(args.option))
+    config = quant_config_from_args(args)  # settings and calibration file, before loading anything
     check_output(Path(args.output), args.overwrite)  # before loading or quantizing anything
     model, tokenizer = load_model(args.model)
     start = time.perf_counter()
@@ -143,21 +147,33 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import perplexity, read_eval_text
+    from .cli_checks import check_device
+    from .evaluation import check_window_args, read_eval_text, windows, windows_perplexity
     from .loading import load_model
 
-    model, tokenizer = load_model(args.model, device=args.device, verify=not args.no_verify)
-    ppl = perplexity(model, tokenizer, read_eval_text(args.text), args.seqlen, args.windows or None)
-    print(f"perplexity: {ppl:.3f} ({args.windows or 'all'} windows of {args.seqlen} tokens)")
+    try:  # everything the model is not needed for is checked before it loads
+        check_window_args(args.seqlen, args.windows)
+    except ValueError as exc:
+        raise type(exc)(str(exc).replace("seqlen", "--seqlen").replace("max_windows", "--windows")) from None
+    device, text = check_device(args.device), read_eval_text(args.text)
+    model, tokenizer = load_model(args.model, device=device, verify=not args.no_verify)
+    batches = windows(tokenizer, text, args.seqlen, args.windows or None)
+    ppl = windows_perplexity(model, batches)
+    if args.windows and len(batches) < args.windows:
+        print(f"quantllm eval: note: the text has {len(batches)} windows of {args.seqlen} tokens, "
+              f"not the {args.windows} asked for", file=sys.stderr)
+    print(f"perplexity: {ppl:.3f} ({len(batches)} windows of {args.seqlen} tokens)")
     return 0
 
 
 def cmd_info(args) -> int:
+    from .cli_checks import check_device
     from .inspect import describe
     from .loading import load_model
 
+    device = check_device(args.device)
     model, _ = load_model(args.model, verify=not args.no_verify)
-    print(describe(model, args.device))
+    print(describe(model, device))
     return 0
 
 
@@ -190,13 +206,37 @@ COMMANDS = {"quantize": cmd_quantize, "generate": cmd_generate, "eval": cmd_eval
             "export": cmd_export}
 
 
+# Errors that describe the user's input, files or machine (every QuantllmError says what to do): exit 2.
+# Anything else is a bug of ours: one line too, exit 1, and --debug shows where it happened.
+INPUT_ERRORS = (QuantllmError, ValueError, OSError, NotImplementedError)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as exc:
-        print(f"quantllm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"quantllm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error reaches the user as one line
+        if args.debug:
+            raise
+        print(f"quantllm {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, INPUT_ERRORS) else 1
+
+
+def error_line(exc: Exception) -> str:
+    """``exc`` as one line: its message's lines joined; an unexpected error names its type and --debug."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = ""
+    for line in lines:
+        text += ("" if not text else " " if text.endswith(":") else "; ") + line
+    if isinstance(exc, INPUT_ERRORS) and text:
+        return text
+    return (f"{type(exc).__name__}: {text or 'no message'} (unexpected: rerun with --debug for the traceback, "
+            f"and please report it)")
 
 
 if __name__ == "__main__":

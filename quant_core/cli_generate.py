@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from .cli_checks import check_device
 from .engine import GenerationEngine, GenerationParams
 from .errors import ConfigError
 from .loading import load_model
@@ -17,7 +18,7 @@ def run_generate(args) -> int:
                               seed=args.seed).validate()  # a bad setting fails before the model loads
     if args.raw and args.system is not None:
         raise ConfigError("--system goes through the chat template, which --raw leaves out; use one of them")
-    model, tokenizer = load_model(args.model, device=args.device, verify=not args.no_verify)
+    model, tokenizer = load_model(args.model, device=check_device(args.device), verify=not args.no_verify)
     engine = GenerationEngine(model, tokenizer)
     prompt = prompt_text(engine, args.prompt, args.system, args.raw)
     stream = sys.stdout.isatty() if args.stream is None else args.stream

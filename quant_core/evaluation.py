@@ -4,37 +4,74 @@ token-level negative log-likelihood over the windows, report exp of it."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+
+from .errors import EvaluationError
+from .text_files import read_text_file
+
+# Config names under which models state how many positions they take (as the engine reads them).
+POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 def read_eval_text(path) -> str:
-    return "\n\n".join(Path(path).read_text(encoding="utf-8").splitlines())
+    """The file's lines joined with blank lines; a missing, empty or binary file raises EvaluationError."""
+    return "\n\n".join(read_text_file(path, "evaluation text", EvaluationError).splitlines())
+
+
+def check_window_args(seqlen: int, max_windows: int | None) -> None:
+    """Refuse window settings that cannot give a perplexity (before any model or text is loaded)."""
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
+        raise EvaluationError(f"seqlen must be an integer of at least 2 (each token is predicted from the ones "
+                              f"before it in its window, so 1 predicts nothing); got {seqlen!r}")
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
+                                    or max_windows < 0):
+        raise EvaluationError(f"max_windows must be a whole number >= 0 (0 or None: every full window); "
+                              f"got {max_windows!r}")
 
 
 def windows(tokenizer, text: str, seqlen: int = 512, max_windows: int | None = 32) -> torch.Tensor:
     """Token windows ``[n, seqlen]``; ``max_windows=None`` (or 0) takes every full window."""
+    check_window_args(seqlen, max_windows)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     n = ids.numel() // seqlen
     if max_windows:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"text has {ids.numel()} tokens, fewer than one window of {seqlen}; "
-                         f"use a longer text or a smaller seqlen")
+        raise EvaluationError(f"text has {ids.numel()} tokens, fewer than one window of {seqlen}; "
+                              f"use a longer text or a smaller seqlen")
     return ids[: n * seqlen].reshape(n, seqlen)
+
+
+def check_fits_model(model, seqlen: int) -> None:
+    """Refuse windows longer than the model's positions: it would score tokens it was never trained on."""
+    config = getattr(model, "config", None)
+    positions = next((value for value in (getattr(config, name, None) for name in POSITION_FIELDS)
+                      if isinstance(value, int) and value > 0), None)
+    if positions is not None and seqlen > positions:
+        raise EvaluationError(f"windows of {seqlen} tokens are longer than the model's {positions} positions; "
+                              f"use a seqlen of at most {positions}")
 
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, seqlen: int = 512, max_windows: int | None = 32,
                progress: bool = True) -> float:
-    from tqdm.auto import tqdm
+    return windows_perplexity(model, windows(tokenizer, text, seqlen, max_windows), progress)
 
+
+@torch.no_grad()
+def windows_perplexity(model, batches: torch.Tensor, progress: bool = True) -> float:
+    """Perplexity over token windows ``[n, seqlen]`` (from ``windows``); a non-finite loss raises."""
+    check_fits_model(model, batches.shape[1])
     device = next(model.parameters()).device
-    batches = windows(tokenizer, text, seqlen, max_windows)
     nll = 0.0
-    for window in tqdm(batches, desc="perplexity", unit="window", disable=not progress):
+    for index, window in enumerate(tqdm(batches, desc="perplexity", unit="window", disable=not progress)):
         ids = window.unsqueeze(0).to(device)
         logits = model(ids, use_cache=False).logits.float()
-        nll += torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+        loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+        if not math.isfinite(loss):  # printed as "perplexity: nan" with exit code 0 before
+            raise EvaluationError(f"the model's loss on window {index} is {loss}: its outputs are not finite "
+                                  f"(an overflow in half precision, or a damaged checkpoint); try float32")
+        nll += loss
     return math.exp(nll / len(batches))
