@@ -7,6 +7,7 @@ from typing import Any, Iterator
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from quant_core.auto import as_quant_config, check_task, engine_for_model, engine_for_source, task_prefix
@@ -129,6 +130,29 @@ class QuantLLM(BaseLLM):
         return list(self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # ---- LangChain's LLM interface -----------------------------------------------------
+    def batch(self, inputs: list, config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list:
+        """LangChain's batch, except that under ``return_exceptions=True`` a prompt's error is that
+        prompt's result. BaseLLM runs every prompt in one call, so one prompt too long for the context
+        window failed them all: when that call fails, each prompt runs as its own call instead (the
+        engine batches concurrent calls together again)."""
+        if not return_exceptions or len(inputs) < 2:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        try:
+            return super().batch(inputs, config, **kwargs)
+        except Exception:  # noqa: BLE001 - whichever prompt it was, it gets its own error below
+            return Runnable.batch(self, inputs, config, return_exceptions=True, **kwargs)
+
+    async def abatch(self, inputs: list, config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list:
+        """``batch``'s per-prompt errors, for async callers."""
+        if not return_exceptions or len(inputs) < 2:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        try:
+            return await super().abatch(inputs, config, **kwargs)
+        except Exception:  # noqa: BLE001
+            return await Runnable.abatch(self, inputs, config, return_exceptions=True, **kwargs)
+
     @property
     def _llm_type(self) -> str:
         return "quantllm_pipeline"

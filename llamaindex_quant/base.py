@@ -184,14 +184,17 @@ class QuantLlamaLLM(CustomLLM):
                                **kwargs: Any) -> CompletionResponseAsyncGen:
         return in_thread(self._stream(prompt, formatted, kwargs))
 
-    def complete_batch(self, prompts: Sequence[str], formatted: bool = False,
-                       **kwargs: Any) -> list[CompletionResponse]:
+    def complete_batch(self, prompts: Sequence[str], formatted: bool = False, *, return_exceptions: bool = False,
+                       **kwargs: Any) -> list[CompletionResponse | Exception]:
         """Complete several prompts together: one forward pass per decoding step for up to
-        ``max_batch_size`` prompts (the engine's real batching). Callbacks fire per prompt."""
+        ``max_batch_size`` prompts (the engine's real batching). Callbacks fire per prompt.
+        ``return_exceptions=True``: a prompt that cannot run (too long for the context window) gets
+        its error as its result, and the others still run together."""
         prompts = list(prompts)
         with llm_events(self, [{EventPayload.PROMPT: p} for p in prompts]) as finish:
-            responses = self._complete_many(prompts, formatted, kwargs)
-            finish([{EventPayload.PROMPT: p, EventPayload.COMPLETION: r} for p, r in zip(prompts, responses)])
+            responses = self._complete_many(prompts, formatted, kwargs, return_exceptions)
+            finish([_end_payload(r, {EventPayload.PROMPT: p, EventPayload.COMPLETION: r})
+                    for p, r in zip(prompts, responses)])
         return responses
 
     # ---- chat -------------------------------------------------------------------
@@ -213,13 +216,16 @@ class QuantLlamaLLM(CustomLLM):
         prompt = self.render_messages(messages)
         return in_thread(to_chat(r) for r in self._stream(prompt, True, kwargs))
 
-    def chat_batch(self, conversations: Sequence[Sequence[ChatMessage]], **kwargs: Any) -> list[ChatResponse]:
+    def chat_batch(self, conversations: Sequence[Sequence[ChatMessage]], *, return_exceptions: bool = False,
+                   **kwargs: Any) -> list[ChatResponse | Exception]:
         """Answer several conversations in one batched generation (see ``complete_batch``)."""
         conversations = [list(c) for c in conversations]
-        prompts = [self.render_messages(c) for c in conversations]
+        prompts = [_result_of(self.render_messages, c, catch=return_exceptions) for c in conversations]
         with llm_events(self, [{EventPayload.MESSAGES: c} for c in conversations]) as finish:
-            responses = [to_chat(r) for r in self._complete_many(prompts, True, kwargs)]
-            finish([{EventPayload.MESSAGES: c, EventPayload.RESPONSE: r} for c, r in zip(conversations, responses)])
+            responses = [r if isinstance(r, Exception) else to_chat(r)
+                         for r in self._complete_many(prompts, True, kwargs, return_exceptions)]
+            finish([_end_payload(r, {EventPayload.MESSAGES: c, EventPayload.RESPONSE: r})
+                    for c, r in zip(conversations, responses)])
         return responses
 
     def render_messages(self, messages: Sequence[ChatMessage]) -> str:
@@ -275,13 +281,20 @@ class QuantLlamaLLM(CustomLLM):
                     "(truncate_prompt=True)", len(ids), room, window)
         return tokenizer.decode(ids[cut:]), cut
 
-    def _complete_many(self, prompts: list[str], formatted: bool, kwargs: dict) -> list[CompletionResponse]:
+    def _complete_many(self, prompts: list, formatted: bool, kwargs: dict,
+                       return_exceptions: bool = False) -> list[CompletionResponse | Exception]:
+        """Responses in order; with ``return_exceptions`` a prompt's error (or an Exception given in
+        place of a prompt) is its result and the other prompts still run as one batch."""
         if isinstance(prompts, str) or not prompts:
             raise ConfigError("pass a non-empty list of prompt strings")
         params = self._params(kwargs)
-        fitted = [self._fit(p, formatted, params) for p in prompts]
-        outputs = self._engine.generate([p for p, _ in fitted], params)
-        return [completion_response(out, cut) for out, (_, cut) in zip(outputs, fitted)]
+        results = [p if isinstance(p, Exception) else _result_of(self._fit, p, formatted, params,
+                                                                 catch=return_exceptions) for p in prompts]
+        runnable = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+        outputs = self._engine.generate([results[i][0] for i in runnable], params) if runnable else []
+        for i, out in zip(runnable, outputs):
+            results[i] = completion_response(out, results[i][1])
+        return results
 
     def _stream(self, prompt: str, formatted: bool, kwargs: dict) -> CompletionResponseGen:
         params = self._params(kwargs)  # errors raise here, before the generator starts
@@ -325,3 +338,18 @@ def _check_generation_fields(fields: dict) -> None:
     if kept:
         raise ConfigError(f"tokenizer_outputs_to_remove names {kept}: the model needs {' and '.join(MODEL_INPUTS)}; "
                           f"every other tokenizer output is never passed to it")
+
+
+def _result_of(fn, *args, catch: bool):
+    """``fn(*args)``, or with ``catch`` the exception it raised."""
+    if not catch:
+        return fn(*args)
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - handed back to the caller as this item's result
+        return exc
+
+
+def _end_payload(result, payload: dict) -> dict:
+    # a failed item ends its event as LlamaIndex's own callbacks end a failed call
+    return {EventPayload.EXCEPTION: result} if isinstance(result, Exception) else payload
