@@ -99,7 +99,7 @@ def tiny_hf_dir(root: Path) -> Path:
 def cli_probes(root: Path) -> dict[str, str]:
     model = str(tiny_hf_dir(root))
     text = root / "text.txt"
-    text.write_text("hello world, this is a short evaluation text.\n" * 20)  # two windows of 128 tokens
+    text.write_text("hello world, this is a short evaluation text.\n" * 60)  # 714 tokens: 7 windows of 100
     empty, binary = root / "empty.txt", root / "binary.txt"
     empty.write_text("")
     binary.write_bytes(bytes(range(256)) * 64)
@@ -112,10 +112,10 @@ def cli_probes(root: Path) -> dict[str, str]:
         "eval --seqlen 0": cli_outcome(ev + ["--seqlen", "0"]),
         "eval --seqlen -5": cli_outcome(ev + ["--seqlen", "-5"]),
         "eval --seqlen 1": cli_outcome(ev + ["--seqlen", "1"]),
-        "eval --seqlen 100000 (context 256)": cli_outcome(ev + ["--seqlen", "100000"], must_not_load=False),
+        "eval --seqlen 300 (context 256)": cli_outcome(ev + ["--seqlen", "300"], must_not_load=False),
         "eval --windows -1": cli_outcome(ev + ["--windows", "-1"]),
-        "eval --windows 500 (2 in the text)": cli_outcome(ev + ["--seqlen", "128", "--windows", "500"],
-                                                          expect_in_out="(2 windows"),
+        "eval --windows 500 (7 in the text)": cli_outcome(ev + ["--seqlen", "100", "--windows", "500"],
+                                                          expect_in_out="(7 windows"),
         "eval --device bogus": cli_outcome(ev + ["--device", "bogus"]),
         "eval --device cuda (no CUDA)": cli_outcome(ev + ["--device", "cuda"]),
         "generate --device bogus": cli_outcome(["generate", model, "hi", "--device", "bogus"]),
@@ -131,8 +131,8 @@ def cli_probes(root: Path) -> dict[str, str]:
         "quantize --option version=99": cli_outcome(q + ["--option", "version=99"]),
         "quantize --option kernel=bogus": cli_outcome(q + ["--option", "kernel=bogus"]),
         "quantize --group-size 1000000000": cli_outcome(q + ["--group-size", "1000000000"]),
-        "quantize --group-size 4096 (layers of 64)": cli_outcome(q + ["--group-size", "4096"]),
-        "quantize --option weight_dtype=nf4": cli_outcome(q + ["--option", "weight_dtype=nf4"],
+        "quantize --group-size 4096 (layers of 64)": cli_outcome(q + ["--group-size", "4096"], must_not_load=False),
+        "quantize --option weight_dtype=nf4": cli_outcome(q + ["--group-size", "32", "--option", "weight_dtype=nf4"],
                                                           expect_in_out="saved to"),
         "quantize --keep-float ''": cli_outcome(q + ["--keep-float", ""]),
     }
