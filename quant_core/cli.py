@@ -151,10 +151,7 @@ def cmd_eval(args) -> int:
     from .evaluation import check_window_args, read_eval_text, windows, windows_perplexity
     from .loading import load_model
 
-    try:  # everything the model is not needed for is checked before it loads
-        check_window_args(args.seqlen, args.windows)
-    except ValueError as exc:
-        raise type(exc)(str(exc).replace("seqlen", "--seqlen").replace("max_windows", "--windows")) from None
+    check_window_args(args.seqlen, args.windows, ("--seqlen", "--windows"))  # all before the model loads
     device, text = check_device(args.device), read_eval_text(args.text)
     model, tokenizer = load_model(args.model, device=device, verify=not args.no_verify)
     batches = windows(tokenizer, text, args.seqlen, args.windows or None)

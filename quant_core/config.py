@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .formats import ALIASES, FORMATS, get_format
-from .kernels.registry import KERNELS
+from .kernel_names import KERNELS
 
 # 2: the AWQ and TEQ settings became fields. A version-1 dict lacks them and loads with their
 # defaults, which are the values version 1 ran with; a version-2 dict names them, so an older

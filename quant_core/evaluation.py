@@ -20,15 +20,15 @@ def read_eval_text(path) -> str:
     return "\n\n".join(read_text_file(path, "evaluation text", EvaluationError).splitlines())
 
 
-def check_window_args(seqlen: int, max_windows: int | None) -> None:
-    """Refuse window settings that cannot give a perplexity (before any model or text is loaded)."""
+def check_window_args(seqlen: int, max_windows: int | None, names=("seqlen", "max_windows")) -> None:
+    """Refuse window settings that cannot give a perplexity (before any model or text is loaded);
+    ``names``: what the caller calls the two settings (the CLI: --seqlen, --windows)."""
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
-        raise EvaluationError(f"seqlen must be an integer of at least 2 (each token is predicted from the ones "
-                              f"before it in its window, so 1 predicts nothing); got {seqlen!r}")
+        raise EvaluationError(f"{names[0]} must be an integer of at least 2 (each token is predicted from the "
+                              f"ones before it in its window, so 1 predicts nothing); got {seqlen!r}")
     if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int)
                                     or max_windows < 0):
-        raise EvaluationError(f"max_windows must be a whole number >= 0 (0 or None: every full window); "
-                              f"got {max_windows!r}")
+        raise EvaluationError(f"{names[1]} must be a whole number >= 0 (0: every full window); got {max_windows!r}")
 
 
 def windows(tokenizer, text: str, seqlen: int = 512, max_windows: int | None = 32) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Kernel chooser: per-device priority lists; every rejection comes with a reason.
 
-Kernels are named here as ``module:Class`` and imported only when considered, so an
+Kernels are named as ``module:Class`` (``kernel_names.KERNELS``) and imported only when considered, so an
 optional backend that is not installed costs nothing and says why it was skipped.
 """
 from __future__ import annotations
@@ -11,17 +11,9 @@ import os
 
 from .base import Kernel, LayerSpec
 from ..errors import NoKernelError
+from ..kernel_names import KERNELS  # as data in the lowest layer, so QuantConfig can check a kernel's name
 
 log = logging.getLogger("quant_core.kernels")
-
-KERNELS: dict[str, str] = {
-    "reference": "quant_core.kernels.reference:ReferenceKernel",
-    "cpu_avx512": "quant_core.kernels.cpu_simd:CpuAvx512Kernel",
-    "cpu_avx2": "quant_core.kernels.cpu_simd:CpuAvx2Kernel",
-    "ipex": "quant_core.kernels.ipex:IpexKernel",
-    "triton": "quant_core.kernels.triton_kernel:TritonKernel",
-    "cuda": "quant_core.kernels.cuda_kernel:CudaKernel",
-}
 
 # Fastest first; "reference" last so a choice always exists.
 PRIORITY: dict[str, list[str]] = {
