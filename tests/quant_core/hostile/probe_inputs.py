@@ -29,6 +29,11 @@ from quant_core.engine_types import GenerationParams  # noqa: E402
 from quant_core.errors import QuantllmError  # noqa: E402
 from quant_core.testing import byte_tokenizer, tiny_llama_lm  # noqa: E402
 
+try:  # the generate verb's own module, on trees that have one
+    import quant_core.cli_generate as cli_generate  # noqa: E402
+except ImportError:
+    cli_generate = None
+
 NAN, INF = math.nan, math.inf
 CONFIG_PROBES = [dict(version=99), dict(version=1), dict(kernel="bogus"), dict(group_size=1_000_000_000),
                  dict(group_size=True), dict(n_samples=True), dict(seqlen=10 ** 9), dict(n_samples=10 ** 9),
@@ -66,6 +71,8 @@ def cli_outcome(argv, must_not_load: bool = True, expect_in_out: str | None = No
     """Run ``quantllm argv`` in-process; ``expect_in_out``: text a successful run must print."""
     counter = LoadCounter()
     loading.load_model = counter
+    if cli_generate is not None:  # it holds its own name for the loader
+        cli_generate.load_model = counter
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -76,6 +83,8 @@ def cli_outcome(argv, must_not_load: bool = True, expect_in_out: str | None = No
         return "traceback"
     finally:
         loading.load_model = counter.real
+        if cli_generate is not None:
+            cli_generate.load_model = counter.real
     lines = [line for line in err.getvalue().splitlines() if "error" in line.lower()]
     if rc == 0:
         return "clean" if expect_in_out and expect_in_out in out.getvalue() else "silent"

@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import quant_core.cli_generate as cli_generate
 import quant_core.loading as loading
 from quant_core import cli
+
+LOADERS = (loading, cli_generate)
 
 TEXT = "hello world, this is a short evaluation text.\n" * 20  # 238 tokens of SmolLM2's tokenizer
 
@@ -20,7 +23,8 @@ class ModelLoaded(BaseException):
 def no_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise ModelLoaded("the model was loaded before the input was checked")
-    monkeypatch.setattr(loading, "load_model", refuse)
+    for module in LOADERS:  # cli_generate holds its own name for it
+        monkeypatch.setattr(module, "load_model", refuse)
 
 
 @pytest.fixture
