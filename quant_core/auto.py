@@ -20,6 +20,7 @@ from pathlib import Path
 
 from huggingface_hub import model_info, try_to_load_from_cache
 
+from .calibration import check_calibration_source
 from .config import QuantConfig
 from .dtypes import as_torch_dtype
 from .engine import GenerationEngine
@@ -99,6 +100,8 @@ def load_for_generation(model_id=None, *, task: str = "text-generation", quantiz
     ``model_kwargs`` go to transformers' ``from_pretrained`` as they are (see ``quant_core.load_options``)."""
     task = model_task(task)
     config = as_quant_config(quantization_config)
+    if config is not None:  # a calibration file that cannot be read fails before the model loads
+        check_calibration_source(config.calibration_dataset)
     dtype, device = as_torch_dtype(dtype), as_device(device)
     model_kwargs = dict(model_kwargs or {})
     source = check_source(model_id, model_kwargs)
