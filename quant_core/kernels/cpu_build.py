@@ -21,7 +21,9 @@ from pathlib import Path
 from .base import cache_root
 from ..errors import BuildError
 
-SOURCE = Path(__file__).parent / "csrc" / "cpu_qgemm.cpp"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = ("qgemv.cpp", "qdequant.cpp")  # compiled together into one library per variant
+HEADERS = ("simd.h", "layer.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
@@ -54,7 +56,8 @@ def _compiler_id(cxx: str) -> str:
 
 def library_path(variant: str) -> Path:
     cxx = compiler()
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(VARIANT_FLAGS[variant] + BASE_FLAGS).encode()
+    text = b"".join((CSRC / name).read_bytes() for name in SOURCES + HEADERS)
+    key = hashlib.sha256(text + " ".join(VARIANT_FLAGS[variant] + BASE_FLAGS).encode()
                          + _compiler_id(cxx).encode()).hexdigest()[:16]
     return cache_dir() / f"cpu_qgemm_{variant}_{key}.so"
 
@@ -73,7 +76,7 @@ def build(variant: str) -> Path:
     errors = []
     # Without OpenMP the kernels still run, on one thread: better than no kernel at all.
     for openmp in (["-fopenmp"], []):
-        cmd = [cxx, *BASE_FLAGS, *VARIANT_FLAGS[variant], *openmp, str(SOURCE), "-o", tmp]
+        cmd = [cxx, *BASE_FLAGS, *VARIANT_FLAGS[variant], *openmp, *(str(CSRC / n) for n in SOURCES), "-o", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0:
             os.replace(tmp, out)  # atomic: a concurrent loader never sees half a file
@@ -88,15 +91,16 @@ def load_library(variant: str) -> ctypes.CDLL:
     import torch  # noqa: F401  (load PyTorch's libgomp first so ours resolves to the same one)
 
     lib = ctypes.CDLL(str(build(variant)))
-    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p
-    lib.qgemm_f32.argtypes = [p, i, p, i, i, i, i, i, f, f, p, p, i]
-    lib.qgemm_f32.restype = None
-    lib.qgemm_i8.argtypes = [p, p, i, p, i, i, i, i, i, f, f, p, i]
-    lib.qgemm_i8.restype = None
-    lib.qdequant.argtypes = [p, i, i, i, i, i, f, f, p, p, i]
-    lib.qdequant.restype = None
-    lib.qdequant_bf16.argtypes = [p, i, i, i, i, i, f, f, p, p, i]
-    lib.qdequant_bf16.restype = None
+    p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    layer = [p, i, i, i, i, i, p, p]  # weight, kind, N, Kp, G, words per group, scales, offsets
+    lib.qgemv_f32.argtypes = [p, i, *layer, p, p, i]
+    lib.qgemv_i8.argtypes = [p, i, *layer, p, i]
+    lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]
+    lib.qdequant_t_bf16.argtypes = [*layer, p, i, i, p, i64, i]
+    lib.qgather.argtypes = [*layer, p, p, i, p]
+    for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qdequant_t, lib.qdequant_t_bf16, lib.qgather):
+        fn.restype = None
+    lib.qtile_rows.restype = ctypes.c_int
     lib.qisa.restype = ctypes.c_char_p
     built = lib.qisa().decode()
     if built != variant:

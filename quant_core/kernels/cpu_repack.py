@@ -2,8 +2,11 @@
 
 The kernels see every format as ``w = val(code) * scale + off`` per group, with
 ``val(code) = code`` for int formats (the zero point folds into ``off``) and
-``val(code) = lut[code]`` for codebook formats (``off = 0``). See csrc/cpu_qgemm.cpp
-for the byte layout; this file only reshuffles codes and precomputes ``off``.
+``val(code) = lut[code]`` for codebook formats (``off = 0``). See csrc/layer.h for the
+byte layout. int4 and int8 rows whose width is whole 32-column blocks (and in column order)
+are used as the checkpoint stores them: the kernels transpose tiles of rows in registers
+instead of keeping an interleaved second copy, so the weight's memory is paid once. Scales
+and offsets are rearranged per tile of ``rows_per_tile`` rows (one vector per group).
 """
 from __future__ import annotations
 
@@ -17,26 +20,44 @@ from ..packed import PackedWeight
 from ..primitives import default_g_idx
 
 BLOCK = 32  # input columns per SIMD block; group sizes must be whole blocks
-LAYOUT_NIBBLES, LAYOUT_BYTES = 0, 1
+KIND_NIBBLES, KIND_CODEBOOK, KIND_BYTES = 0, 1, 2  # csrc/layer.h: Kind
 
 
 @dataclass
 class CpuWeight:
-    qweight: torch.Tensor  # uint8 [N, Kp/2] (nibbles, checkpoint pairing) or [N, Kp] (bytes)
-    layout: int
+    qweight: torch.Tensor  # uint8 [N, Kp/2] (codes of <= 4 bits) or [N, Kp] (int8): checkpoint rows
+    kind: int  # KIND_*
     in_features: int
     padded_in: int  # Kp
     out_features: int
     n_groups: int
-    blocks_per_group: int
-    scales: torch.Tensor  # float32 [N, G]
-    offs: torch.Tensor  # float32 [N, G]
+    words_per_group: int  # 32-bit words (8 nibbles or 4 bytes) per group
+    rows_per_tile: int
+    scales: torch.Tensor  # float32 [tiles, G, rows_per_tile]
+    offs: torch.Tensor  # float32 [tiles, G, rows_per_tile]
     lut: torch.Tensor | None  # float32 [16] for codebook formats
     perm: torch.Tensor | None  # int64 [K]: input column order (act-order g_idx), or None
 
     def nbytes(self) -> int:
         ts = [self.qweight, self.scales, self.offs] + [t for t in (self.lut, self.perm) if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
+
+    def layer_args(self) -> tuple:
+        """The ``Layer`` arguments of every C++ entry point (csrc/layer.h), as ctypes values."""
+        return (_ptr(self.qweight), self.kind, self.out_features, self.padded_in, self.n_groups,
+                self.words_per_group, _ptr(self.scales), _ptr(self.offs))
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def tiled(rows: torch.Tensor, rows_per_tile: int) -> torch.Tensor:
+    """[N, G] -> [ceil(N / R), G, R] float32, rows past N zero."""
+    n, g = rows.shape
+    tiles = -(-n // rows_per_tile)
+    padded = torch.nn.functional.pad(rows.float(), (0, 0, 0, tiles * rows_per_tile - n))
+    return padded.reshape(tiles, rows_per_tile, g).transpose(1, 2).contiguous()
 
 
 def group_size_reason(group_size: int) -> str | None:
@@ -59,7 +80,7 @@ def _column_order(packed: PackedWeight) -> torch.Tensor | None:
     return perm
 
 
-def repack(packed: PackedWeight) -> CpuWeight:
+def repack(packed: PackedWeight, rows_per_tile: int) -> CpuWeight:
     """Kernel tensors for ``packed``. int8 and 4-bit formats whose rows are whole blocks and
     in column order reuse the checkpoint's bytes (no copy); others are re-packed once."""
     fmt = packed.fmt
@@ -71,7 +92,7 @@ def repack(packed: PackedWeight) -> CpuWeight:
         raise ValueError(f"{fmt.name}: {fmt.bits}-bit codes have no CPU kernel layout")
     kp = -(-k // BLOCK) * BLOCK
     perm = _column_order(packed)
-    layout = LAYOUT_BYTES if fmt.bits == 8 else LAYOUT_NIBBLES
+    bits = 8 if fmt.bits == 8 else 4
     if perm is None and kp == k and fmt.bits in (4, 8):
         qweight = packed.qweight.contiguous()  # the checkpoint layout is the kernel layout
     else:
@@ -79,30 +100,25 @@ def repack(packed: PackedWeight) -> CpuWeight:
         if perm is not None:
             codes = codes[:, perm]
         codes = torch.nn.functional.pad(codes, (0, kp - k))  # zero codes meet zero activations
-        qweight = pack_codes(codes, 8 if fmt.bits == 8 else 4)
+        qweight = pack_codes(codes, bits)
     scales = packed.scales.float()
-    g = scales.shape[1]
-    gsb = kp // BLOCK if packed.group_size == -1 else packed.group_size // BLOCK
+    cols_per_word = 32 // bits
+    wpg = (kp if packed.group_size == -1 else packed.group_size) // cols_per_word
     lut = None
     if fmt.is_codebook:
         lut = torch.zeros(16)
         lut[: len(fmt.levels)] = torch.tensor(fmt.levels, dtype=torch.float32)
         offs = torch.zeros_like(scales)
-    elif packed.zero_mode == "min":
-        offs = packed.zeros.float().clone()
+        kind = KIND_CODEBOOK
     else:
-        z = float(fmt.sym_zero) if packed.zeros is None else packed.zeros.float()
-        offs = -z * scales
-    return CpuWeight(qweight, layout, k, kp, n, g, gsb, scales.contiguous(), offs.contiguous(), lut, perm)
-
-
-def kernel_columns(x: torch.Tensor, layout: int) -> torch.Tensor:
-    """Activations ``[M, Kp]`` in the order the kernel reads columns: within each 32-column
-    block of the nibble layout, the even columns (low nibbles) then the odd ones."""
-    if layout != LAYOUT_NIBBLES:
-        return x
-    m, kp = x.shape
-    return x.reshape(m, kp // BLOCK, BLOCK // 2, 2).transpose(-1, -2).reshape(m, kp)
+        kind = KIND_BYTES if bits == 8 else KIND_NIBBLES
+        if packed.zero_mode == "min":
+            offs = packed.zeros.float()
+        else:
+            z = float(fmt.sym_zero) if packed.zeros is None else packed.zeros.float()
+            offs = -z * scales
+    return CpuWeight(qweight, kind, k, kp, n, scales.shape[1], wpg, rows_per_tile, tiled(scales, rows_per_tile),
+                     tiled(offs, rows_per_tile), lut, perm)
 
 
 def release_freed_memory() -> None:

@@ -1,9 +1,9 @@
-"""CPU kernels in C++ with AVX2 or AVX-512 intrinsics (csrc/cpu_qgemm.cpp), one class per ISA.
+"""CPU kernels in C++ with AVX2 or AVX-512 intrinsics (csrc/qgemv.cpp, csrc/qdequant.cpp), one class per ISA.
 
 Small batches (decode) run the fused kernel: codes are unpacked in registers and
 multiplied straight into the activations, so only packed bytes cross the memory bus.
-Large batches (prefill) dequantize the weight once per call into float32 and use
-PyTorch's GEMM, which is compute-bound there and beats any unpack-in-the-loop kernel.
+Large batches (prefill) dequantize the weight a slab at a time and use PyTorch's GEMM,
+which is compute-bound there and beats any unpack-in-the-loop kernel.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from .. import cpu_features
 from .base import Kernel, LayerSpec
 from .cpu_build import BuildError, load_library
-from .cpu_repack import group_size_reason, kernel_columns, release_freed_memory, repack
+from .cpu_repack import group_size_reason, release_freed_memory, repack
 from .reference import quantize_activations_int8
 
 # Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
@@ -30,8 +30,8 @@ SCRATCH_FLOATS = 1 << 20  # 4 MiB of float32 weight rows per GEMM slab
 _local = threading.local()
 
 
-def _ptr(t: torch.Tensor | None, offset_bytes: int = 0):
-    return None if t is None else ctypes.c_void_p(t.data_ptr() + offset_bytes)
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 def _scratch(numel: int) -> torch.Tensor:
@@ -81,13 +81,15 @@ class _CpuSimdKernel(Kernel):
 
     def __init__(self, packed, spec: LayerSpec):
         super().__init__(packed, spec)
-        self.w = repack(packed)
-        release_freed_memory()  # repack's temporaries are gone now: return their pages
         self.lib = load_library(self.variant())
+        self.w = repack(packed, self.lib.qtile_rows())
+        release_freed_memory()  # repack's temporaries are gone now: return their pages
         self.int8 = spec.compute_dtype == "int8"
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
 
-    def _activations(self, x: torch.Tensor) -> torch.Tensor:
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the kernels read it: [M, Kp] float32 (bf16 for the bf16 GEMM), columns in
+        the weight's order, zero-padded, contiguous."""
         w = self.w
         x2 = x.reshape(-1, w.in_features)
         if not (self.bf16_gemm and x2.shape[0] >= GEMM_ROWS):  # only the bf16 GEMM keeps bf16 rows
@@ -96,57 +98,62 @@ class _CpuSimdKernel(Kernel):
             x2 = x2[:, w.perm]
         if w.padded_in != w.in_features:
             x2 = torch.nn.functional.pad(x2, (0, w.padded_in - w.in_features))
-        return kernel_columns(x2, w.layout).contiguous()
+        return x2.contiguous()
 
-    def dequantize(self, n0: int = 0, n1: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows ``[n0, n1)`` of the weight, ``[rows, Kp]`` in the kernel's column order: float32,
-        or bf16 when ``out`` is a bf16 tensor."""
-        w = self.w
-        n1 = w.out_features if n1 is None else n1
-        out = torch.empty(n1 - n0, w.padded_in) if out is None else out
-        fn = self.lib.qdequant_bf16 if out.dtype == torch.bfloat16 else self.lib.qdequant
-        row_bytes = w.qweight.shape[1] * w.qweight.element_size()
-        fn(_ptr(w.qweight, n0 * row_bytes), w.layout, n1 - n0, w.padded_in, w.n_groups,
-           w.blocks_per_group, _ptr(w.scales, n0 * w.n_groups * 4),
-           _ptr(w.offs, n0 * w.n_groups * 4), _ptr(w.lut), _ptr(out), torch.get_num_threads())
+    def dequantize_tiles(self, t0: int, t1: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows of tiles ``[t0, t1)`` as a column-major slab: ``out`` is [Kp, ld] (float32 or
+        bf16, ld >= rows of the tiles) and column j is weight row ``t0 * rows_per_tile + j``."""
+        fn = self.lib.qdequant_t_bf16 if out.dtype == torch.bfloat16 else self.lib.qdequant_t
+        fn(*self.w.layer_args(), _ptr(self.w.lut), t0, t1, _ptr(out), out.stride(0), torch.get_num_threads())
         return out
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The whole weight, [N, Kp] in the kernel's column order (a transposed view)."""
+        w = self.w
+        tiles = -(-w.out_features // w.rows_per_tile)
+        slab = torch.empty(w.padded_in, tiles * w.rows_per_tile, dtype=dtype)
+        return self.dequantize_tiles(0, tiles, slab).t()[: w.out_features]
 
     def _gemm(self, xa: torch.Tensor) -> torch.Tensor:
         """Large batches: dequantize a slab of rows at a time into a reused scratch buffer (no
         full float copy, no fresh pages per call) and let PyTorch's GEMM do the math: in bf16
         when that is the compute dtype and the CPU has bf16 units (about twice fp32's rate)."""
         w = self.w
-        rows = max(16, SCRATCH_FLOATS // w.padded_in)
-        scratch = _scratch(rows * w.padded_in)
+        rt = w.rows_per_tile
+        tiles_per_slab = max(1, SCRATCH_FLOATS // (w.padded_in * rt))
+        scratch = _scratch(tiles_per_slab * rt * w.padded_in)
         dtype = torch.bfloat16 if self.bf16_gemm else torch.float32
         if self.bf16_gemm:  # the same bytes hold twice the bf16 elements
             scratch = scratch.view(torch.bfloat16)
         yt = torch.empty(w.out_features, xa.shape[0], dtype=dtype)
         xt = xa.t().to(dtype)
-        for n0 in range(0, w.out_features, rows):
-            n1 = min(n0 + rows, w.out_features)
-            slab = self.dequantize(n0, n1, scratch[: (n1 - n0) * w.padded_in].view(n1 - n0, w.padded_in))
-            torch.mm(slab, xt, out=yt[n0:n1])
+        tiles = -(-w.out_features // rt)
+        for t0 in range(0, tiles, tiles_per_slab):
+            t1 = min(t0 + tiles_per_slab, tiles)
+            n0, n1 = t0 * rt, min(t1 * rt, w.out_features)
+            slab = scratch[: w.padded_in * (t1 - t0) * rt].view(w.padded_in, (t1 - t0) * rt)
+            self.dequantize_tiles(t0, t1, slab)
+            torch.mm(slab[:, : n1 - n0].t(), xt, out=yt[n0:n1])
         return yt.t()  # bf16 stays bf16: the layer casts to the activations' dtype anyway
+
+    def gemv(self, xa: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Fused kernel on prepared activations ``xa`` [M, Kp] float32 into ``out`` [M, N] float32."""
+        w = self.w
+        threads = torch.get_num_threads()
+        if self.int8:
+            self.lib.qgemv_i8(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(out), threads)
+        else:
+            self.lib.qgemv_f32(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(out), threads)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w
-        xa = self._activations(x)
+        xa = self.activations(x)
         m = xa.shape[0]
-        threads = torch.get_num_threads()
-        if self.int8:
-            q, s = quantize_activations_int8(xa)
-            s = s.reshape(-1).contiguous()
-            y = torch.empty(m, w.out_features)
-            self.lib.qgemm_i8(_ptr(q), _ptr(s), m, _ptr(w.qweight), w.layout, w.out_features, w.padded_in,
-                              w.n_groups, w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(y), threads)
-        elif m >= GEMM_ROWS:
+        if m >= GEMM_ROWS and not self.int8:
             y = self._gemm(xa)
         else:
-            y = torch.empty(m, w.out_features)
-            self.lib.qgemm_f32(_ptr(xa), m, _ptr(w.qweight), w.layout, w.out_features, w.padded_in,
-                               w.n_groups, w.blocks_per_group, _ptr(w.scales), _ptr(w.offs), _ptr(w.lut),
-                               _ptr(y), threads)
+            y = self.gemv(xa, torch.empty(m, w.out_features))
         return y.reshape(*x.shape[:-1], w.out_features)
 
 
