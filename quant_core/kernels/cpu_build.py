@@ -92,9 +92,10 @@ def load_library(variant: str) -> ctypes.CDLL:
 
     lib = ctypes.CDLL(str(build(variant)))
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    layer = [p, i, i, i, i, i, p, p]  # weight, kind, N, Kp, G, words per group, scales, offsets
-    lib.qgemv_f32.argtypes = [p, i, *layer, p, p, i]
-    lib.qgemv_i8.argtypes = [p, i, *layer, p, i]
+    # row segments, their cumulative row ends, segment count, kind, N, Kp, G, words per group, scales, offsets
+    layer = [p, p, i, i, i, i, i, i, p, p]
+    lib.qgemv_f32.argtypes = [p, i, *layer, p, p, p, i64, i, i]  # x, M, layer, lut, bias, y, ldy, accumulate, threads
+    lib.qgemv_i8.argtypes = [p, i, *layer, p, p, i64, i, i]
     lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qdequant_t_bf16.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qgather.argtypes = [*layer, p, p, i, p]

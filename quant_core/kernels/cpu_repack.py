@@ -11,7 +11,7 @@ and offsets are rearranged per tile of ``rows_per_tile`` rows (one vector per gr
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,11 +25,11 @@ KIND_NIBBLES, KIND_CODEBOOK, KIND_BYTES = 0, 1, 2  # csrc/layer.h: Kind
 
 @dataclass
 class CpuWeight:
-    qweight: torch.Tensor  # uint8 [N, Kp/2] (codes of <= 4 bits) or [N, Kp] (int8): checkpoint rows
+    segments: list[torch.Tensor]  # uint8 rows [n_s, Kp/2] (codes of <= 4 bits) or [n_s, Kp] (int8)
     kind: int  # KIND_*
     in_features: int
     padded_in: int  # Kp
-    out_features: int
+    out_features: int  # sum of the segments' rows
     n_groups: int
     words_per_group: int  # 32-bit words (8 nibbles or 4 bytes) per group
     rows_per_tile: int
@@ -37,15 +37,29 @@ class CpuWeight:
     offs: torch.Tensor  # float32 [tiles, G, rows_per_tile]
     lut: torch.Tensor | None  # float32 [16] for codebook formats
     perm: torch.Tensor | None  # int64 [K]: input column order (act-order g_idx), or None
+    _args: tuple | None = field(default=None, repr=False)
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.out_features // self.rows_per_tile)
 
     def nbytes(self) -> int:
-        ts = [self.qweight, self.scales, self.offs] + [t for t in (self.lut, self.perm) if t is not None]
+        ts = self.segments + [self.scales, self.offs] + [t for t in (self.lut, self.perm) if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
 
     def layer_args(self) -> tuple:
-        """The ``Layer`` arguments of every C++ entry point (csrc/layer.h), as ctypes values."""
-        return (_ptr(self.qweight), self.kind, self.out_features, self.padded_in, self.n_groups,
-                self.words_per_group, _ptr(self.scales), _ptr(self.offs))
+        """The ``Layer`` arguments of every C++ entry point (csrc/layer.h), built once."""
+        if self._args is None:
+            n = len(self.segments)
+            segs = (ctypes.c_void_p * n)(*(t.data_ptr() for t in self.segments))
+            ends = (ctypes.c_int * n)(*torch.tensor([t.shape[0] for t in self.segments]).cumsum(0).tolist())
+            self._args = (segs, ends, n, self.kind, self.out_features, self.padded_in, self.n_groups,
+                          self.words_per_group, _ptr(self.scales), _ptr(self.offs))
+        return self._args
+
+    def rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Per-row float32 [tiles, G, R] back to [N, G]."""
+        return tensor.transpose(1, 2).reshape(-1, tensor.shape[1])[: self.out_features]
 
 
 def _ptr(t: torch.Tensor | None):
@@ -58,6 +72,36 @@ def tiled(rows: torch.Tensor, rows_per_tile: int) -> torch.Tensor:
     tiles = -(-n // rows_per_tile)
     padded = torch.nn.functional.pad(rows.float(), (0, 0, 0, tiles * rows_per_tile - n))
     return padded.reshape(tiles, rows_per_tile, g).transpose(1, 2).contiguous()
+
+
+def fusable(weights: list[CpuWeight]) -> str | None:
+    """Why ``weights`` cannot be read as one weight of stacked rows, or None if they can."""
+    first = weights[0]
+    for w in weights[1:]:
+        same = (w.kind, w.in_features, w.padded_in, w.n_groups, w.words_per_group, w.rows_per_tile) == (
+            first.kind, first.in_features, first.padded_in, first.n_groups, first.words_per_group,
+            first.rows_per_tile)
+        if not same:
+            return "formats, widths or group sizes differ"
+        for a, b in ((w.lut, first.lut), (w.perm, first.perm)):
+            if (a is None) != (b is None) or (a is not None and not torch.equal(a, b)):
+                return "codebooks or act-order column orders differ"
+    return None
+
+
+def stack_rows(weights: list[CpuWeight]) -> CpuWeight:
+    """One weight whose rows are those of ``weights`` in order (a fused QKV or gate/up projection).
+    The code bytes are not copied: each weight's rows become a segment."""
+    why = fusable(weights)
+    if why:
+        raise ValueError(f"cannot stack these weights: {why}")
+    first = weights[0]
+    rt = first.rows_per_tile
+    scales = tiled(torch.cat([w.rows(w.scales) for w in weights]), rt)
+    offs = tiled(torch.cat([w.rows(w.offs) for w in weights]), rt)
+    return CpuWeight([s for w in weights for s in w.segments], first.kind, first.in_features, first.padded_in,
+                     sum(w.out_features for w in weights), first.n_groups, first.words_per_group, rt, scales, offs,
+                     first.lut, first.perm)
 
 
 def group_size_reason(group_size: int) -> str | None:
@@ -117,7 +161,7 @@ def repack(packed: PackedWeight, rows_per_tile: int) -> CpuWeight:
         else:
             z = float(fmt.sym_zero) if packed.zeros is None else packed.zeros.float()
             offs = -z * scales
-    return CpuWeight(qweight, kind, k, kp, n, scales.shape[1], wpg, rows_per_tile, tiled(scales, rows_per_tile),
+    return CpuWeight([qweight], kind, k, kp, n, scales.shape[1], wpg, rows_per_tile, tiled(scales, rows_per_tile),
                      tiled(offs, rows_per_tile), lut, perm)
 
 

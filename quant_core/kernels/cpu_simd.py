@@ -8,6 +8,7 @@ which is compute-bound there and beats any unpack-in-the-loop kernel.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import os
 import threading
@@ -17,7 +18,7 @@ import torch
 from .. import cpu_features
 from .base import Kernel, LayerSpec
 from .cpu_build import BuildError, load_library
-from .cpu_repack import group_size_reason, release_freed_memory, repack
+from .cpu_repack import group_size_reason, release_freed_memory, repack, stack_rows
 from .reference import quantize_activations_int8
 
 # Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
@@ -136,15 +137,37 @@ class _CpuSimdKernel(Kernel):
             torch.mm(slab[:, : n1 - n0].t(), xt, out=yt[n0:n1])
         return yt.t()  # bf16 stays bf16: the layer casts to the activations' dtype anyway
 
-    def gemv(self, xa: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Fused kernel on prepared activations ``xa`` [M, Kp] float32 into ``out`` [M, N] float32."""
+    def gemv(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
+             accumulate: bool = False) -> torch.Tensor:
+        """Fused kernel on prepared activations ``xa`` [M, Kp] float32 (contiguous) into ``out``
+        [M, N] float32 (rows may be strided, columns contiguous): ``out = xa @ W^T (+ bias)``, or
+        ``out += ...`` with ``accumulate``. ``bias``: float32 padded to whole tiles (``padded_bias``)."""
         w = self.w
         threads = torch.get_num_threads()
         if self.int8:
-            self.lib.qgemv_i8(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(out), threads)
+            self.lib.qgemv_i8(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0),
+                              accumulate, threads)
         else:
-            self.lib.qgemv_f32(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(out), threads)
+            self.lib.qgemv_f32(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out),
+                               out.stride(0), accumulate, threads)
         return out
+
+    def padded_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """``bias`` [N] as ``gemv`` reads it: float32, zero-padded to whole tiles."""
+        return torch.nn.functional.pad(bias.float(), (0, self.w.tiles * self.w.rows_per_tile - self.w.out_features))
+
+    @classmethod
+    def stacked(cls, kernels: list["_CpuSimdKernel"]) -> "_CpuSimdKernel":
+        """One kernel over the rows of ``kernels`` in order (fused projections); same class and
+        compute dtype required. The code bytes are shared, not copied."""
+        first = kernels[0]
+        if any(type(k) is not type(first) or k.spec.compute_dtype != first.spec.compute_dtype for k in kernels):
+            raise ValueError("stacked kernels must be of one class and compute dtype")
+        fused = object.__new__(type(first))
+        fused.__dict__.update(first.__dict__)
+        fused.w = stack_rows([k.w for k in kernels])
+        fused.spec = dataclasses.replace(first.spec, out_features=fused.w.out_features)
+        return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w

@@ -8,6 +8,8 @@
 // vector of R rows (R = lanes of the ISA, simd.h). Group g covers words [g * wpg, (g+1) * wpg).
 // Dequantized weight: w = val(code) * scale + off, val(code) = code for int formats (the zero
 // point is folded into off) or lut[code] for codebook formats (off = 0).
+// Rows may come from several tensors ("segments", e.g. q, k and v read as one fused projection
+// without copying them together): segment s holds rows [ends[s-1], ends[s]) at segs[s].
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -22,8 +24,9 @@ template <int KIND>
 constexpr int cols_per_word() { return KIND == BYTES ? 4 : 8; }
 
 struct Layer {
-    const uint8_t* w;
-    int kind, N, Kp, G, wpg;
+    const uint8_t* const* segs;
+    const int* ends;
+    int nseg, kind, N, Kp, G, wpg;
     const float* sc;
     const float* of;
     const float* lut;  // 16 floats (NIB_LUT) or null
@@ -31,9 +34,14 @@ struct Layer {
     int words() const { return kind == BYTES ? Kp / 4 : Kp / 8; }
     int64_t row_bytes() const { return 4 * (int64_t)words(); }
     int tiles() const { return (N + R - 1) / R; }
+    const uint8_t* row(int n) const {
+        int s = 0, start = 0;
+        while (n >= ends[s]) start = ends[s++];
+        return segs[s] + (int64_t)(n - start) * row_bytes();
+    }
     // Rows of tile t; past the last row, the last row again (read, never stored).
     void tile_rows(int t, const uint8_t** rows) const {
-        for (int r = 0; r < R; ++r) rows[r] = w + (int64_t)std::min(t * R + r, N - 1) * row_bytes();
+        for (int r = 0; r < R; ++r) rows[r] = row(std::min(t * R + r, N - 1));
     }
     const float* scales(int t, int g) const { return sc + ((int64_t)t * G + g) * R; }
     const float* offsets(int t, int g) const { return of + ((int64_t)t * G + g) * R; }

@@ -68,26 +68,28 @@ void dequant_any(const Layer& L, int t0, int t1, OUT* out, int64_t ld, int nthre
 extern "C" {
 
 // Rows of tiles [t0, t1) as a float32 [Kp, ld] slab (ld >= (t1 - t0) * R).
-void qdequant_t(const uint8_t* w, int kind, int N, int Kp, int G, int wpg, const float* sc, const float* of,
-                const float* lut, int t0, int t1, float* out, int64_t ld, int nthreads) {
-    dequant_any(Layer{w, kind, N, Kp, G, wpg, sc, of, lut}, t0, t1, out, ld, nthreads);
+void qdequant_t(const uint8_t* const* segs, const int* ends, int nseg, int kind, int N, int Kp, int G, int wpg,
+                const float* sc, const float* of, const float* lut, int t0, int t1, float* out, int64_t ld,
+                int nthreads) {
+    dequant_any(Layer{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut}, t0, t1, out, ld, nthreads);
 }
 
 // The same slab as bf16 (for a bf16 GEMM on CPUs with bf16 units).
-void qdequant_t_bf16(const uint8_t* w, int kind, int N, int Kp, int G, int wpg, const float* sc, const float* of,
-                     const float* lut, int t0, int t1, uint16_t* out, int64_t ld, int nthreads) {
-    dequant_any(Layer{w, kind, N, Kp, G, wpg, sc, of, lut}, t0, t1, out, ld, nthreads);
+void qdequant_t_bf16(const uint8_t* const* segs, const int* ends, int nseg, int kind, int N, int Kp, int G,
+                     int wpg, const float* sc, const float* of, const float* lut, int t0, int t1, uint16_t* out,
+                     int64_t ld, int nthreads) {
+    dequant_any(Layer{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut}, t0, t1, out, ld, nthreads);
 }
 
 // Rows ids[0..n) of the weight, float32 [n, Kp] (embedding lookups in a quantized table).
-void qgather(const uint8_t* w, int kind, int N, int Kp, int G, int wpg, const float* sc, const float* of,
-             const float* lut, const int64_t* ids, int n, float* out) {
-    const Layer L{w, kind, N, Kp, G, wpg, sc, of, lut};
+void qgather(const uint8_t* const* segs, const int* ends, int nseg, int kind, int N, int Kp, int G, int wpg,
+             const float* sc, const float* of, const float* lut, const int64_t* ids, int n, float* out) {
+    const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut};
     const int cpw = kind == BYTES ? 4 : 8, bits = kind == BYTES ? 8 : 4;
     for (int i = 0; i < n; ++i) {
         const int64_t id = ids[i];
         const int t = (int)(id / R), r = (int)(id % R);
-        const uint8_t* row = w + id * L.row_bytes();
+        const uint8_t* row = L.row((int)id);
         float* dst = out + (int64_t)i * Kp;
         for (int c = 0; c < L.words(); ++c) {
             uint32_t word;

@@ -23,6 +23,18 @@ namespace {
 
 const float kZeroLut[16] = {0};
 
+// What happens to a tile's results: + bias (padded to whole tiles), + what out already holds.
+struct Epilogue {
+    const float* bias;
+    bool accumulate;
+
+    inline void store(float* out, int t, vf v) const {
+        if (bias) v = vadd(v, vload(bias + (int64_t)t * R));
+        if (accumulate) v = vadd(v, vload(out));
+        vstore(out, v);
+    }
+};
+
 // Multiplier of column i's activation for the prescaled int decode (1 where it shifts instead).
 template <int KIND>
 inline float prescale(int i) {
@@ -40,7 +52,8 @@ inline vf decode_prescaled(vi v, const Lut& lut) {
 
 // MT activation rows against tile t; writes out[m * ldo + r] for the tile's R rows.
 template <int MT, int KIND>
-void tile_f32(const Layer& L, int t, const float* x, int64_t ldx, const float* xsum, float* out, int64_t ldo) {
+void tile_f32(const Layer& L, int t, const float* x, int64_t ldx, const float* xsum, float* out, int64_t ldo,
+              const Epilogue& epi) {
     constexpr int CPW = cols_per_word<KIND>();
     constexpr int NA = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // independent FMA chains per row
     const uint8_t* rows[R];
@@ -84,12 +97,12 @@ void tile_f32(const Layer& L, int t, const float* x, int64_t ldx, const float* x
             }
         });
     }
-    for (int m = 0; m < MT; ++m) vstore(out + m * ldo, tot[m]);
+    for (int m = 0; m < MT; ++m) epi.store(out + m * ldo, t, tot[m]);
 }
 
 template <int MT, bool BYTE_CODES>
 void tile_i8(const Layer& L, int t, const int8_t* q, int64_t ldq, const float* qsum, const float* qscale,
-             float* out, int64_t ldo) {
+             float* out, int64_t ldo, const Epilogue& epi) {
     constexpr int CPW = BYTE_CODES ? 4 : 8;
     constexpr int NA = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // dpbusd chains are long: several per row
     const uint8_t* rows[R];
@@ -136,31 +149,33 @@ void tile_i8(const Layer& L, int t, const int8_t* q, int64_t ldq, const float* q
             }
         });
     }
-    for (int m = 0; m < MT; ++m) vstore(out + m * ldo, vmul(tot[m], vset1(qscale[m])));
+    for (int m = 0; m < MT; ++m) epi.store(out + m * ldo, t, vmul(tot[m], vset1(qscale[m])));
 }
 
-// Calls tile(t, mt, m0, out, ldo) for every tile t and block of up to 4 rows m0.., writing y[M, N].
+// Calls tile(t, mt, m0, out, ldo) for every tile t and block of up to 4 rows m0.., writing y[m * ldy + n].
 template <class F>
-void for_tiles(const Layer& L, int M, float* y, int nthreads, F&& tile) {
+void for_tiles(const Layer& L, int M, float* y, int64_t ldy, bool accumulate, int nthreads, F&& tile) {
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int t = 0; t < L.tiles(); ++t) {
         alignas(64) float buf[4 * R];
         const int rows = std::min(R, L.N - t * R);
         for (int m0 = 0; m0 < M; m0 += 4) {
             const int mt = std::min(4, M - m0);
-            float* dst = y + (int64_t)m0 * L.N + (int64_t)t * R;
+            float* dst = y + (int64_t)m0 * ldy + (int64_t)t * R;
             if (rows == R) {
-                tile(t, mt, m0, dst, (int64_t)L.N);
+                tile(t, mt, m0, dst, ldy);
             } else {  // partial last tile: through a buffer
+                if (accumulate)
+                    for (int m = 0; m < mt; ++m) std::memcpy(buf + m * R, dst + (int64_t)m * ldy, rows * sizeof(float));
                 tile(t, mt, m0, buf, (int64_t)R);
-                for (int m = 0; m < mt; ++m) std::memcpy(dst + (int64_t)m * L.N, buf + m * R, rows * sizeof(float));
+                for (int m = 0; m < mt; ++m) std::memcpy(dst + (int64_t)m * ldy, buf + m * R, rows * sizeof(float));
             }
         }
     }
 }
 
 template <int KIND>
-void gemv_f32(const Layer& L, const float* x, int M, float* y, int nthreads) {
+void gemv_f32(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads) {
     constexpr int CPW = cols_per_word<KIND>();
     static thread_local std::vector<float> xs, xsum;
     xs.resize((size_t)M * L.Kp);
@@ -176,14 +191,14 @@ void gemv_f32(const Layer& L, const float* x, int M, float* y, int nthreads) {
         }
     const float* xp = xs.data();
     const float* sp = xsum.data();
-    for_tiles(L, M, y, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
+    for_tiles(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const float* xm = xp + (int64_t)m0 * L.Kp;
         const float* sm = sp + (int64_t)m0 * L.G;
         switch (mt) {
-            case 4: tile_f32<4, KIND>(L, t, xm, L.Kp, sm, out, ldo); break;
-            case 3: tile_f32<3, KIND>(L, t, xm, L.Kp, sm, out, ldo); break;
-            case 2: tile_f32<2, KIND>(L, t, xm, L.Kp, sm, out, ldo); break;
-            default: tile_f32<1, KIND>(L, t, xm, L.Kp, sm, out, ldo); break;
+            case 4: tile_f32<4, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
+            case 3: tile_f32<3, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
+            case 2: tile_f32<2, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
+            default: tile_f32<1, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
         }
     });
 }
@@ -211,7 +226,7 @@ void quantize_rows(const Layer& L, const float* x, int M, int8_t* q, float* qsca
 }
 
 template <bool BYTE_CODES>
-void gemv_i8(const Layer& L, const float* x, int M, float* y, int nthreads) {
+void gemv_i8(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads) {
     static thread_local std::vector<int8_t> q;
     static thread_local std::vector<float> qscale, qsum;
     q.resize((size_t)M * L.Kp);
@@ -221,14 +236,14 @@ void gemv_i8(const Layer& L, const float* x, int M, float* y, int nthreads) {
     const int8_t* qp = q.data();
     const float* sp = qsum.data();
     const float* dp = qscale.data();
-    for_tiles(L, M, y, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
+    for_tiles(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const int8_t* qm = qp + (int64_t)m0 * L.Kp;
         const float* sm = sp + (int64_t)m0 * L.G;
         switch (mt) {
-            case 4: tile_i8<4, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo); break;
-            case 3: tile_i8<3, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo); break;
-            case 2: tile_i8<2, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo); break;
-            default: tile_i8<1, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo); break;
+            case 4: tile_i8<4, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
+            case 3: tile_i8<3, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
+            case 2: tile_i8<2, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
+            default: tile_i8<1, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
         }
     });
 }
@@ -237,21 +252,26 @@ void gemv_i8(const Layer& L, const float* x, int M, float* y, int nthreads) {
 
 extern "C" {
 
-// x: float32 [M, Kp] (columns in weight order, zero-padded to Kp); y: float32 [M, N].
-void qgemv_f32(const float* x, int M, const uint8_t* w, int kind, int N, int Kp, int G, int wpg,
-               const float* sc, const float* of, const float* lut, float* y, int nthreads) {
-    const Layer L{w, kind, N, Kp, G, wpg, sc, of, lut};
-    if (kind == NIB_INT) gemv_f32<NIB_INT>(L, x, M, y, nthreads);
-    else if (kind == NIB_LUT) gemv_f32<NIB_LUT>(L, x, M, y, nthreads);
-    else gemv_f32<BYTES>(L, x, M, y, nthreads);
+// x: float32 [M, Kp] (columns in weight order, zero-padded to Kp); y[m * ldy + n] = (x @ W^T)[m, n]
+// (+ bias[n], bias padded to whole tiles, or null; + y[m * ldy + n] itself when accumulate).
+void qgemv_f32(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N,
+               int Kp, int G, int wpg, const float* sc, const float* of, const float* lut, const float* bias,
+               float* y, int64_t ldy, int accumulate, int nthreads) {
+    const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut};
+    const Epilogue epi{bias, accumulate != 0};
+    if (kind == NIB_INT) gemv_f32<NIB_INT>(L, x, M, y, ldy, epi, nthreads);
+    else if (kind == NIB_LUT) gemv_f32<NIB_LUT>(L, x, M, y, ldy, epi, nthreads);
+    else gemv_f32<BYTES>(L, x, M, y, ldy, epi, nthreads);
 }
 
 // Same, with the activations quantized to int8 per row first (int formats only).
-void qgemv_i8(const float* x, int M, const uint8_t* w, int kind, int N, int Kp, int G, int wpg,
-              const float* sc, const float* of, float* y, int nthreads) {
-    const Layer L{w, kind, N, Kp, G, wpg, sc, of, nullptr};
-    if (kind == BYTES) gemv_i8<true>(L, x, M, y, nthreads);
-    else gemv_i8<false>(L, x, M, y, nthreads);
+void qgemv_i8(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N,
+              int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
+              int accumulate, int nthreads) {
+    const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, nullptr};
+    const Epilogue epi{bias, accumulate != 0};
+    if (kind == BYTES) gemv_i8<true>(L, x, M, y, ldy, epi, nthreads);
+    else gemv_i8<false>(L, x, M, y, ldy, epi, nthreads);
 }
 
 }  // extern "C"

@@ -18,10 +18,22 @@ from quant_core.packed import PackedWeight
 from quant_core.primitives import quantize_weight
 
 TOL = {"fp32": 1e-4, "int8": 1e-4, "bf16": 2e-2, "fp16": 2e-2}
+
+
+class Avx512WithoutVnni(CpuAvx512Kernel):
+    """The AVX-512 build for CPUs without VNNI (maddubs dot products), runnable on any AVX-512 CPU."""
+
+    @classmethod
+    def variant(cls) -> str:
+        return "avx512"
+
+
+NO_AVX512 = pytest.mark.skipif(not cpu_features.at_least("avx512", cpu_features.detected_isa()),
+                               reason="CPU has no AVX-512")
 KERNELS = [
     pytest.param(CpuAvx2Kernel, id="avx2"),
-    pytest.param(CpuAvx512Kernel, id="avx512", marks=pytest.mark.skipif(
-        not cpu_features.at_least("avx512", cpu_features.detected_isa()), reason="CPU has no AVX-512")),
+    pytest.param(CpuAvx512Kernel, id="avx512", marks=NO_AVX512),
+    pytest.param(Avx512WithoutVnni, id="avx512-novnni", marks=NO_AVX512),
 ]
 if not cpu_features.at_least("avx2", cpu_features.detected_isa()):
     pytest.skip("CPU has no AVX2+FMA: the C++ kernels never run here", allow_module_level=True)
