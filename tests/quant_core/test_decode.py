@@ -1,4 +1,4 @@
-"""The static-cache decoder produces the same greedy tokens as the model's own dynamic cache."""
+"""The static-cache decoder (transformers' modules) produces the same greedy tokens as the model's own dynamic cache."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +12,7 @@ from quant_core.quantize import quantize
 def test_static_cache_matches_dynamic_cache(tiny_llama):
     ids = torch.randint(3, 256, (2, 7), generator=torch.Generator().manual_seed(0))
     dyn, _ = greedy_generate(tiny_llama, ids, 10, static_cache=False)
-    sta, stats = greedy_generate(tiny_llama, ids, 10, static_cache=True)
+    sta, stats = greedy_generate(tiny_llama, ids, 10, static_cache=True, lean=False)
     assert torch.equal(dyn, sta)
     assert stats["new_tokens"] == 10 and stats["decode_s"] > 0
 
@@ -23,8 +23,8 @@ def test_left_padded_rows_decode_like_unpadded_ones(tiny_llama):
     batch = torch.cat([long_ids, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_ids], 1)])
     mask = torch.ones_like(batch)
     mask[1, :3] = 0
-    both, _ = greedy_generate(tiny_llama, batch, 6, attention_mask=mask)
-    alone, _ = greedy_generate(tiny_llama, short_ids, 6)
+    both, _ = greedy_generate(tiny_llama, batch, 6, attention_mask=mask, lean=False)
+    alone, _ = greedy_generate(tiny_llama, short_ids, 6, lean=False)
     assert torch.equal(both[1], alone[0])
 
 
@@ -45,7 +45,7 @@ def test_quantized_model_decodes_through_the_static_cache(tiny_llama):
     model = quantize(tiny_llama, QuantConfig(weight_dtype="int8", group_size=-1, modules_to_not_convert=[]))
     ids = torch.randint(3, 256, (1, 6), generator=torch.Generator().manual_seed(4))
     dyn, _ = greedy_generate(model, ids, 8, static_cache=False)
-    sta, _ = greedy_generate(model, ids, 8)
+    sta, _ = greedy_generate(model, ids, 8, lean=False)
     assert torch.equal(dyn, sta)
 
 

@@ -15,12 +15,8 @@ For the generation engine (quant_core/engine.py)::
     while ...:
         logits = dec.step(next_ids)                   # next_ids: [B] LongTensor
     dec.reset()                                       # reuse the buffers for another batch
-
-``greedy_generate`` wraps that loop (used by benchmarks/cpu_speed.py and tests).
 """
 from __future__ import annotations
-
-import time
 
 import torch
 from transformers import StaticCache
@@ -149,34 +145,3 @@ def _graph_ok(model) -> bool:
     that a graph would freeze."""
     device = next(model.parameters()).device
     return device.type == "cuda" and not getattr(model.config, "sliding_window", None)
-
-
-@torch.inference_mode()
-def greedy_generate(model, input_ids: torch.Tensor, max_new_tokens: int, attention_mask=None,
-                    static_cache: bool = True, compile_step: bool = False, decoder: StaticDecoder | None = None):
-    """Greedy tokens ``[B, max_new_tokens]`` and timings {"prefill_s", "decode_s", "new_tokens"}.
-
-    ``static_cache=False`` runs the model's own dynamic cache (the baseline this module
-    improves on); pass a ``decoder`` to reuse its buffers (and compiled step) across calls.
-    """
-    b, t = input_ids.shape
-    t0 = time.perf_counter()
-    if static_cache:
-        dec = decoder or StaticDecoder(model, b, t + max_new_tokens, compile_step)
-        logits = dec.prefill(input_ids, attention_mask)
-    else:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-        logits, cache = out.logits[:, -1, :], out.cache if hasattr(out, "cache") else out.past_key_values
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    t1 = time.perf_counter()
-    tokens = [logits.argmax(-1)]
-    for _ in range(max_new_tokens - 1):
-        if static_cache:
-            logits = dec.step(tokens[-1])
-        else:
-            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            out = model(input_ids=tokens[-1][:, None], attention_mask=mask, cache=cache, use_cache=True)
-            logits = out.logits[:, -1, :]
-        tokens.append(logits.argmax(-1))
-    t2 = time.perf_counter()
-    return torch.stack(tokens, 1), {"prefill_s": t1 - t0, "decode_s": t2 - t1, "new_tokens": max_new_tokens}

@@ -1,0 +1,9 @@
+"""Decoding over a preallocated KV cache: the lean step (``LeanDecoder``, CPU, the decoder
+families of ``lean_model.FAMILIES``) or transformers' own modules (``StaticDecoder``, any
+causal LM, CUDA graphs on GPU). ``make_decoder`` picks; both offer ``prefill(ids, mask) ->
+logits`` and ``step(tokens) -> logits``."""
+from .generate import greedy_generate, lean_fits, make_decoder
+from .lean import LeanDecoder
+from .static import StaticDecoder
+
+__all__ = ["LeanDecoder", "StaticDecoder", "greedy_generate", "lean_fits", "make_decoder"]

@@ -1,0 +1,137 @@
+"""The lean decode step: a decoder-only model's forward pass without transformers' modules.
+
+On a small model the matmuls are a small part of a token: transformers' per-layer Python
+(module calls, cache objects, mask building, rotary per layer) dominated SmolLM2's decode. Here
+one step is, per layer: norm, one fused q/k/v matmul, rotary and K/V written in place into a
+cache allocated once, one attention call, the output projection added into the residual by
+the kernel itself, norm, one fused gate/up matmul, SwiGLU, the down projection added into the
+residual. Same interface as ``StaticDecoder``::
+
+    dec = LeanDecoder(model, batch_size=B, max_len=prompt_len + max_new)
+    logits = dec.prefill(input_ids, attention_mask)   # [B, vocab] float32 at the last position
+    logits = dec.step(next_ids)                       # next_ids: [B]; repeat
+    dec.reset()
+
+The residual stream, norms, rotary and the cache are float32 whatever the model's dtype
+(quantized kernels take float32 activations anyway); float linears get their own dtype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UnsupportedModelError
+from .lean_model import LeanLayer, Norm, lean_model
+
+
+class LeanDecoder:
+    """Prefill then one token per step over a preallocated float32 KV cache of ``max_len`` positions.
+
+    Left-padded batches work: pass the prompt's 2-D ``attention_mask``; positions follow the
+    mask (a padded row's first real token is position 0), as in ``StaticDecoder``.
+    """
+
+    def __init__(self, model, batch_size: int, max_len: int):
+        if max_len <= 0 or batch_size <= 0:
+            raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
+        window = getattr(model.config, "sliding_window", None)
+        if window and max_len > window:
+            raise UnsupportedModelError(f"a cache of {max_len} positions exceeds the sliding window ({window}); "
+                                        "the lean step has no sliding window: use StaticDecoder")
+        self.model, self.batch_size, self.max_len = model, batch_size, max_len
+        self.lean = m = lean_model(model)
+        shape = (len(m.layers), batch_size, m.kv_heads, max_len, m.head_dim)
+        self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
+        self.logits = torch.empty(batch_size, m.head.out_features)
+        self.reset()
+
+    def reset(self) -> None:
+        self.length = 0
+        self.valid = None  # [B, max_len] bool: positions holding real tokens
+        self.padded = False
+        self.next_pos = None
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = input_ids.shape
+        if b != self.batch_size:
+            raise ValueError(f"this decoder was built for batch {self.batch_size}, got {b}")
+        if t >= self.max_len:
+            raise ValueError(f"prompt of {t} tokens leaves no room in a cache of {self.max_len}; raise max_len")
+        self.reset()
+        mask = torch.ones(b, t, dtype=torch.long) if attention_mask is None else attention_mask.to("cpu", torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        self.valid = torch.zeros(b, self.max_len, dtype=torch.bool)
+        self.valid[:, :t] = mask.bool()
+        self.padded = not bool(mask.bool().all())
+        self.next_pos = positions[:, -1:] + 1
+        attn_mask = None
+        if self.padded:  # causal and padding; each position also sees itself, so no row is all-masked
+            causal = torch.ones(t, t, dtype=torch.bool).tril()
+            attn_mask = (causal & self.valid[:, None, None, :t]) | torch.eye(t, dtype=torch.bool)
+        x = self._forward(input_ids, positions, 0, attn_mask)
+        self.length = t
+        return self._logits(x.view(b, t, -1)[:, -1])
+
+    @torch.inference_mode()
+    def step(self, next_ids: torch.Tensor) -> torch.Tensor:
+        if self.length >= self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions and is full; raise max_len")
+        if self.valid is None:
+            raise RuntimeError("call prefill() before step()")
+        pos = self.length
+        self.valid[:, pos] = True
+        attn_mask = self.valid[:, None, None, : pos + 1] if self.padded else None
+        x = self._forward(next_ids.reshape(-1, 1).cpu(), self.next_pos, pos, attn_mask)
+        self.next_pos = self.next_pos + 1
+        self.length += 1
+        return self._logits(x)
+
+    def _forward(self, ids, positions, slot, attn_mask) -> torch.Tensor:
+        """Hidden states [B * T, H] after every layer, for tokens ``ids`` [B, T] written at ``slot``."""
+        m = self.lean
+        x = m.embed(ids).float().reshape(ids.numel(), -1).contiguous()
+        cos, sin = m.rotary(x, positions)
+        for index, layer in enumerate(m.layers):
+            self._layer(index, layer, x, ids.shape[1], cos.float(), sin.float(), slot, attn_mask)
+        return x
+
+    def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask) -> None:
+        m, b = self.lean, self.batch_size
+        hq, hk, d = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.head_dim
+        qkv = layer.qkv(rms_norm(x, layer.norm1), torch.empty(x.shape[0], hq + 2 * hk))
+        q = qkv[:, :hq].view(b, t, m.heads, d)
+        k = qkv[:, hq: hq + hk].view(b, t, m.kv_heads, d)
+        v = qkv[:, hq + hk:].view(b, t, m.kv_heads, d)
+        if layer.q_norm is not None:
+            q, k = rms_norm(q, layer.q_norm), rms_norm(k, layer.k_norm)
+        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+        self.k_cache[index, :, :, slot: slot + t] = k.transpose(1, 2)
+        self.v_cache[index, :, :, slot: slot + t] = v.transpose(1, 2)
+        n = slot + t
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2), self.k_cache[index, :, :, :n], self.v_cache[index, :, :, :n], attn_mask=attn_mask,
+            is_causal=attn_mask is None and t > 1, scale=m.scaling, enable_gqa=True)
+        layer.o(att.transpose(1, 2).reshape(x.shape[0], hq), x, accumulate=True)
+        gu = layer.gate_up(rms_norm(x, layer.norm2), torch.empty(x.shape[0], 2 * m.intermediate))
+        layer.down(F.silu(gu[:, : m.intermediate]) * gu[:, m.intermediate:], x, accumulate=True)
+
+    def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
+        m = self.lean
+        return m.head(rms_norm(x_last.contiguous(), m.norm), self.logits).clone()
+
+
+def rms_norm(x: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """transformers' RMSNorm in float32, the same operations in the same order."""
+    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps))
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' rotary embedding of ``x`` [B, T, heads, D] (first ``cos.shape[-1]`` dims)."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    rd = cos.shape[-1]
+    rot = x[..., :rd]
+    half = rd // 2
+    turned = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    out = rot * cos + turned * sin
+    return out if rd == x.shape[-1] else torch.cat((out, x[..., rd:]), dim=-1)

@@ -1,0 +1,112 @@
+"""What the lean decode step needs from a model, per decoder family, gathered once.
+
+Families (``model.config.model_type``): Llama, Mistral, Qwen2 and Qwen3 (separate q/k/v and
+gate/up linears, fused here; Qwen2's qkv bias, Qwen3's per-head q/k norms) and Phi-3 (already
+fused qkv and gate_up). Anything else keeps transformers' modules (``lean_reason`` says why).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .projection import Projection
+
+# model_type -> (names of the q/k/v linears, names of gate/up) inside a decoder layer
+FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "llama": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
+    "mistral": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
+    "qwen2": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
+    "qwen3": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")),
+    "phi3": (("self_attn.qkv_proj",), ("mlp.gate_up_proj",)),
+}
+
+
+@dataclass
+class Norm:
+    weight: torch.Tensor  # float32
+    eps: float
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "Norm":
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+        return cls(module.weight.detach().float(), float(eps))
+
+
+@dataclass
+class LeanLayer:
+    norm1: Norm
+    qkv: Projection
+    q_norm: Norm | None  # Qwen3: RMSNorm over each head's dims, before rotary
+    k_norm: Norm | None
+    o: Projection
+    norm2: Norm
+    gate_up: Projection
+    down: Projection
+
+
+@dataclass
+class LeanModel:
+    embed: nn.Module
+    rotary: nn.Module
+    layers: list[LeanLayer]
+    norm: Norm
+    head: Projection
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scaling: float
+    intermediate: int
+
+
+def lean_reason(model: nn.Module) -> str | None:
+    """Why the lean step cannot run ``model`` (None: it can)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        return f"model_type {model_type!r} is not one of {', '.join(FAMILIES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r} is not silu"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(model, "lm_head") or not hasattr(inner, "rotary_emb"):
+        return "the model lacks model.layers / model.rotary_emb / lm_head"
+    attn_names, mlp_names = FAMILIES[model_type]
+    for layer in inner.layers:
+        for name in attn_names + mlp_names + ("self_attn.o_proj", "mlp.down_proj"):
+            if not isinstance(_get(layer, name), nn.Module):
+                return f"decoder layer has no {name}"
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        return f"the lean step runs on CPU, the model is on {device}"
+    return None
+
+
+def _get(module: nn.Module, name: str):
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def lean_model(model: nn.Module) -> LeanModel:
+    why = lean_reason(model)
+    if why:
+        raise UnsupportedModelError(f"the lean decode step cannot run this model: {why}; "
+                                    "use quant_core.decode.StaticDecoder (transformers' own modules)")
+    config, inner = model.config, model.model
+    attn_names, mlp_names = FAMILIES[config.model_type]
+    layers = []
+    for layer in inner.layers:
+        attn = layer.self_attn
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        layers.append(LeanLayer(
+            Norm.of(layer.input_layernorm), Projection([_get(layer, n) for n in attn_names]),
+            Norm.of(q_norm) if q_norm is not None else None, Norm.of(k_norm) if k_norm is not None else None,
+            Projection([attn.o_proj]), Norm.of(layer.post_attention_layernorm),
+            Projection([_get(layer, n) for n in mlp_names]), Projection([layer.mlp.down_proj])))
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return LeanModel(inner.embed_tokens, inner.rotary_emb, layers, Norm.of(inner.norm), Projection([model.lm_head]),
+                     heads, kv_heads, head_dim, head_dim ** -0.5, config.intermediate_size)
