@@ -18,10 +18,12 @@ The residual stream, norms, rotary and the cache are float32 whatever the model'
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from .. import cpu_features
 from ..errors import UnsupportedModelError
-from .lean_model import LeanLayer, Norm, lean_model
+from ..kernels.cpu_simd import CpuAvx2Kernel, CpuAvx512Kernel, _library_or_reason
+from .lean_model import LeanLayer, LeanModel, lean_model
+from .lean_ops import CppOps, TorchOps
 
 
 class LeanDecoder:
@@ -31,7 +33,8 @@ class LeanDecoder:
     mask (a padded row's first real token is position 0), as in ``StaticDecoder``.
     """
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    def __init__(self, model, batch_size: int, max_len: int, ops: str | None = None):
+        """``ops``: "cpp" (csrc/qdecode.cpp, the default where the CPU kernels build) or "torch"."""
         if max_len <= 0 or batch_size <= 0:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
         window = getattr(model.config, "sliding_window", None)
@@ -43,6 +46,7 @@ class LeanDecoder:
         shape = (len(m.layers), batch_size, m.kv_heads, max_len, m.head_dim)
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
         self.logits = torch.empty(batch_size, m.head.out_features)
+        self.ops = _ops(m, ops)
         self.reset()
 
     def reset(self) -> None:
@@ -91,47 +95,44 @@ class LeanDecoder:
         """Hidden states [B * T, H] after every layer, for tokens ``ids`` [B, T] written at ``slot``."""
         m = self.lean
         x = m.embed(ids).float().reshape(ids.numel(), -1).contiguous()
-        cos, sin = m.rotary(x, positions)
+        cos, sin = (c.float().contiguous() for c in m.rotary(x, positions))
         for index, layer in enumerate(m.layers):
-            self._layer(index, layer, x, ids.shape[1], cos.float(), sin.float(), slot, attn_mask)
+            self._layer(index, layer, x, ids.shape[1], cos, sin, slot, attn_mask)
         return x
 
     def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask) -> None:
-        m, b = self.lean, self.batch_size
-        hq, hk, d = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.head_dim
-        qkv = layer.qkv(rms_norm(x, layer.norm1), torch.empty(x.shape[0], hq + 2 * hk))
-        q = qkv[:, :hq].view(b, t, m.heads, d)
-        k = qkv[:, hq: hq + hk].view(b, t, m.kv_heads, d)
-        v = qkv[:, hq + hk:].view(b, t, m.kv_heads, d)
-        if layer.q_norm is not None:
-            q, k = rms_norm(q, layer.q_norm), rms_norm(k, layer.k_norm)
-        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
-        self.k_cache[index, :, :, slot: slot + t] = k.transpose(1, 2)
-        self.v_cache[index, :, :, slot: slot + t] = v.transpose(1, 2)
-        n = slot + t
-        att = F.scaled_dot_product_attention(
-            q.transpose(1, 2), self.k_cache[index, :, :, :n], self.v_cache[index, :, :, :n], attn_mask=attn_mask,
-            is_causal=attn_mask is None and t > 1, scale=m.scaling, enable_gqa=True)
-        layer.o(att.transpose(1, 2).reshape(x.shape[0], hq), x, accumulate=True)
-        gu = layer.gate_up(rms_norm(x, layer.norm2), torch.empty(x.shape[0], 2 * m.intermediate))
-        layer.down(F.silu(gu[:, : m.intermediate]) * gu[:, m.intermediate:], x, accumulate=True)
+        m, b, ops = self.lean, self.batch_size, self.ops
+        k_cache, v_cache = self.k_cache[index], self.v_cache[index]
+        qkv = layer.qkv(ops.norm(x, layer.norm1), torch.empty(x.shape[0], layer.qkv.out_features))
+        q = ops.rope_cache(qkv, b, t, m.heads, m.kv_heads, m.head_dim, cos, sin, layer.q_norm, layer.k_norm,
+                           k_cache, v_cache, slot)
+        att = ops.attend(q, k_cache, v_cache, slot + t, self.valid, attn_mask, m.scaling)
+        layer.o(att, x, accumulate=True)
+        gu = layer.gate_up(ops.norm(x, layer.norm2), torch.empty(x.shape[0], 2 * m.intermediate))
+        layer.down(ops.swiglu(gu, m.intermediate), x, accumulate=True)
 
     def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
         m = self.lean
-        return m.head(rms_norm(x_last.contiguous(), m.norm), self.logits).clone()
+        return m.head(self.ops.norm(x_last.contiguous(), m.norm), self.logits).clone()
 
 
-def rms_norm(x: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """transformers' RMSNorm in float32, the same operations in the same order."""
-    return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps))
+def _ops(m: LeanModel, choice: str | None):
+    """C++ operations from the same library as the model's kernels (or the CPU's best), else PyTorch's."""
+    if choice == "torch":
+        return TorchOps()
+    kernel = next((p.kernel for layer in m.layers for p in (layer.qkv, layer.down) if p.fused), None)
+    lib = kernel.lib if kernel is not None else _best_library()
+    if lib is None:
+        if choice == "cpp":
+            raise UnsupportedModelError("the C++ decode operations need an AVX2 CPU and a C++ compiler")
+        return TorchOps()
+    return CppOps(lib)
 
 
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """transformers' rotary embedding of ``x`` [B, T, heads, D] (first ``cos.shape[-1]`` dims)."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    rd = cos.shape[-1]
-    rot = x[..., :rd]
-    half = rd // 2
-    turned = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    out = rot * cos + turned * sin
-    return out if rd == x.shape[-1] else torch.cat((out, x[..., rd:]), dim=-1)
+def _best_library():
+    for cls in (CpuAvx512Kernel, CpuAvx2Kernel):
+        if cpu_features.at_least(cls.isa):
+            lib, _ = _library_or_reason(cls.variant())
+            if lib is not None:
+                return lib
+    return None

@@ -22,7 +22,7 @@ from .base import cache_root
 from ..errors import BuildError
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("qgemv.cpp", "qdequant.cpp")  # compiled together into one library per variant
+SOURCES = ("qgemv.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp")  # compiled together into one library per variant
 HEADERS = ("simd.h", "layer.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -31,7 +31,8 @@ VARIANT_FLAGS = {
     "avx512_vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
                     "-mavx512vnni"],
 }
-BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno"]
+# -ffp-contract=off: a * b + c stays two roundings, as in PyTorch's separate operations
+BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
 
 
 
@@ -99,7 +100,13 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qdequant_t_bf16.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qgather.argtypes = [*layer, p, p, i, p]
-    for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qdequant_t, lib.qdequant_t_bf16, lib.qgather):
+    f = ctypes.c_float
+    lib.qrms_norm.argtypes = [p, i, i, p, f, p]
+    lib.qrope_cache.argtypes = [p, i, i, i, i, i, i, p, p, p, p, f, p, p, p, i, i]
+    lib.qswiglu.argtypes = [p, i, i, p]
+    lib.qattend.argtypes = [p, p, p, i, i, i, i, i, i, p, f, p, i]
+    for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qdequant_t, lib.qdequant_t_bf16, lib.qgather, lib.qrms_norm,
+               lib.qrope_cache, lib.qswiglu, lib.qattend):
         fn.restype = None
     lib.qtile_rows.restype = ctypes.c_int
     lib.qisa.restype = ctypes.c_char_p

@@ -41,6 +41,17 @@ inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
 inline vi vaddi(vi a, vi b) { return _mm512_add_epi32(a, b); }
 template <int S> inline vi vsrli(vi a) { return S ? _mm512_srli_epi32(a, S) : a; }
 inline vf vcvt(vi a) { return _mm512_cvtepi32_ps(a); }
+inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm512_div_ps(a, b); }
+inline vf vround(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// p * 2^n for integral n in [-127, 127]
+inline vf vscale2(vf p, vf n) {
+    const vi e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
+inline float vhmax(vf v) { return _mm512_reduce_max_ps(v); }
 
 struct Lut { __m512 t; };
 inline Lut make_lut(const float* p) { return Lut{_mm512_loadu_ps(p)}; }
@@ -94,6 +105,24 @@ inline vi vaddi(vi a, vi b) { return _mm256_add_epi32(a, b); }
 template <int S> inline vi vsrli(vi a) { return S ? _mm256_srli_epi32(a, S) : a; }
 template <int S> inline vi vslli(vi a) { return S ? _mm256_slli_epi32(a, S) : a; }
 inline vf vcvt(vi a) { return _mm256_cvtepi32_ps(a); }
+inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+inline vf vdiv(vf a, vf b) { return _mm256_div_ps(a, b); }
+inline vf vround(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline vf vscale2(vf p, vf n) {
+    const vi e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+inline float vhsum(vf v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline float vhmax(vf v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
 
 struct Lut { __m256 lo, hi; };
 inline Lut make_lut(const float* p) { return Lut{_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
@@ -130,6 +159,22 @@ inline void load_tile(const uint8_t* const* rows, int64_t off, int valid, vi* ou
     }
 }
 #endif
+
+// e^x to about 1e-7 relative (Cephes' expf polynomial on x - n ln2, scaled by 2^n); 0 below -87.
+inline vf vexp(vf x) {
+    x = vmax(x, vset1(-87.0f));
+    x = vmin(x, vset1(88.0f));
+    const vf n = vround(vmul(x, vset1(1.44269504088896341f)));
+    const vf r = vfma(n, vset1(-1.42860682e-6f), vfma(n, vset1(-0.693145751953125f), x));
+    vf p = vset1(1.9875691500e-4f);
+    p = vfma(p, r, vset1(1.3981999507e-3f));
+    p = vfma(p, r, vset1(8.3334519073e-3f));
+    p = vfma(p, r, vset1(4.1665795894e-2f));
+    p = vfma(p, r, vset1(1.6666665459e-1f));
+    p = vfma(p, r, vset1(5.0000001201e-1f));
+    p = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
+    return vscale2(p, n);
+}
 
 // ---- int8 dot products: lane sums of 4 (unsigned code byte x signed activation byte) ----
 #if defined(__AVX512VNNI__)
