@@ -56,8 +56,9 @@ void tile_f32(const Layer& L, int t, const float* x, int64_t ldx, const float* x
               const Epilogue& epi) {
     constexpr int CPW = cols_per_word<KIND>();
     constexpr int NA = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // independent FMA chains per row
-    const uint8_t* rows[R];
+    const uint8_t *rows[R], *ahead[R];
     L.tile_rows(t, rows);
+    L.tile_rows(std::min(t + 1, L.tiles() - 1), ahead);
     const Lut lut = make_lut(L.lut ? L.lut : kZeroLut);
     const int nw = L.words();
     vf tot[MT], acc[MT][NA];
@@ -65,10 +66,12 @@ void tile_f32(const Layer& L, int t, const float* x, int64_t ldx, const float* x
         tot[m] = vzero();
         for (int a = 0; a < NA; ++a) acc[m][a] = vzero();
     }
+    TilePrefetch prefetch(ahead, L.row_bytes(), (nw + R - 1) / R);
     int g = 0, gend = std::min(L.wpg, nw);
     for (int c0 = 0; c0 < nw; c0 += R) {
         const int valid = std::min(R, nw - c0);
         vi cv[R];
+        prefetch.step();
         load_tile(rows, 4 * (int64_t)c0, valid, cv);
         Unroll<0, R>::run([&](auto jc) {
             constexpr int j = decltype(jc)::value;
@@ -105,8 +108,9 @@ void tile_i8(const Layer& L, int t, const int8_t* q, int64_t ldq, const float* q
              float* out, int64_t ldo, const Epilogue& epi) {
     constexpr int CPW = BYTE_CODES ? 4 : 8;
     constexpr int NA = MT == 1 ? 4 : MT == 2 ? 2 : 1;  // dpbusd chains are long: several per row
-    const uint8_t* rows[R];
+    const uint8_t *rows[R], *ahead[R];
     L.tile_rows(t, rows);
+    L.tile_rows(std::min(t + 1, L.tiles() - 1), ahead);
     const int nw = L.words();
     const vi low4 = vset1i(0x0F0F0F0F);
     vi acc[MT][NA];
@@ -115,10 +119,12 @@ void tile_i8(const Layer& L, int t, const int8_t* q, int64_t ldq, const float* q
         tot[m] = vzero();
         for (int a = 0; a < NA; ++a) acc[m][a] = vzeroi();
     }
+    TilePrefetch prefetch(ahead, L.row_bytes(), (nw + R - 1) / R);
     int g = 0, gend = std::min(L.wpg, nw);
     for (int c0 = 0; c0 < nw; c0 += R) {
         const int valid = std::min(R, nw - c0);
         vi cv[R];
+        prefetch.step();
         load_tile(rows, 4 * (int64_t)c0, valid, cv);
         Unroll<0, R>::run([&](auto jc) {
             constexpr int j = decltype(jc)::value;

