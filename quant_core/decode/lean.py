@@ -24,6 +24,7 @@ from ..errors import UnsupportedModelError
 from ..kernels.cpu_simd import CpuAvx2Kernel, CpuAvx512Kernel, _library_or_reason
 from .lean_model import LeanLayer, LeanModel, lean_model
 from .lean_ops import CppOps, TorchOps
+from .lean_plan import LayerStep, plan_reason
 
 
 class LeanDecoder:
@@ -47,6 +48,8 @@ class LeanDecoder:
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
         self.logits = torch.empty(batch_size, m.head.out_features)
         self.ops = _ops(m, ops)
+        self.layer_step = None  # built at the first step, once the rotary dims are known
+        self.one_call = isinstance(self.ops, CppOps) and plan_reason(m) is None
         self.reset()
 
     def reset(self) -> None:
@@ -85,8 +88,12 @@ class LeanDecoder:
             raise RuntimeError("call prefill() before step()")
         pos = self.length
         self.valid[:, pos] = True
-        attn_mask = self.valid[:, None, None, : pos + 1] if self.padded else None
-        x = self._forward(next_ids.reshape(-1, 1).cpu(), self.next_pos, pos, attn_mask)
+        ids = next_ids.reshape(-1, 1).cpu()
+        if self.one_call:
+            x = self._one_call_step(ids, pos)
+        else:
+            attn_mask = self.valid[:, None, None, : pos + 1] if self.padded else None
+            x = self._forward(ids, self.next_pos, pos, attn_mask)
         self.next_pos = self.next_pos + 1
         self.length += 1
         return self._logits(x)
@@ -99,6 +106,14 @@ class LeanDecoder:
         for index, layer in enumerate(m.layers):
             self._layer(index, layer, x, ids.shape[1], cos, sin, slot, attn_mask)
         return x
+
+    def _one_call_step(self, ids, pos: int) -> torch.Tensor:
+        m = self.lean
+        x = m.embed(ids).float().reshape(ids.shape[0], -1).contiguous()
+        cos, sin = (c.float().reshape(ids.shape[0], -1).contiguous() for c in m.rotary(x, self.next_pos))
+        if self.layer_step is None:
+            self.layer_step = LayerStep(m, self.batch_size, self.k_cache, self.v_cache, cos.shape[-1])
+        return self.layer_step(x, cos, sin, pos, self.valid if self.padded else None)
 
     def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask) -> None:
         m, b, ops = self.lean, self.batch_size, self.ops

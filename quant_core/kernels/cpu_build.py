@@ -22,7 +22,7 @@ from .base import cache_root
 from ..errors import BuildError
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("qgemv.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp")  # compiled together into one library per variant
+SOURCES = ("qgemv.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")  # compiled together into one library per variant
 HEADERS = ("simd.h", "layer.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -105,8 +105,9 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qrope_cache.argtypes = [p, i, i, i, i, i, i, p, p, p, p, f, p, p, p, i, i]
     lib.qswiglu.argtypes = [p, i, i, p]
     lib.qattend.argtypes = [p, p, p, i, i, i, i, i, i, p, f, p, i]
+    lib.qstep.argtypes = [p, p, i, p, p, p, i, p, p]  # plan, layers, count, x, cos, sin, slot, valid, seconds
     for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qdequant_t, lib.qdequant_t_bf16, lib.qgather, lib.qrms_norm,
-               lib.qrope_cache, lib.qswiglu, lib.qattend):
+               lib.qrope_cache, lib.qswiglu, lib.qattend, lib.qstep):
         fn.restype = None
     lib.qtile_rows.restype = ctypes.c_int
     lib.qisa.restype = ctypes.c_char_p

@@ -63,6 +63,27 @@ def test_quantized_models_match_their_module_path(family, fmt, group_size, compu
     layer = dec.lean.layers[0]
     assert layer.qkv.fused and layer.gate_up.fused and dec.lean.head.fused  # one kernel call each
     assert len(layer.qkv.kernel.w.segments) == (1 if family == "phi3" else 3)
+    assert dec.one_call and dec.layer_step is not None  # the steps ran all layers in one C++ call
+
+
+@NEEDS_KERNELS
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_cpp_operations_match_pytorch_operations(family):
+    """CppOps + the one-call step against TorchOps (transformers' operations) on a padded batch."""
+    model = quantize(tiny(family), QuantConfig(weight_dtype="int4", group_size=32, modules_to_not_convert=[]))
+    ids = prompt(3, 6, seed=5)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    cpp = LeanDecoder(model, 3, 20)
+    torch_ops = LeanDecoder(model, 3, 20, ops="torch")
+    assert cpp.one_call and not torch_ops.one_call
+    a = cpp.prefill(ids, mask)
+    b = torch_ops.prefill(ids, mask)
+    assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item())
+    for _ in range(5):
+        tokens = b.argmax(-1)
+        a, b = cpp.step(tokens), torch_ops.step(tokens)
+        assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item())
 
 
 def test_left_padded_rows_decode_like_unpadded_ones():
