@@ -1,14 +1,19 @@
 """CPU speed of quantized models against float, side by side in one run, with llama.cpp as anchor.
 
-    python benchmarks/cpu_speed.py                 # everything (tens of minutes on 2 cores)
+    python benchmarks/cpu_speed.py                 # everything (an hour or more on 2 cores)
     python benchmarks/cpu_speed.py --models smollm2 --rows fp32 int4_sym --repeats 3
+    python benchmarks/cpu_speed.py --isa native avx2   # every model row again as on an AVX2-only CPU
 
 Every (model, row) runs in its own child process so that its peak RSS is its own; the
 parent keeps the figures in benchmarks/results/cpu_speed.json (--merge adds rows to it) and
 regenerates benchmarks/results/cpu_speed.md from it. Figures are medians
 of --repeats runs. Models: the embedded SmolLM2-135M (real weights) and a synthetic 1.1B
 Llama of TinyLlama's shape (random weights built in memory, never written to disk; the
-quantized rows get random codes directly so no float copy ever exists).
+quantized rows get random codes directly so no float copy ever exists). Decoding runs
+through quant_core.decode.make_decoder (the lean step for these models; --decoder static
+for transformers' modules). Also: the per-token time split of SmolLM2 int4 (transformers'
+modules against the lean step), the kernels' GEMV GB/s against a plain read of memory
+(AVX2 forced, and AVX-512 where present), and the LangChain-level comparison with LlamaCpp.
 """
 from __future__ import annotations
 
@@ -36,6 +41,12 @@ ROWS = {  # name -> QuantConfig kwargs (None: a float dtype)
 # The same formats run as a bf16 model (activations, norms, embeddings in bf16; packed weights
 # untouched): on CPUs with bf16 units batched layers then use a bf16 GEMM (quant_core.modules)
 ROWS.update({f"{name}_bf16": ROWS[name] for name in ("int8", "int4_sym", "int4_asym", "nf4")})
+# The same formats with a quantized output head (and tied embedding): quant_core.decode.head
+HEADS = {"int4_sym_head8": ("int8", -1), "int4_sym_head4": ("int4", 32)}
+ROWS.update({name: ROWS["int4_sym"] for name in HEADS})
+# --isa avx2: children see an AVX2-only CPU (our kernels, PyTorch's own dispatch, no bf16 units)
+ISA_ENV = {"native": {}, "avx2": {"QUANTLLM_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}}
+LEAN = {"auto": None, "lean": True, "static": False}  # --decoder -> make_decoder(lean=...)
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
 GEMM_SHAPES = {"q_proj/o_proj": (2048, 2048), "k_proj/v_proj": (2048, 256), "gate/up_proj": (2048, 5632),
@@ -104,6 +115,9 @@ def build(model_name, row):
         model, _ = load_model(None)
         if ROWS[row] is not None:
             quantize(model, QuantConfig(**ROWS[row]))
+    if row in HEADS:
+        from quant_core.decode.head import quantize_head
+        quantize_head(model, *HEADS[row])
     if row == "bf16" or row.endswith("_bf16"):
         model = model.to(torch.bfloat16)
     return model.eval()
@@ -136,7 +150,7 @@ def peak_rss_mb():
 
 def child_model(args):
     import torch
-    from quant_core.decode import StaticDecoder, greedy_generate
+    from quant_core.decode import greedy_generate, make_decoder
     torch.manual_seed(0)
     model = build(args.model, args.row)
     vocab = model.config.vocab_size
@@ -150,7 +164,8 @@ def child_model(args):
     peak_rss_reset()
     for b in (1, 8):
         ids = torch.randint(100, vocab, (b, args.prompt_tokens))
-        dec = StaticDecoder(model, b, args.prompt_tokens + args.new_tokens)
+        dec = make_decoder(model, b, args.prompt_tokens + args.new_tokens, lean=LEAN[args.decoder])
+        out["decoder"] = type(dec).__name__
         runs = [greedy_generate(model, ids, args.new_tokens, decoder=dec)[1] for _ in range(args.repeats)]
         out[f"decode_b{b}_tok_s"] = b * (args.new_tokens - 1) / statistics.median(r["decode_s"] for r in runs)
     out["peak_rss_decode_mb"] = peak_rss_mb()
@@ -200,6 +215,22 @@ def child_gemm(args):
     return out
 
 
+def child_split(args):
+    """Per-token split of SmolLM2 int4 decode, transformers' modules against the lean step."""
+    import torch
+    from cpu_speed_split import decode_split
+    out = {}
+    for row in ("int4_sym", "int4_sym_head8"):
+        model = build("smollm2", row)
+        prompt = torch.randint(100, model.config.vocab_size, (1, args.prompt_tokens),
+                               generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            model(input_ids=prompt[:, :8])
+        for name, lean in (("static", False), ("lean", True)):
+            out[f"{row}|{name}"] = decode_split(model, prompt, args.new_tokens, args.repeats, lean)
+    return out
+
+
 def child_llamacpp(args):
     from llama_cpp import Llama
     from quant_core.loading import embedded_model_path
@@ -219,15 +250,17 @@ def child_llamacpp(args):
 
 
 # ---------------------------------------------------------------- parent: run children, print table
-def run_child(kind, args, new_tokens=None, prefill_tokens=None, prompt_tokens=None, **extra):
+def run_child(kind, args, new_tokens=None, prefill_tokens=None, prompt_tokens=None, isa="native", **extra):
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads), "--repeats", str(args.repeats),
+           "--decoder", args.decoder, "--langchain-new-tokens", str(args.langchain_new_tokens),
            "--new-tokens", str(new_tokens or args.new_tokens), "--prefill-tokens", str(prefill_tokens or args.prefill_tokens),
            "--prompt-tokens", str(prompt_tokens or args.prompt_tokens), "--rows", *args.rows]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
     if args.dynamic_cache and extra.get("model") == "smollm2":  # the small model is where overhead shows
         cmd.append("--dynamic-cache")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), **ISA_ENV[isa]}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -252,6 +285,13 @@ def main(argv=None):
     ap.add_argument("--no-gemm", action="store_true")
     ap.add_argument("--merge", action="store_true", help="keep the rows of the last run (cpu_speed.json), add these")
     ap.add_argument("--no-llamacpp", action="store_true")
+    ap.add_argument("--isa", nargs="+", default=["native"], choices=list(ISA_ENV),
+                    help="run the model rows as this CPU (native) and/or as an AVX2-only one (avx2)")
+    ap.add_argument("--decoder", default="auto", choices=list(LEAN), help="auto: the lean step where it fits")
+    ap.add_argument("--no-split", action="store_true", help="skip the per-token time split")
+    ap.add_argument("--no-bandwidth", action="store_true", help="skip the kernels' GB/s against read bandwidth")
+    ap.add_argument("--no-langchain", action="store_true", help="skip QuantLLM vs LlamaCpp through chain.batch")
+    ap.add_argument("--langchain-new-tokens", type=int, default=32)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
@@ -259,7 +299,10 @@ def main(argv=None):
     if args.child:
         import torch
         torch.set_num_threads(args.threads)
-        fn = {"model": child_model, "gemm": child_gemm, "llamacpp": child_llamacpp}[args.child]
+        from cpu_speed_bandwidth import child_bandwidth
+        from cpu_speed_langchain import child_langchain
+        fn = {"model": child_model, "gemm": child_gemm, "llamacpp": child_llamacpp, "split": child_split,
+              "bandwidth": child_bandwidth, "langchain": child_langchain}[args.child]
         print(json.dumps(fn(args)))
         return 0
     from quant_core import cpu_features
@@ -273,16 +316,24 @@ def main(argv=None):
                          "python benchmarks/cpu_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                          load_avg_start=[round(x, 2) for x in os.getloadavg()])
     run_id = report.add_run(results, run)
-    for model_name in args.models:
-        for row in (args.small_rows or args.rows) if model_name == "smollm2" else args.rows:
-            t = time.time()
-            big = model_name == "tinyllama-1.1b"
-            r = run_child("model", args, new_tokens=args.big_new_tokens if big else None,
-                          prefill_tokens=args.big_prefill_tokens if big else None,
-                          prompt_tokens=args.big_prompt_tokens if big else None, model=model_name, row=row)
-            results["models"][f"{model_name}|{row}"] = {**r, "run": run_id}
-            print(f"{model_name:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
-            save(results)  # partial table so far, in case the run is cut short
+    for isa in args.isa:
+        for model_name in args.models:
+            for row in (args.small_rows or args.rows) if model_name == "smollm2" else args.rows:
+                t = time.time()
+                big = model_name == "tinyllama-1.1b"
+                r = run_child("model", args, new_tokens=args.big_new_tokens if big else None,
+                              prefill_tokens=args.big_prefill_tokens if big else None,
+                              prompt_tokens=args.big_prompt_tokens if big else None, isa=isa, model=model_name, row=row)
+                key = model_name if isa == "native" else f"{model_name}@{isa}"  # @avx2: as an AVX2-only CPU
+                results["models"][f"{key}|{row}"] = {**r, "run": run_id}
+                print(f"{key:>15} {row:>9}: {json.dumps(r)} ({time.time() - t:.0f} s)", flush=True)
+                save(results)  # partial table so far, in case the run is cut short
+    for kind, skip in (("split", args.no_split), ("bandwidth", args.no_bandwidth), ("langchain", args.no_langchain)):
+        if not skip:
+            results[kind] = {**run_child(kind, args, **({"cache-bytes": args.cache_bytes} if kind == "bandwidth"
+                                                         else {})), "run": run_id}
+            print(f"{kind}:", json.dumps(results[kind]), flush=True)
+            save(results)
     if not args.no_llamacpp:
         results["llamacpp"] = {**run_child("llamacpp", args, new_tokens=args.new_tokens), "run": run_id}
         print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)

@@ -22,9 +22,9 @@ def model_table(results, model_name):
     settings = next((r["settings"] for k, r in results["models"].items() if k.startswith(model_name + "|")
                      and "settings" in r), {})
     lines = [f"### {model_name}", "", f"Settings: {settings}", "",
-             "| row | run | kernel | linear weights MB | × bf16 bytes | prefill tok/s | × float | decode b1 tok/s | × float "
-             "| decode b8 tok/s | × float | peak RSS decoding MB | × fp32 | decode b1 dynamic cache tok/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | run | kernel | decoder | linear weights MB | × bf16 bytes | prefill tok/s | × float | decode b1 tok/s "
+             "| × float | decode b8 tok/s | × float | peak RSS decoding MB | × fp32 | decode b1 dynamic cache tok/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     bf16_bytes = models.get(f"{model_name}|bf16", {}).get("weight_bytes")
     fp32_rss = models.get(f"{model_name}|fp32", {}).get("peak_rss_decode_mb")
     floats = {k: _best_float(models, model_name, k) for k in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s")}
@@ -33,11 +33,12 @@ def model_table(results, model_name):
         if name != model_name:
             continue
         if "error" in r:
-            lines.append(f"| {row} | {r.get('run', '?')} | error: {r['error']} |" + " |" * 11)
+            lines.append(f"| {row} | {r.get('run', '?')} | error: {r['error']} |" + " |" * 12)
             continue
         ratio = lambda k: _fmt(r[k] / floats[k]) if floats[k] else "—"  # noqa: E731
         lines.append(
-            f"| {row} | {r.get('run', '?')} | {', '.join(r['kernels'])} | {r['weight_bytes'] / 1e6:.1f} | "
+            f"| {row} | {r.get('run', '?')} | {', '.join(r['kernels'])} | {r.get('decoder', 'StaticDecoder')} | "
+            f"{r['weight_bytes'] / 1e6:.1f} | "
             f"{_fmt(r['weight_bytes'] / bf16_bytes) if bf16_bytes else '—'} | {_fmt(r['prefill_tok_s'], 1)} | "
             f"{ratio('prefill_tok_s')} | {_fmt(r['decode_b1_tok_s'])} | {ratio('decode_b1_tok_s')} | "
             f"{_fmt(r['decode_b8_tok_s'])} | {ratio('decode_b8_tok_s')} | {r['peak_rss_decode_mb']:.0f} | "
@@ -61,6 +62,48 @@ def gemm_table(gemm):
     return lines
 
 
+def split_table(split):
+    if not split or "error" in split:
+        return [f"Split failed: {split.get('error') if split else 'not run'}"]
+    lines = [f"Run {split.get('run', '?')}.", "", "| SmolLM2 row | decode path | ms / token | matmuls ms | attention ms | rest ms | tok/s |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in split.items():
+        if key == "run":
+            continue
+        row, path = key.split("|")
+        lines.append(f"| {row} | {path} ({r['decoder']}) | {r['total']:.2f} | {r['matmul']:.2f} | "
+                     f"{r['attention']:.2f} | {r['rest']:.2f} | {1e3 / r['total']:.1f} |")
+    return lines
+
+
+def bandwidth_table(bw):
+    if not bw or "error" in bw:
+        return [f"Bandwidth run failed: {bw.get('error') if bw else 'not run'}"]
+    read = bw["read_gb_s"]
+    lines = [f"Run {bw.get('run', '?')}. Plain read (torch.sum over 512 MiB float32): {read:.1f} GB/s at the start, "
+             f"{bw.get('read_gb_s_end', float('nan')):.1f} GB/s at the end; % below is of the start figure.", "",
+             "| kernel | format | activations | layer | GB/s | % of read |", "|---|---|---|---|---|---|"]
+    for key, gbs in bw["kernels"].items():
+        kernel, fmt, compute, shape = key.split("|")
+        lines.append(f"| {kernel} | {fmt} | {compute} | {shape} | {gbs:.1f} | {100 * gbs / read:.0f} % |")
+    return lines
+
+
+def langchain_table(lc):
+    if not lc or "error" in lc:
+        return [f"LangChain run failed: {lc.get('error') if lc else 'not run'}"]
+    lines = ["| provider | chain.batch tok/s | single prompt: first chunk s | whole answer s |", "|---|---|---|---|"]
+    for name, r in (("QuantLLM (int4 g128, batch_size 16)", lc["quantllm"]), ("LangChain LlamaCpp", lc["llamacpp"])):
+        lines.append(f"| {name} | {r['batch_tok_s']:.1f} | {r['first_chunk_s']:.3f} | {r['single_prompt_s']:.3f} |")
+    lines += ["", f"Run {lc.get('run', '?')}. QuantLLM chain.batch outputs identical to its invoke loop: "
+                  f"**{lc['quantllm'].get('batch_equals_invoke_loop')}**"]
+    return lines
+
+
+# Peak RSS while decoding before issue 15 (benchmarks/results/cpu_speed.md, 2026-11-25): not to be exceeded
+RSS_BEFORE = {"smollm2|int4_sym": 1307, "tinyllama-1.1b|int4_sym": 1996}
+
+
 def targets(results):
     m, big, small = results["models"], "tinyllama-1.1b", "smollm2"
     def ratio(model, row, key, base=None):
@@ -69,21 +112,30 @@ def targets(results):
         best = max((v for v in vals if v), default=None)
         b = _best_float(m, model, key) if base is None else base
         return best / b if best and b else None
-    bf16_bytes = m.get(f"{big}|bf16", {}).get("weight_bytes")
-    # memory: the int4 run (fp32 or bf16 model) with the lower peak, named in the table
-    int4 = min((m[k] for k in (f"{big}|int4_sym", f"{big}|int4_sym_bf16") if m.get(k, {}).get("peak_rss_decode_mb")),
-               key=lambda r: r["peak_rss_decode_mb"], default={})
-    fp32_rss = m.get(f"{big}|fp32", {}).get("peak_rss_decode_mb")
+    def fp32_ratio(model, row, key):
+        a, b = m.get(f"{model}|{row}", {}).get(key), m.get(f"{model}|fp32", {}).get(key)
+        return a / b if a and b else None
     lcpp = (results.get("llamacpp") or {}).get("decode_b1_tok_s")
+    lc = results.get("langchain") or {}
+    ours, theirs = lc.get("quantllm", {}), lc.get("llamacpp", {})
+    bw = results.get("bandwidth") or {}
+    avx2 = [v for k, v in bw.get("kernels", {}).items() if k.startswith("cpu_avx2|")]
+    rss = lambda key: (m.get(key, {}).get("peak_rss_decode_mb") or 0) / RSS_BEFORE[key] or None  # noqa: E731
     checks = [
-        ("1.1B b1 decode int4 ≥ 2.5× float (format rows: the faster of fp32/bf16 model)", ratio(big, "int4_sym", "decode_b1_tok_s"), 2.5),
-        ("1.1B b1 decode int8 ≥ 1.6× float", ratio(big, "int8", "decode_b1_tok_s"), 1.6),
-        ("1.1B b1 decode nf4 ≥ 1.5× float", ratio(big, "nf4", "decode_b1_tok_s"), 1.5),
-        ("1.1B b8 decode int4 ≥ 1.2× float", ratio(big, "int4_sym", "decode_b8_tok_s"), 1.2),
-        ("1.1B prefill int4 ≥ 0.8× float", ratio(big, "int4_sym", "prefill_tok_s"), 0.8),
-        ("1.1B int4 weight bytes ≤ 0.3× bf16", int4.get("weight_bytes") / bf16_bytes if bf16_bytes and int4 else None, -0.3),
-        ("1.1B int4 peak RSS decoding ≤ 0.4× fp32 (the lower of the fp32- and bf16-model runs)", int4.get("peak_rss_decode_mb") / fp32_rss if fp32_rss and int4 else None, -0.4),
-        ("SmolLM2 int4 b1 decode ≥ 0.5× llama.cpp", ratio(small, "int4_sym", "decode_b1_tok_s", lcpp) if lcpp else None, 0.5),
+        ("SmolLM2 int4 b1 decode ≥ 1.0× llama.cpp", ratio(small, "int4_sym", "decode_b1_tok_s", lcpp) if lcpp else None, 1.0),
+        ("SmolLM2 int4 + int8 head b1 decode ≥ 1.0× llama.cpp", ratio(small, "int4_sym_head8", "decode_b1_tok_s", lcpp) if lcpp else None, 1.0),
+        ("SmolLM2 int4 + int8 head b1 decode ≥ 1.0× llama.cpp, as AVX2-only (--isa avx2; llama.cpp: its native build)",
+         ratio(f"{small}@avx2", "int4_sym_head8", "decode_b1_tok_s", lcpp) if lcpp else None, 1.0),
+        ("chain.batch (16 × 32) ≥ 2× LangChain LlamaCpp", ours.get("batch_tok_s") / theirs["batch_tok_s"] if theirs else None, 2.0),
+        ("single invoke first chunk ≤ LlamaCpp's (ratio ours / theirs)", ours.get("first_chunk_s") / theirs["first_chunk_s"] if theirs else None, -1.0),
+        ("1.1B b1 decode int4 ≥ 3.0× float (AVX-512 kernel)", ratio(big, "int4_sym", "decode_b1_tok_s"), 3.0),
+        ("1.1B b1 decode int4 ≥ 3.0× fp32 with the AVX2 kernel (--isa avx2)", fp32_ratio(f"{big}@avx2", "int4_sym", "decode_b1_tok_s"), 3.0),
+        ("1.1B b8 decode int4 ≥ 1.5× float", ratio(big, "int4_sym", "decode_b8_tok_s"), 1.5),
+        ("1.1B prefill int4 ≥ 1.0× float", ratio(big, "int4_sym", "prefill_tok_s"), 1.0),
+        ("AVX2 kernel GEMV ≥ 70 % of read bandwidth (worst format / path / shape, fraction)", min(avx2) / bw["read_gb_s"] if avx2 else None, 0.7),
+        ("AVX2 kernel GEMV ≥ 70 % of read bandwidth (best, fraction)", max(avx2) / bw["read_gb_s"] if avx2 else None, 0.7),
+        ("SmolLM2 int4 peak RSS decoding ≤ before (ratio)", rss(f"{small}|int4_sym"), -1.0),
+        ("1.1B int4 peak RSS decoding ≤ before (ratio)", rss(f"{big}|int4_sym"), -1.0),
     ]
     lines = ["| target | measured | met |", "|---|---|---|"]
     for name, value, bar in checks:
@@ -95,7 +147,8 @@ def targets(results):
 def render(data: dict) -> list[str]:
     cpu = data.get("cpu", {})
     out = report.header(NAME, "CPU speed (benchmarks/cpu_speed.py)")
-    out += ["Medians of each run's repeats; decode = new tokens after a prompt (static KV cache), prefill = one "
+    out += ["Medians of each run's repeats; decode = new tokens after a prompt (preallocated KV cache; the decoder "
+            "column says which step ran: LeanDecoder = quant_core.decode's lean step), prefill = one "
             "forward of the prompt length given per model; × float = against the faster of fp32/bf16. Ratios are "
             "only side by side within one run: the Runs section says which run each row is from.", "",
             f"CPU: ISA level `{cpu.get('isa_level')}` (detected `{cpu.get('detected')}`), PyTorch capability "
@@ -112,7 +165,14 @@ def render(data: dict) -> list[str]:
     cache = data.get("gemm_cache_bytes", 96 << 20)
     out += ["### Per-layer GEMM, 1.1B shapes (median ms per call, weights rotated through "
             f"{cache >> 20} MiB of copies so caches do not flatter small layers; run {data.get('gemm_run', '?')})", ""]
-    out += gemm_table(data.get("gemm")) + ["", "### Targets", ""] + targets(data) + [""]
+    out += gemm_table(data.get("gemm"))
+    out += ["", "### Per-token time split, SmolLM2 int4 batch 1 (transformers' modules vs the lean step)", ""]
+    out += split_table(data.get("split"))
+    out += ["", "### Kernel GEMV bandwidth (M = 1) against a plain read of memory, same run", ""]
+    out += bandwidth_table(data.get("bandwidth"))
+    out += ["", "### LangChain level: the same 16 prompts, greedy, same threads", ""]
+    out += langchain_table(data.get("langchain"))
+    out += ["", "### Targets (issue 15)", ""] + targets(data) + [""]
     return out + report.runs_section(data) + report.notes_section(data)
 
 

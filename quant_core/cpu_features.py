@@ -37,8 +37,9 @@ def cpu_flags() -> frozenset[str]:
 
 def native_bf16() -> bool:
     """bf16 matrix units (AVX512-BF16 or AMX): there a bf16 GEMM runs about 2x an fp32 one;
-    elsewhere bf16 is emulated and slower than fp32."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    elsewhere bf16 is emulated and slower than fp32. Both need AVX-512, so a level lowered
+    below it ($QUANTLLM_CPU_ISA=avx2) has none."""
+    return at_least("avx512") and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def torch_capability() -> str:

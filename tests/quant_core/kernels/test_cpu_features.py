@@ -38,3 +38,12 @@ def test_summary_reports_this_machine():
     info = cpu_features.summary()
     assert info["isa_level"] in cpu_features.ISA_LEVELS
     assert isinstance(info["torch_capability"], str) and info["threads"] >= 1
+
+
+def test_bf16_units_follow_the_lowered_level(monkeypatch):
+    """An AVX-512-BF16 CPU run as AVX2-only (benchmarks' --isa avx2) has no bf16 units either."""
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(AVX512 | {"avx512_bf16"}))
+    monkeypatch.setattr(cpu_features, "detected_isa", lambda flags=None: "avx512")
+    assert cpu_features.native_bf16()
+    monkeypatch.setenv(cpu_features.ISA_ENV, "avx2")
+    assert not cpu_features.native_bf16()
