@@ -10,6 +10,7 @@ import ctypes
 
 import torch
 
+from ..kernels.cpu_simd import PATHS
 from .lean_model import LeanModel
 from .projection import Projection
 
@@ -18,7 +19,7 @@ _p, _i, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 class CProj(ctypes.Structure):
     _fields_ = [("segs", _p), ("ends", _p), ("nseg", _i), ("kind", _i), ("N", _i), ("Kp", _i), ("G", _i),
-                ("wpg", _i), ("sc", _p), ("of", _p), ("lut", _p), ("bias", _p), ("int8", _i)]
+                ("wpg", _i), ("sc", _p), ("of", _p), ("lut", _p), ("bias", _p), ("path", _i)]
 
 
 class CLayer(ctypes.Structure):
@@ -51,7 +52,7 @@ def _cproj(p: Projection) -> CProj:
     w = p.kernel.w
     segs, ends, nseg, kind, n, kp, g, wpg, sc, of = w.layer_args()
     return CProj(ctypes.cast(segs, _p), ctypes.cast(ends, _p), nseg, kind, n, kp, g, wpg, sc, of, _addr(w.lut),
-                 _addr(p.bias), int(p.kernel.int8))
+                 _addr(p.bias), PATHS.index(p.kernel.path))
 
 
 class LayerStep:

@@ -27,6 +27,16 @@ GEMM_ROWS = int(os.environ.get("QUANTLLM_CPU_GEMM_ROWS", "16"))
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
 
 
+# How the fused kernel multiplies (csrc/qstep.cpp numbers them in this order): "fma" float32
+# activations times codes converted to float; "int8" activations quantized per row (compute_dtype
+# int8); "int16" activations quantized per 32-column block to int16 (int formats' float compute:
+# ~1.5x the FMA path, outputs within its tolerance). $QUANTLLM_CPU_FP32_PATH=fma picks the FMA
+# path for int formats' float compute (codebook formats always take it).
+PATHS = ("fma", "int8", "int16")
+FP32_PATH = os.environ.get("QUANTLLM_CPU_FP32_PATH", "int16")
+if FP32_PATH not in ("fma", "int16"):
+    raise ValueError(f"QUANTLLM_CPU_FP32_PATH={FP32_PATH!r}: choose fma or int16")
+
 SCRATCH_FLOATS = 1 << 20  # 4 MiB of float32 weight rows per GEMM slab
 _local = threading.local()
 
@@ -86,6 +96,7 @@ class _CpuSimdKernel(Kernel):
         self.w = repack(packed, self.lib.qtile_rows())
         release_freed_memory()  # repack's temporaries are gone now: return their pages
         self.int8 = spec.compute_dtype == "int8"
+        self.path = "int8" if self.int8 else ("fma" if self.w.lut is not None else FP32_PATH)
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,9 +155,9 @@ class _CpuSimdKernel(Kernel):
         ``out += ...`` with ``accumulate``. ``bias``: float32 padded to whole tiles (``padded_bias``)."""
         w = self.w
         threads = torch.get_num_threads()
-        if self.int8:
-            self.lib.qgemv_i8(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0),
-                              accumulate, threads)
+        if self.path != "fma":
+            fn = self.lib.qgemv_i8 if self.path == "int8" else self.lib.qgemv_i16
+            fn(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0), accumulate, threads)
         else:
             self.lib.qgemv_f32(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out),
                                out.stride(0), accumulate, threads)

@@ -15,25 +15,13 @@
 #include <cstring>
 #include <vector>
 
-#include "layer.h"
+#include "tiles.h"
 
 using namespace qk;
 
 namespace {
 
 const float kZeroLut[16] = {0};
-
-// What happens to a tile's results: + bias (padded to whole tiles), + what out already holds.
-struct Epilogue {
-    const float* bias;
-    bool accumulate;
-
-    inline void store(float* out, int t, vf v) const {
-        if (bias) v = vadd(v, vload(bias + (int64_t)t * R));
-        if (accumulate) v = vadd(v, vload(out));
-        vstore(out, v);
-    }
-};
 
 // Multiplier of column i's activation for the prescaled int decode (1 where it shifts instead).
 template <int KIND>
@@ -156,28 +144,6 @@ void tile_i8(const Layer& L, int t, const int8_t* q, int64_t ldq, const float* q
         });
     }
     for (int m = 0; m < MT; ++m) epi.store(out + m * ldo, t, vmul(tot[m], vset1(qscale[m])));
-}
-
-// Calls tile(t, mt, m0, out, ldo) for every tile t and block of up to 4 rows m0.., writing y[m * ldy + n].
-template <class F>
-void for_tiles(const Layer& L, int M, float* y, int64_t ldy, bool accumulate, int nthreads, F&& tile) {
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int t = 0; t < L.tiles(); ++t) {
-        alignas(64) float buf[4 * R];
-        const int rows = std::min(R, L.N - t * R);
-        for (int m0 = 0; m0 < M; m0 += 4) {
-            const int mt = std::min(4, M - m0);
-            float* dst = y + (int64_t)m0 * ldy + (int64_t)t * R;
-            if (rows == R) {
-                tile(t, mt, m0, dst, ldy);
-            } else {  // partial last tile: through a buffer
-                if (accumulate)
-                    for (int m = 0; m < mt; ++m) std::memcpy(buf + m * R, dst + (int64_t)m * ldy, rows * sizeof(float));
-                tile(t, mt, m0, buf, (int64_t)R);
-                for (int m = 0; m < mt; ++m) std::memcpy(dst + (int64_t)m * ldy, buf + m * R, rows * sizeof(float));
-            }
-        }
-    }
 }
 
 template <int KIND>

@@ -14,6 +14,9 @@ void qgemv_f32(const float* x, int M, const uint8_t* const* segs, const int* end
 void qgemv_i8(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N,
               int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
               int accumulate, int nthreads);
+void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N,
+               int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
+               int accumulate, int nthreads);
 void qrms_norm(const float* x, int M, int H, const float* w, float eps, float* out);
 void qrope_cache(const float* qkv, int B, int T, int heads, int kv_heads, int D, int rd, const float* cos,
                  const float* sin, const float* qn, const float* kn, float eps, float* q_out, float* kc, float* vc,
@@ -30,10 +33,12 @@ struct Proj {  // one fused projection (mirrors quant_core/decode/lean_plan.py: 
     const int* ends;
     int nseg, kind, N, Kp, G, wpg;
     const float *sc, *of, *lut, *bias;
-    int int8;
+    int path;  // 0: float FMA, 1: int8 activations, 2: int16 activations (cpu_simd.py: PATHS)
 
     void run(const float* x, int M, float* y, int accumulate, int nthreads) const {
-        if (int8) qgemv_i8(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);
+        if (path == 1) qgemv_i8(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);
+        else if (path == 2)
+            qgemv_i16(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);
         else qgemv_f32(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut, bias, y, N, accumulate, nthreads);
     }
 };

@@ -203,6 +203,15 @@ inline vf vexp(vf x) {
     return vscale2(p, n);
 }
 
+// ---- int16 dot products: acc + lane sums of 2 (code as int16 x int16 activation) ----
+#if defined(__AVX512VNNI__)
+inline vi dot2(vi acc, vi a, vi b) { return _mm512_dpwssd_epi32(acc, a, b); }
+#elif defined(__AVX512F__)
+inline vi dot2(vi acc, vi a, vi b) { return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b)); }
+#else
+inline vi dot2(vi acc, vi a, vi b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+#endif
+
 // ---- int8 dot products: lane sums of 4 (unsigned code byte x signed activation byte) ----
 #if defined(__AVX512VNNI__)
 constexpr bool kVnni = true;
