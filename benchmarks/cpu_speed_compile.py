@@ -43,7 +43,7 @@ def compiled_step(m, k_cache, v_cache):
     """A step function over the lean model's weights, for torch.compile."""
     from quant_core.decode.lean_ops import TorchOps, rotary
     ops = TorchOps()
-    ids = [(_op(l.qkv), _op(l.o), _op(l.gate_up), _op(l.down)) for l in m.layers]
+    ids = [(_op(layer.qkv), _op(layer.o), _op(layer.gate_up), _op(layer.down)) for layer in m.layers]
     head = _op(m.head)
     hq, hk, d, inter = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.head_dim, m.intermediate
 

@@ -19,7 +19,6 @@ from .. import cpu_features
 from .base import Kernel, LayerSpec
 from .cpu_build import BuildError, load_library
 from .cpu_repack import group_size_reason, release_freed_memory, repack, stack_rows
-from .reference import quantize_activations_int8
 
 # Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
 # benchmarks/cpu_speed.py's GEMM rows on 2 threads); $QUANTLLM_CPU_GEMM_ROWS overrides.
