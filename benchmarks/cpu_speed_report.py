@@ -64,7 +64,7 @@ def gemm_table(gemm):
 
 def split_table(split):
     if not split or "error" in split:
-        return [f"Split failed: {split.get('error') if split else 'not run'}"]
+        return [f"Split failed: {split['error']}" if split else "Not measured yet (a run without --no-split)."]
     lines = [f"Run {split.get('run', '?')}.", "", "| SmolLM2 row | decode path | ms / token | matmuls ms | attention ms | rest ms | tok/s |",
              "|---|---|---|---|---|---|---|"]
     for key, r in split.items():
@@ -78,7 +78,7 @@ def split_table(split):
 
 def bandwidth_table(bw):
     if not bw or "error" in bw:
-        return [f"Bandwidth run failed: {bw.get('error') if bw else 'not run'}"]
+        return [f"Bandwidth run failed: {bw['error']}" if bw else "Not measured yet (a run without --no-bandwidth)."]
     read = bw["read_gb_s"]
     lines = [f"Run {bw.get('run', '?')}. Plain read (torch.sum over 512 MiB float32): {read:.1f} GB/s at the start, "
              f"{bw.get('read_gb_s_end', float('nan')):.1f} GB/s at the end; % below is of the start figure.", "",
@@ -91,7 +91,7 @@ def bandwidth_table(bw):
 
 def langchain_table(lc):
     if not lc or "error" in lc:
-        return [f"LangChain run failed: {lc.get('error') if lc else 'not run'}"]
+        return [f"LangChain run failed: {lc['error']}" if lc else "Not measured yet (a run without --no-langchain)."]
     lines = ["| provider | chain.batch tok/s | single prompt: first chunk s | whole answer s |", "|---|---|---|---|"]
     for name, r in (("QuantLLM (int4 g128, batch_size 16)", lc["quantllm"]), ("LangChain LlamaCpp", lc["llamacpp"])):
         lines.append(f"| {name} | {r['batch_tok_s']:.1f} | {r['first_chunk_s']:.3f} | {r['single_prompt_s']:.3f} |")
