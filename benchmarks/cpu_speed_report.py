@@ -101,7 +101,7 @@ def langchain_table(lc):
 
 
 # Peak RSS while decoding before issue 15 (benchmarks/results/cpu_speed.md, 2026-11-25): not to be exceeded
-RSS_BEFORE = {"smollm2|int4_sym": 1307, "tinyllama-1.1b|int4_sym": 1996}
+RSS_BEFORE = {"smollm2|int4_sym": 1307.4140625, "tinyllama-1.1b|int4_sym": 1996.421875}
 
 
 def targets(results):
