@@ -11,6 +11,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from quant_core.auto import as_quant_config
+from quant_core.cpu_threads import check_threads
 from quant_core.engine import GenerationEngine, GenerationOutput, GenerationParams
 from quant_core.errors import ConfigError
 from quant_core.load_options import loading_options
@@ -65,6 +66,9 @@ class ChatQuant(BaseChatModel):
     """Stream by default when ``invoke`` is called inside a streaming run."""
     batch_size: int = 4
     """Most concurrent requests decoded together in one batch."""
+    n_threads: int | None = None
+    """CPU threads of each forward pass (as ``LlamaCpp``'s); None: the physical cores (or ``llm``'s setting).
+    One setting per model: wrappers sharing a model share its engine, and the last one given applies."""
     timeout: float | None = None
     """Not used: local generation has no network timeout (accepted for LangChain's standard parameters)."""
     max_retries: int | None = None
@@ -78,6 +82,7 @@ class ChatQuant(BaseChatModel):
     def _check(self) -> "ChatQuant":
         as_quant_config(self.quantization_config)
         loading_options(self.model_kwargs, device_map=self.device_map)
+        check_threads(self.n_threads)
         self._defaults()  # bad generation settings fail at construction
         return self
 
@@ -87,8 +92,10 @@ class ChatQuant(BaseChatModel):
         if self._engine is None:
             llm = self.llm or QuantLLM(model_id=self.model_name, quantization_config=self.quantization_config,
                                        model_kwargs=self.model_kwargs, device=self.device,
-                                       device_map=self.device_map, batch_size=self.batch_size)
+                                       device_map=self.device_map, batch_size=self.batch_size,
+                                       n_threads=self.n_threads)
             self._engine = llm.get_engine()
+            self._engine.n_threads = self.n_threads or self._engine.n_threads
         return self._engine
 
     def render(self, messages: list[BaseMessage]) -> str:

@@ -11,6 +11,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from quant_core.auto import as_quant_config, check_task, engine_for_model, engine_for_source, task_prefix
+from quant_core.cpu_threads import check_threads
 from quant_core.engine import GenerationOutput, GenerationParams
 from quant_core.errors import ConfigError
 from quant_core.load_options import as_device, loading_options
@@ -51,6 +52,9 @@ class QuantLLM(BaseLLM):
     eos_token_id; and the result's shape: num_return_sequences (with sampling), return_full_text."""
     batch_size: int = 4
     """Prompts decoded together in one batch by ``batch``/``generate``."""
+    n_threads: int | None = None
+    """CPU threads of each forward pass (as ``LlamaCpp``'s); None: the physical cores. One setting per model:
+    wrappers sharing a model share its engine, and the last one given applies."""
     device: Any = -1
     """-1 or "cpu", "cuda", or a GPU index."""
     device_map: Any = None
@@ -68,6 +72,7 @@ class QuantLLM(BaseLLM):
         check_task(self.task)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+        check_threads(self.n_threads)
         options = loading_options(self.model_kwargs, device_map=self.device_map)
         self.device = as_device(self.device, options["device_map"])
         config = as_quant_config(self.quantization_config)
@@ -80,6 +85,7 @@ class QuantLLM(BaseLLM):
                               f"wraps a model already loaded (engine= or pipeline=): load it with them instead")
         if self.engine is not None:
             self._engine = self.engine
+            self._engine.n_threads = self.n_threads or self._engine.n_threads
             if self.model_id is None:  # name the wrapped model, not the default one
                 self.model_id = getattr(self.engine.model.config, "name_or_path", None) or "unnamed-model"
         elif self.pipeline is not None:
@@ -117,7 +123,8 @@ class QuantLLM(BaseLLM):
             options = loading_options(self.model_kwargs, device_map=self.device_map)
             self._engine = engine_for_source(self.model_id, task=self.task, device=self.device,
                                              quantization_config=self.quantization_config,
-                                             max_batch_size=self.batch_size, dtype=options["dtype"],
+                                             max_batch_size=self.batch_size, n_threads=self.n_threads,
+                                             dtype=options["dtype"],
                                              trust_remote_code=options["trust_remote_code"],
                                              model_kwargs=options["model_kwargs"])
         return self._engine
@@ -161,7 +168,7 @@ class QuantLLM(BaseLLM):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_id": self.model_id or DEFAULT_MODEL_NAME, "task": self.task,
                 "quantization_config": self.quantization_config, "model_kwargs": self.model_kwargs,
-                "pipeline_kwargs": self.pipeline_kwargs, "batch_size": self.batch_size}
+                "pipeline_kwargs": self.pipeline_kwargs, "batch_size": self.batch_size, "n_threads": self.n_threads}
 
     def _generate(self, prompts: list[str], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> LLMResult:
@@ -235,7 +242,8 @@ def _engine_from_pipeline(llm: QuantLLM, config):
     known = {k: v for k, v in built.items() if k in ("max_new_tokens", "temperature", "top_p", "top_k",
                                                      "repetition_penalty", "do_sample")}
     llm.pipeline_kwargs = {**known, **(llm.pipeline_kwargs or {})}
-    engine = engine_for_model(pipe.model, pipe.tokenizer, config, max_batch_size=llm.batch_size)
+    engine = engine_for_model(pipe.model, pipe.tokenizer, config, max_batch_size=llm.batch_size,
+                              n_threads=llm.n_threads)
     if llm.model_id is None:  # name the wrapped model, not the default one
         llm.model_id = getattr(engine.model.config, "name_or_path", None) or "unnamed-model"
     return engine

@@ -98,6 +98,9 @@ class QuantLlamaLLM(CustomLLM):
     use_chat_template: bool = Field(
         default=True, description="Format prompts with the tokenizer's chat template when it has one.")
     max_batch_size: int = Field(default=8, gt=0, description="Prompts per forward pass in batch calls.")
+    n_threads: int | None = Field(default=None, gt=0, description=(
+        "CPU threads of each forward pass (as LlamaCPP's); None: the physical cores. One setting per model: "
+        "wrappers sharing a model share its engine, and the last one given applies."))
 
     _engine: GenerationEngine = PrivateAttr()
 
@@ -118,10 +121,11 @@ class QuantLlamaLLM(CustomLLM):
                 model=model, tokenizer=tokenizer, quant_config=quant_config, device=device,
                 device_map=self.device_map, model_kwargs=self.model_kwargs, tokenizer_name=self.tokenizer_name,
                 tokenizer_kwargs=self.tokenizer_kwargs, trust_remote_code=trust_remote_code,
-                max_batch_size=self.max_batch_size))
+                max_batch_size=self.max_batch_size, n_threads=self.n_threads))
         elif quant_config is not None:
             raise ConfigError("pass either engine= (an already prepared model) or quant_config=, not both")
         self._engine = engine
+        engine.n_threads = self.n_threads or engine.n_threads
         self._fit_context_window()
         if self.max_new_tokens is None:
             gen_cfg = getattr(engine.model, "generation_config", None)

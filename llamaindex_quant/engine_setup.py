@@ -34,6 +34,7 @@ class LoadRequest:
     tokenizer_kwargs: dict = field(default_factory=dict)
     trust_remote_code: bool = False
     max_batch_size: int = 8
+    n_threads: int | None = None
 
     @property
     def is_source(self) -> bool:
@@ -52,7 +53,8 @@ def build_engine(request: LoadRequest) -> GenerationEngine:
         return engine
     tokenizer = load_tokenizer(engine.tokenizer, request.tokenizer_name, request.tokenizer_kwargs,
                                request.trust_remote_code)
-    return engine_for_model(engine.model, tokenizer, max_batch_size=request.max_batch_size)
+    return engine_for_model(engine.model, tokenizer, max_batch_size=request.max_batch_size,
+                            n_threads=request.n_threads)
 
 
 def _engine_of_source(request: LoadRequest) -> GenerationEngine:
@@ -64,7 +66,7 @@ def _engine_of_source(request: LoadRequest) -> GenerationEngine:
     return engine_for_source(request.model, quantization_config=request.quant_config,
                              device=as_device(request.device, options["device_map"]), dtype=options["dtype"],
                              trust_remote_code=trust, max_batch_size=request.max_batch_size,
-                             model_kwargs=options["model_kwargs"])
+                             model_kwargs=options["model_kwargs"], n_threads=request.n_threads)
 
 
 def _engine_of_object(request: LoadRequest) -> GenerationEngine:
@@ -86,7 +88,8 @@ def _engine_of_object(request: LoadRequest) -> GenerationEngine:
     if request.tokenizer_name is not None or request.tokenizer_kwargs:
         tokenizer = load_tokenizer(tokenizer, request.tokenizer_name, request.tokenizer_kwargs,
                                    request.trust_remote_code)
-    return engine_for_model(model, tokenizer, request.quant_config, max_batch_size=request.max_batch_size)
+    return engine_for_model(model, tokenizer, request.quant_config, max_batch_size=request.max_batch_size,
+                            n_threads=request.n_threads)
 
 
 def _same_device(name: str, device) -> bool:

@@ -119,20 +119,22 @@ def load_for_generation(model_id=None, *, task: str = "text-generation", quantiz
 
 def engine_for_source(model_id=None, *, task: str = "text-generation", quantization_config=None, dtype=None,
                       device="cpu", trust_remote_code: bool = False, max_batch_size: int = 8,
-                      model_kwargs: dict | None = None) -> GenerationEngine:
-    """The one engine of the (cached) model that ``load_for_generation`` gives for these arguments."""
+                      model_kwargs: dict | None = None, n_threads: int | None = None) -> GenerationEngine:
+    """The one engine of the (cached) model that ``load_for_generation`` gives for these arguments
+    (``n_threads``: CPU threads of its forward passes when given, GenerationEngine.for_model's)."""
     model, tokenizer = load_for_generation(model_id, task=task, quantization_config=quantization_config,
                                            dtype=dtype, device=device, trust_remote_code=trust_remote_code,
                                            model_kwargs=model_kwargs)
-    return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size)
+    return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size, n_threads=n_threads)
 
 
-def engine_for_model(model, tokenizer, quantization_config=None, *, max_batch_size: int = 8) -> GenerationEngine:
+def engine_for_model(model, tokenizer, quantization_config=None, *, max_batch_size: int = 8,
+                     n_threads: int | None = None) -> GenerationEngine:
     """The one engine of a loaded model, quantized in place first (once) when a config is given."""
     config = as_quant_config(quantization_config)
     if config is not None:
         model = quantize_once(model, config)
-    return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size)
+    return GenerationEngine.for_model(model, tokenizer, max_batch_size=max_batch_size, n_threads=n_threads)
 
 
 def quantize_once(model, config: QuantConfig, progress: bool = True):

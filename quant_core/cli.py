@@ -118,6 +118,9 @@ def add_generate_parser(sub) -> None:
                         help="print the answer once it is complete (the default when output is a file or pipe)")
     g.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     g.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: the physical cores); $QUANTLLM_DECODE_STEP=transformers decodes "
+                        "through transformers' modules instead of the lean CPU step")
     _add_no_verify(g)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from .cli_checks import check_device
+from .cpu_threads import check_threads
 from .engine import GenerationEngine, GenerationParams
 from .errors import ConfigError
 from .loading import load_model
@@ -16,10 +17,11 @@ def run_generate(args) -> int:
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop,
                               seed=args.seed).validate()  # a bad setting fails before the model loads
+    check_threads(args.threads)
     if args.raw and args.system is not None:
         raise ConfigError("--system goes through the chat template, which --raw leaves out; use one of them")
     model, tokenizer = load_model(args.model, device=check_device(args.device), verify=not args.no_verify)
-    engine = GenerationEngine(model, tokenizer)
+    engine = GenerationEngine(model, tokenizer, n_threads=args.threads)
     prompt = prompt_text(engine, args.prompt, args.system, args.raw)
     stream = sys.stdout.isatty() if args.stream is None else args.stream
     if stream:

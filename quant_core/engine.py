@@ -6,6 +6,10 @@ ONE forward pass for the whole batch (decoder-only and encoder-decoder models).
 It applies the sampling settings, cuts text before stop strings, stops as soon as
 every row is done, counts tokens and streams text deltas.
 
+Decoder-only models on CPU decode with quant_core.decode's lean step (no transformers modules per
+token) where it fits, else through transformers' modules over a static or dynamic cache
+(``decode_step``; ``$QUANTLLM_DECODE_STEP=transformers`` brings back the module path everywhere).
+
 Threads: every forward pass holds the model's one lock, so passes of different calls never
 interleave. Concurrent ``generate`` calls queue up; the thread that gets to run
 takes the other waiting calls with the same settings into its batch
@@ -14,18 +18,23 @@ takes the other waiting calls with the same settings into its batch
 from __future__ import annotations
 
 import inspect
+import os
 import threading
 import weakref
 from typing import Iterator
 
 import torch
 
+from .cpu_threads import check_threads, physical_cores, torch_threads
 from .engine_rows import Row, choose_next_tokens, device_of, eos_ids, first_not_none
 from .engine_steppers import DynamicStepper, Seq2SeqStepper, StaticStepper
 from .engine_types import GenerationOutput, GenerationParams
 from .errors import ConfigError
 
-__all__ = ["GenerationEngine", "GenerationOutput", "GenerationParams"]
+__all__ = ["DECODE_STEP_ENV", "GenerationEngine", "GenerationOutput", "GenerationParams"]
+
+DECODE_STEP_ENV = "QUANTLLM_DECODE_STEP"  # the default of ``decode_step`` when the caller gives none
+DECODE_STEPS = {"auto": None, "lean": True, "transformers": False}  # -> make_decoder's ``lean``
 
 
 class _Request:
@@ -54,14 +63,24 @@ class GenerationEngine:
     """Batched generation with left padding, stop strings, streaming and token counts."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, chat_template: str | None = None,
-                 kv_cache: str = "auto"):
+                 kv_cache: str = "auto", decode_step: str | None = None, n_threads: int | None = None):
         """``kv_cache``: "static" (quant_core.decode's preallocated cache: no per-step growth),
         "dynamic" (transformers' own), or "auto": static for decoder-only models that transformers
-        marks as compilable (static-cache capable), dynamic otherwise and for encoder-decoders."""
+        marks as compilable (static-cache capable), dynamic otherwise and for encoder-decoders.
+        ``decode_step`` (static cache only): "auto" (the lean step where it fits: Llama, Mistral,
+        Qwen2/3, Phi-3 on CPU, no hooks on the model), "lean" (insist) or "transformers" (the model's
+        own modules); None reads $QUANTLLM_DECODE_STEP, default "auto". ``n_threads``: CPU threads of
+        each forward pass (None: the physical cores), set around the pass only."""
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be a positive integer; got {max_batch_size!r}")
         if kv_cache not in ("auto", "static", "dynamic"):
             raise ConfigError(f"kv_cache must be 'auto', 'static' or 'dynamic'; got {kv_cache!r}")
+        decode_step = decode_step or os.environ.get(DECODE_STEP_ENV, "").strip().lower() or "auto"
+        if decode_step not in DECODE_STEPS:
+            raise ConfigError(f"decode_step (or ${DECODE_STEP_ENV}) must be one of {', '.join(DECODE_STEPS)}; "
+                              f"got {decode_step!r}")
+        self.decode_step = decode_step
+        self.n_threads = check_threads(n_threads) or physical_cores()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch_size = max_batch_size
         self.chat_template = chat_template
@@ -81,6 +100,8 @@ class GenerationEngine:
             kv_cache = "static" if static_ok else "dynamic"
         if kv_cache == "static" and self.is_encoder_decoder:
             raise ConfigError("kv_cache='static' is for decoder-only models; use 'dynamic' or 'auto'")
+        if decode_step == "lean" and kv_cache == "dynamic":
+            raise ConfigError("decode_step='lean' runs over a static cache; use kv_cache='static' or 'auto'")
         self.kv_cache = kv_cache
         self._forward_lock = forward_lock_of(model)  # one forward pass of this model at a time
         self._leader_lock = threading.Lock()  # one batch being formed and run at a time
@@ -156,15 +177,19 @@ class GenerationEngine:
         return len(self._encode(prompt))
 
     @classmethod
-    def for_model(cls, model, tokenizer, *, max_batch_size: int = 8) -> "GenerationEngine":
+    def for_model(cls, model, tokenizer, *, max_batch_size: int = 8, n_threads: int | None = None
+                  ) -> "GenerationEngine":
         """The one engine of ``model`` (created on first use), so that every wrapper of the same
-        model shares its forward lock and micro-batching queue."""
+        model shares its forward lock and micro-batching queue. ``n_threads`` (when given) becomes
+        the engine's: one setting per model, the last wrapper to give one wins."""
+        check_threads(n_threads)
         with _REGISTRY_LOCK:  # two threads asking at once still get one engine
             engine = _ENGINES.get(model)
             if engine is None or engine.tokenizer is not tokenizer:
                 engine = cls(model, tokenizer, max_batch_size=max_batch_size)
                 _ENGINES[model] = engine
             engine.max_batch_size = max(engine.max_batch_size, max_batch_size)
+            engine.n_threads = n_threads or engine.n_threads
             return engine
 
     # ---- internals -----------------------------------------------------------------
@@ -238,11 +263,12 @@ class GenerationEngine:
         generator = None
         if params.seed is not None and params.temperature > 0:
             generator = torch.Generator(device=device).manual_seed(params.seed)
-        stepper = self._stepper(input_ids, mask, width + max(r.budget for r in rows))
+        # built under the lock: the lean step prepares the model's kernels, which a running pass reads
+        with self._forward_lock, torch_threads(self.n_threads), torch.no_grad():
+            stepper = self._stepper(input_ids, mask, width + max(r.budget for r in rows))
+            logits = stepper.first()
         history = stepper.history
         history_mask = torch.ones_like(history) if self.is_encoder_decoder else mask
-        with self._forward_lock, torch.no_grad():
-            logits = stepper.first()
         while True:
             with torch.no_grad():
                 tokens = choose_next_tokens(logits, history, history_mask, params, generator)
@@ -258,12 +284,12 @@ class GenerationEngine:
             tokens = torch.where(done, torch.full_like(tokens, self.pad_id), tokens)[:, None]
             history = torch.cat([history, tokens], 1)
             history_mask = torch.cat([history_mask, (~done).long()[:, None]], 1)
-            with self._forward_lock, torch.no_grad():
+            with self._forward_lock, torch_threads(self.n_threads), torch.no_grad():
                 logits = stepper.next(tokens)
 
     def _stepper(self, input_ids, mask, max_len: int):
         if self.is_encoder_decoder:
             return Seq2SeqStepper(self.model, input_ids, mask, self._cache_arg)
         if self.kv_cache == "static":
-            return StaticStepper(self.model, input_ids, mask, max_len)
+            return StaticStepper(self.model, input_ids, mask, max_len, DECODE_STEPS[self.decode_step])
         return DynamicStepper(self.model, input_ids, mask, self._cache_arg, self._extra, self._pass_positions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .decode import StaticDecoder
+from .decode import make_decoder
 from .engine_rows import decoder_start_id
 
 
@@ -43,10 +43,11 @@ class DynamicStepper:
 
 
 class StaticStepper:
-    """Decoder-only model over quant_core.decode's preallocated KV cache (no per-step cache growth)."""
+    """Decoder-only model over quant_core.decode's preallocated KV cache (no per-step cache growth):
+    the lean step where it fits (``lean``: None), or insisted on (True) or refused (False)."""
 
-    def __init__(self, model, input_ids, mask, max_len: int):
-        self.decoder = StaticDecoder(model, batch_size=input_ids.shape[0], max_len=max_len)
+    def __init__(self, model, input_ids, mask, max_len: int, lean: bool | None = None):
+        self.decoder = make_decoder(model, batch_size=input_ids.shape[0], max_len=max_len, lean=lean)
         self.input_ids, self.mask = input_ids, mask
         self.history = input_ids
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 
 import torch
+from torch import nn
+from torch.nn.modules import module as torch_module
 
 from .lean import LeanDecoder
 from .lean_model import lean_reason
@@ -12,11 +14,22 @@ from .static import StaticDecoder
 
 def lean_fits(model, max_len: int) -> str | None:
     """Why ``LeanDecoder`` cannot run ``model`` with a ``max_len`` cache (None: it can)."""
-    why = lean_reason(model)
+    why = lean_reason(model) or _hooked(model)
     window = getattr(getattr(model, "config", None), "sliding_window", None)
     if why is None and window and max_len > window:
         why = f"a {max_len}-position cache exceeds the sliding window ({window})"
     return why
+
+
+def _hooked(model: nn.Module) -> str | None:
+    """The lean step never calls the model's modules: a forward hook, a replaced ``forward`` (accelerate's
+    offloading, a user's wrapper) or a global hook would silently stop running, so such a model keeps them."""
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return "global module forward hooks are registered"
+    for name, sub in model.named_modules():
+        if sub._forward_hooks or sub._forward_pre_hooks or "forward" in vars(sub):
+            return f"module {name or type(model).__name__!r} has a forward hook or a replaced forward"
+    return None
 
 
 def make_decoder(model, batch_size: int, max_len: int, compile_step: bool = False, lean: bool | None = None):

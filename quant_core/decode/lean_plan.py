@@ -81,6 +81,7 @@ class LayerStep:
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int,
                  valid: torch.Tensor | None) -> torch.Tensor:
         """``x`` [B, H] float32 contiguous, updated in place; cos/sin [B, rd] contiguous."""
+        self.plan.nthreads = torch.get_num_threads()  # the caller's setting now (the engine's n_threads)
         self.lib.qstep(ctypes.byref(self.plan), self.layers, len(self.layers), _p(x.data_ptr()),
                        _p(cos.data_ptr()), _p(sin.data_ptr()), slot, None if valid is None else _p(valid.data_ptr()),
                        None if self.seconds is None else _p(self.seconds.data_ptr()))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from quant_core.cli import main
+from quant_core.engine import GenerationEngine, GenerationOutput
 
 
 def test_help_explains_commands():
@@ -122,6 +123,16 @@ def test_generate_streams_on_request_and_on_a_terminal(tiny_hf_dir, recorded_gen
     assert recorded_generation[-1][0] == "stream"
     assert main(["generate", str(tiny_hf_dir), "Hi", "--no-stream"]) == 0
     assert recorded_generation[-1][0] == "generate"
+
+
+def test_generate_threads_reach_the_engine(tiny_hf_dir, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(GenerationEngine, "generate", lambda self, prompts, params=None: seen.append(self.n_threads)
+                        or [GenerationOutput("ok", 1, 1, "length")])
+    assert main(["generate", str(tiny_hf_dir), "Hi", "--threads", "1", "--no-stream"]) == 0
+    assert seen == [1]
+    assert main(["generate", "no/such-model", "Hi", "--threads", "0"]) == 2  # refused before loading
+    assert "n_threads" in capsys.readouterr().err
 
 
 def test_generate_refuses_contradictions_before_loading(capsys):
