@@ -11,7 +11,12 @@ from .modules import QuantLinear
 
 
 def packed_bytes(model) -> int:
+    """Bytes of every quantized layer's tensors, outliers included."""
     return sum(m.packed.nbytes() for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def outlier_bytes(model) -> int:
+    return sum(m.packed.outlier_bytes() for m in model.modules() if isinstance(m, QuantLinear))
 
 
 def describe(model, device_type: str = "cpu") -> str:
@@ -22,8 +27,10 @@ def describe(model, device_type: str = "cpu") -> str:
         lines.append("quantization_config: " + json.dumps(shown, sort_keys=True))
     quant = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
     float_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    lines.append(f"quantized linear layers: {len(quant)}; packed size {packed_bytes(model) / 1e6:.2f} MB; "
-                 f"other (float) parameters {float_bytes / 1e6:.2f} MB")
+    outliers = outlier_bytes(model)
+    lines.append(f"quantized linear layers: {len(quant)}; packed size {packed_bytes(model) / 1e6:.2f} MB"
+                 + (f" (of which sparse fp16 outliers {outliers / 1e6:.2f} MB)" if outliers else "")
+                 + f"; other (float) parameters {float_bytes / 1e6:.2f} MB")
     kinds = defaultdict(list)
     for name, mod in quant:
         kinds[name.rsplit(".", 1)[-1]].append(mod)
@@ -31,7 +38,7 @@ def describe(model, device_type: str = "cpu") -> str:
     for kind, mods in kinds.items():
         mod = mods[0]
         lines.append(f"{kind} x{len(mods)}: {mod.in_features}->{mod.out_features}, {mod.weight_dtype}, "
-                     f"group {mod.group_size}, {'sym' if mod.zeros is None else 'asym'}")
+                     f"group {mod.group_size}, {'sym' if mod.zeros is None else 'asym'}" + _outlier_note(mods))
         verdicts = explain(mod.layer_spec(device))
         chosen = next((n for n, ok, _ in verdicts if ok), None)
         for name, ok, reason in verdicts:
@@ -40,3 +47,13 @@ def describe(model, device_type: str = "cpu") -> str:
     if not quant:
         lines.append("no quantized layers (a float model)")
     return "\n".join(lines)
+
+
+def _outlier_note(mods) -> str:
+    """``, outliers: ...`` for layers of one kind that keep sparse fp16 outliers."""
+    held = [m.outliers for m in mods if m.outliers is not None]
+    if not held:
+        return ""
+    unit = "columns" if held[0].structure == "columns" else "weights"
+    return (f", outliers: {held[0].structure}, {sum(o.count for o in held)} {unit} in {len(held)} layers, "
+            f"{sum(o.nbytes() for o in held) / 1e3:.1f} kB")

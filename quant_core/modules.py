@@ -11,11 +11,13 @@ from . import cpu_features
 from .errors import CheckpointError
 from .kernels.base import LayerSpec
 from .kernels.registry import choose_kernel
+from .outliers import SparseResidual, expected_outlier_shapes
 from .packed import PackedWeight, expected_shapes
 
 log = logging.getLogger("quant_core")
 
 _TENSOR_NAMES = ("qweight", "scales", "zeros", "g_idx")
+_OUTLIER_NAMES = ("outlier_values", "outlier_indices", "outlier_row_ptr")
 
 
 class QuantLinear(nn.Module):
@@ -23,13 +25,16 @@ class QuantLinear(nn.Module):
 
     The packed tensors are buffers (so ``state_dict``/``to()`` carry them); no float
     copy of the weight is kept. The kernel is chosen on first use for the input's
-    device and kept until the module moves to another device.
+    device and kept until the module moves to another device. Sparse fp16 outliers
+    (``outliers={"structure": ..., "count": ...}``) are added to every kernel's output here,
+    once, so every kernel path executes them.
     """
+    TENSOR_NAMES = _TENSOR_NAMES + _OUTLIER_NAMES
 
     def __init__(self, in_features: int, out_features: int, weight_dtype: str, group_size: int,
                  sym: bool, bias: bool, compute_dtype: str = "auto", has_g_idx: bool = False,
                  scale_dtype: torch.dtype = torch.float16, kernel: str | None = None, device=None,
-                 zero_mode: str | None = None):
+                 zero_mode: str | None = None, outliers: dict | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.group_size = get_format(weight_dtype), group_size  # parsed once, not per .packed
@@ -42,9 +47,16 @@ class QuantLinear(nn.Module):
         for name in _TENSOR_NAMES:
             value = torch.empty(shapes[name], dtype=dtypes[name], device=device) if name in shapes else None
             self.register_buffer(name, value)
+        self.outlier_structure = None if outliers is None else outliers["structure"]
+        spec = {} if outliers is None else expected_outlier_shapes(outliers["structure"], out_features,
+                                                                  in_features, outliers["count"])
+        for name in _OUTLIER_NAMES:
+            value = torch.empty(spec[name][1], dtype=spec[name][0], device=device) if name in spec else None
+            self.register_buffer(name, value)
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self._kernel = None
         self._kernel_key = None
+        self._outliers = None  # the outliers as PreparedResidual on the input's device
 
     @classmethod
     def from_packed(cls, packed: PackedWeight, bias: torch.Tensor | None, compute_dtype: str = "auto",
@@ -58,9 +70,11 @@ class QuantLinear(nn.Module):
             raise CheckpointError(f"packed {packed.fmt.name} tensors do not fit a {packed.in_features} -> "
                                   f"{packed.out_features} layer with group size {packed.group_size}: "
                                   + "; ".join(problems))
+        outliers = None if packed.outliers is None else {"structure": packed.outliers.structure,
+                                                          "count": packed.outliers.count}
         mod = cls(packed.in_features, packed.out_features, packed.fmt.name, packed.group_size,
                   packed.sym, bias is not None, compute_dtype, packed.g_idx is not None,
-                  packed.scales.dtype, kernel, device="meta", zero_mode=packed.zero_mode)
+                  packed.scales.dtype, kernel, device="meta", zero_mode=packed.zero_mode, outliers=outliers)
         for name, tensor in packed.tensors().items():
             setattr(mod, name, tensor)
         if bias is not None:
@@ -72,9 +86,15 @@ class QuantLinear(nn.Module):
         return self.fmt.name
 
     @property
+    def outliers(self) -> SparseResidual | None:
+        if self.outlier_structure is None:
+            return None
+        return SparseResidual(self.outlier_structure, self.outlier_values, self.outlier_indices, self.outlier_row_ptr)
+
+    @property
     def packed(self) -> PackedWeight:
         return PackedWeight(self.fmt, self.in_features, self.out_features,
-                            self.group_size, self.qweight, self.scales, self.zeros, self.g_idx)
+                            self.group_size, self.qweight, self.scales, self.zeros, self.g_idx, self.outliers)
 
     def resolved_compute_dtype(self, device_type: str, x_dtype: torch.dtype) -> str:
         if self.compute_dtype != "auto":
@@ -97,11 +117,13 @@ class QuantLinear(nn.Module):
         if self._kernel is None or self._kernel_key != key:
             spec = self.layer_spec(x.device.type, x.dtype)
             kernel_cls = choose_kernel(spec, self.forced_kernel)
-            self._kernel, self._kernel_key = kernel_cls(self.packed, spec), key
+            self._kernel, self._kernel_key = kernel_cls(self.packed.without_outliers(), spec), key
+            if self.outlier_structure is not None:
+                self._outliers = self.outliers.prepare(self.out_features, self.in_features)
         return self._kernel
 
     def _apply(self, fn, *args, **kwargs):
-        self._kernel = None  # moved or cast: the repacked copy is stale
+        self._kernel = self._outliers = None  # moved or cast: the repacked copies are stale
         stored = dict(self._buffers)
         out = super()._apply(fn, *args, **kwargs)
         for name, old in stored.items():  # model.to(bf16) must not re-round the stored scales:
@@ -112,6 +134,9 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._prepare(x).forward(x)
+        if self.outlier_structure is not None:  # the sparse residual, for every kernel alike
+            residual = self._outliers.matmul(x.reshape(-1, self.in_features))
+            y = y + residual.reshape(y.shape).to(y.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype)
@@ -120,4 +145,6 @@ class QuantLinear(nn.Module):
         kname = self._kernel.name if self._kernel is not None else "unchosen"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"weight_dtype={self.weight_dtype}, group_size={self.group_size}, "
-                f"sym={self.zeros is None}, kernel={kname}")
+                f"sym={self.zeros is None}, kernel={kname}"
+                + (f", outliers={self.outlier_structure} x{self.outlier_indices.numel()}"
+                   if self.outlier_structure else ""))

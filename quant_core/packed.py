@@ -1,11 +1,12 @@
 """PackedWeight: one quantized linear weight in the kernel-independent layout of ``formats``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .formats import WeightFormat, get_format, pack_codes, unpack_codes
+from .outliers import SparseResidual
 from .primitives import default_g_idx, dequantize_weight, n_groups
 
 
@@ -20,6 +21,8 @@ class PackedWeight:
              (symmetric / codebook). ``zero_mode`` names which.
     g_idx:   int32 ``[K]`` group of each input column, or None for ``k // group_size``
              (set by act-order GPTQ; G = ceil(K / group_size) either way).
+    outliers: a sparse fp16 residual added to the dequantized codes (``quant_core.outliers``),
+             or None.
     """
     fmt: WeightFormat
     in_features: int
@@ -29,9 +32,11 @@ class PackedWeight:
     scales: torch.Tensor
     zeros: torch.Tensor | None = None
     g_idx: torch.Tensor | None = None
+    outliers: SparseResidual | None = None
 
     @classmethod
-    def from_codes(cls, codes, scales, zeros, fmt, group_size, g_idx=None, scale_dtype=torch.float16):
+    def from_codes(cls, codes, scales, zeros, fmt, group_size, g_idx=None, scale_dtype=torch.float16,
+                   outliers: SparseResidual | None = None):
         n, k = codes.shape
         return cls(
             fmt=fmt, in_features=k, out_features=n, group_size=group_size,
@@ -39,6 +44,7 @@ class PackedWeight:
             scales=scales.to(scale_dtype).contiguous(),
             zeros=None if zeros is None else zeros.round().to(torch.uint8).contiguous(),
             g_idx=None if g_idx is None else g_idx.to(torch.int32).contiguous(),
+            outliers=outliers,
         )
 
     @property
@@ -65,10 +71,20 @@ class PackedWeight:
         return default_g_idx(self.in_features, self.group_size, device=self.qweight.device)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
-        """The reference dequantization: float ``[N, K]``."""
-        w = dequantize_weight(self.codes(), self.scales, self.zeros, self.fmt, self.group_index(),
-                              zero_is_min=self.zero_mode == "min")
+        """The reference dequantization: float ``[N, K]``, outliers included."""
+        w = self.dequantize_codes()
+        if self.outliers is not None:
+            w = w + self.outliers.dense(self.out_features, self.in_features)
         return w.to(dtype)
+
+    def dequantize_codes(self) -> torch.Tensor:
+        """float32 ``[N, K]`` of the codes alone (what kernels compute with; outliers apart)."""
+        return dequantize_weight(self.codes(), self.scales, self.zeros, self.fmt, self.group_index(),
+                                 zero_is_min=self.zero_mode == "min")
+
+    def without_outliers(self) -> "PackedWeight":
+        """The same codes with no outliers: what a kernel repacks."""
+        return replace(self, outliers=None)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"qweight": self.qweight, "scales": self.scales}
@@ -76,7 +92,12 @@ class PackedWeight:
             out["zeros"] = self.zeros
         if self.g_idx is not None:
             out["g_idx"] = self.g_idx
+        if self.outliers is not None:
+            out.update(self.outliers.tensors())
         return out
+
+    def outlier_bytes(self) -> int:
+        return 0 if self.outliers is None else self.outliers.nbytes()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
@@ -84,8 +105,12 @@ class PackedWeight:
     def problems(self) -> list[str]:
         """What makes these tensors unfit for the layer they claim to be (empty when they fit):
         shapes, dtypes, and the values that index memory (group indices, zero-point codes)."""
+        codes_part = self.without_outliers()
         out = [f"{name} has shape {tuple(t.shape)}, expected {shape}" for name, t, shape in
-               ((n, t, self.expected_shapes().get(n)) for n, t in self.tensors().items()) if tuple(t.shape) != shape]
+               ((n, t, self.expected_shapes().get(n)) for n, t in codes_part.tensors().items())
+               if tuple(t.shape) != shape]
+        if self.outliers is not None:
+            out += self.outliers.problems(self.out_features, self.in_features)
         kinds = {"qweight": self.qweight.dtype == torch.uint8, "scales": self.scales.is_floating_point(),
                  "g_idx": self.g_idx is None or self.g_idx.dtype == torch.int32,
                  "zeros": self.zeros is None or self.zeros.dtype == torch.uint8 or self.zeros.is_floating_point()}

@@ -25,21 +25,30 @@ from .errors import CheckpointError
 from .file_headers import read_safetensors_header
 from .formats import get_format
 from .modules import QuantLinear
+from .outliers import STRUCTURES, expected_outlier_shapes
 from .packed import expected_shapes
 
 MANIFEST_FIELDS = {"in_features": int, "out_features": int, "weight_dtype": str, "group_size": int,
                    "zero_mode": str, "g_idx": bool, "bias": bool}
 ZERO_MODES = ("none", "int", "min")
-HEADER_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
+HEADER_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int16: "I16",
+                 torch.int32: "I32"}
 FLOAT_HEADER_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 def layer_manifest(model: torch.nn.Module) -> dict[str, dict]:
+    """One entry per quantized layer; ``outliers`` ({structure, count}) only where it has them,
+    so checkpoints without outliers read exactly as before."""
     return {name: {"in_features": m.in_features, "out_features": m.out_features,
                    "weight_dtype": m.weight_dtype, "group_size": m.group_size,
                    "zero_mode": m.packed.zero_mode, "g_idx": m.g_idx is not None,
-                   "bias": m.bias is not None}
+                   "bias": m.bias is not None, **_outlier_entry(m)}
             for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def _outlier_entry(m: QuantLinear) -> dict:
+    outliers = m.outliers
+    return {} if outliers is None else {"outliers": {"structure": outliers.structure, "count": outliers.count}}
 
 
 def save_quantized(model, tokenizer, path, overwrite: bool = False) -> Path:
@@ -83,12 +92,26 @@ def _manifest_problems(name, spec) -> list[str]:
         out.append(f"{name}: features or group_size out of range")
     if spec["zero_mode"] not in ZERO_MODES:
         out.append(f"{name}: zero_mode {spec['zero_mode']!r} is not one of {ZERO_MODES}")
+    out += _outlier_problems(name, spec.get("outliers"))
     try:
         if get_format(spec["weight_dtype"]).is_codebook and spec["zero_mode"] != "none":
             out.append(f"{name}: {spec['weight_dtype']} is a codebook format and has no zero points")
     except ValueError as exc:
         out.append(f"{name}: {exc}")
     return out
+
+
+def _outlier_problems(name, outliers) -> list[str]:
+    if outliers is None:
+        return []
+    if not isinstance(outliers, dict) or set(outliers) != {"structure", "count"}:
+        return [f"{name}: outliers is not {{structure, count}}"]
+    count = outliers["count"]
+    if outliers["structure"] not in STRUCTURES:
+        return [f"{name}: outlier structure {outliers['structure']!r} is not one of {STRUCTURES}"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return [f"{name}: outlier count {count!r} is not a non-negative integer"]
+    return []
 
 
 def check_manifest(layers, path: Path) -> dict:
@@ -109,6 +132,10 @@ def _expected_tensors(spec: dict, config: QuantConfig) -> dict[str, tuple[str, t
     scale = HEADER_DTYPES[SCALE_DTYPES[config.scale_dtype]]
     dtypes = {"qweight": "U8", "scales": scale, "zeros": scale if spec["zero_mode"] == "min" else "U8", "g_idx": "I32"}
     out = {t: (dtypes[t], shape) for t, shape in shapes.items()}
+    if spec.get("outliers"):
+        o = spec["outliers"]
+        out.update({t: (HEADER_DTYPES[dtype], shape) for t, (dtype, shape) in expected_outlier_shapes(
+            o["structure"], spec["out_features"], spec["in_features"], o["count"]).items()})
     if spec["bias"]:
         out["bias"] = (FLOAT_HEADER_DTYPES, (spec["out_features"],))
     return out
@@ -202,7 +229,7 @@ def _swap_in_skeleton(model, name: str, spec: dict, config: QuantConfig) -> None
         spec["in_features"], spec["out_features"], spec["weight_dtype"], spec["group_size"],
         sym=spec["zero_mode"] == "none", bias=spec["bias"], compute_dtype=config.compute_dtype,
         has_g_idx=spec["g_idx"], scale_dtype=config.torch_scale_dtype, kernel=config.kernel,
-        device="meta", zero_mode=spec["zero_mode"]))
+        device="meta", zero_mode=spec["zero_mode"], outliers=spec.get("outliers")))
 
 
 def _check_values(model, path: Path) -> None:

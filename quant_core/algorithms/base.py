@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import QuantConfig
+from ..outliers import SparseResidual
 from ..packed import PackedWeight
 
 
@@ -15,7 +16,8 @@ class QuantResult:
     scales: torch.Tensor  # [N, G]
     zeros: torch.Tensor | None  # [N, G] unsigned codes, None when symmetric
     g_idx: torch.Tensor | None = None  # [K], None for k // group_size
+    outliers: SparseResidual | None = None  # fp16 weights added to the codes' (QuantEase)
 
     def pack(self, config: QuantConfig) -> PackedWeight:
         return PackedWeight.from_codes(self.codes, self.scales, self.zeros, config.format,
-                                       config.group_size, self.g_idx, config.torch_scale_dtype)
+                                       config.group_size, self.g_idx, config.torch_scale_dtype, self.outliers)

@@ -168,7 +168,7 @@ def float_state(model) -> dict[str, torch.Tensor]:
     """State of every non-quantized tensor (QuantLinear buffers excluded), contiguous,
     with tied tensors stored once (tie_word_embeddings restores the alias on load)."""
     skip = {f"{name}.{b}" for name, m in model.named_modules() if isinstance(m, QuantLinear)
-            for b in ("qweight", "scales", "zeros", "g_idx")}
+            for b in QuantLinear.TENSOR_NAMES}
     return dedupe_tied({k: v for k, v in model.state_dict().items() if k not in skip})[0]
 
 
@@ -177,4 +177,9 @@ def quantized_layers(model) -> dict[str, PackedWeight]:
     layers = {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not layers:
         raise ExportError("the model has no quantized layers: quantize it (quantllm quantize) before exporting")
+    with_outliers = [name for name, packed in layers.items() if packed.outliers is not None]
+    if with_outliers:
+        raise ExportError(f"{len(with_outliers)} layers (e.g. {with_outliers[0]}) keep sparse fp16 outliers, which "
+                          f"GPTQ, AWQ and GGUF files cannot hold: quantize with outlier_fraction=0 to export, "
+                          f"or keep the quantllm checkpoint")
     return layers
