@@ -21,8 +21,10 @@ when ``config.true_sequential``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from typing import Callable
 
 import torch
 
@@ -32,6 +34,7 @@ from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
+from .threads import one_thread
 
 log = logging.getLogger("quant_core")
 
@@ -75,6 +78,12 @@ def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
         f"not reach this layer's inputs: use more or longer samples, or algorithm='rtn'")
 
 
+def act_order_permutation(h: torch.Tensor) -> torch.Tensor:
+    """Columns by decreasing ``diag(H)``; stable, so algorithms that start from GPTQ's codes
+    (``gptq_quantease``) reproduce its order."""
+    return torch.sort(torch.diag(h), descending=True, stable=True).indices
+
+
 def _qparams(w: torch.Tensor, config: QuantConfig):
     """Scale and zero point ``[N]`` for the columns ``w [N, k]`` forming one group."""
     _, scale, zero = quantize_weight(w, config.format, -1, config.sym, mse_clip=config.mse_clip,
@@ -106,7 +115,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> Qu
             if zeros is not None:
                 zeros[:, g] = z
 
-    perm = torch.argsort(torch.diag(h), descending=True) if config.act_order else None
+    perm = act_order_permutation(h) if config.act_order else None
     if perm is not None:
         w, h = w[:, perm], h[perm][:, perm]
     col_group = (perm if perm is not None else torch.arange(k, device=w.device)) // gs  # static lookup
@@ -159,19 +168,27 @@ class _Stop(Exception):
     """Raised from an input hook: the rest of the block's forward is not needed."""
 
 
+Solver = Callable[[torch.Tensor, torch.Tensor, QuantConfig], QuantResult]
+
+
 @calibrated_algorithm("gptq")
 def gptq_step(block: CalibrationBlock) -> None:
-    """GPTQ every linear group of one block from the Hessian of the group's input. In
-    true-sequential order each group's inputs are recorded after the groups before it were
-    installed, so it sees their quantized outputs."""
+    solve_block(block, gptq)
+
+
+def solve_block(block: CalibrationBlock, solve: Solver) -> None:
+    """Quantize every linear group of one block with ``solve(weight, hessian, config)``, from
+    the Hessian of the group's input (GPTQ, QuantEase). In true-sequential order each group's
+    inputs are recorded after the groups before it were installed, so it sees their quantized
+    outputs."""
     groups = block.linear_groups()
     if block.config.true_sequential:
         for names in groups:
-            _quantize_group(block, names, _hessians(block, [names], stop=True)[names[0]])
+            _quantize_group(block, names, _hessians(block, [names], stop=True)[names[0]], solve)
     else:
         hessians = _hessians(block, groups, stop=False)
         for names in groups:
-            _quantize_group(block, names, hessians[names[0]])
+            _quantize_group(block, names, hessians[names[0]], solve)
 
 
 def _hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> dict[str, Hessian]:
@@ -194,6 +211,8 @@ def _hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> d
     return hessians
 
 
-def _quantize_group(block: CalibrationBlock, names: list[str], hessian: Hessian) -> None:
-    block.install({name: gptq(block.module.get_submodule(name).weight, hessian.matrix, block.config)
-                   for name in names})
+def _quantize_group(block: CalibrationBlock, names: list[str], hessian: Hessian, solve: Solver) -> None:
+    with one_thread() if hessian.matrix.device.type == "cpu" else contextlib.nullcontext():
+        results = {name: solve(block.module.get_submodule(name).weight, hessian.matrix, block.config)
+                   for name in names}
+    block.install(results)
