@@ -13,11 +13,17 @@ from .kernel_names import KERNELS
 # 2: the AWQ and TEQ settings became fields. A version-1 dict lacks them and loads with their
 # defaults, which are the values version 1 ran with; a version-2 dict names them, so an older
 # quantllm refuses it as newer instead of failing on unknown fields.
-CONFIG_VERSION = 2
-# Each algorithm's own settings: a setting of another algorithm is refused unless at its default.
+# 3: QuantEase's settings (num_iter, outlier_fraction, outlier_structure); a version-3 checkpoint
+# may hold sparse outliers that an older quantllm could not execute.
+CONFIG_VERSION = 3
+_GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size")
+# Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "rtn": (),
-    "gptq": ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size"),
+    "gptq": _GPTQ,
+    "quantease": ("num_iter", "act_order", "true_sequential", "block_size", "outlier_fraction",
+                  "outlier_structure"),
+    "gptq_quantease": (*_GPTQ, "num_iter"),
     "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling"),
     "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens"),
 }
@@ -31,6 +37,7 @@ MAX_GROUP_SIZE = 1 << 16  # wider than any layer of today's models; -1 is one gr
 MAX_CALIBRATION_TOKENS = 1 << 24  # n_samples * seqlen (GPTQ's reference uses 128 * 2048 = 2**18)
 MAX_COUNT = 1 << 16  # samples, batches, block widths
 MAX_SEED = 2 ** 63 - 1  # what every generator takes
+NUM_ITER_DEFAULT = 20
 
 
 def _choice(value: str, choices, what: str, aliases: dict | None = None) -> str:
@@ -51,7 +58,7 @@ class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     version: int = Field(CONFIG_VERSION, description="Format version of this config, set by quantllm.")
-    algorithm: str = Field("rtn", description="rtn | gptq | awq | teq")
+    algorithm: str = Field("rtn", description="rtn | gptq | awq | teq | quantease | gptq_quantease")
     weight_dtype: str = Field("int4_fullrange", description="Weight format; see quant_core.formats.FORMATS.")
     compute_dtype: str = Field("auto", description="auto | fp32 | bf16 | fp16 (GPU) | int8 (activations quantized per token).")
     group_size: int = Field(128, description="Input columns per scale; -1 for one scale per output channel.")
@@ -77,9 +84,16 @@ class QuantConfig(BaseModel):
     act_order: bool = Field(False, description="GPTQ: quantize columns in order of decreasing Hessian diagonal (desc_act).")
     static_groups: bool = Field(False, description="GPTQ act_order: fix group qparams before reordering "
                                                    "(no g_idx needed at inference).")
-    true_sequential: bool = Field(True, description="GPTQ: quantize a block's linear groups one after another, "
-                                                    "each seeing the previous groups' quantized outputs.")
-    block_size: int = Field(128, gt=0, le=MAX_COUNT, description="GPTQ: columns per lazy-batch update.")
+    true_sequential: bool = Field(True, description="GPTQ, QuantEase: quantize a block's linear groups one after "
+                                                    "another, each seeing the previous groups' quantized outputs.")
+    block_size: int = Field(128, gt=0, le=MAX_COUNT, description="GPTQ, QuantEase: columns per lazy-batch (blocked) update.")
+    # QuantEase (act_order, true_sequential and block_size as GPTQ's).
+    num_iter: int = Field(NUM_ITER_DEFAULT, gt=0, le=1000, description="QuantEase: coordinate-descent sweeps over "
+                                                                       "each layer's columns.")
+    outlier_fraction: float = Field(0.0, ge=0, lt=0.5, description="QuantEase: fraction of each layer's weights "
+                                    "kept in fp16 as a sparse residual (e.g. 0.01); 0 for none.")
+    outlier_structure: Literal["unstructured", "columns"] = Field(
+        "unstructured", description="QuantEase outliers: any weights (unstructured) or whole input columns.")
     # AWQ.
     awq_n_grid: int = Field(20, gt=0, le=1000, description="AWQ: ratios r in [0, 1) tried by the scale search "
                                                   "(s = x_mean**r / w_mean**(1 - r)).")
@@ -204,9 +218,11 @@ class QuantConfig(BaseModel):
 
     @model_validator(mode="after")
     def _settings_of_other_algorithms(self):
-        problems = [f"{name}={getattr(self, name)!r} is a setting of algorithm='{algorithm}'"
-                    for algorithm, names in ALGORITHM_SETTINGS.items() if algorithm != self.algorithm
-                    for name in names if getattr(self, name) != type(self).model_fields[name].default]
+        mine = set(ALGORITHM_SETTINGS[self.algorithm])
+        problems = [f"{name}={getattr(self, name)!r} is a setting of algorithm="
+                    + " or ".join(f"'{a}'" for a in _owners(name))
+                    for name in dict.fromkeys(n for names in ALGORITHM_SETTINGS.values() for n in names)
+                    if name not in mine and getattr(self, name) != type(self).model_fields[name].default]
         if problems:
             raise ValueError(f"{'; '.join(problems)}, not of '{self.algorithm}': choose that algorithm "
                              f"or leave the setting at its default")
@@ -267,6 +283,10 @@ class QuantConfig(BaseModel):
 
 def _problems(exc: ValidationError) -> str:
     return "; ".join(_problem(e) for e in exc.errors())
+
+
+def _owners(setting: str) -> list[str]:
+    return [algorithm for algorithm, names in ALGORITHM_SETTINGS.items() if setting in names]
 
 
 def _problem(error: dict) -> str:
