@@ -29,6 +29,10 @@ COLUMNS = {
     "int2_g64_asym": dict(label="int2 g64 asym",
                           quant_config=dict(weight_dtype="int2", group_size=64, scheme="asym"),
                           nc=dict(dtype="int", bits=2, use_sym=False, group_size=64)),
+    # issue 19's outlier target: int3 per-channel + 1 % unstructured outliers <= 1.25 x fp32
+    "int3_pc_asym": dict(label="int3 per-channel asym",
+                         quant_config=dict(weight_dtype="int3", group_size=-1, scheme="asym"),
+                         nc=dict(dtype="int", bits=3, use_sym=False, group_size=-1)),
 }
 
 # Settings measured with RTN only (quality.py's size table): no calibrated algorithm runs them.
@@ -54,7 +58,13 @@ ROWS = {
     # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
     "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True),
     "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True),
+    # QuantEase (issue 19) at its defaults; GPTQ->QuantEase; 1 % of the weights / input columns kept in fp16
+    "QuantEase": dict(algorithm="quantease"),
+    "GPTQ->QuantEase": dict(algorithm="gptq_quantease"),
+    "QuantEase +1% outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="unstructured"),
+    "QuantEase +1% column outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="columns"),
 }
+QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 
 EVAL_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.txt")
 SEQLEN = 512

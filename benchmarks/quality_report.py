@@ -7,7 +7,7 @@ the run it came from, shown as a letter that the Runs section resolves.
 from __future__ import annotations
 
 import report
-from quality_columns import ALL_COLUMNS, COLUMNS, N_SAMPLES, ROWS, RTN_ONLY_COLUMNS, STORE, cell_key
+from quality_columns import ALL_COLUMNS, COLUMNS, N_SAMPLES, QUANTEASE_ROWS, ROWS, RTN_ONLY_COLUMNS, STORE, cell_key
 from quality_peer_report import PEER
 
 TIMING_COLUMN = "int4_g128_sym"
@@ -96,7 +96,7 @@ def targets(data: dict, peer: dict, n: int) -> list[str]:
     """The issue's targets, checked on the figures present (a target without figures says so)."""
     cells = data.get("cells", {})
     out = ["## Targets", ""]
-    gptq_rows = [r for r in ROWS if r.startswith("GPTQ")]
+    gptq_rows = [r for r in ROWS if r.startswith("GPTQ") and r not in QUANTEASE_ROWS]
     for label, rows, col, goal in (("GPTQ (best row)", gptq_rows, "int4_g128_sym", 60),
                                    ("GPTQ (best row)", gptq_rows, "int3_g128_asym", 65),
                                    ("AWQ", ["AWQ"], "int4_g128_sym", 50)):
@@ -109,9 +109,27 @@ def targets(data: dict, peer: dict, n: int) -> list[str]:
              for r in ROWS if r != "RTN" for c in COLUMNS
              if None not in (ppl(cells, cell_key(r, c, n)), ppl(cells, cell_key("RTN", c, n)))
              and ppl(cells, cell_key(r, c, n)) > ppl(cells, cell_key("RTN", c, n))]
+    out += quantease_targets(cells, n)
     out.append("- No algorithm worse than RTN in any measured cell: " + ("met" if not worse else "MISSED: " + "; ".join(worse)))
     out.append("- Ours at or below Neural Compressor on identical inputs (quality_peer.md): " + peer_comparison(cells, peer, n))
     return out + [""]
+
+
+def quantease_targets(cells: dict, n: int) -> list[str]:
+    """Issue 19: perplexity ceilings for the best QuantEase row per setting, and the outlier row's."""
+    fp32 = ppl(cells, "fp32")
+    goals = [(QUANTEASE_ROWS, "int4_g128_sym", 29.0), (QUANTEASE_ROWS, "int3_g128_asym", 34.0),
+             (QUANTEASE_ROWS, "int4_pc_asym", 30.5),
+             (("QuantEase +1% outliers",), "int3_pc_asym", None if fp32 is None else 1.25 * fp32)]
+    out = []
+    for rows, col, ceiling in goals:
+        found = sorted((v, r) for r in rows if (v := ppl(cells, cell_key(r, col, n))) is not None)
+        what = f"- {' or '.join(rows)} at {COLUMNS[col]['label']}: perplexity <= " + (
+            "1.25 x fp32" if ceiling is None else f"{ceiling:.2f}") + ": "
+        out.append(what + ("not measured" if not found or ceiling is None else
+                           f"{found[0][0]:.2f} ({found[0][1]}) -> "
+                           + ("met" if found[0][0] <= ceiling else f"MISSED by {found[0][0] - ceiling:.2f}")))
+    return out
 
 
 def peer_comparison(cells: dict, peer: dict, n: int) -> str:

@@ -82,6 +82,19 @@ def test_gap_closed_and_targets_from_cells():
     assert "GPTQ int4_fullrange g128 sym (31.00 > RTN 30.00)" in lines
 
 
+def test_quantease_targets_take_the_best_quantease_row():
+    cells = {"fp32": {"ppl": 25.0}, cell_key("QuantEase", "int4_g128_sym"): {"ppl": 29.5},
+             cell_key("GPTQ->QuantEase", "int4_g128_sym"): {"ppl": 28.5},
+             cell_key("GPTQ->QuantEase", "int3_g128_asym"): {"ppl": 35.0},
+             cell_key("QuantEase +1% outliers", "int3_pc_asym"): {"ppl": 31.0}}
+    lines = "\n".join(quality_report.targets({"cells": cells}, {}, 128))
+    assert "int4_fullrange g128 sym: perplexity <= 29.00: 28.50 (GPTQ->QuantEase) -> met" in lines
+    assert "int3 g128 asym: perplexity <= 34.00: 35.00 (GPTQ->QuantEase) -> MISSED by 1.00" in lines
+    assert "int4 per-channel asym: perplexity <= 30.50: not measured" in lines
+    assert "int3 per-channel asym: perplexity <= 31.25: 31.00 (QuantEase +1% outliers) -> met" in lines
+    assert "GPTQ (best row) at int4_fullrange g128 sym: gap closed >= 60 %: not measured" in lines
+
+
 def test_quality_table_marks_each_cell_with_its_run():
     data = {"runs": {"r1": {"device": "cpu"}, "r2": {"device": "gpu"}},
             "cells": {"fp32": {"ppl": 25.0, "run": "r1"}, cell_key("RTN", "nf4_g64"): {"ppl": 30.123, "run": "r2"}}}
