@@ -284,8 +284,10 @@ def linearize_conv1d(block: nn.Module) -> None:
 
 def run_blockwise(model: nn.Module, calibration_batches, per_block_fn: Callable[[nn.Module, BlockInputs, int], Any],
                   device=None, progress: bool = True, desc: str = "blocks",
-                  after_block_fn: Callable[[nn.Module, int], Any] | None = None) -> None:
-    """Quantize ``model`` block by block (see the module docstring for the contract)."""
+                  after_block_fn: Callable[[nn.Module, int], Any] | None = None,
+                  forward_context: Callable[[torch.device], Any] = lambda _device: contextlib.nullcontext()) -> None:
+    """Quantize ``model`` block by block (see the module docstring for the contract);
+    ``forward_context(device)`` wraps each block's output forward (e.g. bf16 autocast)."""
     arch = architecture_of(model)
     device = torch.device(device) if device is not None else default_device()
     layers = decoder_layers(model, arch)
@@ -297,8 +299,8 @@ def run_blockwise(model: nn.Module, calibration_batches, per_block_fn: Callable[
         if arch.conv1d:
             linearize_conv1d(block)
         per_block_fn(block, inputs, i)
-        with torch.no_grad():
-            inputs.hidden = [h.detach() for h in inputs.forward(block)]
+        with torch.no_grad(), forward_context(device):  # outputs keep the inputs' dtype under autocast
+            inputs.hidden = [out.detach().to(h.dtype) for out, h in zip(inputs.forward(block), inputs.hidden)]
         block.to(home)
         if after_block_fn is not None:
             after_block_fn(block, i)

@@ -18,6 +18,7 @@ tokens are then drawn with ``seed``: non-overlapping when the text is long enoug
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -177,3 +178,13 @@ def check_batches(batches: Sequence[torch.Tensor]) -> None:
     for b in batches:
         if not isinstance(b, torch.Tensor) or b.dtype not in (torch.int64, torch.int32) or b.dim() != 2:
             raise CalibrationError("calibration batches must be 2-D integer tensors [batch, seqlen] of input ids")
+
+
+def forward_precision(config, device) -> contextlib.AbstractContextManager:
+    """The context calibration forwards run in: bf16 autocast for ``calibration_dtype='bf16'``
+    (matmuls and attention in bf16 from fp32 weights, so the weights the solvers read and the
+    statistics they accumulate stay fp32), else nothing. Never around a solver: autocast would
+    round its matmuls too."""
+    if getattr(config, "calibration_dtype", "fp32") != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

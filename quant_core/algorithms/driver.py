@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..blocks import Architecture, BlockInputs, architecture_of, run_blockwise
-from ..calibration import resolve_calibration
+from ..calibration import forward_precision, resolve_calibration
 from ..config import QuantConfig
 from ..model_surgery import quantizable_linears, replace_linear
 from ..packed import PackedWeight
@@ -100,7 +100,8 @@ def calibrate(model: nn.Module, config: QuantConfig, step: Step, calibration=Non
         step(current[0])
 
     run_blockwise(model, batches, per_block, device=device, progress=progress, desc=desc,
-                  after_block_fn=lambda _module, _index: current[0].replace_installed())
+                  after_block_fn=lambda _module, _index: current[0].replace_installed(),
+                  forward_context=lambda dev: forward_precision(config, dev))
     leftovers = quantizable_linears(model, config)
     if leftovers:
         log.warning("%s does not cover %s: quantized with RTN", desc, ", ".join(name for name, _ in leftovers))

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from ..blocks import record_inputs
-from ..calibration import statistics_rows
+from ..calibration import forward_precision, statistics_rows
 from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
 from .base import QuantResult
@@ -54,7 +54,8 @@ class Hessian:
         self.matrix *= self.n / (self.n + m)
         self.n += m
         x = x * math.sqrt(2 / self.n)
-        self.matrix.addmm_(x.t(), x)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 sums, also inside bf16 calibration forwards
+            self.matrix.addmm_(x.t(), x)
 
 
 def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
@@ -202,7 +203,9 @@ def _hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> d
         if stop:
             raise _Stop
 
-    with record_inputs(block.module, [names[0] for names in groups], add), torch.no_grad():
+    device = block.inputs.hidden[0].device
+    with record_inputs(block.module, [names[0] for names in groups], add), torch.no_grad(), \
+            forward_precision(block.config, device):
         for h, args, kwargs in zip(block.inputs.hidden, block.inputs.args, block.inputs.kwargs):
             try:
                 block.module(h, *args, **kwargs)
