@@ -16,8 +16,9 @@ from ..modules import QuantLinear
 
 
 def _cpu_kernel(module: nn.Module, in_features: int):
-    """The module's C++ CPU kernel for fp32 activations, or None."""
-    if not isinstance(module, QuantLinear) or module.qweight.device.type != "cpu":
+    """The module's C++ CPU kernel for fp32 activations, or None (then the module's own forward
+    runs: also for sparse outliers, which only ``QuantLinear.forward`` adds)."""
+    if not isinstance(module, QuantLinear) or module.qweight.device.type != "cpu" or module.outliers is not None:
         return None
     kernel = module._prepare(torch.empty(1, in_features))
     return kernel if isinstance(kernel, _CpuSimdKernel) else None
