@@ -82,7 +82,7 @@ def synthetic_llama(row):
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
     from quant_core.config import QuantConfig
-    from quant_core.quantize import mark_quantized, quantizable_linears, replace_linear
+    from quant_core.model_surgery import mark_quantized, quantizable_linears, replace_linear
     config = LlamaConfig(**TINYLLAMA)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)

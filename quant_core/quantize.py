@@ -16,7 +16,6 @@ from torch import nn
 from .config import ALGORITHMS, QuantConfig
 from .errors import ConfigError
 from .model_surgery import mark_quantized, quantizable_linears
-from .model_surgery import replace_linear  # noqa: F401  (importers still take it from here)
 from .modules import QuantLinear
 from .primitives import per_channel
 

@@ -6,7 +6,6 @@ from typing import ClassVar
 
 import torch
 
-from ..cache import cache_root  # noqa: F401  (kernel modules import it from here)
 from ..packed import PackedWeight
 
 

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .base import cache_root
+from ..cache import cache_root
 from ..errors import BuildError
 
 CSRC = Path(__file__).parent / "csrc"

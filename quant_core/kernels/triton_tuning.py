@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .base import cache_root
+from ..cache import cache_root
 
 TUNE_ENV = "QUANTLLM_TRITON_TUNE"  # "0": take the first (heuristic) candidate, time nothing
 TUNING_FILE = "triton_tuning.json"  # under $QUANTLLM_CACHE (or ~/.cache/quantllm)
