@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .base import cache_root
+from ..cache import cache_root
 from ..errors import BuildError
 
 CSRC = Path(__file__).parent / "csrc"
@@ -33,6 +33,21 @@ VARIANT_FLAGS = {
 }
 # -ffp-contract=off: a * b + c stays two roundings, as in PyTorch's separate operations
 BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
+# QUANTLLM_CPU_SANITIZE=1 builds the kernels under AddressSanitizer and UBSan (scripts/test-sanitizers):
+# any out-of-bounds read or undefined operation aborts the process instead of returning garbage. -O0: at -O1
+# the instrumented templates took minutes to compile, -O0 about twice the optimized build.
+SANITIZE_ENV = "QUANTLLM_CPU_SANITIZE"
+SANITIZE_FLAGS = ["-O0", "-g1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+
+
+def sanitized() -> bool:
+    return os.environ.get(SANITIZE_ENV, "0") not in ("", "0")
+
+
+def base_flags() -> list[str]:
+    if sanitized():
+        return [f for f in BASE_FLAGS if f != "-O3"] + SANITIZE_FLAGS
+    return BASE_FLAGS
 
 
 
@@ -58,7 +73,7 @@ def _compiler_id(cxx: str) -> str:
 def library_path(variant: str) -> Path:
     cxx = compiler()
     text = b"".join((CSRC / name).read_bytes() for name in SOURCES + HEADERS)
-    key = hashlib.sha256(text + " ".join(VARIANT_FLAGS[variant] + BASE_FLAGS).encode()
+    key = hashlib.sha256(text + " ".join(VARIANT_FLAGS[variant] + base_flags()).encode()
                          + _compiler_id(cxx).encode()).hexdigest()[:16]
     return cache_dir() / f"cpu_qgemm_{variant}_{key}.so"
 
@@ -77,8 +92,8 @@ def build(variant: str) -> Path:
     errors = []
     # Without OpenMP the kernels still run, on one thread: better than no kernel at all.
     for openmp in (["-fopenmp"], []):
-        cmd = [cxx, *BASE_FLAGS, *VARIANT_FLAGS[variant], *openmp, *(str(CSRC / n) for n in SOURCES), "-o", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        cmd = [cxx, *base_flags(), *VARIANT_FLAGS[variant], *openmp, *(str(CSRC / n) for n in SOURCES), "-o", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800 if sanitized() else 300)
         if proc.returncode == 0:
             os.replace(tmp, out)  # atomic: a concurrent loader never sees half a file
             return out
