@@ -41,7 +41,7 @@ ROWS = {  # name -> QuantConfig kwargs (None: a float dtype)
 # The same formats run as a bf16 model (activations, norms, embeddings in bf16; packed weights
 # untouched): on CPUs with bf16 units batched layers then use a bf16 GEMM (quant_core.modules)
 ROWS.update({f"{name}_bf16": ROWS[name] for name in ("int8", "int4_sym", "int4_asym", "nf4")})
-# The same formats with a quantized output head (and tied embedding): quant_core.decode.head
+# The same formats with a quantized output head (and tied embedding): quant_core.output_head
 HEADS = {"int4_sym_head8": ("int8", -1), "int4_sym_head4": ("int4", 32)}
 ROWS.update({name: ROWS["int4_sym"] for name in HEADS})
 # --isa avx2: children see an AVX2-only CPU (our kernels, PyTorch's own dispatch, no bf16 units)
@@ -116,7 +116,7 @@ def build(model_name, row):
         if ROWS[row] is not None:
             quantize(model, QuantConfig(**ROWS[row]))
     if row in HEADS:
-        from quant_core.decode.head import quantize_head
+        from quant_core.output_head import quantize_head
         quantize_head(model, *HEADS[row])
     if row == "bf16" or row.endswith("_bf16"):
         model = model.to(torch.bfloat16)

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from quant_core.config import QuantConfig
     from quant_core.decode import LeanDecoder
-    from quant_core.decode.head import quantize_head
+    from quant_core.output_head import quantize_head
     from quant_core.loading import load_model
     from quant_core.quantize import quantize
     model, _ = load_model(None)

@@ -15,7 +15,8 @@ from .kernel_names import KERNELS
 # quantllm refuses it as newer instead of failing on unknown fields.
 # 3: QuantEase's settings (num_iter, outlier_fraction, outlier_structure); a version-3 checkpoint
 # may hold sparse outliers that an older quantllm could not execute.
-CONFIG_VERSION = 3
+# 4: head_weight_dtype (a quantized output head). A dict without it had a float head.
+CONFIG_VERSION = 4
 _GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size")
 # Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -68,6 +69,11 @@ class QuantConfig(BaseModel):
                                               description="Linear layers whose name contains one of these stay float.")
     mse_clip: bool = Field(False, description="RTN: search a per-group clipping ratio that minimises squared error.")
     kernel: str | None = Field(None, description="Force a kernel by name (error if it cannot run a layer).")
+    head_weight_dtype: str | None = Field(None, description="Format of the output head (lm_head) while "
+                                          "modules_to_not_convert keeps it out of weight_dtype: None leaves it float; "
+                                          "8-bit formats (int8) get one scale per row, narrower ones (int4_fullrange) "
+                                          "groups of group_size; RTN, symmetric. A tied input embedding reads the rows "
+                                          "of the same packed head.")
     # Calibration (GPTQ, AWQ, TEQ); see quant_core.calibration.
     calibration_dataset: str | None = Field(None, description="Calibration text: None (shipped WikiText-2 valid sample), "
                                             "a text file, or a Hugging Face dataset 'name[:config][@split]'.")
@@ -179,6 +185,11 @@ class QuantConfig(BaseModel):
     def _weight_dtype(cls, v):
         return get_format(str(v)).name
 
+    @field_validator("head_weight_dtype", mode="before")
+    @classmethod
+    def _head_weight_dtype(cls, v):
+        return None if v is None else get_format(str(v)).name
+
     @field_validator("compute_dtype", mode="before")
     @classmethod
     def _compute_dtype(cls, v):
@@ -255,7 +266,7 @@ class QuantConfig(BaseModel):
     def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"a quantization_config must be a JSON object, not {type(data).__name__}")
-        data = {k: v for k, v in data.items() if k not in ("quant_method", "layers", "checksums")}
+        data = {k: v for k, v in data.items() if k not in ("quant_method", "layers", "checksums", "input_embedding")}
         version = data.get("version", CONFIG_VERSION)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ConfigError(f"quantization_config version {version!r} is not one quantllm writes (a whole "
@@ -263,6 +274,7 @@ class QuantConfig(BaseModel):
         if version > CONFIG_VERSION:
             raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
                               f"understands ({CONFIG_VERSION}); upgrade quantllm")
+        data.setdefault("head_weight_dtype", None)  # saved before the field existed: the head stayed float
         return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
 
     @classmethod

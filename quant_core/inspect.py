@@ -8,6 +8,7 @@ import torch
 
 from .kernels.registry import explain
 from .modules import QuantLinear
+from .output_head import embedding_source
 
 
 def packed_bytes(model) -> int:
@@ -46,6 +47,8 @@ def describe(model, device_type: str = "cpu") -> str:
             lines.append(f"    {name:<12} {mark:<8} {reason}")
     if not quant:
         lines.append("no quantized layers (a float model)")
+    else:
+        lines.append(_head_line(model))
     return "\n".join(lines)
 
 
@@ -57,3 +60,15 @@ def _outlier_note(mods) -> str:
     unit = "columns" if held[0].structure == "columns" else "weights"
     return (f", outliers: {held[0].structure}, {sum(o.count for o in held)} {unit} in {len(held)} layers, "
             f"{sum(o.nbytes() for o in held) / 1e3:.1f} kB")
+
+
+def _head_line(model) -> str:
+    """What the output head is stored as, and where the input embedding's rows come from."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return "output head: none"
+    if not isinstance(head, QuantLinear):
+        return f"output head: float ({next(head.parameters()).dtype}; head_weight_dtype=None)"
+    source = embedding_source(model)
+    embed = f"; input embedding reads its rows ({source})" if source else ""
+    return f"output head: {head.weight_dtype}, group {head.group_size}, {head.packed.nbytes() / 1e6:.2f} MB{embed}"

@@ -17,6 +17,7 @@ from .config import ALGORITHMS, QuantConfig
 from .errors import ConfigError
 from .model_surgery import mark_quantized, quantizable_linears
 from .modules import QuantLinear
+from .output_head import float_head, head_group_size, quantize_head
 from .primitives import per_channel
 
 Handler = Callable[..., nn.Module]
@@ -53,6 +54,9 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     if not linears:
         raise ConfigError("model has no nn.Linear layers to quantize (all excluded by modules_to_not_convert?)")
     check_groups_fit(linears, config.group_size)
+    head = float_head(model, linears) if config.head_weight_dtype else None
+    if head is not None:
+        check_groups_fit([head], head_group_size(config.head_weight_dtype, config.group_size))
     handler = HANDLERS.get(config.algorithm)
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
@@ -60,6 +64,9 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     with torch.no_grad():
         model = handler(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,
                         device=device)
+        if head is not None:
+            quantize_head(model, config.head_weight_dtype, head_group_size(config.head_weight_dtype, config.group_size),
+                          scale_dtype=config.torch_scale_dtype, compute_dtype=config.compute_dtype, kernel=config.kernel)
     mark_quantized(model, config)
     return model
 

@@ -26,6 +26,7 @@ from .file_headers import read_safetensors_header
 from .formats import get_format
 from .modules import QuantLinear
 from .outliers import STRUCTURES, expected_outlier_shapes
+from .output_head import QuantEmbedding, embedding_source
 from .packed import expected_shapes
 
 MANIFEST_FIELDS = {"in_features": int, "out_features": int, "weight_dtype": str, "group_size": int,
@@ -60,8 +61,10 @@ def save_quantized(model, tokenizer, path, overwrite: bool = False) -> Path:
         raise ValueError("model is not quantized by quantllm: call quant_core.quantize(model, config) first")
     path = Path(path)
     tensors, aliases = dedupe_tied(model.state_dict())
-    qc = {k: v for k, v in qc.items() if k != "checksums"}  # a reloaded model carries the old ones
-    written = write_checkpoint(model, tokenizer, path, tensors, {**qc, "layers": layers}, overwrite=overwrite,
+    qc = {k: v for k, v in qc.items() if k not in ("checksums", "input_embedding")}  # a reloaded model's own
+    source = embedding_source(model)  # a tied embedding reading the packed head has no tensors of its own
+    qc = {**qc, "layers": layers, **({"input_embedding": source} if source else {})}
+    written = write_checkpoint(model, tokenizer, path, tensors, qc, overwrite=overwrite,
                                replaceable=("quantllm",), checksum=True,
                                metadata={"producer": "quantllm", "aliases": json.dumps(aliases)})
     model.config.quantization_config = written  # the model describes what was saved
@@ -182,6 +185,8 @@ def load_quantized(path, device="cpu", compute_dtype: str | None = None, kernel:
     model = build_skeleton(path, by_architecture=True)
     for name, spec in layers.items():
         _swap_in_skeleton(model, name, spec, config)
+    if qc.get("input_embedding") is not None:
+        _embedding_from_layer(model, qc["input_embedding"], layers, path)
     state = _read_state(path / WEIGHTS_FILE)
     _add_aliases(state, metadata, path)
     finish_model(model, state, path / WEIGHTS_FILE)
@@ -230,6 +235,20 @@ def _swap_in_skeleton(model, name: str, spec: dict, config: QuantConfig) -> None
         sym=spec["zero_mode"] == "none", bias=spec["bias"], compute_dtype=config.compute_dtype,
         has_g_idx=spec["g_idx"], scale_dtype=config.torch_scale_dtype, kernel=config.kernel,
         device="meta", zero_mode=spec["zero_mode"], outliers=spec.get("outliers")))
+
+
+def _embedding_from_layer(model, source, layers: dict, path: Path) -> None:
+    """The input embedding reads the rows of quantized layer ``source`` (a tied, quantized head)."""
+    embed = model.get_input_embeddings()
+    spec = layers.get(source) if isinstance(source, str) else None
+    if spec is None or not isinstance(embed, nn.Embedding) or \
+            (embed.num_embeddings, embed.embedding_dim) != (spec["out_features"], spec["in_features"]):
+        raise CheckpointError(f"quantization_config.input_embedding in {path / 'config.json'} is {source!r}, not a "
+                              f"quantized layer of the embedding's shape; the checkpoint is corrupt: re-create it")
+    if model.get_output_embeddings() is not model.get_submodule(source):
+        raise CheckpointError(f"quantization_config.input_embedding in {path / 'config.json'} names {source!r}, "
+                              f"which is not the model's output head; the checkpoint is corrupt: re-create it")
+    model.set_input_embeddings(QuantEmbedding(model, embed.weight.dtype, embed.padding_idx))
 
 
 def _check_values(model, path: Path) -> None:

@@ -26,6 +26,7 @@ from ..formats import pack_codes, unpack_codes
 from ..modules import QuantLinear
 from ..packed import PackedWeight
 from ..model_surgery import mark_quantized, replace_linear
+from ..output_head import embedding_source
 
 if sys.byteorder != "little":  # the int32 <-> byte views below assume it
     raise ImportError("quant_core.interop needs a little-endian host")
@@ -182,4 +183,9 @@ def quantized_layers(model) -> dict[str, PackedWeight]:
         raise ExportError(f"{len(with_outliers)} layers (e.g. {with_outliers[0]}) keep sparse fp16 outliers, which "
                           f"GPTQ, AWQ and GGUF files cannot hold: quantize with outlier_fraction=0 to export, "
                           f"or keep the quantllm checkpoint")
+    source = embedding_source(model)
+    if source is not None:  # the exported file would lack the input embedding's tensor
+        raise ExportError(f"the input embedding reads the rows of the quantized {source} (a tied head quantized by "
+                          f"head_weight_dtype), which other formats cannot express: quantize with "
+                          f"head_weight_dtype=None to export")
     return layers

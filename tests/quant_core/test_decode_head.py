@@ -1,4 +1,4 @@
-"""Quantized output head and tied embeddings (quant_core.decode.head)."""
+"""Quantized output head and tied embeddings (quant_core.output_head) in the lean decode step."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from quant_core.decode import LeanDecoder, greedy_generate
-from quant_core.decode.head import QuantEmbedding, quantize_head
+from quant_core.output_head import QuantEmbedding, quantize_head
 from quant_core.modules import QuantLinear
 
 from test_decode_lean import NEEDS_KERNELS, prompt, tiny  # pytest puts this directory on sys.path
