@@ -30,18 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules: report, cpu_speed_report
 import report  # noqa: E402
 from cpu_speed_report import NAME, write_report  # noqa: E402
+from cpu_speed_threads import threads_sweep  # noqa: E402
 
-ROWS = {  # name -> QuantConfig kwargs (None: a float dtype)
+ROWS = {  # name -> QuantConfig kwargs (None: a float dtype); the output head stays float in these rows
     "fp32": None, "bf16": None,
-    "int8": dict(weight_dtype="int8", group_size=-1, scheme="sym"),
-    "int4_sym": dict(weight_dtype="int4", group_size=128, scheme="sym"),
-    "int4_asym": dict(weight_dtype="int4", group_size=128, scheme="asym"),
-    "nf4": dict(weight_dtype="nf4", group_size=64, scheme="sym"),
+    "int8": dict(weight_dtype="int8", group_size=-1, scheme="sym", head_weight_dtype=None),
+    "int4_sym": dict(weight_dtype="int4", group_size=128, scheme="sym", head_weight_dtype=None),
+    "int4_asym": dict(weight_dtype="int4", group_size=128, scheme="asym", head_weight_dtype=None),
+    "nf4": dict(weight_dtype="nf4", group_size=64, scheme="sym", head_weight_dtype=None),
 }
 # The same formats run as a bf16 model (activations, norms, embeddings in bf16; packed weights
 # untouched): on CPUs with bf16 units batched layers then use a bf16 GEMM (quant_core.modules)
 ROWS.update({f"{name}_bf16": ROWS[name] for name in ("int8", "int4_sym", "int4_asym", "nf4")})
-# The same formats with a quantized output head (and tied embedding): quant_core.output_head
+# The same formats with a quantized output head (and tied embedding): quant_core.output_head; int4_sym_head8
+# is QuantConfig's default head (head_weight_dtype="int8"), int4_sym_head4 an int4 g32 head
 HEADS = {"int4_sym_head8": ("int8", -1), "int4_sym_head4": ("int4", 32)}
 ROWS.update({name: ROWS["int4_sym"] for name in HEADS})
 # --isa avx2: children see an AVX2-only CPU (our kernels, PyTorch's own dispatch, no bf16 units)
@@ -162,7 +164,7 @@ def child_model(args):
         model(input_ids=prompt[:, :8])  # first call repacks weights and builds kernels
         out["prefill_tok_s"] = args.prefill_tokens / median_time(lambda: model(input_ids=prompt, logits_to_keep=1), args.repeats)
     peak_rss_reset()
-    for b in (1, 8):
+    for b in (int(x) for x in args.decode_batches.split(",")):
         ids = torch.randint(100, vocab, (b, args.prompt_tokens))
         dec = make_decoder(model, b, args.prompt_tokens + args.new_tokens, lean=LEAN[args.decoder])
         out["decoder"] = type(dec).__name__
@@ -253,6 +255,7 @@ def child_llamacpp(args):
 def run_child(kind, args, new_tokens=None, prefill_tokens=None, prompt_tokens=None, isa="native", **extra):
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads), "--repeats", str(args.repeats),
            "--decoder", args.decoder, "--langchain-new-tokens", str(args.langchain_new_tokens),
+           "--decode-batches", args.decode_batches,
            "--new-tokens", str(new_tokens or args.new_tokens), "--prefill-tokens", str(prefill_tokens or args.prefill_tokens),
            "--prompt-tokens", str(prompt_tokens or args.prompt_tokens), "--rows", *args.rows]
     for key, value in extra.items():
@@ -268,7 +271,8 @@ def run_child(kind, args, new_tokens=None, prefill_tokens=None, prompt_tokens=No
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["smollm2", "tinyllama-1.1b"])
+    ap.add_argument("--models", nargs="*", default=["smollm2", "tinyllama-1.1b"],
+                    help="models of the model rows (--models alone: none, e.g. for --threads-sweep only)")
     ap.add_argument("--rows", nargs="+", default=[r for r in ROWS if not r.endswith("_bf16")], choices=list(ROWS),
                     help="rows to run (the *_bf16 rows: quantized formats in a bf16 model)")
     ap.add_argument("--threads", type=int, default=2)
@@ -292,6 +296,9 @@ def main(argv=None):
     ap.add_argument("--no-bandwidth", action="store_true", help="skip the kernels' GB/s against read bandwidth")
     ap.add_argument("--no-langchain", action="store_true", help="skip QuantLLM vs LlamaCpp through chain.batch")
     ap.add_argument("--langchain-new-tokens", type=int, default=32)
+    ap.add_argument("--decode-batches", default="1,8", help="batch sizes of the decode rows (comma-separated)")
+    ap.add_argument("--threads-sweep", type=int, nargs="+", default=[],
+                    help="also: SmolLM2 int4 b1 decode against llama.cpp at each of these thread counts, per --isa")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--row", help=argparse.SUPPRESS)
@@ -337,6 +344,9 @@ def main(argv=None):
     if not args.no_llamacpp:
         results["llamacpp"] = {**run_child("llamacpp", args, new_tokens=args.new_tokens), "run": run_id}
         print("llama.cpp:", json.dumps(results["llamacpp"]), flush=True)
+        save(results)
+    if args.threads_sweep:
+        results["threads_sweep"] = {**threads_sweep(args, run_child), "run": run_id}
         save(results)
     if not args.no_gemm:
         results["gemm"] = run_child("gemm", args, **{"cache-bytes": args.cache_bytes})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import report
+from cpu_speed_threads import sweep_table
 
 NAME = "cpu_speed"
 FLOAT = ("fp32", "bf16")
@@ -172,6 +173,8 @@ def render(data: dict) -> list[str]:
     out += bandwidth_table(data.get("bandwidth"))
     out += ["", "### LangChain level: the same 16 prompts, greedy, same threads", ""]
     out += langchain_table(data.get("langchain"))
+    out += ["", "### SmolLM2 int4 batch-1 decode against llama.cpp by threads", ""]
+    out += sweep_table(data.get("threads_sweep"))
     out += ["", "### Targets (issue 15)", ""] + targets(data) + [""]
     return out + report.runs_section(data) + report.notes_section(data)
 
