@@ -15,8 +15,10 @@ from .kernel_names import KERNELS
 # quantllm refuses it as newer instead of failing on unknown fields.
 # 3: QuantEase's settings (num_iter, outlier_fraction, outlier_structure); a version-3 checkpoint
 # may hold sparse outliers that an older quantllm could not execute.
-# 4: head_weight_dtype (a quantized output head). A dict without it had a float head.
+# 4: head_weight_dtype (a quantized output head, int8 by default). A saved dict of an earlier version
+# had a float head, so it loads with None; a user's dict without a version gets today's defaults.
 CONFIG_VERSION = 4
+HEAD_FIELD_VERSION = 4
 _GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size")
 # Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -53,7 +55,8 @@ class QuantConfig(BaseModel):
     """How to quantize a model's linear weights.
 
     ``QuantConfig()`` is int4 (full range), groups of 128, symmetric, RTN, with
-    ``lm_head`` left in float. Names used by Intel's ``WeightOnlyQuantConfig``
+    ``lm_head`` in int8 (one scale per row; ``head_weight_dtype=None`` leaves it float).
+    Names used by Intel's ``WeightOnlyQuantConfig``
     (``weight_dtype="nf4"``, ``compute_dtype="bf16"``, ``algorithm="RTN"``) are accepted.
     """
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -69,8 +72,10 @@ class QuantConfig(BaseModel):
                                               description="Linear layers whose name contains one of these stay float.")
     mse_clip: bool = Field(False, description="RTN: search a per-group clipping ratio that minimises squared error.")
     kernel: str | None = Field(None, description="Force a kernel by name (error if it cannot run a layer).")
-    head_weight_dtype: str | None = Field(None, description="Format of the output head (lm_head) while "
-                                          "modules_to_not_convert keeps it out of weight_dtype: None leaves it float; "
+    head_weight_dtype: str | None = Field("int8", description="Format of the output head (lm_head) while "
+                                          "modules_to_not_convert keeps it out of weight_dtype (int8: +0.16 % "
+                                          "perplexity on SmolLM2-135M, a quarter of the fp32 head's bytes per token); "
+                                          "None leaves it float; "
                                           "8-bit formats (int8) get one scale per row, narrower ones (int4_fullrange) "
                                           "groups of group_size; RTN, symmetric. A tied input embedding reads the rows "
                                           "of the same packed head.")
@@ -188,7 +193,9 @@ class QuantConfig(BaseModel):
     @field_validator("head_weight_dtype", mode="before")
     @classmethod
     def _head_weight_dtype(cls, v):
-        return None if v is None else get_format(str(v)).name
+        if v is None or str(v).lower() in ("none", "null", "float"):  # also as the command line spells it
+            return None
+        return get_format(str(v)).name
 
     @field_validator("compute_dtype", mode="before")
     @classmethod
@@ -274,7 +281,8 @@ class QuantConfig(BaseModel):
         if version > CONFIG_VERSION:
             raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
                               f"understands ({CONFIG_VERSION}); upgrade quantllm")
-        data.setdefault("head_weight_dtype", None)  # saved before the field existed: the head stayed float
+        if version < HEAD_FIELD_VERSION:  # saved before the field existed: the head stayed float
+            data.setdefault("head_weight_dtype", None)
         return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
 
     @classmethod

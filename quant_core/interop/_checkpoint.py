@@ -116,7 +116,8 @@ def imported_config(packed: PackedWeight, compute_dtype: str, previous: QuantCon
     if scale_dtype is None:
         raise ValueError(f"scales of dtype {packed.scales.dtype} are not supported (fp16, bf16, fp32 are)")
     return QuantConfig(weight_dtype=packed.fmt.name, group_size=packed.group_size, scheme=scheme,
-                       scale_dtype=scale_dtype, compute_dtype=compute_dtype, modules_to_not_convert=["lm_head"])
+                       scale_dtype=scale_dtype, compute_dtype=compute_dtype, modules_to_not_convert=["lm_head"],
+                       head_weight_dtype=None)  # an imported head that is not packed stays float
 
 
 def skeleton_linear(model, prefix: str, what: str) -> nn.Linear:
@@ -167,15 +168,19 @@ def load_checkpoint(path: Path, what: str, layer_from: Callable[[str, dict[str, 
 
 def float_state(model) -> dict[str, torch.Tensor]:
     """State of every non-quantized tensor (QuantLinear buffers excluded), contiguous,
-    with tied tensors stored once (tie_word_embeddings restores the alias on load)."""
+    with tied tensors stored once (tie_word_embeddings restores the alias on load); a head packed
+    by head_weight_dtype (and an embedding reading its rows) as dequantized float weights."""
     skip = {f"{name}.{b}" for name, m in model.named_modules() if isinstance(m, QuantLinear)
             for b in QuantLinear.TENSOR_NAMES}
-    return dedupe_tied({k: v for k, v in model.state_dict().items() if k not in skip})[0]
+    state = dedupe_tied({k: v for k, v in model.state_dict().items() if k not in skip})[0]
+    return {**state, **_float_head(model)}
 
 
 def quantized_layers(model) -> dict[str, PackedWeight]:
-    """Module name -> PackedWeight of every quantized layer; ExportError for a float model."""
-    layers = {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    """Module name -> PackedWeight of every quantized layer an export packs; ExportError for a float model.
+    A head packed by head_weight_dtype is left out: float_state writes it as float."""
+    head = _separate_head(model)
+    layers = {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear) and name != head}
     if not layers:
         raise ExportError("the model has no quantized layers: quantize it (quantllm quantize) before exporting")
     with_outliers = [name for name, packed in layers.items() if packed.outliers is not None]
@@ -183,9 +188,31 @@ def quantized_layers(model) -> dict[str, PackedWeight]:
         raise ExportError(f"{len(with_outliers)} layers (e.g. {with_outliers[0]}) keep sparse fp16 outliers, which "
                           f"GPTQ, AWQ and GGUF files cannot hold: quantize with outlier_fraction=0 to export, "
                           f"or keep the quantllm checkpoint")
-    source = embedding_source(model)
-    if source is not None:  # the exported file would lack the input embedding's tensor
-        raise ExportError(f"the input embedding reads the rows of the quantized {source} (a tied head quantized by "
-                          f"head_weight_dtype), which other formats cannot express: quantize with "
-                          f"head_weight_dtype=None to export")
     return layers
+
+
+def _separate_head(model) -> str | None:
+    """Name of the output head when head_weight_dtype packed it apart from the main format. GPTQ and AWQ
+    checkpoints hold one format for every layer and GGUF has no per-row int8, so exports write it (and a
+    tied embedding reading its rows) dequantized: the exported model computes the same logits."""
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(qc, dict) or not qc.get("head_weight_dtype") or not isinstance(head, QuantLinear):
+        return None
+    name = next(n for n, m in model.named_modules() if m is head)
+    return name if QuantConfig.from_dict(dict(qc)).skips(name) else None
+
+
+def _float_head(model) -> dict[str, torch.Tensor]:
+    name = _separate_head(model)
+    if name is None:
+        return {}
+    head, embed = model.get_submodule(name), model.get_input_embeddings()
+    dtype = embed.dtype if embedding_source(model) == name else embed.weight.dtype
+    out = {f"{name}.weight": head.packed.dequantize(dtype).contiguous()}
+    if head.bias is not None:
+        out[f"{name}.bias"] = head.bias.detach().contiguous()
+    if embedding_source(model) == name:  # its own copy: the exported config does not tie them
+        embed_name = next(n for n, m in model.named_modules() if m is embed)
+        out[f"{embed_name}.weight"] = out[f"{name}.weight"].clone()
+    return out

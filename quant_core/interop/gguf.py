@@ -63,7 +63,7 @@ def import_gguf_layers(model: nn.Module, path, compute_dtype: str = "auto") -> d
     names = linear_names(model, arch)
     imported, left_float = {}, []
     config = QuantConfig(weight_dtype="int4", group_size=blocks.QK, scheme="sym", scale_dtype="fp16",
-                         compute_dtype=compute_dtype, modules_to_not_convert=[])
+                         compute_dtype=compute_dtype, modules_to_not_convert=[], head_weight_dtype=None)
     kinds = []
     for t in reader.tensors:
         module_name = names.get(t.name)

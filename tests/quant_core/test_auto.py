@@ -38,7 +38,7 @@ def quantized(model):
 def test_causal_lm_is_quantized_on_load_and_cached(fresh_cache, llama_dir):
     config = QuantConfig(weight_dtype="nf4", group_size=32)
     model = auto.AutoModelForCausalLM.from_pretrained(str(llama_dir), quantization_config=config)
-    assert quantized(model) == 14  # 7 linears x 2 layers; lm_head stays float
+    assert quantized(model) == 15  # 7 linears x 2 layers, and lm_head in the default int8
     again = auto.AutoModelForCausalLM.from_pretrained(str(llama_dir), quantization_config=config.to_dict())
     assert again is model
     # load_in_8bit means int8 at the default group of 128, wider than this model's 64-column layers
@@ -63,7 +63,7 @@ def test_quantllm_saved_dir_loads_without_quantizing(fresh_cache, llama_dir, tmp
         raise AssertionError("a quantllm-saved directory was quantized again")
     monkeypatch.setattr(auto, "quantize", no_quantize)
     loaded, _ = auto.load_for_generation(str(tmp_path / "saved"), quantization_config=QuantConfig(group_size=32))
-    assert quantized(loaded) == 14
+    assert quantized(loaded) == 15
 
 
 @pytest.mark.parametrize("call, error", [
@@ -104,7 +104,7 @@ def test_engines_come_from_for_model_one_per_model(fresh_cache, llama_dir):
     float_model = tiny_llama_lm()
     tok = byte_tokenizer()
     quantized_engine = auto.engine_for_model(float_model, tok, QuantConfig(group_size=32))
-    assert quantized(quantized_engine.model) == 14 and quantized_engine.model is float_model
+    assert quantized(quantized_engine.model) == 15 and quantized_engine.model is float_model  # and the int8 head
     assert auto.engine_for_model(float_model, tok, None) is quantized_engine
 
 

@@ -10,7 +10,7 @@ from quant_core import QuantConfig, QuantLinear, quantize
 from quant_core.cli import main
 from quant_core.errors import CheckpointError, ConfigError
 from quant_core.inspect import describe
-from quant_core.interop import ExportError, export_gptq
+from quant_core.interop import export_gptq, load_gptq
 from quant_core.output_head import QuantEmbedding
 from quant_core.serialization import load_quantized, save_quantized
 
@@ -57,12 +57,15 @@ def test_quantize_packs_the_head_and_reload_is_bit_exact(tmp_path, head, group, 
     assert ("model.embed_tokens.weight" in header) != tied
 
 
-def test_default_keeps_the_head_float_and_older_configs_load_as_float_heads():
+def test_default_head_is_int8_none_keeps_it_float_and_older_configs_load_as_float_heads():
     model = quantize(tiny(True), QuantConfig(group_size=32), progress=False)
+    assert model.lm_head.weight_dtype == "int8" and "output head: int8, group -1" in describe(model)
+    model = quantize(tiny(True), QuantConfig(group_size=32, head_weight_dtype=None), progress=False)
     assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
     assert "output head: float" in describe(model)
-    old = {k: v for k, v in QuantConfig(head_weight_dtype="int8").to_dict().items() if k != "head_weight_dtype"}
-    assert QuantConfig.from_dict({**old, "version": 2}).head_weight_dtype is None
+    old = {k: v for k, v in QuantConfig().to_dict().items() if k not in ("head_weight_dtype", "version")}
+    assert QuantConfig.from_dict({**old, "version": 2}).head_weight_dtype is None  # saved by an older quantllm
+    assert QuantConfig.from_dict(old).head_weight_dtype == "int8"  # a user's dict: today's defaults
 
 
 def test_head_already_in_the_main_format_is_left_to_it():
@@ -74,6 +77,7 @@ def test_head_already_in_the_main_format_is_left_to_it():
 def test_bad_head_settings_fail_before_quantizing():
     with pytest.raises(ConfigError, match="head_weight_dtype"):
         QuantConfig(head_weight_dtype="int5")
+    assert QuantConfig(head_weight_dtype="none").head_weight_dtype is None  # --option head_weight_dtype=none
     model = tiny(True)
     only_down = ["lm_head", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]  # 128 columns: fits
     with pytest.raises(ConfigError, match="lm_head"):  # the head's 64 input columns: groups of 128 do not fit
@@ -100,8 +104,25 @@ def test_corrupt_embedding_source_is_refused(tmp_path):
         load_quantized(path, verify=False)
 
 
-def test_export_of_a_tied_quantized_head_is_refused_by_name(tmp_path):
-    model = quantize(tiny(True), QuantConfig(group_size=32, head_weight_dtype="int4"), progress=False)
-    with pytest.raises(ExportError, match="head_weight_dtype=None"):  # the file would lack the embedding
-        export_gptq(model, None, tmp_path / "g")
-    assert not (tmp_path / "g").exists()
+@pytest.mark.parametrize("tied", [True, False])
+def test_gptq_export_writes_the_packed_head_as_float(tmp_path, tied):
+    """GPTQ holds one format for every layer: the int8 head (and a tied embedding) go out dequantized."""
+    model = quantize(tiny(tied), QuantConfig(weight_dtype="int4", group_size=32), progress=False)
+    export_gptq(model, None, tmp_path / "g")
+    exported, _ = load_gptq(tmp_path / "g")
+    assert type(exported.lm_head) is torch.nn.Linear and type(exported.model.embed_tokens) is torch.nn.Embedding
+    head = model.lm_head.packed.dequantize(torch.float32)
+    assert torch.equal(exported.lm_head.weight, head)
+    if tied:
+        assert torch.equal(exported.model.embed_tokens.weight, head)
+    assert torch.equal(exported.model.layers[0].mlp.up_proj.qweight, model.model.layers[0].mlp.up_proj.qweight)
+    assert torch.allclose(logits(exported), logits(model), rtol=0, atol=1e-4)
+
+
+def test_tied_embedding_follows_a_replaced_head():
+    """Tied as transformers ties: the embedding reads whatever head the model has now."""
+    model = quantize(tiny(True), QuantConfig(group_size=32), progress=False)
+    float_head = torch.nn.Linear(64, 256, bias=False)
+    model.set_output_embeddings(float_head)
+    ids = torch.tensor([[3, 7, 255]])
+    assert torch.equal(model.model.embed_tokens(ids), float_head.weight.detach()[ids])

@@ -11,7 +11,7 @@ from quant_core.serialization import CheckpointError, WEIGHTS_FILE, load_quantiz
 
 @pytest.fixture
 def saved(tiny_llama, tmp_path):
-    model = quantize(tiny_llama, QuantConfig(weight_dtype="int4", scheme="asym", group_size=48), progress=False)
+    model = quantize(tiny_llama, QuantConfig(weight_dtype="int4", scheme="asym", group_size=48, head_weight_dtype=None), progress=False)
     path = save_quantized(model, None, tmp_path / "q")
     return model, path
 

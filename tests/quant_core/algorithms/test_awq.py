@@ -132,7 +132,7 @@ def test_quantize_with_awq_end_to_end_beats_rtn_on_logits():
         ref = float_model(held_out).logits
     errs = {}
     for algorithm in ("rtn", "awq"):
-        model = quantize(copy.deepcopy(float_model), QuantConfig(algorithm=algorithm, group_size=32),
+        model = quantize(copy.deepcopy(float_model), QuantConfig(algorithm=algorithm, group_size=32, head_weight_dtype=None),
                          calibration=calib, progress=False)
         assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14  # 7 per block, lm_head float
         with torch.no_grad():

@@ -107,8 +107,8 @@ def test_model_gptq_beats_rtn_and_replaces_every_linear(tiny_llama, true_sequent
     ids = torch.cat(_ids())
     with torch.no_grad():
         ref = tiny_llama(ids).logits
-    rtn_model = quantize(copy.deepcopy(tiny_llama), QuantConfig(group_size=32), progress=False)
-    cfg = QuantConfig(algorithm="gptq", group_size=32, true_sequential=true_sequential, act_order=act_order)
+    rtn_model = quantize(copy.deepcopy(tiny_llama), QuantConfig(group_size=32, head_weight_dtype=None), progress=False)
+    cfg = QuantConfig(algorithm="gptq", group_size=32, true_sequential=true_sequential, act_order=act_order, head_weight_dtype=None)
     model = quantize(copy.deepcopy(tiny_llama), cfg, calibration=_ids(), progress=False)
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
     assert not any(type(m) is nn.Linear for n, m in model.named_modules() if n != "lm_head")

@@ -66,7 +66,7 @@ def test_quantize_with_teq_end_to_end_beats_rtn_on_logits():
         ref = float_model(held_out).logits
     errs = {}
     for algorithm, settings in (("rtn", {}), ("teq", {"teq_steps": 40, "teq_lr": 2e-2})):
-        model = quantize(copy.deepcopy(float_model), QuantConfig(algorithm=algorithm, group_size=32, **settings),
+        model = quantize(copy.deepcopy(float_model), QuantConfig(algorithm=algorithm, group_size=32, **settings, head_weight_dtype=None),
                          calibration=calib, progress=False)
         assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
         with torch.no_grad():

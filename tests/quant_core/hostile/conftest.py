@@ -14,7 +14,7 @@ from hostile_helpers import logits_of
 @pytest.fixture(scope="session")
 def saved_ckpt(tmp_path_factory):
     """(path, reference logits) of an asym int4 g32 checkpoint with a tokenizer; do not modify it."""
-    model = quantize(tiny_llama_lm(), QuantConfig(weight_dtype="int4", scheme="asym", group_size=32), progress=False)
+    model = quantize(tiny_llama_lm(), QuantConfig(weight_dtype="int4", scheme="asym", group_size=32, head_weight_dtype=None), progress=False)
     path = save_quantized(model, byte_tokenizer(), tmp_path_factory.mktemp("saved") / "q")
     return path, logits_of(model)
 

@@ -14,7 +14,7 @@ from quant_core.serialization import save_quantized
 
 @pytest.fixture
 def saved_int4(tiny_llama_320, tiny_tokenizer, tmp_path):
-    quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32))
+    quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32, head_weight_dtype=None))
     return save_quantized(tiny_llama_320, tiny_tokenizer, tmp_path / "q"), tiny_llama_320
 
 

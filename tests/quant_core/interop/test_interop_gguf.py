@@ -58,7 +58,7 @@ def test_export_reads_back_exactly_in_transformers_and_packed(tiny_llama_320, ti
     model = tiny_llama_320
     int8 = QuantConfig(weight_dtype="int8", group_size=32)
     quantize(model, QuantConfig(weight_dtype="int4", group_size=32, scheme="sym",
-                                modules_to_not_convert=["lm_head", "layers.0.mlp.down_proj"]))
+                                modules_to_not_convert=["lm_head", "layers.0.mlp.down_proj"], head_weight_dtype=None))
     down = model.model.layers[0].mlp.down_proj
     replace_linear(model, "model.layers.0.mlp.down_proj", rtn(down.weight, int8).pack(int8), None, int8)
     up = model.model.layers[1].mlp.up_proj

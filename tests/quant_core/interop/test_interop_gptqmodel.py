@@ -45,7 +45,7 @@ def assert_same_as_gptqmodel(ours, theirs, ids):
 def test_gptqmodel_loads_our_export(tiny_llama_320, tiny_tokenizer, tmp_path, scheme, act_order, ckpt):
     """(GPTQModel reads asym v1 "gptq" files only from its own quantizer, because older tools
     wrote zero points of 0 wrongly in v1; asym goes to it as gptq_v2.)"""
-    model = quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32, scheme=scheme))
+    model = quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32, scheme=scheme, head_weight_dtype=None))
     if act_order:
         layer = model.model.layers[0].mlp.down_proj
         layer.g_idx = (torch.arange(layer.in_features, dtype=torch.int32) // 32)[

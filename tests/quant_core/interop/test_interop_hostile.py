@@ -46,7 +46,7 @@ def exports(tmp_path_factory):
                                 ("gptq_v1_sym", "sym", lambda m, p: export_gptq(m, None, p)),
                                 ("gptq_v1_asym", "asym", lambda m, p: export_gptq(m, None, p)),
                                 ("gptq_v2_asym", "asym", lambda m, p: export_gptq(m, None, p, "gptq_v2"))):
-        model = quantize(tiny_llama_lm(), QuantConfig(weight_dtype="int4", group_size=32, scheme=scheme), progress=False)
+        model = quantize(tiny_llama_lm(), QuantConfig(weight_dtype="int4", group_size=32, scheme=scheme, head_weight_dtype=None), progress=False)
         write(model, root / name)
         out[name] = (root / name, _logits(model))
     return out
@@ -124,7 +124,7 @@ def test_truncated_gguf_header_is_one_clear_error(tiny_llama_320, tiny_tokenizer
     from quant_core.interop import export_gguf
 
     monkeypatch.setenv("QUANTLLM_CACHE", str(tmp_path / "cache"))
-    quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32), progress=False)
+    quantize(tiny_llama_320, QuantConfig(weight_dtype="int4", group_size=32, head_weight_dtype=None), progress=False)
     gguf_file = export_gguf(tiny_llama_320, tiny_tokenizer, tmp_path / "m.gguf", progress=False)
     data = gguf_file.read_bytes()
     for cut in (3, 30, 2000, len(data) - 10):
