@@ -7,6 +7,8 @@ import sys
 import time
 
 from .errors import QuantllmError  # imports nothing else: --help stays fast
+# Each command imports what it uses inside its function, for the same reason: `quantllm --help`
+# and argument errors answer without importing torch and transformers (seconds on a cold start).
 
 EPILOG = """examples:
   quantllm quantize --weight-dtype int4 --group-size 64 --scheme asym -o out/smollm2-int4
