@@ -17,7 +17,7 @@ import torch
 
 from ..formats import pack_codes
 from ..packed import PackedWeight
-from ..primitives import default_g_idx
+from ..primitives import default_g_idx, per_channel
 
 BLOCK = 32  # input columns per SIMD block; group sizes must be whole blocks
 KIND_NIBBLES, KIND_CODEBOOK, KIND_BYTES = 0, 1, 2  # csrc/layer.h: Kind
@@ -105,7 +105,7 @@ def stack_rows(weights: list[CpuWeight]) -> CpuWeight:
 
 
 def group_size_reason(group_size: int) -> str | None:
-    if group_size == -1 or (group_size > 0 and group_size % BLOCK == 0):
+    if per_channel(group_size) or group_size % BLOCK == 0:
         return None
     return f"group_size {group_size} is not -1 or a multiple of {BLOCK}"
 
@@ -147,7 +147,7 @@ def repack(packed: PackedWeight, rows_per_tile: int) -> CpuWeight:
         qweight = pack_codes(codes, bits)
     scales = packed.scales.float()
     cols_per_word = 32 // bits
-    wpg = (kp if packed.group_size == -1 else packed.group_size) // cols_per_word
+    wpg = (kp if per_channel(packed.group_size) else packed.group_size) // cols_per_word
     lut = None
     if fmt.is_codebook:
         lut = torch.zeros(16)

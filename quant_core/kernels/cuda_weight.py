@@ -14,6 +14,7 @@ import torch
 from ..formats import WeightFormat
 from ..packed import PackedWeight
 from .cuda_layout import act_order_permutation, codebook_tables, shuffle_codes, shuffle_groups
+from ..primitives import group_width
 
 
 def layout_kind(fmt: WeightFormat) -> str | None:
@@ -25,7 +26,7 @@ def layout_kind(fmt: WeightFormat) -> str | None:
 
 def effective_group(group_size: int, in_features: int) -> int:
     """Rows per scale group as the kernel sees it: per-channel is one group of all K rows."""
-    return in_features if group_size <= 0 or group_size >= in_features else group_size
+    return min(group_width(in_features, group_size), in_features)
 
 
 def group_reason(group_size: int, in_features: int) -> str | None:

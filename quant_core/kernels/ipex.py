@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import cpu_features
 from .base import Kernel, LayerSpec
+from ..primitives import per_channel
 
 # Our weight dtype -> IPEX's WoqWeightDtype member name.
 WEIGHT_DTYPES = {"int8": "INT8", "int4_fullrange": "INT4", "int4_clip": "INT4", "nf4": "NF4"}
@@ -61,7 +62,7 @@ class IpexKernel(Kernel):
             return False, f"no IPEX lowp mode for compute_dtype {spec.compute_dtype}"
         if spec.zero_mode == "min":
             return False, "float group minimums (GGUF Q4_1 style) have no IPEX form"
-        if spec.group_size != -1 and spec.in_features % spec.group_size:
+        if not per_channel(spec.group_size) and spec.in_features % spec.group_size:
             return False, "IPEX needs in_features to be a multiple of group_size"
         if spec.in_features % 8:
             return False, "IPEX's packed int4 rows need in_features to be a multiple of 8"

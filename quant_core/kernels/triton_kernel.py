@@ -21,6 +21,7 @@ from .triton_gemv import gemv_kernel
 from .triton_jit import interpreting
 from .triton_layout import SUPPORTED_BITS, repack
 from .triton_tuning import CACHE, Config, gemm_candidates, gemv_candidates, rows_bucket
+from ..primitives import per_channel
 
 # Measured on an H100 (benchmarks/results/gpu_speed.md): the GEMV at M=4 (rows as a grid axis,
 # each row's programs re-reading the weight) took 1.1-2.3x the GEMM's time at M=16, on every
@@ -55,7 +56,7 @@ class TritonKernel(Kernel):
             return False, (f"compute_dtype {spec.compute_dtype!r} (quantized activations) is not "
                            f"implemented in Triton; use bf16/fp16/fp32")
         per_word = 32 // spec.bits
-        if spec.group_size > 0 and spec.group_size % per_word:
+        if not per_channel(spec.group_size) and spec.group_size % per_word:
             return False, (f"group_size {spec.group_size} splits the {per_word} codes of a 32-bit word "
                            f"between groups; use a multiple of {per_word}")
         if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 0):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..packed import PackedWeight
+from ..primitives import group_width
 
 SUPPORTED_BITS = (2, 4, 8)
 # zero_mode of PackedWeight -> the kernels' ZMODE constant
@@ -63,7 +64,7 @@ def repack(packed: PackedWeight) -> TritonWeight:
     if pad:
         rows = torch.nn.functional.pad(rows, (0, pad))
     words = rows.view(torch.int32)  # little-endian bytes -> words, code j at bit j*bits
-    group_cols = k if packed.group_size <= 0 else packed.group_size
+    group_cols = group_width(k, packed.group_size)
     lut = packed.fmt.codebook(torch.float32, rows.device) if packed.fmt.is_codebook else None
     return TritonWeight(
         qweight=words.t().contiguous(),
