@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules: rep
 import report  # noqa: E402
 from cpu_speed_report import NAME, write_report  # noqa: E402
 from cpu_speed_threads import threads_sweep  # noqa: E402
+from random_weights import random_packed  # noqa: E402
 
 ROWS = {  # name -> QuantConfig kwargs (None: a float dtype); the output head stays float in these rows
     "fp32": None, "bf16": None,
@@ -65,19 +66,6 @@ def median_time(fn, repeats):
 
 
 # ---------------------------------------------------------------- model construction (child side)
-def random_packed(fmt_name, k, n, group_size, sym, gen):
-    import torch
-    from quant_core.formats import get_format
-    from quant_core.packed import PackedWeight
-    from quant_core.primitives import n_groups
-    fmt = get_format(fmt_name)
-    g = n_groups(k, group_size)
-    qweight = torch.randint(0, 256, (n, fmt.packed_row_bytes(k)), dtype=torch.uint8, generator=gen)
-    scales = (torch.rand(n, g, generator=gen) * 0.01 + 0.002).to(torch.float16)
-    zeros = None if sym else torch.randint(6, 10, (n, g), dtype=torch.uint8, generator=gen)
-    return PackedWeight(fmt, k, n, group_size, qweight, scales, zeros)
-
-
 def synthetic_llama(row):
     """TinyLlama-shaped model with random weights; quantized rows never hold float linear weights."""
     import torch

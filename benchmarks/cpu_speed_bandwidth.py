@@ -35,7 +35,7 @@ def read_bandwidth(repeats: int) -> float:
 
 def kernel_bandwidth(kernel_name: str, fmt: str, group_size: int, compute: str, k: int, n: int, cache_bytes: int,
                      repeats: int) -> float:
-    from cpu_speed import random_packed  # noqa: E402  (sibling module)
+    from random_weights import random_packed  # noqa: E402  (sibling module)
     from quant_core.kernels.base import LayerSpec
     from quant_core.kernels.registry import load_kernel_class
 
