@@ -94,7 +94,7 @@ def langchain_table(lc):
     if not lc or "error" in lc:
         return [f"LangChain run failed: {lc['error']}" if lc else "Not measured yet (a run without --no-langchain)."]
     lines = ["| provider | chain.batch tok/s | single prompt: first chunk s | whole answer s |", "|---|---|---|---|"]
-    for name, r in (("QuantLLM (int4 g128, batch_size 16)", lc["quantllm"]), ("LangChain LlamaCpp", lc["llamacpp"])):
+    for name, r in (("QuantLLM (int4 g128, default int8 head, batch_size 16)", lc["quantllm"]), ("LangChain LlamaCpp", lc["llamacpp"])):
         lines.append(f"| {name} | {r['batch_tok_s']:.1f} | {r['first_chunk_s']:.3f} | {r['single_prompt_s']:.3f} |")
     lines += ["", f"Run {lc.get('run', '?')}. QuantLLM chain.batch outputs identical to its invoke loop: "
                   f"**{lc['quantllm'].get('batch_equals_invoke_loop')}**"]
