@@ -4,7 +4,9 @@ It takes a (quantized or float) transformers model and its tokenizer and runs a
 batch of prompts together: prompts are left-padded, and every decoding step is
 ONE forward pass for the whole batch (decoder-only and encoder-decoder models).
 It applies the sampling settings, cuts text before stop strings, stops as soon as
-every row is done, counts tokens and streams text deltas.
+every row is done, counts tokens and streams text deltas. A row may carry a ``Constraint``
+(quant_core.constrained: a JSON schema, regex or grammar); its disallowed tokens are masked
+before each pick, and rows with and without constraints share one batch.
 
 Decoder-only models on CPU decode with quant_core.decode's lean step (no transformers modules per
 token) where it fits, else through transformers' modules over a static or dynamic cache
@@ -25,8 +27,9 @@ from typing import Iterator
 
 import torch
 
+from .constrained import BatchMask, Constraint, grammars_for
 from .cpu_threads import check_threads, physical_cores, torch_threads
-from .engine_rows import Row, choose_next_tokens, device_of, eos_ids, first_not_none
+from .engine_rows import Row, choose_next_tokens, device_of, eos_ids, first_not_none, logits_width
 from .engine_steppers import DynamicStepper, Seq2SeqStepper, StaticStepper
 from .engine_types import GenerationOutput, GenerationParams
 from .errors import ConfigError
@@ -38,8 +41,8 @@ DECODE_STEPS = {"auto": None, "lean": True, "transformers": False}  # -> make_de
 
 
 class _Request:
-    def __init__(self, encoded: list[list[int]], params: GenerationParams):
-        self.encoded, self.params = encoded, params
+    def __init__(self, encoded: list[list[int]], params: GenerationParams, constraints: list[Constraint | None]):
+        self.encoded, self.params, self.constraints = encoded, params, constraints
         self.outputs: list[GenerationOutput] | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -125,9 +128,10 @@ class GenerationEngine:
         return bool(self.chat_template or getattr(self.tokenizer, "chat_template", None))
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True,
-                    chat_template: str | None = None) -> str:
+                    chat_template: str | None = None, tools: list[dict] | None = None) -> str:
         """Messages ``[{"role": ..., "content": ...}]`` -> prompt text, through ``chat_template`` when given
-        (one caller's own, so wrappers sharing this engine need not agree), else the engine's or tokenizer's."""
+        (one caller's own, so wrappers sharing this engine need not agree), else the engine's or tokenizer's.
+        ``tools`` (OpenAI-style tool dicts) go to the template, which may or may not render them."""
         chat_template = chat_template or self.chat_template
         if not (chat_template or self.has_chat_template):
             raise ConfigError(f"{type(self.tokenizer).__name__} of this model has no chat template; "
@@ -135,13 +139,27 @@ class GenerationEngine:
                               "tokenizer_config.json) or use plain-text generation instead")
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise TypeError("messages must be a list of dicts with 'role' and 'content'")
+        extra = {"tools": tools} if tools else {}
         return self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template,
-                                                  add_generation_prompt=add_generation_prompt)
+                                                  add_generation_prompt=add_generation_prompt, **extra)
 
-    def generate(self, prompts: list[str], params: GenerationParams | None = None) -> list[GenerationOutput]:
-        """One output per prompt, in order. Batches of up to ``max_batch_size`` run together."""
+    def template_renders_tools(self, chat_template: str | None = None) -> bool:
+        """Whether the chat template shows ``tools=`` to the model (a probe tool's name appears in the prompt)."""
+        probe = "quantllm_probe_tool_7f3a"
+        tool = {"type": "function", "function": {"name": probe, "description": "probe",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        try:
+            text = self.render_chat([{"role": "user", "content": "hi"}], chat_template=chat_template, tools=[tool])
+        except Exception:  # a template that cannot take tools at all (jinja errors vary): it does not render them
+            return False
+        return probe in text
+
+    def generate(self, prompts: list[str], params: GenerationParams | None = None,
+                 constraints: Constraint | list[Constraint | None] | None = None) -> list[GenerationOutput]:
+        """One output per prompt, in order. Batches of up to ``max_batch_size`` run together.
+        ``constraints``: one Constraint for every prompt, or one (or None) per prompt."""
         params, encoded = self._prepare(prompts, params)
-        request = _Request(encoded, params)
+        request = _Request(encoded, params, self._check_constraints(constraints, len(prompts)))
         with self._queue_lock:
             self._pending.append(request)
         with self._leader_lock:
@@ -151,21 +169,23 @@ class GenerationEngine:
             raise request.error
         return request.outputs
 
-    def stream(self, prompt: str, params: GenerationParams | None = None) -> Iterator[str]:
+    def stream(self, prompt: str, params: GenerationParams | None = None,
+               constraint: Constraint | None = None) -> Iterator[str]:
         """Text deltas of one prompt's completion as they are decoded (stop strings never leak)."""
-        for delta, _ in self.stream_with_output(prompt, params):
+        for delta, _ in self.stream_with_output(prompt, params, constraint):
             if delta:
                 yield delta
 
-    def stream_with_output(self, prompt: str, params: GenerationParams | None = None
-                           ) -> Iterator[tuple[str, GenerationOutput | None]]:
+    def stream_with_output(self, prompt: str, params: GenerationParams | None = None,
+                           constraint: Constraint | None = None) -> Iterator[tuple[str, GenerationOutput | None]]:
         """Like ``stream``, as ``(delta, None)`` pairs, then ``("", output)`` with the finish reason and
         token counts once the completion is done (for wrappers that report usage)."""
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a string, not {type(prompt).__name__}")
         params, encoded = self._prepare([prompt], params)
+        constraints = self._check_constraints(constraint, 1)
         sent, rows = "", None
-        for rows in self._decode(encoded, params):
+        for rows in self._decode(encoded, params, constraints):
             text = rows[0].streamable_text()
             if text.startswith(sent) and len(text) > len(sent):
                 yield text[len(sent):], None
@@ -209,6 +229,25 @@ class GenerationEngine:
                                   f"{self.context_window}: shorten the prompt")
         return params, encoded
 
+    def _check_constraints(self, constraints, count: int) -> list[Constraint | None]:
+        """One Constraint or None per prompt, each compiled now (cached), so a bad one fails before any work."""
+        if constraints is None or isinstance(constraints, Constraint):
+            constraints = [constraints] * count
+        if not isinstance(constraints, (list, tuple)) or len(constraints) != count:
+            raise ConfigError(f"constraints must be one Constraint or a list of {count} (one per prompt, None for none)")
+        for c in constraints:
+            if c is not None and not isinstance(c, Constraint):
+                raise TypeError(f"constraints must be quant_core.constrained.Constraint objects, not {type(c).__name__}")
+        for c in dict.fromkeys(c for c in constraints if c is not None):
+            self._grammars().matcher(c)
+        return list(constraints)
+
+    def _grammars(self):
+        """This engine's tokenizer compiled for constrained decoding (once per tokenizer, then cached)."""
+        eos = self.tokenizer.eos_token_id
+        return grammars_for(self.tokenizer, logits_width(self.model, self.tokenizer),
+                            eos if eos in self.eos_ids else min(self.eos_ids, default=eos))
+
     def _encode(self, prompt: str) -> list[int]:
         bos = self.tokenizer.bos_token
         # A rendered chat template already starts with BOS: do not add a second one.
@@ -234,10 +273,11 @@ class GenerationEngine:
     def _run_group(self, group: list[_Request]) -> None:
         try:
             encoded = [e for r in group for e in r.encoded]
+            constraints = [c for r in group for c in r.constraints]
             outputs = []
             for start in range(0, len(encoded), self.max_batch_size):
-                rows = None
-                for rows in self._decode(encoded[start:start + self.max_batch_size], group[0].params):
+                rows, end = None, start + self.max_batch_size
+                for rows in self._decode(encoded[start:end], group[0].params, constraints[start:end]):
                     pass
                 outputs.extend(row.output() for row in rows)
             for r in group:
@@ -250,7 +290,8 @@ class GenerationEngine:
             for r in group:
                 r.done = True
 
-    def _decode(self, encoded: list[list[int]], params: GenerationParams) -> Iterator[list[Row]]:
+    def _decode(self, encoded: list[list[int]], params: GenerationParams,
+                constraints: list[Constraint | None]) -> Iterator[list[Row]]:
         """Run one batch; yields the rows after every step (one forward pass per step)."""
         device = device_of(self.model)
         window = None if self.is_encoder_decoder else self.context_window
@@ -269,11 +310,18 @@ class GenerationEngine:
             logits = stepper.first()
         history = stepper.history
         history_mask = torch.ones_like(history) if self.is_encoder_decoder else mask
+        masks = self._batch_mask(constraints)
         while True:
+            before = [row.finished for row in rows]
             with torch.no_grad():
+                if masks is not None:
+                    logits = masks.apply(logits, before)
                 tokens = choose_next_tokens(logits, history, history_mask, params, generator)
+            picked = tokens.tolist()
+            if masks is not None:
+                masks.advance(picked, before)
             finished = []
-            for row, token in zip(rows, tokens.tolist()):
+            for row, token in zip(rows, picked):
                 if not row.finished:
                     row.add(token, token in self.eos_ids or token in params.stop_token_ids)
                 finished.append(row.finished)
@@ -286,6 +334,13 @@ class GenerationEngine:
             history_mask = torch.cat([history_mask, (~done).long()[:, None]], 1)
             with self._forward_lock, torch_threads(self.n_threads), torch.no_grad():
                 logits = stepper.next(tokens)
+
+    def _batch_mask(self, constraints: list[Constraint | None]) -> BatchMask | None:
+        if not any(constraints):
+            return None
+        grammars = self._grammars()
+        matchers = [None if c is None else grammars.matcher(c) for c in constraints]
+        return BatchMask(matchers, grammars.vocab_size, grammars.eos_id)
 
     def _stepper(self, input_ids, mask, max_len: int):
         if self.is_encoder_decoder:

@@ -121,3 +121,12 @@ def decoder_start_id(model) -> int:
         if value is not None:
             return value
     return model.config.pad_token_id
+
+
+def logits_width(model, tokenizer) -> int:
+    """How many logits a step yields (the output embedding's rows; padded vocabularies exceed the tokenizer's)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(getattr(model.config, "vocab_size", None) or len(tokenizer))

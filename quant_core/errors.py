@@ -59,3 +59,7 @@ class BuildError(QuantllmError, RuntimeError):
 
 class OutputExistsError(QuantllmError, FileExistsError):
     """An output path exists and may not be replaced (no overwrite, or it is not ours to replace)."""
+
+
+class MissingExtraError(QuantllmError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra."""
