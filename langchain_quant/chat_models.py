@@ -1,24 +1,28 @@
 """ChatQuant: a LangChain chat model over a weight-only quantized model, through its chat template."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Iterator
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from quant_core.auto import as_quant_config
+from quant_core.constrained import require_library
 from quant_core.cpu_threads import check_threads
 from quant_core.engine import GenerationEngine, GenerationOutput, GenerationParams
-from quant_core.errors import ConfigError
 from quant_core.load_options import loading_options
 
+from .chat_plan import CALL_KEYS, ChatPlan, ToolCallStream, has_tool_turns, plan_call
 from .llms import DEFAULT_MODEL_NAME, QuantLLM
-
-_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+from .structured import structured_output
+from .tools import BUILTIN, TEMPLATE, normalize_tool_choice, tool_call_constraint, tool_specs
 
 
 class ChatQuant(BaseChatModel):
@@ -26,8 +30,9 @@ class ChatQuant(BaseChatModel):
 
     ``ChatQuant(model="path/or/id", quantization_config=QuantConfig(...))``, or
     ``ChatQuant(llm=QuantLLM(...))`` to share an existing QuantLLM's model. Messages go through
-    the tokenizer's chat template (or ``chat_template``); tool calling, structured output and
-    non-text content are not supported.
+    the tokenizer's chat template (or ``chat_template``). ``bind_tools`` and ``with_structured_output``
+    constrain the reply with a grammar (the ``structured`` extra, llguidance), so a forced tool call or a
+    structured reply is always valid; see ``langchain_quant.tools`` for the formats. Text content only.
     """
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
 
@@ -77,6 +82,7 @@ class ChatQuant(BaseChatModel):
     """Not used: a local model needs no key (accepted so code written for hosted models runs unchanged)."""
 
     _engine: Any = PrivateAttr(default=None)
+    _tool_format: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> "ChatQuant":
@@ -98,10 +104,42 @@ class ChatQuant(BaseChatModel):
             self._engine.n_threads = self.n_threads or self._engine.n_threads
         return self._engine
 
-    def render(self, messages: list[BaseMessage]) -> str:
-        """LangChain messages -> the prompt text the model sees."""
-        return self.get_engine().render_chat([_as_dict(m) for m in messages], add_generation_prompt=True,
-                                             chat_template=self.chat_template)
+    def render(self, messages: list[BaseMessage], **call: Any) -> str:
+        """LangChain messages (and a call's ``tools``/``tool_choice``/``response_format``) -> the prompt text."""
+        return self._plan(messages, call).prompt
+
+    def tool_format(self):
+        """``TEMPLATE`` if the chat template renders ``tools=``, else ``BUILTIN`` (langchain_quant.tools)."""
+        if self._tool_format is None:
+            renders = self.get_engine().template_renders_tools(self.chat_template)
+            self._tool_format = TEMPLATE if renders else BUILTIN
+        return self._tool_format
+
+    # ---- tools and structured output ----------------------------------------------------
+    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
+                   tool_choice: str | bool | dict | None = None, parallel_tool_calls: bool | None = None,
+                   **kwargs: Any) -> Runnable:
+        """Bind tools (Pydantic classes, functions, ``@tool``s, OpenAI dicts). ``tool_choice``: "auto" (default:
+        text or calls), "any" (at least one call), a tool's name (calls of it), "none" (no tools shown).
+        ``parallel_tool_calls=False`` allows one call per reply. Every argument is checked here, before
+        any model is loaded."""
+        specs = tool_specs(tools)
+        choice = normalize_tool_choice(tool_choice, [s["function"]["name"] for s in specs])
+        if choice != "none":
+            require_library()
+            tool_call_constraint(specs, choice, BUILTIN).check()
+            tool_call_constraint(specs, choice, TEMPLATE).check()
+        if parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = bool(parallel_tool_calls)
+        return self.bind(tools=specs, tool_choice=choice, **kwargs)
+
+    def with_structured_output(self, schema: dict | type | None = None, *, method: str = "json_schema",
+                               include_raw: bool = False, strict: bool | None = None, **kwargs: Any) -> Runnable:
+        """Replies parsed into ``schema`` (Pydantic class -> instance; TypedDict or JSON schema -> dict).
+        ``method``: "json_schema" (the reply is constrained to the schema), "function_calling" (a forced,
+        constrained call of the schema as a tool) or "json_mode" (any JSON object; ask for JSON in the prompt).
+        ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``."""
+        return structured_output(self, schema, method=method, include_raw=include_raw, strict=strict, **kwargs)
 
     # ---- token counting with the model's own tokenizer (LangChain's default fetches GPT-2's) ----
     def get_token_ids(self, text: str) -> list[int]:
@@ -111,11 +149,9 @@ class ChatQuant(BaseChatModel):
         return list(self.get_engine().tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Any = None) -> int:
-        """The exact prompt length of ``messages``: their chat-template rendering, in the model's tokens
-        (what ``usage_metadata["input_tokens"]`` of the reply will say)."""
-        if tools:
-            raise ConfigError("counting tokens with tools is not supported: ChatQuant renders no tool definitions")
-        return self.get_engine().prompt_tokens(self.render(messages))
+        """The exact prompt length of ``messages`` (with ``tools`` shown as a call with them shows them):
+        their chat-template rendering, in the model's tokens (what ``usage_metadata["input_tokens"]`` says)."""
+        return self.get_engine().prompt_tokens(self.render(messages, tools=tools) if tools else self.render(messages))
 
     # ---- LangChain's chat model interface ----------------------------------------------
     @property
@@ -137,23 +173,33 @@ class ChatQuant(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        call = {key: kwargs.pop(key) for key in CALL_KEYS if key in kwargs}
         params = self._defaults(kwargs, stop)
-        prompt = self.render(messages)
-        out = self.get_engine().generate([prompt], params)[0]
-        message = AIMessage(content=out.text, usage_metadata=_usage(out),
-                            response_metadata=self._metadata(out))
+        plan = self._plan(messages, call)
+        out = self.get_engine().generate([plan.prompt], params, [plan.constraint])[0]
+        message = plan.message(out.text, usage_metadata=_usage(out), response_metadata=self._metadata(out))
         return ChatResult(generations=[ChatGeneration(message=message,
                                                       generation_info={"finish_reason": out.finish_reason})],
                           llm_output={"model_name": self._name(), "token_usage": _usage(out)})
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        call = {key: kwargs.pop(key) for key in CALL_KEYS if key in kwargs}
         params = self._defaults(kwargs, stop)
-        prompt = self.render(messages)
-        for delta, final in self.get_engine().stream_with_output(prompt, params):
+        plan = self._plan(messages, call)
+        calls = ToolCallStream(plan.tool_names) if plan.tool_names else None
+        text = ""
+        for delta, final in self.get_engine().stream_with_output(plan.prompt, params, plan.constraint):
+            text += delta
+            if calls is not None and final is None:
+                delta = calls.feed(text)
             if final is None:
+                if not delta:
+                    continue
                 chunk = ChatGenerationChunk(message=AIMessageChunk(content=delta))
             else:
+                if calls is not None:
+                    yield ChatGenerationChunk(message=calls.finish(text))
                 chunk = ChatGenerationChunk(
                     message=AIMessageChunk(content="", usage_metadata=_usage(final), chunk_position="last",
                                            response_metadata=self._metadata(final)),
@@ -163,6 +209,10 @@ class ChatQuant(BaseChatModel):
             yield chunk
 
     # ---- helpers -------------------------------------------------------------------------
+    def _plan(self, messages: list[BaseMessage], call: dict[str, Any]) -> ChatPlan:
+        fmt = self.tool_format() if call.get("tools") or has_tool_turns(messages) else BUILTIN
+        return plan_call(self.get_engine(), messages, call, self.chat_template, fmt)
+
     def _name(self) -> str:
         if self.llm is not None:
             return self.llm.model_id or DEFAULT_MODEL_NAME
@@ -184,23 +234,3 @@ def _usage(out: GenerationOutput) -> UsageMetadata:
     """The engine's token counts under LangChain's names."""
     return UsageMetadata(input_tokens=out.prompt_tokens, output_tokens=out.completion_tokens,
                          total_tokens=out.total_tokens)
-
-
-def _as_dict(message: BaseMessage) -> dict[str, str]:
-    role = getattr(message, "role", None) or _ROLES.get(message.type)
-    if role is None:
-        raise ConfigError(f"message type {message.type!r} has no chat role; use system, human or ai messages")
-    content = message.content
-    if isinstance(content, list):
-        parts = []
-        for block in content:
-            if isinstance(block, str):
-                parts.append(block)
-            elif isinstance(block, dict) and block.get("type") == "text":
-                parts.append(block.get("text", ""))
-            else:
-                kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-                raise ConfigError(f"ChatQuant handles text only; a message holds a {kind!r} block "
-                                  f"(images, audio, files and tool calls are not supported)")
-        content = "".join(parts)
-    return {"role": role, "content": content}

@@ -11,6 +11,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from quant_core.auto import as_quant_config, check_task, engine_for_model, engine_for_source, task_prefix
+from quant_core.constrained import Constraint
 from quant_core.cpu_threads import check_threads
 from quant_core.engine import GenerationOutput, GenerationParams
 from quant_core.errors import ConfigError
@@ -64,6 +65,11 @@ class QuantLLM(BaseLLM):
     (``on_llm_new_token``); prompts then run one at a time."""
     engine: Any = Field(default=None, exclude=True)
     """A ``quant_core.engine.GenerationEngine`` to use directly (built from the model otherwise)."""
+    grammar: str | None = None
+    """A grammar every completion must follow: GBNF (llama.cpp's, as ``LlamaCpp(grammar=...)``) or Lark
+    (llguidance's); needs the ``structured`` extra. Also per call: ``invoke(prompt, grammar=...)``."""
+    json_schema: dict | str | None = None
+    """A JSON schema every completion must follow (dict or JSON text); also per call (``json_schema=``)."""
 
     _engine: Any = PrivateAttr(default=None)
 
@@ -83,6 +89,7 @@ class QuantLLM(BaseLLM):
         if given and (self.engine is not None or self.pipeline is not None):
             raise ConfigError(f"{' and '.join(given)} apply when QuantLLM loads the model (from_model_id); this one "
                               f"wraps a model already loaded (engine= or pipeline=): load it with them instead")
+        _constraint(self, {})  # as does a grammar or schema that cannot compile
         if self.engine is not None:
             self._engine = self.engine
             self._engine.n_threads = self.n_threads or self._engine.n_threads
@@ -176,12 +183,13 @@ class QuantLLM(BaseLLM):
             raise ConfigError("no prompts were given: pass at least one prompt")
         if self.streaming:
             return self._generate_by_streaming(prompts, stop, run_manager, **kwargs)
+        constraint = _constraint(self, kwargs)
         shape, layers = split_output_settings(self.pipeline_kwargs, _call_settings(kwargs))
         params = GenerationParams.from_kwargs(*layers, stop=stop)
         shape.check(params, self.task)
         prefix = task_prefix(self.get_engine().model, self.task)
         per_prompt = generate_sequences(self.get_engine(), [prefix + p for p in prompts], params, shape,
-                                        self.batch_size)
+                                        self.batch_size, constraint)
         generations = [[Generation(text=shown_text(p, o, shape), generation_info=_info(o)) for o in outs]
                        for p, outs in zip(prompts, per_prompt)]
         llm_output = {"token_usage": GenerationOutput.total_usage(o for outs in per_prompt for o in outs),
@@ -201,13 +209,14 @@ class QuantLLM(BaseLLM):
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
+        constraint = _constraint(self, kwargs)
         shape, layers = split_output_settings(self.pipeline_kwargs, _call_settings(kwargs))
         params = GenerationParams.from_kwargs(*layers, stop=stop)
         shape.check(params, self.task, streaming=True)
         if shape.return_full_text:
             yield GenerationChunk(text=prompt)
         prompt = task_prefix(self.get_engine().model, self.task) + prompt
-        for delta, final in self.get_engine().stream_with_output(prompt, params):
+        for delta, final in self.get_engine().stream_with_output(prompt, params, constraint):
             chunk = GenerationChunk(text=delta, generation_info=_info(final) if final else None)
             if run_manager and delta:
                 run_manager.on_llm_new_token(delta, chunk=chunk)
@@ -219,6 +228,16 @@ def _call_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     settings = dict(kwargs)
     settings.update(settings.pop("pipeline_kwargs", None) or {})
     return settings
+
+
+def _constraint(llm: QuantLLM, kwargs: dict[str, Any]) -> Constraint | None:
+    """The call's ``grammar=``/``json_schema=`` (popped from ``kwargs``), else the fields; checked now."""
+    grammar, schema = kwargs.pop("grammar", llm.grammar), kwargs.pop("json_schema", llm.json_schema)
+    if grammar is not None and schema is not None:
+        raise ConfigError("give a grammar or a json_schema, not both")
+    if grammar is not None:
+        return Constraint.grammar(grammar).check()
+    return None if schema is None else Constraint.json_schema(schema).check()
 
 
 def _info(output: GenerationOutput) -> dict[str, Any]:

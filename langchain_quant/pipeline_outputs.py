@@ -58,15 +58,17 @@ def split_output_settings(*layers: dict[str, Any] | None) -> tuple[OutputShape, 
 
 
 def generate_sequences(engine: GenerationEngine, prompts: list[str], params: GenerationParams,
-                       shape: OutputShape, batch_size: int) -> list[list[GenerationOutput]]:
+                       shape: OutputShape, batch_size: int, constraint=None) -> list[list[GenerationOutput]]:
     """``shape.num_return_sequences`` outputs per prompt, ``batch_size`` rows per batched generation.
-    With a seed, sequence ``i`` samples with ``seed + i`` (reproducible, and not all the same)."""
+    With a seed, sequence ``i`` samples with ``seed + i`` (reproducible, and not all the same).
+    ``constraint``: a quant_core.constrained.Constraint every output follows (or None)."""
     n = shape.num_return_sequences
     if params.seed is None or n == 1:
         rows = [p for p in prompts for _ in range(n)]
-        flat = _in_batches(engine, rows, params, batch_size)
+        flat = _in_batches(engine, rows, params, batch_size, constraint)
     else:
-        per_seed = [_in_batches(engine, prompts, _with_seed(params, params.seed + i), batch_size) for i in range(n)]
+        per_seed = [_in_batches(engine, prompts, _with_seed(params, params.seed + i), batch_size, constraint)
+                    for i in range(n)]
         flat = [per_seed[i][j] for j in range(len(prompts)) for i in range(n)]
     return [flat[j * n:(j + 1) * n] for j in range(len(prompts))]
 
@@ -75,10 +77,11 @@ def shown_text(prompt: str, output: GenerationOutput, shape: OutputShape) -> str
     return prompt + output.text if shape.return_full_text else output.text
 
 
-def _in_batches(engine, prompts: list[str], params: GenerationParams, batch_size: int) -> list[GenerationOutput]:
+def _in_batches(engine, prompts: list[str], params: GenerationParams, batch_size: int,
+                constraint=None) -> list[GenerationOutput]:
     outputs: list[GenerationOutput] = []
     for start in range(0, len(prompts), batch_size):
-        outputs.extend(engine.generate(prompts[start:start + batch_size], params))
+        outputs.extend(engine.generate(prompts[start:start + batch_size], params, constraint))
     return outputs
 
 

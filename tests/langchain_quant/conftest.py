@@ -4,27 +4,18 @@ import os
 
 import pytest
 
-TOOLS = "ChatQuant does not implement tool calling (bind_tools raises NotImplementedError)"
-STRUCTURED = "ChatQuant does not implement structured output or JSON mode (they need tool calling)"
 MEDIA = "ChatQuant is text-only: image, audio and PDF content blocks are refused with a ValueError"
 
 EXPECTED_FAILURES = {
-    "test_tool_calling": TOOLS, "test_tool_calling_async": TOOLS, "test_bind_runnables_as_tools": TOOLS,
-    "test_tool_message_histories_string_content": TOOLS, "test_tool_message_histories_list_content": TOOLS,
-    "test_tool_choice": TOOLS, "test_tool_calling_with_no_arguments": TOOLS,
-    "test_tool_message_error_status": TOOLS, "test_agent_loop": TOOLS, "test_unicode_tool_call_integration": TOOLS,
-    "test_structured_few_shot_examples": TOOLS,
-    "test_structured_output": STRUCTURED, "test_structured_output_async": STRUCTURED,
-    "test_structured_output_pydantic_2_v1": STRUCTURED, "test_structured_output_optional_param": STRUCTURED,
-    "test_json_mode": STRUCTURED,
     "test_pdf_inputs": MEDIA, "test_audio_inputs": MEDIA, "test_image_inputs": MEDIA,
     "test_image_tool_message": MEDIA, "test_pdf_tool_message": MEDIA, "test_anthropic_inputs": MEDIA,
 }
 
-# Run in CI (about a quarter of the suite's generations): one test per entry point of the model.
+# Run in CI: one test per entry point of the model, and the tool-calling and structured-output ones.
 CI_SUBSET = {
     "test_invoke", "test_ainvoke", "test_stream", "test_batch", "test_conversation",
     "test_usage_metadata", "test_usage_metadata_streaming", "test_stop_sequence",
+    "test_tool_calling", "test_tool_choice", "test_structured_output", "test_json_mode", "test_agent_loop",
 } | set(EXPECTED_FAILURES)  # the expected failures are refused before any generation: cheap
 
 FULL = os.environ.get("QUANTLLM_FULL_STANDARD_SUITE") == "1"

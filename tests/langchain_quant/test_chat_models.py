@@ -2,15 +2,10 @@
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_tests.unit_tests import ChatModelUnitTests
-from langchain_tests.unit_tests.chat_models import TEST_PYDANTIC_MODELS
 
 from langchain_quant import ChatQuant, QuantLLM
 from quant_core.engine import GenerationEngine, GenerationParams
 from quant_core.testing import CHATML_TEMPLATE, byte_tokenizer, tiny_llama_lm
-
-NO_TOOLS = "ChatQuant does not implement tool calling (bind_tools raises NotImplementedError)"
-NO_STRUCTURED = "ChatQuant does not implement structured output (it needs tool calling or JSON mode)"
-
 
 class TestChatQuantStandardUnit(ChatModelUnitTests):
     @property
@@ -21,7 +16,6 @@ class TestChatQuantStandardUnit(ChatModelUnitTests):
     def chat_model_params(self):
         return {"model": "path/loaded/on/first/call"}  # construction is lazy: nothing is loaded here
 
-    # Unsupported features are declared supported so their standard tests run and fail visibly.
     @property
     def has_tool_calling(self):
         return True
@@ -29,15 +23,6 @@ class TestChatQuantStandardUnit(ChatModelUnitTests):
     @property
     def has_structured_output(self):
         return True
-
-    @pytest.mark.xfail(reason=NO_TOOLS, raises=NotImplementedError, strict=True)
-    def test_bind_tool_pydantic(self, model, my_adder_tool):
-        super().test_bind_tool_pydantic(model, my_adder_tool)
-
-    @pytest.mark.xfail(reason=NO_STRUCTURED, raises=NotImplementedError, strict=True)
-    @pytest.mark.parametrize("schema", TEST_PYDANTIC_MODELS)
-    def test_with_structured_output(self, model, schema):
-        super().test_with_structured_output(model, schema)
 
 
 @pytest.fixture(scope="module")
