@@ -234,10 +234,12 @@ class GenerationEngine:
         if constraints is None or isinstance(constraints, Constraint):
             constraints = [constraints] * count
         if not isinstance(constraints, (list, tuple)) or len(constraints) != count:
-            raise ConfigError(f"constraints must be one Constraint or a list of {count} (one per prompt, None for none)")
+            raise ConfigError(f"constraints must be one Constraint or a list of {count} "
+                              f"(one per prompt, None for none)")
         for c in constraints:
             if c is not None and not isinstance(c, Constraint):
-                raise TypeError(f"constraints must be quant_core.constrained.Constraint objects, not {type(c).__name__}")
+                raise TypeError(f"constraints must be quant_core.constrained.Constraint objects, "
+                                f"not {type(c).__name__}")
         for c in dict.fromkeys(c for c in constraints if c is not None):
             self._grammars().matcher(c)
         return list(constraints)
