@@ -67,6 +67,10 @@ class ChatQuant(BaseChatModel):
     """Seed for sampling, for reproducible replies."""
     stop: list[str] | None = None
     """Strings that end a reply (the reply is cut before them)."""
+    max_string_chars: int | None = 160
+    """Longest free string (characters) in a tool call or structured reply: strings whose schema sets no
+    limit get this ``maxLength``, so that a small model repeating itself inside a string still finishes
+    the JSON within ``max_tokens``. None: unbounded."""
     streaming: bool = False
     """Stream by default when ``invoke`` is called inside a streaming run."""
     batch_size: int = 4
@@ -211,7 +215,7 @@ class ChatQuant(BaseChatModel):
     # ---- helpers -------------------------------------------------------------------------
     def _plan(self, messages: list[BaseMessage], call: dict[str, Any]) -> ChatPlan:
         fmt = self.tool_format() if call.get("tools") or has_tool_turns(messages) else BUILTIN
-        return plan_call(self.get_engine(), messages, call, self.chat_template, fmt)
+        return plan_call(self.get_engine(), messages, call, self.chat_template, fmt, self.max_string_chars)
 
     def _name(self) -> str:
         if self.llm is not None:

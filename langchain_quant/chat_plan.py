@@ -19,7 +19,7 @@ from quant_core.errors import ConfigError
 
 from .messages import to_chat_dicts
 from .tools import (BUILTIN, OPEN, TEMPLATE, ToolFormat, builtin_tool_prompt, normalize_tool_choice,
-                    parse_tool_calls, tool_call_constraint, tool_specs)
+                    parse_tool_calls, reply_schema, tool_call_constraint, tool_specs)
 
 CALL_KEYS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
@@ -38,8 +38,9 @@ class ChatPlan:
 
 
 def plan_call(engine, messages: list[BaseMessage], call: dict[str, Any], chat_template: str | None,
-              tool_format: ToolFormat) -> ChatPlan:
-    """``call``: the CALL_KEYS popped from a call's keyword arguments (each may be missing)."""
+              tool_format: ToolFormat, max_string_chars: int | None = None) -> ChatPlan:
+    """``call``: the CALL_KEYS popped from a call's keyword arguments (each may be missing);
+    ``max_string_chars``: the bound on free strings in a constrained reply (``tools.reply_schema``)."""
     specs = tool_specs(call["tools"]) if call.get("tools") else []
     names = [s["function"]["name"] for s in specs]
     choice = normalize_tool_choice(call.get("tool_choice"), names) if specs else "none"
@@ -48,12 +49,12 @@ def plan_call(engine, messages: list[BaseMessage], call: dict[str, Any], chat_te
         raise ConfigError("a call cannot both bind tools and ask for a response_format: use one of them")
     if choice == "none":
         specs, names = [], []
-    system_text, constraint = _response_format(response_format)
+    system_text, constraint = _response_format(response_format, max_string_chars)
     if specs and tool_format is BUILTIN:
         system_text = builtin_tool_prompt(specs)
     if specs:
         parallel = call.get("parallel_tool_calls")
-        constraint = tool_call_constraint(specs, choice, tool_format, parallel=parallel is not False)
+        constraint = tool_call_constraint(specs, choice, tool_format, parallel is not False, max_string_chars)
     if system_text:
         messages = _with_system_text(messages, system_text)
     dicts = to_chat_dicts(messages, tool_format)
@@ -62,20 +63,30 @@ def plan_call(engine, messages: list[BaseMessage], call: dict[str, Any], chat_te
     return ChatPlan(prompt, constraint, names)
 
 
-def _response_format(response_format) -> tuple[str | None, Constraint | None]:
+def _response_format(response_format, max_string_chars: int | None) -> tuple[str | None, Constraint | None]:
     if response_format is None:
         return None, None
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "json_object":
-        return None, Constraint.json_object()
+        return None, Constraint.json_schema(any_object(max_string_chars))
     if kind == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
             raise ConfigError("response_format json_schema needs {'json_schema': {'schema': {...}}}")
         hint = f"Reply with one JSON object that follows this JSON schema: {json.dumps(schema, ensure_ascii=False)}"
-        return hint, Constraint.json_schema(schema)
+        return hint, Constraint.json_schema(reply_schema(schema, max_string_chars))
     raise ConfigError(f"response_format must be {{'type': 'json_schema', ...}} or {{'type': 'json_object'}}; "
                       f"got {response_format!r}")
+
+
+def any_object(max_string_chars: int | None) -> dict:
+    """A JSON schema of any JSON object, its string values at most ``max_string_chars`` long."""
+    if max_string_chars is None:
+        return {"type": "object"}
+    value = {"anyOf": [{"type": "string", "maxLength": max_string_chars}, {"type": ["number", "boolean", "null"]},
+                       {"type": "array", "items": {"$ref": "#/$defs/value"}},
+                       {"type": "object", "additionalProperties": {"$ref": "#/$defs/value"}}]}
+    return {"$defs": {"value": value}, "type": "object", "additionalProperties": {"$ref": "#/$defs/value"}}
 
 
 def _with_system_text(messages: list[BaseMessage], text: str) -> list[BaseMessage]:

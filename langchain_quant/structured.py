@@ -39,8 +39,7 @@ def structured_output(chat, schema: dict | type | None, *, method: str, include_
     else:
         json_schema = _json_schema(schema) if schema is not None else None
         if method == "json_schema":
-            json_schema = closed_objects(json_schema)
-            Constraint.json_schema(json_schema).check()
+            Constraint.json_schema(closed_objects(json_schema)).check()
             response_format = {"type": "json_schema", "json_schema": {"name": json_schema.get("title", "output"),
                                                                       "schema": json_schema}}
         else:

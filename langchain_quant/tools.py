@@ -25,7 +25,7 @@ from typing import Any
 from langchain_core.messages import InvalidToolCall, ToolCall
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from quant_core.constrained import JSON_OPTIONS, Constraint, closed_objects
+from quant_core.constrained import JSON_OPTIONS, Constraint, bounded_strings, closed_objects
 from quant_core.errors import ConfigError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -95,20 +95,28 @@ def normalize_tool_choice(tool_choice: Any, names: list[str]) -> str:
     return tool_choice
 
 
-def call_schema(spec: dict) -> dict:
+def reply_schema(schema: dict, max_string_chars: int | None) -> dict:
+    """The schema a constrained reply follows: objects closed, free strings bounded (both keep every
+    allowed value valid for ``schema``; see quant_core.constrained)."""
+    return bounded_strings(closed_objects(schema), max_string_chars)
+
+
+def call_schema(spec: dict, max_string_chars: int | None = None) -> dict:
     function = spec["function"]
-    return {"type": "object", "properties": {"name": {"const": function["name"]},
-                                             "arguments": closed_objects(function["parameters"])},
+    arguments = reply_schema(function["parameters"], max_string_chars)
+    return {"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": arguments},
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
-def tool_call_constraint(specs: list[dict], choice: str, fmt: ToolFormat, parallel: bool = True) -> Constraint | None:
+def tool_call_constraint(specs: list[dict], choice: str, fmt: ToolFormat, parallel: bool = True,
+                         max_string_chars: int | None = None) -> Constraint | None:
     """The grammar a reply must follow for ``choice`` (None: "none", nothing is constrained); ``parallel=False``
-    allows one call only. Arguments may hold only the keys their schema names (``closed_objects``)."""
+    allows one call only. Arguments follow ``reply_schema`` of their tool's parameters."""
     if choice == "none":
         return None
     chosen = [s for s in specs if choice in ("auto", "any") or s["function"]["name"] == choice]
-    one = {"anyOf": [call_schema(s) for s in chosen]} if len(chosen) > 1 else call_schema(chosen[0])
+    schemas = [call_schema(s, max_string_chars) for s in chosen]
+    one = {"anyOf": schemas} if len(schemas) > 1 else schemas[0]
     json_part = {"type": "array", "minItems": 1, "items": one} if fmt.as_list else one
     if fmt.as_list and not parallel:
         json_part["maxItems"] = 1
@@ -124,11 +132,13 @@ def tool_call_constraint(specs: list[dict], choice: str, fmt: ToolFormat, parall
 def builtin_tool_prompt(specs: list[dict]) -> str:
     """The system text that shows the tools to a model whose chat template cannot (the ``BUILTIN`` format)."""
     listed = json.dumps([s["function"] for s in specs], ensure_ascii=False)
-    return ("You can call functions (tools). These are the available tools, as JSON schemas:\n"
-            f"<tools>{listed}</tools>\n\n"
-            "To call tools, reply with nothing but a JSON list of calls between tool_call tags:\n"
-            f'{OPEN}[{{"name": "tool_name", "arguments": {{"argument": "value"}}}}]{CLOSE}\n'
-            "Otherwise, answer in plain text.")
+    # Worded to make a call the first choice: with "Otherwise, answer in plain text" SmolLM2-135M gave a
+    # tool call's first token 0.1 % on "What is the weather in San Francisco?", with this wording 1.8 %.
+    return ("You have access to the functions (tools) below. When one of them can answer the question, reply "
+            "with a call and nothing else:\n"
+            f'{OPEN}[{{"name": "function_name", "arguments": {{"argument": "value"}}}}]{CLOSE}\n'
+            "Only when no function fits, answer in plain text.\n\n"
+            f"<tools>{listed}</tools>")
 
 
 def format_calls(calls: list[dict], fmt: ToolFormat) -> str:

@@ -71,7 +71,8 @@ class Constraint:
         if not isinstance(schema, dict):
             raise ConfigError(f"json_schema must be a dict, a JSON text or a Pydantic model class, "
                               f"not {type(schema).__name__}")
-        return cls("json_schema", json.dumps(schema, sort_keys=True))
+        # key order kept: llguidance emits properties in the schema's order
+        return cls("json_schema", json.dumps(schema))
 
     @classmethod
     def json_object(cls) -> "Constraint":
@@ -132,6 +133,29 @@ def closed_objects(schema: Any) -> Any:
 
 
 _SUBSCHEMA_KEYS = ("items", "anyOf", "oneOf", "allOf", "prefixItems", "not", "if", "then", "else")
+_STRING_LIMITS = ("maxLength", "enum", "const", "pattern", "format")
+
+
+def bounded_strings(schema: Any, max_chars: int | None) -> Any:
+    """``schema`` with ``maxLength: max_chars`` on every string that sets no limit of its own (a copy).
+
+    A small model decoding greedily can repeat a phrase inside a string until its token budget ends,
+    leaving the JSON unfinished; a bound lets the grammar close the string in time. Every value this
+    allows also validates against the original."""
+    if max_chars is None:
+        return schema
+    if isinstance(schema, list):
+        return [bounded_strings(s, max_chars) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded_strings(v, max_chars) if k in _SUBSCHEMA_KEYS else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions", "patternProperties"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: bounded_strings(sub, max_chars) for name, sub in out[key].items()}
+    kind = out.get("type")
+    if (kind == "string" or (isinstance(kind, list) and "string" in kind)) and not set(_STRING_LIMITS) & set(out):
+        out["maxLength"] = max_chars
+    return out
 
 
 def as_constraint(value: Any, kind: str = "json_schema") -> Constraint | None:

@@ -109,6 +109,12 @@ def test_parser_reports_malformed_and_truncated_calls():
     assert parse_tool_calls("just text", NAMES) == ("just text", [], [])
 
 
+def test_call_arguments_are_closed_and_their_strings_bounded():
+    constraint = tool_call_constraint(tool_specs([GetWeather]), "any", BUILTIN, max_string_chars=7)
+    arguments = json.loads(constraint.source[constraint.source.index("%json") + 5:])["items"]["properties"]["arguments"]
+    assert arguments["additionalProperties"] is False and arguments["properties"]["place"]["maxLength"] == 7
+
+
 def test_builtin_prompt_lists_every_tool():
     specs = tool_specs([GetWeather, add])
     prompt = builtin_tool_prompt(specs)

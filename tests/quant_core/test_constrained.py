@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("llguidance")
 
 import quant_core.constrained as constrained  # noqa: E402
-from quant_core.constrained import Constraint, closed_objects, grammars_for  # noqa: E402
+from quant_core.constrained import Constraint, bounded_strings, closed_objects, grammars_for  # noqa: E402
 from quant_core.engine import GenerationEngine, GenerationParams  # noqa: E402
 from quant_core.errors import ConfigError, MissingExtraError  # noqa: E402
 from quant_core.testing import byte_tokenizer, tiny_llama_lm  # noqa: E402
@@ -128,6 +128,28 @@ def test_closed_objects_only_closes_objects_with_properties():
     assert "additionalProperties" not in closed["properties"]["free"]
     assert closed["$defs"]["D"]["additionalProperties"] is False
     assert "additionalProperties" not in schema  # the input is left as it was
+
+
+def test_bounded_strings_only_bounds_free_strings(engine):
+    schema = {"type": "object", "properties": {
+        "free": {"type": "string"}, "either": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "short": {"type": "string", "maxLength": 3}, "pet": {"type": "string", "enum": ["cat"]},
+        "tags": {"type": "array", "items": {"type": "string"}}}}
+    bounded = bounded_strings(schema, 5)
+    props = bounded["properties"]
+    assert props["free"]["maxLength"] == 5 and props["either"]["anyOf"][0]["maxLength"] == 5
+    assert props["tags"]["items"]["maxLength"] == 5
+    assert props["short"]["maxLength"] == 3 and "maxLength" not in props["pet"]
+    assert bounded_strings(schema, None) is schema and "maxLength" not in schema["properties"]["free"]
+    text = engine.generate(["x"], PARAMS, Constraint.json_schema({"type": "string", "maxLength": 5}))[0].text
+    assert len(json.loads(text)) <= 5
+
+
+def test_properties_come_in_the_schema_order(engine):
+    schema = {"type": "object", "properties": {"zeta": {"type": "boolean"}, "alpha": {"type": "boolean"}},
+              "required": ["zeta", "alpha"], "additionalProperties": False}
+    text = engine.generate(["x"], PARAMS, Constraint.json_schema(schema))[0].text
+    assert text.index('"zeta"') < text.index('"alpha"')
 
 
 def test_missing_library_names_the_extra(monkeypatch):
