@@ -9,6 +9,7 @@ SmolLM2-135M-Instruct int4 g128 on CPU, greedy, prompts rendered exactly as Chat
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -63,12 +64,22 @@ def is_valid(text: str) -> bool:
         return False
 
 
-def validity(engine, prompts: list[str], params, constraint) -> tuple[int, list[str]]:
-    texts = []
+def validity(engine, prompts: list[str], params, constraint, log) -> tuple[int, int]:
+    """Valid replies with and without ``constraint``, batch by batch (constrained then free, so that a run
+    stopped early still compares like with like); every reply is appended to ``log`` as a JSON line."""
+    valid = {"constrained": 0, "free": 0}
     for start in range(0, len(prompts), 8):
         batch = prompts[start:start + 8]
-        texts += [o.text for o in engine.generate(batch, params, [constraint] * len(batch))]
-    return sum(map(is_valid, texts)), texts
+        for mode, c in (("constrained", constraint), ("free", None)):
+            for i, out in enumerate(engine.generate(batch, params, [c] * len(batch))):
+                ok = is_valid(out.text)
+                valid[mode] += ok
+                log.write(json.dumps({"prompt": start + i, "mode": mode, "valid": ok, "text": out.text,
+                                      "finish_reason": out.finish_reason}) + "\n")
+            log.flush()
+        print(f"  prompts {start + len(batch)}/{len(prompts)}: valid constrained {valid['constrained']}, "
+              f"free {valid['free']} (load average {os.getloadavg()[0]:.1f})", flush=True)
+    return valid["constrained"], valid["free"]
 
 
 def step_seconds(engine, prompts: list[str], params, constraint) -> float:
@@ -78,7 +89,8 @@ def step_seconds(engine, prompts: list[str], params, constraint) -> float:
     return (time.perf_counter() - start) / max(o.completion_tokens for o in outs)
 
 
-def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 32) -> list[str]:
+def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 16,
+        replies_log: str = "benchmarks/results/batch_constrained_replies.jsonl") -> list[str]:
     """Measure and return the markdown lines of the constrained rows (``timed_tokens``: the budget of
     the timed runs, shorter than the validity runs' ``max_new_tokens``)."""
     chat = ChatQuant(llm=llm, max_string_chars=MAX_STRING_CHARS)
@@ -88,22 +100,25 @@ def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 32) -> list[
     constraint = Constraint.json_schema(reply_schema(schema, MAX_STRING_CHARS))  # what ChatQuant enforces
     prompts = prompts_for(chat, response_format, SUBJECTS)
     params = GenerationParams(max_new_tokens=max_new_tokens)
-    print(f"validity runs (load average {os.getloadavg()})", flush=True)
-    valid_on, texts_on = validity(engine, prompts, params, constraint)
-    valid_off, texts_off = validity(engine, prompts, params, None)
-    print(f"  constrained {valid_on}/50, free {valid_off}/50; e.g. {texts_on[0]!r} / {texts_off[0]!r}", flush=True)
     loads, rows, timed = [os.getloadavg()], [], GenerationParams(max_new_tokens=timed_tokens)
+    # warm-up, outside the timings: the vocabulary's one-time compile and the kernels' first use
+    engine.generate(prompts[:8], GenerationParams(max_new_tokens=2), constraint)
     for batch in (1, 8):
         times = {"free": [], "constrained": []}
         for rep in range(repeats):
             for mode in (("free", "constrained") if rep % 2 == 0 else ("constrained", "free")):
                 c = constraint if mode == "constrained" else None
                 times[mode].append(step_seconds(engine, prompts[:batch], timed, c))
-                print(f"  B={batch} {mode} repeat {rep + 1}: {times[mode][-1] * 1e3:.1f} ms/step", flush=True)
+                print(f"  B={batch} {mode} repeat {rep + 1}: {times[mode][-1] * 1e3:.1f} ms/step "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         free, cons = statistics.median(times["free"]), statistics.median(times["constrained"])
         rows.append(f"| {batch} | {free * 1e3:.1f} | {cons * 1e3:.1f} | {batch / free:.1f} | {batch / cons:.1f} "
                     f"| {100 * (1 - free / cons):.1f} % |")
+        print(rows[-1], flush=True)
         loads.append(os.getloadavg())
+    with open(replies_log, "w") as log:
+        valid_on, valid_off = validity(engine, prompts, params, constraint, log)
+    loads.append(os.getloadavg())
     return [
         "## Constrained decoding (`--constrained`)",
         "",
@@ -119,7 +134,9 @@ def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 32) -> list[
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        "Load average (1, 5, 15 min) before validity, after batch 1, after batch 8: "
+        f"Every reply: `{replies_log}` (JSON lines).",
+        "",
+        "Load average (1, 5, 15 min) before, after batch 1, after batch 8, after the validity runs: "
         + "; ".join("%.1f, %.1f, %.1f" % la for la in loads) + ".",
     ]
 

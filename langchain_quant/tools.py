@@ -132,13 +132,13 @@ def tool_call_constraint(specs: list[dict], choice: str, fmt: ToolFormat, parall
 def builtin_tool_prompt(specs: list[dict]) -> str:
     """The system text that shows the tools to a model whose chat template cannot (the ``BUILTIN`` format)."""
     listed = json.dumps([s["function"] for s in specs], ensure_ascii=False)
-    # Worded to make a call the first choice: with "Otherwise, answer in plain text" SmolLM2-135M gave a
-    # tool call's first token 0.1 % on "What is the weather in San Francisco?", with this wording 1.8 %.
-    return ("You have access to the functions (tools) below. When one of them can answer the question, reply "
-            "with a call and nothing else:\n"
-            f'{OPEN}[{{"name": "function_name", "arguments": {{"argument": "value"}}}}]{CLOSE}\n'
-            "Only when no function fits, answer in plain text.\n\n"
-            f"<tools>{listed}</tools>")
+    # Tools first, then the format: SmolLM2-135M int4 then fills magic_function(3) as {"input": 3}; with the
+    # format first and the tools last it wrote {"input": 300}.
+    return ("You can call functions (tools). These are the available tools, as JSON schemas:\n"
+            f"<tools>{listed}</tools>\n\n"
+            "To call tools, reply with nothing but a JSON list of calls between tool_call tags:\n"
+            f'{OPEN}[{{"name": "tool_name", "arguments": {{"argument": "value"}}}}]{CLOSE}\n'
+            "Otherwise, answer in plain text.")
 
 
 def format_calls(calls: list[dict], fmt: ToolFormat) -> str:
