@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ValidationError
 
