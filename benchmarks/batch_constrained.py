@@ -100,8 +100,10 @@ def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 16,
     prompts = prompts_for(chat, response_format, SUBJECTS)
     params = GenerationParams(max_new_tokens=max_new_tokens)
     loads, rows, timed = [os.getloadavg()], [], GenerationParams(max_new_tokens=timed_tokens)
-    # warm-up, outside the timings: the vocabulary's one-time compile and the kernels' first use
-    engine.generate(prompts[:8], GenerationParams(max_new_tokens=2), constraint)
+    # validity first (each batch is printed and logged as it ends), then the timings
+    with open(replies_log, "w") as log:
+        valid_on, valid_off = validity(engine, prompts, params, constraint, log)
+    loads.append(os.getloadavg())
     for batch in (1, 8):
         times = {"free": [], "constrained": []}
         for rep in range(repeats):
@@ -115,9 +117,6 @@ def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 16,
                     f"| {100 * (1 - free / cons):.1f} % |")
         print(rows[-1], flush=True)
         loads.append(os.getloadavg())
-    with open(replies_log, "w") as log:
-        valid_on, valid_off = validity(engine, prompts, params, constraint, log)
-    loads.append(os.getloadavg())
     return [
         "## Constrained decoding (`--constrained`)",
         "",
@@ -135,7 +134,7 @@ def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 16,
         "",
         f"Every reply: `{replies_log}` (JSON lines).",
         "",
-        "Load average (1, 5, 15 min) before, after batch 1, after batch 8, after the validity runs: "
+        "Load average (1, 5, 15 min) before, after the validity runs, after batch 1, after batch 8: "
         + "; ".join("%.1f, %.1f, %.1f" % la for la in loads) + ".",
     ]
 
