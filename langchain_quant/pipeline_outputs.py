@@ -80,8 +80,9 @@ def shown_text(prompt: str, output: GenerationOutput, shape: OutputShape) -> str
 def _in_batches(engine, prompts: list[str], params: GenerationParams, batch_size: int,
                 constraint=None) -> list[GenerationOutput]:
     outputs: list[GenerationOutput] = []
+    extra = () if constraint is None else (constraint,)  # unconstrained calls keep generate's two-argument form
     for start in range(0, len(prompts), batch_size):
-        outputs.extend(engine.generate(prompts[start:start + batch_size], params, constraint))
+        outputs.extend(engine.generate(prompts[start:start + batch_size], params, *extra))
     return outputs
 
 
