@@ -10,6 +10,7 @@ embedded SmolLM2-135M-Instruct tokenizer (49152 tokens):
 Every row follows the same valid JSON answer (its SmolLM2 tokens), so every library does the same work.
 Then it times one real decoding step of SmolLM2 int4 g128 at B = 1 and 8 (the engine, greedy), and
 prints each library's mask cost as a share of that step. Medians of 3 runs; the load average is printed.
+What it printed, and why llguidance was chosen: docs/constrained_libraries.md.
 
     python benchmarks/constrained_libraries.py [--repeats 3]
 """
