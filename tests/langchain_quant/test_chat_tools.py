@@ -9,7 +9,8 @@ from typing import Literal
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
-from pydantic import BaseModel
+from langchain_core.exceptions import OutputParserException
+from pydantic import BaseModel, ValidationError, field_validator
 from typing_extensions import TypedDict
 
 from langchain_quant import ChatQuant, QuantLLM
@@ -28,6 +29,16 @@ TOOLS_TEMPLATE = ("{% if tools %}{{ '<|im_start|>system\nTools: ' + (tools | map
 class Pick(BaseModel):
     """Pick a colour."""
     colour: Literal["red", "blue"]
+
+
+class PickNever(BaseModel):
+    """Pick a colour (which a validator beyond the JSON schema then refuses)."""
+    colour: Literal["red", "blue"]
+
+    @field_validator("colour")
+    @classmethod
+    def refuse(cls, value):
+        raise ValueError("refused by a validator the JSON schema cannot express")
 
 
 class PickDict(TypedDict):
@@ -138,6 +149,18 @@ def test_include_raw_returns_message_parsed_and_error(chat):
     assert isinstance(out["raw"], AIMessage) and isinstance(out["parsed"], Pick) and out["parsing_error"] is None
 
 
+@pytest.mark.parametrize("method", ["json_schema", "function_calling"])
+def test_include_raw_reports_a_parsing_error_instead_of_raising(chat, method):
+    """LangChain's semantics: with include_raw, a reply that does not parse gives parsed=None and the error;
+    without it, the error is raised."""
+    out = chat.with_structured_output(PickNever, method=method, include_raw=True).invoke("Choose a colour.")
+    assert isinstance(out["raw"], AIMessage) and out["parsed"] is None
+    assert isinstance(out["parsing_error"], (OutputParserException, ValidationError))
+    assert "refused by a validator" in str(out["parsing_error"])
+    with pytest.raises((OutputParserException, ValidationError), match="refused by a validator"):
+        chat.with_structured_output(PickNever, method=method).invoke("Choose a colour.")
+
+
 def test_structured_output_and_tools_fail_early_on_bad_input(chat):
     with pytest.raises(ConfigError, match="method"):
         chat.with_structured_output(Pick, method="xml")
@@ -147,6 +170,12 @@ def test_structured_output_and_tools_fail_early_on_bad_input(chat):
         chat.with_structured_output({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
     with pytest.raises(ConfigError, match="not a bound tool"):
         chat.bind_tools([flip], tool_choice="flop")
+    with pytest.raises(ConfigError, match="not a bound tool"):  # also when bound by hand, before generation
+        chat.bind(tools=[flip], tool_choice={"type": "function", "function": {"name": "flop"}}).invoke("x")
+    dangling = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {
+        "type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}}
+    with pytest.raises(ConfigError, match="cannot be compiled"):
+        chat.bind_tools([dangling], tool_choice="any")
     with pytest.raises(TypeError):
         chat.with_structured_output(Pick, mode="strict")
 
@@ -171,6 +200,10 @@ def test_without_the_extra_the_error_names_it(chat, monkeypatch):
     with pytest.raises(MissingExtraError, match="structured"):
         chat.with_structured_output(Pick)
     assert chat.bind_tools([flip], tool_choice="none")  # nothing to constrain: no library needed
+    with pytest.raises(MissingExtraError, match="structured"):
+        QuantLLM(engine=chat.llm.get_engine(), grammar='root ::= "yes"')
+    with pytest.raises(MissingExtraError, match="structured"):
+        QuantLLM(engine=chat.llm.get_engine()).invoke("x", json_schema={"type": "object"})
 
 
 def test_quant_llm_grammar_and_json_schema_fields_and_per_call(engine):
