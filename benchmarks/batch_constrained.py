@@ -4,19 +4,18 @@ SmolLM2-135M-Instruct int4 g128 on CPU, greedy, prompts rendered exactly as Chat
 ``with_structured_output(Landmark)`` renders them (schema shown in the system turn):
   - validity: 50 prompts, decoded 8 at a time, with the Landmark schema enforced and without;
     a reply is valid if ``Landmark.model_validate_json`` accepts it (code fences stripped for the free run);
-  - cost: time per decoding step at batch 1 and batch 8, free vs constrained, alternating modes,
-    medians of ``repeats``; tokens/s = rows per step / step time. The load average is printed with it.
+  - cost at batch 1 and batch 8, free vs constrained, alternating modes, medians of ``repeats``:
+    end-to-end tokens/s (completion tokens / wall time of ``generate``, prefill included) and the
+    decoding step alone ((time of an n-token run - time of a 1-token run) / (n - 1) steps).
+The load average is printed with every figure. Figures go to results/batch_constrained.json (every
+reply too); the markdown is rendered from it (batch_constrained_report.py).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
-import torch
 from langchain_core.messages import HumanMessage
 from pydantic import BaseModel, ValidationError
 
@@ -46,8 +45,12 @@ SUBJECTS = [
     "the Little Mermaid statue", "the Matterhorn", "Niagara Falls", "the Grand Canyon", "Mount Fuji",
     "the Dead Sea", "the telephone", "the printing press", "the light bulb", "the steam engine", "penicillin",
 ]
-MAX_STRING_CHARS = 64  # three free strings of <= 64 characters fit max_new_tokens=96 even when the model loops
+MAX_STRING_CHARS = 32  # three free strings of <= 32 characters fit max_new_tokens=64 even when the model loops
 PROMPT = "Describe {} as a JSON object with name, country, year and famous_for. Reply with JSON only."
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def prompts_for(chat: ChatQuant, schema_format: dict, subjects: list[str]) -> list[str]:
@@ -63,90 +66,69 @@ def is_valid(text: str) -> bool:
         return False
 
 
-def validity(engine, prompts: list[str], params, constraint, log) -> tuple[int, int]:
-    """Valid replies with and without ``constraint``, batch by batch (constrained then free, so that a run
-    stopped early still compares like with like); every reply is appended to ``log`` as a JSON line."""
-    valid = {"constrained": 0, "free": 0}
+def validity(engine, prompts: list[str], params, constraint) -> tuple[dict, list[dict]]:
+    """Valid replies with and without ``constraint`` and every reply, batch by batch (constrained then
+    free, so that a run stopped early still compares like with like)."""
+    valid, replies = {"constrained": 0, "free": 0}, []
     for start in range(0, len(prompts), 8):
         batch = prompts[start:start + 8]
         for mode, c in (("constrained", constraint), ("free", None)):
             for i, out in enumerate(engine.generate(batch, params, [c] * len(batch))):
                 ok = is_valid(out.text)
                 valid[mode] += ok
-                log.write(json.dumps({"prompt": start + i, "mode": mode, "valid": ok, "text": out.text,
-                                      "finish_reason": out.finish_reason}) + "\n")
-            log.flush()
+                replies.append({"prompt": start + i, "mode": mode, "valid": ok, "text": out.text,
+                                "finish_reason": out.finish_reason, "tokens": out.completion_tokens})
         print(f"  prompts {start + len(batch)}/{len(prompts)}: valid constrained {valid['constrained']}, "
-              f"free {valid['free']} (load average {os.getloadavg()[0]:.1f})", flush=True)
-    return valid["constrained"], valid["free"]
+              f"free {valid['free']} (load average {load_average()})", flush=True)
+    return valid, replies
 
 
-def step_seconds(engine, prompts: list[str], params, constraint) -> float:
-    """Seconds per decoding step (steps = the batch's longest completion)."""
+def timed(engine, prompts: list[str], tokens: int, constraint) -> tuple[float, int, int]:
+    """Wall seconds of one ``generate`` of up to ``tokens`` new tokens per row, its steps (the longest row)
+    and the tokens it produced (all rows)."""
     start = time.perf_counter()
-    outs = engine.generate(prompts, params, [constraint] * len(prompts))
-    return (time.perf_counter() - start) / max(o.completion_tokens for o in outs)
+    outs = engine.generate(prompts, GenerationParams(max_new_tokens=tokens), [constraint] * len(prompts))
+    return time.perf_counter() - start, max(o.completion_tokens for o in outs), sum(o.completion_tokens for o in outs)
 
 
-def run(llm, repeats: int, max_new_tokens: int, timed_tokens: int = 16,
-        replies_log: str = "benchmarks/results/batch_constrained_replies.jsonl") -> list[str]:
-    """Measure and return the markdown lines of the constrained rows (``timed_tokens``: the budget of
-    the timed runs, shorter than the validity runs' ``max_new_tokens``)."""
+def cost(engine, prompts: list[str], constraint, repeats: int, tokens: int) -> dict:
+    """Per mode: medians of end-to-end tokens/s and of the decoding step, modes alternating each repeat."""
+    samples = {"free": [], "constrained": []}
+    for rep in range(repeats):
+        for mode in (("free", "constrained") if rep % 2 == 0 else ("constrained", "free")):
+            c = constraint if mode == "constrained" else None
+            one, _, _ = timed(engine, prompts, 1, c)
+            full, steps, produced = timed(engine, prompts, tokens, c)
+            samples[mode].append({"e2e_tok_s": produced / full, "step_ms": 1e3 * (full - one) / max(steps - 1, 1),
+                                  "steps": steps, "load": load_average()})
+            print(f"  B={len(prompts)} {mode} repeat {rep + 1}: {samples[mode][-1]}", flush=True)
+    out = {}
+    for mode, runs in samples.items():
+        step = statistics.median(r["step_ms"] for r in runs)
+        out[mode] = {"e2e_tok_s": statistics.median(r["e2e_tok_s"] for r in runs), "step_ms": step,
+                     "decode_tok_s": 1e3 * len(prompts) / step, "samples": runs}
+    out["e2e_loss_pct"] = 100 * (1 - out["constrained"]["e2e_tok_s"] / out["free"]["e2e_tok_s"])
+    out["decode_loss_pct"] = 100 * (1 - out["constrained"]["decode_tok_s"] / out["free"]["decode_tok_s"])
+    return out
+
+
+def measure(llm, repeats: int, max_new_tokens: int, timed_tokens: int, prompts_count: int = len(SUBJECTS)) -> dict:
+    """Every figure of the constrained rows (validity first: it also warms the vocabulary and kernels up)."""
     chat = ChatQuant(llm=llm, max_string_chars=MAX_STRING_CHARS)
     engine = llm.get_engine()
     schema = Landmark.model_json_schema()
     response_format = {"type": "json_schema", "json_schema": {"schema": schema}}
     constraint = Constraint.json_schema(reply_schema(schema, MAX_STRING_CHARS))  # what ChatQuant enforces
-    prompts = prompts_for(chat, response_format, SUBJECTS)
-    params = GenerationParams(max_new_tokens=max_new_tokens)
-    loads, rows, timed = [os.getloadavg()], [], GenerationParams(max_new_tokens=timed_tokens)
-    # validity first (each batch is printed and logged as it ends), then the timings
-    with open(replies_log, "w") as log:
-        valid_on, valid_off = validity(engine, prompts, params, constraint, log)
-    loads.append(os.getloadavg())
+    prompts = prompts_for(chat, response_format, SUBJECTS[:prompts_count])
+    loads = {"before": load_average()}
+    valid, replies = validity(engine, prompts, GenerationParams(max_new_tokens=max_new_tokens), constraint)
+    loads["after validity"] = load_average()
+    results = {"validity": {"prompts": len(prompts), **valid}}
     for batch in (1, 8):
-        times = {"free": [], "constrained": []}
-        for rep in range(repeats):
-            for mode in (("free", "constrained") if rep % 2 == 0 else ("constrained", "free")):
-                c = constraint if mode == "constrained" else None
-                times[mode].append(step_seconds(engine, prompts[:batch], timed, c))
-                print(f"  B={batch} {mode} repeat {rep + 1}: {times[mode][-1] * 1e3:.1f} ms/step "
-                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-        free, cons = statistics.median(times["free"]), statistics.median(times["constrained"])
-        rows.append(f"| {batch} | {free * 1e3:.1f} | {cons * 1e3:.1f} | {batch / free:.1f} | {batch / cons:.1f} "
-                    f"| {100 * (1 - free / cons):.1f} % |")
-        print(rows[-1], flush=True)
-        loads.append(os.getloadavg())
-    return [
-        "## Constrained decoding (`--constrained`)",
-        "",
-        f"Fixed Pydantic schema `Landmark` (name, country, year, famous_for), {len(SUBJECTS)} prompts, "
-        f"max_new_tokens={max_new_tokens}, greedy, decoded 8 at a time.",
-        "",
-        f"Valid replies: constrained **{valid_on}/{len(SUBJECTS)}** ({100 * valid_on / len(SUBJECTS):.0f} %), "
-        f"free **{valid_off}/{len(SUBJECTS)}** ({100 * valid_off / len(SUBJECTS):.0f} %).",
-        "",
-        f"Cost per decoding step (runs of at most {timed_tokens} tokens), medians of {repeats} (alternating modes):",
-        "",
-        "| batch | free ms/step | constrained ms/step | free tokens/s | constrained tokens/s | tokens/s lost |",
-        "|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Every reply: `{replies_log}` (JSON lines).",
-        "",
-        "Load average (1, 5, 15 min) before, after the validity runs, after batch 1, after batch 8: "
-        + "; ".join("%.1f, %.1f, %.1f" % la for la in loads) + ".",
-    ]
-
-
-def write(llm, repeats: int, max_new_tokens: int, load_s: float) -> int:
-    """Measure, print and write benchmarks/results/batch_constrained.md (markdown only, not yet kept as
-    JSON beside the other results)."""
-    lines = ["# Constrained decoding rows (benchmarks/batch.py --constrained)", "",
-             f"CPU: {torch.get_num_threads()} threads, {platform.machine()}; model load + quantize {load_s:.1f} s.",
-             "", *run(llm, repeats, max_new_tokens)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(__file__).parent / "results" / "batch_constrained.md"
-    out.write_text(text)
-    return 0
+        results[f"batch {batch}"] = {"batch": batch, **cost(engine, prompts[:batch], constraint, repeats, timed_tokens)}
+        loads[f"after batch {batch}"] = load_average()
+        print(f"  batch {batch}: tokens/s lost end-to-end {results[f'batch {batch}']['e2e_loss_pct']:.1f} %, "
+              f"decoding step {results[f'batch {batch}']['decode_loss_pct']:.1f} %", flush=True)
+    setup = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "max_string_chars": MAX_STRING_CHARS,
+             "timed_tokens": timed_tokens, "repeats": repeats, "prompt_tokens": engine.prompt_tokens(prompts[0])}
+    return {"setup": setup, "results": results, "loads": loads, "replies": replies}
