@@ -11,7 +11,8 @@ Two reply formats, both of the "Hermes" family that small open models are traine
 
 ``tool_choice``: "auto" (a reply is either text, which may not start with "<", or tool calls), "any"
 (at least one call of any bound tool), a tool's name (calls of that tool only), "none" (no tools shown,
-nothing constrained). The parser finds the blocks anywhere in a reply; everything else is the content.
+nothing constrained). The parser finds the blocks anywhere in a reply; everything else is the content;
+a call repeated with the same arguments in one reply is kept once.
 """
 from __future__ import annotations
 
@@ -169,7 +170,20 @@ def parse_tool_calls(text: str, names: list[str]) -> tuple[str, list[ToolCall], 
         for item in items if isinstance(items, list) else [items]:
             _parse_one(item, names, calls, invalid)
     content = _BLOCK.sub("", text).strip() if calls or invalid else text
-    return content, calls, invalid
+    return content, _without_repeats(calls), invalid
+
+
+def _without_repeats(calls: list[ToolCall]) -> list[ToolCall]:
+    """``calls`` with exact repeats (same tool, same arguments) of an earlier call in the reply left out:
+    a small model decoding greedily may write the same call again and again (SmolLM2-135M calls a
+    no-argument tool twice under tool_choice="any"), and running it twice in one turn gives nothing more."""
+    kept, seen = [], set()
+    for call in calls:
+        key = (call["name"], json.dumps(call["args"], sort_keys=True))
+        if key not in seen:
+            seen.add(key)
+            kept.append(call)
+    return kept
 
 
 def _parse_one(item: Any, names: list[str], calls: list, invalid: list) -> None:

@@ -101,6 +101,13 @@ def test_parser_reads_template_style_blocks_and_string_arguments():
     assert [(c["name"], c["args"]) for c in calls] == [("lookup", {"topic": "bees"}), ("shout", {"word": "hi"})]
 
 
+def test_parser_keeps_a_call_repeated_with_the_same_arguments_once():
+    text = ('<tool_call>[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "add", "arguments": {"b": 2, "a": 1}}, '
+            '{"name": "add", "arguments": {"a": 2, "b": 2}}, {"name": "add", "arguments": {"a": 1, "b": 2}}]</tool_call>')
+    _, calls, invalid = parse_tool_calls(text, NAMES)
+    assert [c["args"] for c in calls] == [{"a": 1, "b": 2}, {"a": 2, "b": 2}] and not invalid
+
+
 def test_parser_reports_malformed_and_truncated_calls():
     _, calls, invalid = parse_tool_calls('<tool_call>[{"name": "add", "arg', NAMES)
     assert not calls and "ended inside" in invalid[0]["error"]
