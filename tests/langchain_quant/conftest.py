@@ -11,6 +11,9 @@ MODEL_LIMITS = {
     "test_agent_loop": "under tool_choice='auto' SmolLM2-135M int4 answers 'What is the weather in San Francisco, "
                        "CA?' in text (its first token starts a tool call with probability 0.1 %); forced calls "
                        "(tool_choice='any' or a name) are valid every time",
+    "test_unicode_tool_call_integration": "SmolLM2-135M int4 makes a valid call with customer_name 'Hello Group' "
+                                          "(the English gloss in the prompt) instead of '你好啊集团'; ChatQuant keeps "
+                                          "non-ASCII arguments unescaped (test_tools.py checks it)",
     "test_json_mode": "json_mode enforces JSON, not keys: SmolLM2-135M int4 wrote {\"setup\": \"The cat was a cat, "
                       "and the cat was a cat, ...\"} (valid JSON, the string cut at max_string_chars) with no "
                       "punchline, so Joke fails to validate; method='json_schema' (the default) passes",

@@ -108,6 +108,16 @@ def test_parser_keeps_a_call_repeated_with_the_same_arguments_once():
     assert [c["args"] for c in calls] == [{"a": 1, "b": 2}, {"a": 2, "b": 2}] and not invalid
 
 
+def test_non_ascii_arguments_stay_unescaped_both_ways():
+    call = {"name": "shout", "args": {"word": "你好啊集团"}, "id": "c1"}
+    written = format_calls([call], BUILTIN)
+    assert "你好啊集团" in written and "\\u" not in written
+    _, calls, _ = parse_tool_calls(written, NAMES)
+    assert calls[0]["args"] == {"word": "你好啊集团"}
+    _, calls, _ = parse_tool_calls('<tool_call>[{"name": "shout", "arguments": {"word": "\\u4f60"}}]</tool_call>', NAMES)
+    assert calls[0]["args"] == {"word": "你"}  # an escaped one is read back as the character
+
+
 def test_parser_reports_malformed_and_truncated_calls():
     _, calls, invalid = parse_tool_calls('<tool_call>[{"name": "add", "arg', NAMES)
     assert not calls and "ended inside" in invalid[0]["error"]
