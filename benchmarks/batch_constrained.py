@@ -113,22 +113,26 @@ def cost(engine, prompts: list[str], constraint, repeats: int, tokens: int) -> d
 
 
 def measure(llm, repeats: int, max_new_tokens: int, timed_tokens: int, prompts_count: int = len(SUBJECTS)) -> dict:
-    """Every figure of the constrained rows (validity first: it also warms the vocabulary and kernels up)."""
+    """Every figure of the constrained rows (validity first: it also warms the vocabulary and kernels up);
+    ``prompts_count=0``: the timings only, after one warm-up run of each mode."""
     chat = ChatQuant(llm=llm, max_string_chars=MAX_STRING_CHARS)
     engine = llm.get_engine()
     schema = Landmark.model_json_schema()
     response_format = {"type": "json_schema", "json_schema": {"schema": schema}}
     constraint = Constraint.json_schema(reply_schema(schema, MAX_STRING_CHARS))  # what ChatQuant enforces
-    prompts = prompts_for(chat, response_format, SUBJECTS[:prompts_count])
-    loads = {"before": load_average()}
-    valid, replies = validity(engine, prompts, GenerationParams(max_new_tokens=max_new_tokens), constraint)
-    loads["after validity"] = load_average()
-    results = {"validity": {"prompts": len(prompts), **valid}}
+    prompts = prompts_for(chat, response_format, SUBJECTS[:max(prompts_count, 8)])
+    loads, results, replies = {"before": load_average()}, {}, []
+    if prompts_count:
+        valid, replies = validity(engine, prompts, GenerationParams(max_new_tokens=max_new_tokens), constraint)
+        loads["after validity"] = load_average()
+        results["validity"] = {"prompts": len(prompts), **valid}
+    else:  # warm-up: the vocabulary, the grammar and the kernels' first use stay out of the timings
+        timed(engine, prompts[:8], 2, constraint), timed(engine, prompts[:8], 2, None)
     for batch in (1, 8):
         results[f"batch {batch}"] = {"batch": batch, **cost(engine, prompts[:batch], constraint, repeats, timed_tokens)}
         loads[f"after batch {batch}"] = load_average()
         print(f"  batch {batch}: tokens/s lost end-to-end {results[f'batch {batch}']['e2e_loss_pct']:.1f} %, "
               f"decoding step {results[f'batch {batch}']['decode_loss_pct']:.1f} %", flush=True)
-    setup = {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "max_string_chars": MAX_STRING_CHARS,
+    setup = {"prompts": len(prompts) if prompts_count else 0, "max_new_tokens": max_new_tokens, "max_string_chars": MAX_STRING_CHARS,
              "timed_tokens": timed_tokens, "repeats": repeats, "prompt_tokens": engine.prompt_tokens(prompts[0])}
     return {"setup": setup, "results": results, "loads": loads, "replies": replies}
