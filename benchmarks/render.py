@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import batch_constrained_report  # noqa: E402
 import batch_report  # noqa: E402
 import cpu_speed_report  # noqa: E402
 import demo_recipes_report  # noqa: E402
@@ -36,6 +37,7 @@ RENDERERS = {
     "cpu_speed": cpu_speed_report.render,
     "gpu_speed": gpu_speed_report.render,
     "batch": batch_report.render,
+    "batch_constrained": batch_constrained_report.render,
     "interop": interop_report.render,
     "rag": rag_report.render,
     "demo_recipes": demo_recipes_report.render,
