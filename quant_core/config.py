@@ -6,6 +6,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_compat import intel_fields, peer_fields
+from .double_quant import DEFAULT_BLOCK
 from .errors import ConfigError
 from .formats import ALIASES, FORMATS, get_format
 from .kernel_names import KERNELS
@@ -17,7 +19,8 @@ from .kernel_names import KERNELS
 # may hold sparse outliers that an older quantllm could not execute.
 # 4: head_weight_dtype (a quantized output head, int8 by default). A saved dict of an earlier version
 # had a float head, so it loads with None; a user's dict without a version gets today's defaults.
-CONFIG_VERSION = 4
+# 5: double quantization (double_quant, double_quant_block): such a checkpoint stores scale codes.
+CONFIG_VERSION = 5
 HEAD_FIELD_VERSION = 4
 _GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size")
 # Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
@@ -44,7 +47,7 @@ NUM_ITER_DEFAULT = 20
 
 
 def _choice(value: str, choices, what: str, aliases: dict | None = None) -> str:
-    key = str(value).lower()
+    key = str(value).lower().removeprefix("torch.")  # torch.bfloat16 as transformers' users write it
     key = (aliases or {}).get(key, key)
     if key not in choices:
         raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(choices)}")
@@ -79,6 +82,11 @@ class QuantConfig(BaseModel):
                                           "8-bit formats (int8) get one scale per row, narrower ones (int4_fullrange) "
                                           "groups of group_size; RTN, symmetric. A tied input embedding reads the rows "
                                           "of the same packed head.")
+    double_quant: bool = Field(False, description="Store group scales as 8-bit codes with an fp32 scale per block "
+                               "of double_quant_block groups (bitsandbytes' bnb_4bit_use_double_quant); decoded once "
+                               "at load into the scale dtype.")
+    double_quant_block: int = Field(DEFAULT_BLOCK, gt=0, le=1 << 16, description="Double quantization: group scales "
+                                    "per second-level scale.")
     # Calibration (GPTQ, AWQ, TEQ); see quant_core.calibration.
     calibration_dataset: str | None = Field(None, description="Calibration text: None (shipped WikiText-2 valid sample), "
                                             "a text file, or a Hugging Face dataset 'name[:config][@split]'.")
@@ -251,6 +259,16 @@ class QuantConfig(BaseModel):
                              f"or leave the setting at its default")
         return self
 
+    @model_validator(mode="after")
+    def _double_quant_settings(self):
+        if not self.double_quant and self.double_quant_block != DEFAULT_BLOCK:
+            raise ValueError(f"double_quant_block={self.double_quant_block} is a setting of double_quant=True; "
+                             f"set double_quant=True or leave it at {DEFAULT_BLOCK}")
+        return self
+
+    def __eq__(self, other):  # by value: a WeightOnlyQuantConfig equals the QuantConfig it saves as
+        return isinstance(other, QuantConfig) and self.model_dump() == other.model_dump()
+
     @property
     def format(self):
         return get_format(self.weight_dtype)
@@ -289,8 +307,11 @@ class QuantConfig(BaseModel):
     def coerce(cls, config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> "QuantConfig | None":
         """What users pass as a quantization config -> a QuantConfig, or None when they passed none.
 
-        Accepts a QuantConfig (= WeightOnlyQuantConfig), its dict form (``quantization_config``
-        of a saved model), or transformers' ``load_in_4bit`` / ``load_in_8bit`` shortcuts.
+        Accepts a QuantConfig (or WeightOnlyQuantConfig), its dict form (``quantization_config``
+        of a saved model), transformers' ``BitsAndBytesConfig`` / ``GPTQConfig`` / ``AwqConfig`` and
+        Intel's ``WeightOnlyQuantConfig`` keywords, as objects or dicts (``config_compat``: each
+        field mapped with its meaning or refused by name), or the ``load_in_4bit`` / ``load_in_8bit``
+        shortcuts.
         """
         if load_in_4bit and load_in_8bit:
             raise ConfigError("pass at most one of load_in_4bit and load_in_8bit")
@@ -300,10 +321,13 @@ class QuantConfig(BaseModel):
             return cls(weight_dtype="int4" if load_in_4bit else "int8")
         if config is None or isinstance(config, QuantConfig):
             return config
+        fields = peer_fields(config)
+        if fields is not None:
+            return cls(**fields)
         if isinstance(config, dict):
             return cls.from_dict(config)
-        raise TypeError(f"quantization config must be a QuantConfig/WeightOnlyQuantConfig, a dict or None, "
-                        f"not {type(config).__name__}")
+        raise TypeError(f"quantization config must be a QuantConfig/WeightOnlyQuantConfig, transformers' "
+                        f"BitsAndBytesConfig/GPTQConfig/AwqConfig, a dict or None, not {type(config).__name__}")
 
 
 def _problems(exc: ValidationError) -> str:
@@ -321,7 +345,16 @@ def _problem(error: dict) -> str:
     return f"{where}: {message}" if where else message
 
 
-# Intel Extension for Transformers users write this name.
-WeightOnlyQuantConfig = QuantConfig
+class WeightOnlyQuantConfig(QuantConfig):
+    """Intel's ``WeightOnlyQuantConfig``: its keywords (``llm_int8_skip_modules``, ``mse_range``,
+    ``use_double_quant``, ``calib_dataset``, ``calib_iters``, ``compute_dtype=torch.bfloat16``, ...) with
+    Intel's defaults for what is left out: nf4, groups of 32, sym, RTN, fp32 compute and scales, the
+    output layers float (``config_compat.INTEL_DEFAULTS``; ``QuantConfig`` keeps quantllm's: int4, groups
+    of 128). A QuantConfig in every other way: it saves the values it ran with, and reloads as a
+    QuantConfig equal to it.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**intel_fields(kwargs))
 
 __all__ = ["QuantConfig", "WeightOnlyQuantConfig", "ALIASES"]

@@ -8,15 +8,17 @@ from torch import nn
 
 from .formats import get_format
 from . import cpu_features
+from .double_quant import DoubleQuantScales
 from .errors import CheckpointError
 from .kernels.base import LayerSpec
 from .kernels.registry import choose_kernel
 from .outliers import SparseResidual, expected_outlier_shapes
 from .packed import PackedWeight, expected_shapes
+from .primitives import n_groups
 
 log = logging.getLogger("quant_core")
 
-_TENSOR_NAMES = ("qweight", "scales", "zeros", "g_idx")
+_TENSOR_NAMES = ("qweight", "scales", "zeros", "g_idx", "scale_codes", "scale_absmax", "scale_offset")
 _OUTLIER_NAMES = ("outlier_values", "outlier_indices", "outlier_row_ptr")
 
 
@@ -27,26 +29,32 @@ class QuantLinear(nn.Module):
     copy of the weight is kept. The kernel is chosen on first use for the input's
     device and kept until the module moves to another device. Sparse fp16 outliers
     (``outliers={"structure": ..., "count": ...}``) are added to every kernel's output here,
-    once, so every kernel path executes them.
+    once, so every kernel path executes them. With double quantization
+    (``double_quant_block``) the scale codes are the saved buffers and ``scales`` is their
+    decoded form, rebuilt whenever a state dict is loaded and never saved.
     """
     TENSOR_NAMES = _TENSOR_NAMES + _OUTLIER_NAMES
 
     def __init__(self, in_features: int, out_features: int, weight_dtype: str, group_size: int,
                  sym: bool, bias: bool, compute_dtype: str = "auto", has_g_idx: bool = False,
                  scale_dtype: torch.dtype = torch.float16, kernel: str | None = None, device=None,
-                 zero_mode: str | None = None, outliers: dict | None = None):
+                 zero_mode: str | None = None, outliers: dict | None = None, double_quant_block: int | None = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.fmt, self.group_size = get_format(weight_dtype), group_size  # parsed once, not per .packed
         self.compute_dtype, self.forced_kernel = compute_dtype, kernel
+        self.double_quant_block = double_quant_block
         shapes = expected_shapes(self.weight_dtype, in_features, out_features, group_size,
-                                 not sym, has_g_idx)
+                                 not sym, has_g_idx, double_quant_block)
+        shapes["scales"] = (out_features, n_groups(in_features, group_size))  # decoded, where double-quantized
         zero_mode = zero_mode or ("none" if sym else "int")
         zero_dtype = scale_dtype if zero_mode == "min" else torch.uint8
-        dtypes = {"qweight": torch.uint8, "scales": scale_dtype, "zeros": zero_dtype, "g_idx": torch.int32}
+        dtypes = {"qweight": torch.uint8, "scales": scale_dtype, "zeros": zero_dtype, "g_idx": torch.int32,
+                  "scale_codes": torch.int8, "scale_absmax": torch.float32, "scale_offset": torch.float32}
         for name in _TENSOR_NAMES:
             value = torch.empty(shapes[name], dtype=dtypes[name], device=device) if name in shapes else None
-            self.register_buffer(name, value)
+            # decoded scales are derived from the codes: saving them too would undo the saving
+            self.register_buffer(name, value, persistent=not (name == "scales" and double_quant_block))
         self.outlier_structure = None if outliers is None else outliers["structure"]
         spec = {} if outliers is None else expected_outlier_shapes(outliers["structure"], out_features,
                                                                   in_features, outliers["count"])
@@ -74,8 +82,9 @@ class QuantLinear(nn.Module):
                                                           "count": packed.outliers.count}
         mod = cls(packed.in_features, packed.out_features, packed.fmt.name, packed.group_size,
                   packed.sym, bias is not None, compute_dtype, packed.g_idx is not None,
-                  packed.scales.dtype, kernel, device="meta", zero_mode=packed.zero_mode, outliers=outliers)
-        for name, tensor in packed.tensors().items():
+                  packed.scales.dtype, kernel, device="meta", zero_mode=packed.zero_mode, outliers=outliers,
+                  double_quant_block=packed.double_quant_block)
+        for name, tensor in {**packed.tensors(), "scales": packed.scales}.items():
             setattr(mod, name, tensor)
         if bias is not None:
             mod.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -94,7 +103,20 @@ class QuantLinear(nn.Module):
     @property
     def packed(self) -> PackedWeight:
         return PackedWeight(self.fmt, self.in_features, self.out_features,
-                            self.group_size, self.qweight, self.scales, self.zeros, self.g_idx, self.outliers)
+                            self.group_size, self.qweight, self.scales, self.zeros, self.g_idx, self.outliers,
+                            self._double_quant())
+
+    def _double_quant(self) -> DoubleQuantScales | None:
+        if self.double_quant_block is None:
+            return None
+        return DoubleQuantScales(self.scale_codes, self.scale_absmax, self.scale_offset, self.double_quant_block)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.double_quant_block is not None and f"{prefix}scale_codes" in state_dict:
+            # the one place loaded scale codes become the scales every kernel reads (in the layer's scale dtype)
+            self.scales = self._double_quant().decode(self.scales.dtype)
+            self._kernel = None
 
     def resolved_compute_dtype(self, device_type: str, x_dtype: torch.dtype) -> str:
         if self.compute_dtype != "auto":

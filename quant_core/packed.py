@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .double_quant import DoubleQuantScales, stored_shapes
 from .formats import WeightFormat, get_format, pack_codes, unpack_codes
 from .outliers import SparseResidual
 from .primitives import default_g_idx, dequantize_weight, n_groups
@@ -23,6 +24,9 @@ class PackedWeight:
              (set by act-order GPTQ; G = ceil(K / group_size) either way).
     outliers: a sparse fp16 residual added to the dequantized codes (``quant_core.outliers``),
              or None.
+    double_quant: the stored form of ``scales`` as 8-bit codes (``quant_core.double_quant``), or
+             None. ``scales`` then holds their decoded values, which every kernel reads as usual;
+             ``tensors()`` (what is saved) holds the codes instead.
     """
     fmt: WeightFormat
     in_features: int
@@ -33,6 +37,7 @@ class PackedWeight:
     zeros: torch.Tensor | None = None
     g_idx: torch.Tensor | None = None
     outliers: SparseResidual | None = None
+    double_quant: DoubleQuantScales | None = None
 
     @classmethod
     def from_codes(cls, codes, scales, zeros, fmt, group_size, g_idx=None, scale_dtype=torch.float16,
@@ -86,8 +91,19 @@ class PackedWeight:
         """The same codes with no outliers: what a kernel repacks."""
         return replace(self, outliers=None)
 
+    def with_double_quant(self, block: int) -> "PackedWeight":
+        """The same codes with the scales stored as 8-bit codes and read back decoded (in the scale dtype)."""
+        stored = DoubleQuantScales.encode(self.scales, block)
+        return replace(self, scales=stored.decode(self.scales.dtype), double_quant=stored)
+
+    @property
+    def double_quant_block(self) -> int | None:
+        return None if self.double_quant is None else self.double_quant.block
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"qweight": self.qweight, "scales": self.scales}
+        """The tensors a checkpoint stores for this weight."""
+        out = {"qweight": self.qweight}
+        out.update({"scales": self.scales} if self.double_quant is None else self.double_quant.tensors())
         if self.zeros is not None:
             out["zeros"] = self.zeros
         if self.g_idx is not None:
@@ -106,9 +122,12 @@ class PackedWeight:
         """What makes these tensors unfit for the layer they claim to be (empty when they fit):
         shapes, dtypes, and the values that index memory (group indices, zero-point codes)."""
         codes_part = self.without_outliers()
+        expected = {**self.expected_shapes(), "scales": (self.out_features, self.n_groups)}
         out = [f"{name} has shape {tuple(t.shape)}, expected {shape}" for name, t, shape in
-               ((n, t, self.expected_shapes().get(n)) for n, t in codes_part.tensors().items())
+               ((n, t, expected.get(n)) for n, t in {**codes_part.tensors(), "scales": self.scales}.items())
                if tuple(t.shape) != shape]
+        if self.double_quant is not None:
+            out += self.double_quant.problems()
         if self.outliers is not None:
             out += self.outliers.problems(self.out_features, self.in_features)
         kinds = {"qweight": self.qweight.dtype == torch.uint8, "scales": self.scales.is_floating_point(),
@@ -128,15 +147,18 @@ class PackedWeight:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         return expected_shapes(self.fmt.name, self.in_features, self.out_features, self.group_size,
-                               not self.sym, self.g_idx is not None)
+                               not self.sym, self.g_idx is not None, self.double_quant_block)
 
 
 def expected_shapes(fmt_name: str, in_features: int, out_features: int, group_size: int,
-                    has_zeros: bool, has_g_idx: bool) -> dict[str, tuple[int, ...]]:
-    """Shapes a checkpoint must hold for a layer; used to validate loads."""
+                    has_zeros: bool, has_g_idx: bool, double_quant_block: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Shapes a checkpoint must hold for a layer; used to validate loads. With double quantization
+    the scales are stored as codes (``double_quant.stored_shapes``), not as ``scales``."""
     fmt = get_format(fmt_name)
     g = n_groups(in_features, group_size)
-    shapes = {"qweight": (out_features, fmt.packed_row_bytes(in_features)), "scales": (out_features, g)}
+    shapes = {"qweight": (out_features, fmt.packed_row_bytes(in_features))}
+    shapes.update({"scales": (out_features, g)} if double_quant_block is None
+                  else stored_shapes(out_features, g, double_quant_block))
     if has_zeros:
         shapes["zeros"] = (out_features, g)
     if has_g_idx:

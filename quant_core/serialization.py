@@ -31,6 +31,9 @@ from .packed import expected_shapes
 
 MANIFEST_FIELDS = {"in_features": int, "out_features": int, "weight_dtype": str, "group_size": int,
                    "zero_mode": str, "g_idx": bool, "bias": bool}
+# present only where a layer's scales are double-quantized (quant_core.double_quant): groups per
+# second-level scale; the layer then stores scale_codes / scale_absmax / scale_offset instead of scales
+OPTIONAL_MANIFEST_FIELDS = {"double_quant_block": int}
 ZERO_MODES = ("none", "int", "min")
 HEADER_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.int16: "I16",
                  torch.int32: "I32"}
@@ -43,7 +46,8 @@ def layer_manifest(model: torch.nn.Module) -> dict[str, dict]:
     return {name: {"in_features": m.in_features, "out_features": m.out_features,
                    "weight_dtype": m.weight_dtype, "group_size": m.group_size,
                    "zero_mode": m.packed.zero_mode, "g_idx": m.g_idx is not None,
-                   "bias": m.bias is not None, **_outlier_entry(m)}
+                   "bias": m.bias is not None, **_outlier_entry(m),
+                   **({} if m.double_quant_block is None else {"double_quant_block": m.double_quant_block})}
             for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
@@ -89,6 +93,9 @@ def _manifest_problems(name, spec) -> list[str]:
     out = [f"{name}: {key} is missing" for key in MANIFEST_FIELDS if key not in spec]
     out += [f"{name}: {key} is {spec[key]!r}, not {kind.__name__}" for key, kind in MANIFEST_FIELDS.items()
             if key in spec and (not isinstance(spec[key], kind) or (kind is int and isinstance(spec[key], bool)))]
+    out += [f"{name}: {key} is {spec[key]!r}, not a positive {kind.__name__}"
+            for key, kind in OPTIONAL_MANIFEST_FIELDS.items() if key in spec
+            and (not isinstance(spec[key], kind) or isinstance(spec[key], bool) or spec[key] <= 0)]
     if out:
         return out
     if spec["in_features"] <= 0 or spec["out_features"] <= 0 or not (spec["group_size"] == -1 or spec["group_size"] > 0):
@@ -131,9 +138,11 @@ def check_manifest(layers, path: Path) -> dict:
 def _expected_tensors(spec: dict, config: QuantConfig) -> dict[str, tuple[str, tuple]]:
     """Header dtype and shape of each tensor a manifest entry promises."""
     shapes = expected_shapes(spec["weight_dtype"], spec["in_features"], spec["out_features"],
-                             spec["group_size"], spec["zero_mode"] != "none", spec["g_idx"])
+                             spec["group_size"], spec["zero_mode"] != "none", spec["g_idx"],
+                             spec.get("double_quant_block"))
     scale = HEADER_DTYPES[SCALE_DTYPES[config.scale_dtype]]
-    dtypes = {"qweight": "U8", "scales": scale, "zeros": scale if spec["zero_mode"] == "min" else "U8", "g_idx": "I32"}
+    dtypes = {"qweight": "U8", "scales": scale, "zeros": scale if spec["zero_mode"] == "min" else "U8", "g_idx": "I32",
+              "scale_codes": "I8", "scale_absmax": "F32", "scale_offset": "F32"}
     out = {t: (dtypes[t], shape) for t, shape in shapes.items()}
     if spec.get("outliers"):
         o = spec["outliers"]
@@ -234,7 +243,8 @@ def _swap_in_skeleton(model, name: str, spec: dict, config: QuantConfig) -> None
         spec["in_features"], spec["out_features"], spec["weight_dtype"], spec["group_size"],
         sym=spec["zero_mode"] == "none", bias=spec["bias"], compute_dtype=config.compute_dtype,
         has_g_idx=spec["g_idx"], scale_dtype=config.torch_scale_dtype, kernel=config.kernel,
-        device="meta", zero_mode=spec["zero_mode"], outliers=spec.get("outliers")))
+        device="meta", zero_mode=spec["zero_mode"], outliers=spec.get("outliers"),
+        double_quant_block=spec.get("double_quant_block")))
 
 
 def _embedding_from_layer(model, source, layers: dict, path: Path) -> None:
