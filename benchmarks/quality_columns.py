@@ -79,3 +79,10 @@ STORE = "quality"  # benchmarks/results/quality.json: every perplexity cell of o
 
 def cell_key(row: str, column: str, n_samples: int = N_SAMPLES) -> str:
     return f"{row}:{column}:{n_samples}"
+
+# Double quantization (benchmarks/quality_double_quant.py): each setting with RTN, without and with double_quant.
+DOUBLE_QUANT_COLUMNS = {
+    "int4_g64_sym": dict(label="int4_fullrange g64 sym",
+                         quant_config=dict(weight_dtype="int4_fullrange", group_size=64, scheme="sym")),
+    "nf4_g64": COLUMNS["nf4_g64"],
+}
