@@ -35,7 +35,8 @@ _CACHE_LOCK = threading.Lock()
 
 
 def as_quant_config(config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> QuantConfig | None:
-    """None | QuantConfig (= WeightOnlyQuantConfig) | dict, or a ``load_in_*bit`` shortcut -> QuantConfig | None."""
+    """None | QuantConfig (or WeightOnlyQuantConfig) | transformers' BitsAndBytesConfig/GPTQConfig/AwqConfig | dict,
+    or a ``load_in_*bit`` shortcut -> QuantConfig | None (see ``QuantConfig.coerce``)."""
     return QuantConfig.coerce(config, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
 
 

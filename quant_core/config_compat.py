@@ -248,6 +248,15 @@ INTEL_GPTQ_ARGS = {"act_order": "act_order", "percdamp": "damp_percent", "block_
                    "true_sequential": "true_sequential"}
 
 
+def _intel_weight_dtype(v, _):
+    if v in ("fp4_e2m1", "fp4_e2m1_bnb", "fp4"):
+        # Neural Compressor's tables (which Intel's PyTorch path quantizes with): FP4_E2M1 and FP4_BNB keep
+        # +-0.0625 where OCP E2M1, quantllm's fp4_e2m1, has +-0.5 (and FP4_BNB has no +-1, +-1.5)
+        raise Refusal(f"Intel's {v} codebook is not OCP E2M1 (its smallest nonzero level is 0.0625, E2M1's 0.5 of "
+                      f"the same scale); pass weight_dtype='nf4', or QuantConfig(weight_dtype='fp4_e2m1') for E2M1")
+    return {} if v is None else {"weight_dtype": v}
+
+
 def _algorithm_args(v, _):
     if not v:
         return {}
@@ -273,8 +282,8 @@ def _skip_modules(v, fields):
 
 
 INTEL_RULES: dict[str, Rule] = {
-    **{name: same(name) for name in ("weight_dtype", "compute_dtype", "scale_dtype", "group_size", "scheme",
-                                     "algorithm")},
+    **{name: same(name) for name in ("compute_dtype", "scale_dtype", "group_size", "scheme", "algorithm")},
+    "weight_dtype": mapped(_intel_weight_dtype),
     "llm_int8_skip_modules": mapped(_skip_modules),
     "mse_range": same("mse_clip"),
     "use_double_quant": same("double_quant"),
