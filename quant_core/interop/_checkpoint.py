@@ -171,7 +171,7 @@ def float_state(model) -> dict[str, torch.Tensor]:
     with tied tensors stored once (tie_word_embeddings restores the alias on load); a head packed
     by head_weight_dtype (and an embedding reading its rows) as dequantized float weights."""
     skip = {f"{name}.{b}" for name, m in model.named_modules() if isinstance(m, QuantLinear)
-            for b in QuantLinear.TENSOR_NAMES}
+            for b in QuantLinear.TENSOR_NAMES}  # packed tensors, scale codes and outliers included
     state = dedupe_tied({k: v for k, v in model.state_dict().items() if k not in skip})[0]
     return {**state, **_float_head(model)}
 

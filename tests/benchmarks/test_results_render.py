@@ -33,7 +33,7 @@ def test_every_result_json_has_the_envelope_and_every_run_named_exists():
         data = report.load(name)
         assert data["benchmark"] == name and data["schema"] == report.SCHEMA
         assert data["runs"], f"{name}.json names no run"
-        named = {item["run"] for part in ("cells", "sizes", "timing", "results", "models")
+        named = {item["run"] for part in ("cells", "sizes", "timing", "results", "models", "double_quant")
                  for item in data.get(part, {}).values() if isinstance(item, dict) and "run" in item}
         named |= {item["run"] for part in ("layers", "launch", "decode", "gptq") for item in data.get(part, [])}
         assert named <= set(data["runs"]), f"{name}: figures name unknown runs {named - set(data['runs'])}"
@@ -103,6 +103,18 @@ def test_quality_table_marks_each_cell_with_its_run():
     column = list(COLUMNS).index("nf4_g64")
     rtn_row = next(line for line in text.splitlines() if line.startswith("| RTN |"))
     assert rtn_row.split(" | ")[1 + column].startswith("30.12")
+
+
+def test_double_quant_rows_and_size_column():
+    entry = {"packed_mb": 50.0, "ckpt_mb": 170.0, "ppl_wiki": 19.5, "ppl_legal": 25.25, "run": "r1"}
+    data = {"runs": {"r1": {"device": "cpu"}}, "setup": {"quantized_weights": 100_000_000},
+            "sizes": {"nf4_g64": {"packed_mb": 56.4, "ckpt_mb": 173.4, "run": "r1"}},
+            "double_quant": {"nf4_g64:plain": entry,
+                             "nf4_g64:dq": {**entry, "ckpt_mb": 171.84, "scale_rel_rms": 0.0042, "scale_rel_max": 0.117,
+                                            "weight_rel_err": 0.0935, "weight_rel_err_dq": 0.09356}}}
+    text = "\n".join(quality_report.render_quality(data, peer={}))
+    assert "| nf4 g64 | yes | 4.000 | 50.00 | 171.84 | 19.500 | 25.250 | 0.420 / 11.70 | 9.350 -> 9.356 | a |" in text
+    assert "| nf4 g64 | 4.51 | 56.40 | 173.4 | 171.8 |" in text  # the size table's double-quant column
 
 
 def test_gpu_layer_cells_render_errors_and_eager_only_captures():

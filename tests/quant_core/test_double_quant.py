@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from quant_core import QuantConfig, QuantLinear, quantize
 from quant_core.algorithms.rtn import rtn
@@ -12,7 +13,9 @@ from quant_core.double_quant import CODE_MAX, DoubleQuantScales, n_blocks
 from quant_core.errors import CheckpointError, ConfigError
 from quant_core.file_headers import read_safetensors_header
 from quant_core.serialization import load_quantized, save_quantized
-from quant_core.testing import byte_tokenizer
+from quant_core.interop import export
+from quant_core.loading import load_model
+from quant_core.testing import byte_tokenizer, tiny_llama_lm
 
 
 def _scales(n, g, signed=False, seed=0):
@@ -112,7 +115,6 @@ def test_a_tampered_manifest_is_refused(tiny_llama, tmp_path, change, message):
 
 
 def test_non_finite_second_level_scales_are_refused(tiny_llama, tmp_path):
-    from safetensors.torch import load_file, save_file
     _, path = _quantized_dir(tiny_llama, tmp_path)
     state = load_file(str(path / "model.safetensors"))
     state["model.layers.0.self_attn.o_proj.scale_absmax"][0] = float("nan")
@@ -120,3 +122,12 @@ def test_non_finite_second_level_scales_are_refused(tiny_llama, tmp_path):
         {"lm_head.weight": "model.embed_tokens.weight"})})
     with pytest.raises(CheckpointError, match="not finite"):
         load_quantized(path, verify=False)
+
+
+def test_gptq_export_of_a_double_quantized_model_holds_its_decoded_scales(tmp_path):
+    """Exports write the scales the kernels read (fp16, exact), never the codes as stray tensors."""
+    model = quantize(tiny_llama_lm(), QuantConfig(group_size=32, scheme="asym", double_quant=True,
+                                                  double_quant_block=8), progress=False)
+    exported, _ = load_model(str(export(model, byte_tokenizer(), tmp_path / "gptq", to="gptq")))
+    ids = torch.randint(3, 200, (1, 10))
+    assert torch.equal(exported(ids).logits, model(ids).logits)
