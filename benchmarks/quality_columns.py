@@ -83,6 +83,7 @@ def cell_key(row: str, column: str, n_samples: int = N_SAMPLES) -> str:
 # Double quantization (benchmarks/quality_double_quant.py): each setting with RTN, without and with double_quant.
 DOUBLE_QUANT_COLUMNS = {
     "int4_g64_sym": dict(label="int4_fullrange g64 sym",
-                         quant_config=dict(weight_dtype="int4_fullrange", group_size=64, scheme="sym")),
+                         quant_config=dict(weight_dtype="int4_fullrange", group_size=64, scheme="sym",
+                                           head_weight_dtype=None)),  # float head, as the other tables
     "nf4_g64": COLUMNS["nf4_g64"],
 }
