@@ -89,6 +89,7 @@ class CoordinateDescent:
         self.q = q.clone()
         self.free = free
         self.g = (w - self.q) @ self.hn
+        self._best = None  # (per-row loss, q, scales) of remember_best
 
     def row_errors(self) -> torch.Tensor:
         """``f`` of each row: ``e_r^T H e_r`` (from ``G``, no extra product)."""
@@ -187,7 +188,7 @@ class CoordinateDescent:
     def remember_best(self) -> None:
         """Keep, per row, the lowest-loss state seen at a call of this (on the grid)."""
         err = self.row_errors()
-        if not hasattr(self, "_best"):
+        if self._best is None:
             self._best = (err, self.q.clone(), self.scales.clone())
             return
         best_err, best_q, best_scales = self._best

@@ -5,8 +5,9 @@ coordinate descent on ``tr((W - Q) H (W - Q)^T)``, ``H`` the Hessian of the laye
 
 * ``quantease``: starts from the float weight (the first sweep is then a greedy
   error-compensating pass), groups' scales from the weight's ranges; ``config.num_iter``
-  sweeps, each group's scales re-fitted by least squares after every ``REFIT_EVERY``-th
-  sweep and at the end (kept per row only where they lower the loss, so the loss never rises).
+  sweeps, each group's scales given their exact per-row optimum before every sweep on the grid
+  and re-fitted jointly by least squares at the end (kept per row only where they lower the
+  loss, so the loss never rises).
 * ``gptq_quantease``: starts from GPTQ's codes and scales, then the same sweeps.
 * ``act_order``: columns are swept in order of decreasing ``diag(H)`` and groups are formed
   in that order (recorded in ``g_idx``), as GPTQ's act-order.
@@ -37,7 +38,6 @@ from .outlier_support import outlier_mask
 # escape the nearest grid point they got stuck at; the last FINAL_QUANTIZED sweeps stay on it.
 RELAX_EVERY = 3
 FINAL_QUANTIZED = 3
-RESCALE, JOINT_EVERY, JOINT_END = True, False, True
 
 
 def _working_order(h: torch.Tensor, config: QuantConfig, start: QuantResult | None):
@@ -111,15 +111,12 @@ def _run(cd: CoordinateDescent, num_iter: int, scale_dtype: torch.dtype, start_o
     if start_on_grid:
         cd.remember_best()
     for sweep in range(num_iter):
-        on_grid = not RELAX_EVERY or sweep % RELAX_EVERY != 1 or sweep >= num_iter - FINAL_QUANTIZED
-        cd.sweep(quantize=on_grid, rescale=RESCALE)
+        on_grid = sweep % RELAX_EVERY != 1 or sweep >= num_iter - FINAL_QUANTIZED
+        cd.sweep(quantize=on_grid)
         if on_grid:
-            if JOINT_EVERY:
-                cd.refit_scales(scale_dtype)
             cd.remember_best()
-    if JOINT_END:
-        cd.refit_scales(scale_dtype)
-        cd.remember_best()
+    cd.refit_scales(scale_dtype)  # joint least squares once at the end (kept per row where it helps)
+    cd.remember_best()
     cd.restore_best()
 
 
