@@ -25,6 +25,7 @@ from ..kernels.cpu_simd import CpuAvx2Kernel, CpuAvx512Kernel, _library_or_reaso
 from .lean_model import LeanLayer, LeanModel, lean_model
 from .lean_ops import CppOps, TorchOps
 from .lean_plan import LayerStep, plan_reason
+from .prompt_check import check_prompt
 
 
 class LeanDecoder:
@@ -60,11 +61,8 @@ class LeanDecoder:
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_prompt(input_ids.shape, self.batch_size, self.max_len)
         b, t = input_ids.shape
-        if b != self.batch_size:
-            raise ValueError(f"this decoder was built for batch {self.batch_size}, got {b}")
-        if t >= self.max_len:
-            raise ValueError(f"prompt of {t} tokens leaves no room in a cache of {self.max_len}; raise max_len")
         self.reset()
         mask = torch.ones(b, t, dtype=torch.long) if attention_mask is None else attention_mask.to("cpu", torch.long)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)

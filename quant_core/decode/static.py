@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from transformers import StaticCache
 
+from .prompt_check import check_prompt
+
 
 class StaticDecoder:
     """Prefill then one token per step over a preallocated KV cache of ``max_len`` positions.
@@ -63,11 +65,8 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_prompt(input_ids.shape, self.batch_size, self.max_len)
         b, t = input_ids.shape
-        if b != self.batch_size:
-            raise ValueError(f"this decoder was built for batch {self.batch_size}, got {b}")
-        if t >= self.max_len:
-            raise ValueError(f"prompt of {t} tokens leaves no room in a cache of {self.max_len}; raise max_len")
         self.reset()
         mask = torch.ones(b, t, dtype=torch.long, device=self.device) if attention_mask is None \
             else attention_mask.to(self.device, torch.long)
