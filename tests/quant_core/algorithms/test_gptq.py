@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from quant_core import QuantConfig, QuantLinear, quantize
-from quant_core.algorithms.gptq import Hessian, gptq, inverse_cholesky
+from quant_core.algorithms.gptq import gptq, inverse_cholesky
 from quant_core.algorithms.rtn import rtn
 from quant_core.blocks import UnsupportedModelError
 from quant_core.calibration import CalibrationError
@@ -17,19 +17,6 @@ from quant_core.calibration import CalibrationError
 SETTINGS = [("int4_fullrange", "sym", 64), ("int4_fullrange", "asym", 64), ("int4_clip", "sym", 64),
             ("int4_fullrange", "asym", -1), ("int3", "asym", 64), ("int2", "asym", 64),
             ("nf4", "sym", 64), ("fp4_e2m1", "sym", 64), ("int8", "sym", 64)]
-
-
-@pytest.fixture(scope="module")
-def layer():
-    """A weight and correlated inputs with a few large channels, like real activations."""
-    g = torch.Generator().manual_seed(0)
-    k, n = 192, 48
-    x = torch.randn(1024, k, generator=g) @ (0.3 * torch.randn(k, k, generator=g) + torch.eye(k))
-    x[:, :3] *= 8
-    h = Hessian(k)
-    for chunk in x.split(300):
-        h.add(chunk)
-    return torch.randn(n, k, generator=g), x, h.matrix
 
 
 def output_error(w, w_hat, x):

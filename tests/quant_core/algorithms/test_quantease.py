@@ -16,19 +16,6 @@ SETTINGS = [("int4_fullrange", "sym", 64), ("int4_fullrange", "asym", 64), ("int
             ("nf4", "sym", 64), ("fp4_e2m1", "sym", 64), ("int8", "sym", 64)]
 
 
-@pytest.fixture(scope="module")
-def layer():
-    """A weight and correlated inputs with a few large channels, like real activations."""
-    g = torch.Generator().manual_seed(0)
-    k, n = 192, 48
-    x = torch.randn(1024, k, generator=g) @ (0.3 * torch.randn(k, k, generator=g) + torch.eye(k))
-    x[:, :3] *= 8
-    h = Hessian(k)
-    for chunk in x.split(300):
-        h.add(chunk)
-    return torch.randn(n, k, generator=g), x, h.matrix
-
-
 def loss(w, result, config, h):
     return output_error(w - result.pack(config).dequantize(), h).item()
 
