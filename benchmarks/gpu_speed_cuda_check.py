@@ -23,7 +23,7 @@ from gpu_speed import copies_for, copy_bandwidth, random_packed, timed  # noqa: 
 from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels import cuda_build  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
-from quant_core.kernels.cuda_kernel import CudaKernel, _arch, candidates  # noqa: E402
+from quant_core.kernels.cuda_kernel import DENSE_CACHE_ENV, CudaKernel, _arch, candidates  # noqa: E402
 from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
 from quant_core.kernels.triton_tuning import TUNE_ENV  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
@@ -39,7 +39,7 @@ CASES = [("int4 sym g128", "int4", 128, "none", False), ("int4 sym g32", "int4",
          ("int8 per-ch", "int8", -1, "none", False), ("int8 asym g128", "int8", 128, "int", False),
          ("int8 min g64", "int8", 64, "min", False)]
 SHAPES = [(2048, 768), (1088, 320)]  # (K, N): every tile fits the first; only the 64 x 64 tile the second
-ROWS = [1, 5, 33, 130]
+ROWS = [1, 5, 12, 33, 130]  # 1, 5: few-row kernel with 8 A rows; 12: with 16
 FAILS: list[str] = []
 
 
@@ -145,20 +145,28 @@ def speed(shapes, rows_list, copy_tbs, with_triton: bool) -> None:
                 print(f"| {k}×{n} | {label} | {m} | {base:.1f} | {c:.1f} ({base / c:.2f}×) | {t:.1f} ({base / t:.2f}×) "
                       f"| {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) | {cfg.label()} |", flush=True)
             if label == "int4 g128":
-                sweep(cks, k, n, ps[0].nbytes())
+                sweep(cks, k, n, ps[0].nbytes(), rows_list)
             del cks, tks, ps
             torch.cuda.empty_cache()
 
 
-def sweep(cks, k, n, nbytes) -> None:
-    """Every candidate's graph time at M = 1, 16 and 64 (weights rotated), to see what the tiles do."""
-    for m in (1, 16, 64):
+def sweep(cks, k, n, nbytes, rows) -> None:
+    """Every candidate's graph time per row count (weights rotated), to see what the tiles do; for
+    the dequantize + cuBLAS path also with the dequantized weight kept (DENSE_CACHE_ENV)."""
+    for m in rows:
         x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
         cells = []
         for cfg in candidates(m, n, k, 128):
             try:
                 us = timed([lambda kk=kk: kk._launch(x, cfg) for kk in cks], True)
-                cells.append(f"{cfg.label()} {us:.1f}")
+                cells.append(f"{cfg.label()} {us:.1f} ({nbytes / us / 1e6:.2f} TB/s)")
+                if cfg.dequant:
+                    os.environ[DENSE_CACHE_ENV] = "1"
+                    us = timed([lambda kk=kk: kk._launch(x, cfg) for kk in cks], True)
+                    cells.append(f"dequant+mm kept {us:.1f}")
+                    del os.environ[DENSE_CACHE_ENV]
+                    for kk in cks:
+                        kk._dense = None
             except Exception as exc:  # noqa: BLE001 - a config that fails to launch is a finding
                 cells.append(f"{cfg.label()} {type(exc).__name__}")
         print(f"  sweep {k}x{n} M={m} (µs): " + "; ".join(cells), flush=True)

@@ -67,8 +67,9 @@ def variant_defines(bf16: bool, fmt: str, zero_mode: str) -> list[str]:
 
 
 def arch_flags(arch: str) -> list[str]:
-    """``arch`` like "90" or "80": real machine code for it (mma.sync needs no "a" target)."""
-    return [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    """``arch`` like "90" or "80": real machine code for it (mma.sync needs no "a" target); from sm_90
+    the few-row kernel may meet along K in thread-block clusters."""
+    return [f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-DQMM_CLUSTERS={int(int(arch) >= 90)}"]
 
 
 def compile_command(out: str, bf16: bool, fmt: str, zero_mode: str, arch: str, extra=()) -> list[str]:
@@ -110,6 +111,8 @@ def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str) -> ctypes.CDLL
     p = ctypes.c_void_p
     lib.qmm_run.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
     lib.qmm_run.restype = ctypes.c_int
+    lib.qmm_gemv.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
+    lib.qmm_gemv.restype = ctypes.c_int
     lib.qmm_dequant.argtypes = [ctypes.POINTER(QmmArgs), p, p]
     lib.qmm_dequant.restype = ctypes.c_int
     lib.qmm_set_device.argtypes = [ctypes.c_int]

@@ -1,8 +1,9 @@
 """CudaKernel: the tensor-core kernel of the registry for int4 / nf4 / fp4 / int8 weights (sm_80+).
 
 The weight is re-laid once at construction (``cuda_weight``); each call is one launch of the
-fused dequantize + ``mma.sync`` kernel (``csrc/cuda_qmm.cuh``), or, where the tuner measures it
-faster (many rows), a dequantize kernel followed by cuBLAS. Launch configurations (tile shape,
+fused dequantize + ``mma.sync`` kernel (``csrc/cuda_qmm.cuh``), or for up to 16 rows of the
+few-row kernel that streams the same layout through registers (``csrc/cuda_gemv.cuh``), or,
+where the tuner measures it faster (many rows), a dequantize kernel followed by cuBLAS. Launch configurations (tile shape,
 K splits) are chosen per (rows bucket, shape, format) by timing the candidates replayed from a
 CUDA graph, kept in ``$QUANTLLM_CACHE/cuda_tuning.json``; a table shipped for known GPUs
 (``cuda_defaults.json``) answers first, so first use of a common model times little.
@@ -30,8 +31,14 @@ from ..formats import get_format
 TILES = ((128, 128, 8), (256, 64, 8), (64, 256, 8), (128, 64, 4), (256, 128, 8), (64, 64, 4))
 SPLIT_MAX_ROWS = 64  # K splits meet in a shared [64, N] fp32 workspace: only for one row block
 DEQUANT_MIN_ROWS = 128  # from here the dequantize + cuBLAS path is a candidate
+GEMV_MAX_ROWS = 16  # the few-row kernel's A fragment: rows 0-15 of one mma
+GEMV_CLUSTERS = (1, 2, 4, 8)  # blocks along K that meet in distributed shared memory (sm_90+; 1 elsewhere)
+GEMV_BLOCKS_PER_SM = 3  # what its 4-warp blocks fit per SM by registers (168 a thread)
 DEFAULTS_FILE = Path(__file__).with_name("cuda_defaults.json")
 SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time every new key
+# "1": the dequantize + cuBLAS path keeps each layer's dequantized weight (N x K x 2 bytes, ~4x the
+# int4 layer) after its first use, so many-row calls cost what bf16 costs; off by default
+DENSE_CACHE_ENV = "QUANTLLM_CUDA_DENSE_CACHE"
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,13 @@ class CudaConfig:
     tile: int
     splits: int = 1
     dequant: bool = False
+    cluster: int = 0  # > 0: the few-row kernel with this many blocks along K per 64 columns
 
     def label(self) -> str:
         if self.dequant:
             return "dequant+mm"
+        if self.cluster:
+            return f"gemv:c{self.cluster}"
         bn, bk, warps = TILES[self.tile]
         return f"t{self.tile}:n{bn}k{bk}w{warps}x{self.splits}"
 
@@ -53,9 +63,23 @@ def _tile_fits(tile: int, n: int, k: int, group: int) -> bool:
     return n % bn == 0 and k % bk == 0 and group_ok
 
 
+def _clusters_ok() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+
+
+def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
+    """The few-row kernel's configs, the one nearest one full wave of blocks first."""
+    if m > GEMV_MAX_ROWS or k % 16 or (group < k and group < 16):
+        return []
+    clusters = GEMV_CLUSTERS if _clusters_ok() else (1,)
+    wave = GEMV_BLOCKS_PER_SM * sm_count()
+    best = max([c for c in clusters if c * (n // 64) <= wave] or [1])
+    return [CudaConfig(0, cluster=c) for c in sorted(clusters, key=lambda c: c != best)]
+
+
 def candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
     """Launch configs for ``m`` rows, the heuristic default first."""
-    out = []
+    out = gemv_candidates(m, n, k, group)
     rows = 16 if m <= 16 else 32 if m <= 32 else 64
     for tile in range(len(TILES)):
         if not _tile_fits(tile, n, k, group):
@@ -150,6 +174,7 @@ class CudaKernel(Kernel):
         self._ws = workspace(self.device, self.weight.out_features)
         self._configs: dict[int, CudaConfig] = {}  # rows -> tuned config
         self._args: dict[tuple, cuda_build.QmmArgs] = {}  # (rows, config) -> launch arguments
+        self._dense: torch.Tensor | None = None  # the dequantized weight, kept only under DENSE_CACHE_ENV
 
     # -- launches ---------------------------------------------------------------------------
     def _make_args(self, m: int, cfg: CudaConfig) -> cuda_build.QmmArgs:
@@ -173,12 +198,19 @@ class CudaKernel(Kernel):
         if _several_gpus():  # the library's runtime keeps its own current device
             self._check(self.lib.qmm_set_device(x.device.index))
         if cfg.dequant:
-            wd = torch.empty((w.out_features, w.in_features), device=x.device, dtype=self.dtype)
-            self._check(self.lib.qmm_dequant(ctypes.byref(args), wd.data_ptr(), stream))
+            wd = self._dense
+            if wd is None:
+                wd = torch.empty((w.out_features, w.in_features), device=x.device, dtype=self.dtype)
+                self._check(self.lib.qmm_dequant(ctypes.byref(args), wd.data_ptr(), stream))
+                if os.environ.get(DENSE_CACHE_ENV) == "1" and not torch.cuda.is_current_stream_capturing():
+                    self._dense = wd
             return F.linear(x, wd)
         out = torch.empty((m, w.out_features), device=x.device, dtype=self.dtype)
         args.x, args.out = x.data_ptr(), out.data_ptr()
-        self._check(self.lib.qmm_run(ctypes.byref(args), cfg.tile, stream))
+        if cfg.cluster:
+            self._check(self.lib.qmm_gemv(ctypes.byref(args), cfg.cluster, stream))
+        else:
+            self._check(self.lib.qmm_run(ctypes.byref(args), cfg.tile, stream))
         return out
 
     def _check(self, err: int) -> None:

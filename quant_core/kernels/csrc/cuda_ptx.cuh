@@ -56,6 +56,17 @@ __device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], const uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// 16 bytes global -> registers, zero where !pred; .nc + L1::no_allocate: a weight is read once per
+// launch, so it bypasses L1 (which keeps the activations that every warp re-reads).
+__device__ __forceinline__ uint4 ld_stream16(const void* p, bool pred) {
+  uint4 v;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n"
+      " mov.b32 %3, 0;\n @p ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(static_cast<int>(pred)));
+  return v;
+}
+
 // fp32 add performed at L2, no return value (split-K partial sums).
 __device__ __forceinline__ void red_add(float* p, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");

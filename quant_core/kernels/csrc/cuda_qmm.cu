@@ -4,6 +4,11 @@
 // Every entry point returns a cudaError_t (0 = launched); ctypes calls them, no torch headers.
 #include <cuda_runtime.h>
 
+#ifndef QMM_CLUSTERS
+#define QMM_CLUSTERS 0  // thread-block clusters (sm_90+): cuda_build.arch_flags sets it
+#endif
+
+#include "cuda_gemv.cuh"
 #include "cuda_qmm.cuh"
 
 #ifndef QMM_BF16
@@ -60,6 +65,37 @@ cudaError_t launch_rows(const qmm::Args& a, cudaStream_t stream) {
   if (a.M <= 32) return launch_groups<TILE, 2>(a, stream);
   return launch_groups<TILE, 4>(a, stream);  // more rows: blocks of 64 along M
 }
+
+// The few-row kernel (cuda_gemv.cuh): grid (cluster, N / 64), `cluster` blocks along K meeting in
+// distributed shared memory (cluster > 1 needs sm_90).
+template <bool M16>
+cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
+  auto kernel = qmm::gemv_kernel<T, QMM_FMT, QMM_ZM, M16>;
+  if (a.M < 1 || a.M > (M16 ? 16 : 8) || a.N % 64 || a.K % 16 || cluster < 1 || cluster > 8 ||
+      (a.group < a.K && (a.group < 16 || (1 << a.group_shift) != a.group)) || (!QMM_CLUSTERS && cluster > 1))
+    return cudaErrorInvalidValue;
+  const int smem = qmm::gemv_smem_bytes<T, QMM_ZM, M16>(a, cluster);
+  static int raised = 48 * 1024;
+  if (smem > raised) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    raised = smem;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(cluster, a.N / 64, 1);
+  cfg.blockDim = dim3(qmm::GEMV_WARPS * 32, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = cluster > 1 ? 1 : 0;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
 }  // namespace
 
 extern "C" {
@@ -78,6 +114,11 @@ int qmm_run(const qmm::Args* a, int tile, void* stream) {
     case 5: return launch_rows<5>(*a, s);
     default: return cudaErrorInvalidValue;
   }
+}
+
+int qmm_gemv(const qmm::Args* a, int cluster, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return a->M <= 8 ? launch_gemv<false>(*a, cluster, s) : launch_gemv<true>(*a, cluster, s);
 }
 
 int qmm_dequant(const qmm::Args* a, void* w, void* stream) {

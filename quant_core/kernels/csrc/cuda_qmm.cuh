@@ -65,13 +65,11 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
   }
 }
 
-// One unit's B fragments for this lane: codes from `unit` (shared or global memory).
+// One unit's B fragments for this lane from its 16 code bytes (q0; int8: and the second half's, q1).
 template <typename T, int FMT, int ZM>
-__device__ __forceinline__ void unit_fragments(const uint8_t* unit, const GroupRegs<T, FMT, ZM>& gp, const Args& a,
-                                               int lane, uint32_t b[8][2]) {
-  const uint4 q0 = *reinterpret_cast<const uint4*>(unit + lane * 16);
+__device__ __forceinline__ void fragments_from(uint4 q0, uint4 q1, const GroupRegs<T, FMT, ZM>& gp, const Args& a,
+                                               uint32_t b[8][2]) {
   if constexpr (FMT == INT8) {
-    const uint4 q1 = *reinterpret_cast<const uint4*>(unit + 512 + lane * 16);
     const uint32_t q[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
     dequant_int8<T, ZM>(q, gp, b);
   } else if constexpr (FMT == CB4) {
@@ -81,6 +79,15 @@ __device__ __forceinline__ void unit_fragments(const uint8_t* unit, const GroupR
     const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
     dequant_int4<T, ZM>(q, gp, b);
   }
+}
+
+// One unit's B fragments for this lane: codes from `unit` (shared or global memory).
+template <typename T, int FMT, int ZM>
+__device__ __forceinline__ void unit_fragments(const uint8_t* unit, const GroupRegs<T, FMT, ZM>& gp, const Args& a,
+                                               int lane, uint32_t b[8][2]) {
+  const uint4 q0 = *reinterpret_cast<const uint4*>(unit + lane * 16);
+  const uint4 q1 = FMT == INT8 ? *reinterpret_cast<const uint4*>(unit + 512 + lane * 16) : q0;
+  fragments_from<T, FMT, ZM>(q0, q1, gp, a, b);
 }
 
 // Which 16-byte chunks of a stage this thread copies, fixed for the whole K loop: pointers are

@@ -74,10 +74,24 @@ def test_candidates_fit_the_shape_and_split_only_one_row_block(m, k, n, group):
     cands = candidates(m, n, k, group)
     assert cands, "a 64 x 64 tile fits every shape the kernel accepts"
     for c in cands:
-        assert c.dequant or _tile_fits(c.tile, n, k, group)
+        assert c.dequant or c.cluster or _tile_fits(c.tile, n, k, group)
         assert c.splits == 1 or m <= cuda_kernel.SPLIT_MAX_ROWS
     assert any(c.dequant for c in cands) == (m >= cuda_kernel.DEQUANT_MIN_ROWS)
+    assert any(c.cluster for c in cands) == (m <= cuda_kernel.GEMV_MAX_ROWS)
     assert len({c.label() for c in cands}) == len(cands)
+
+
+def test_few_row_kernel_leads_to_16_rows_with_one_wave_of_blocks(fake_gpu, monkeypatch):
+    """Untuned (and while a graph is captured) the first candidate runs: for <= 16 rows the few-row
+    kernel, its cluster the largest that keeps the blocks within one wave (3 a SM on 132 SMs)."""
+    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
+    first = lambda m, n, k: candidates(m, n, k, 128)[0]  # noqa: E731
+    assert first(1, 4096, 4096) == cuda_kernel.CudaConfig(0, cluster=4)  # 4 x 64 blocks <= 396 < 8 x 64
+    assert first(16, 14336, 4096).cluster == 1 and first(8, 4096, 14336).cluster == 4
+    assert not any(c.cluster for c in candidates(17, 4096, 4096, 128))
+    assert {c.cluster for c in candidates(1, 4096, 4096, 128)} >= {1, 2, 4, 8}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # no clusters before sm_90
+    assert [c.cluster for c in candidates(1, 4096, 4096, 128) if c.cluster] == [1]
 
 
 def test_shipped_defaults_name_real_candidates():
