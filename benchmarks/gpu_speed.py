@@ -50,8 +50,20 @@ from gpu_speed_report import NAME, write_report  # noqa: E402 - same folder
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]  # (K in, N out)
 ROWS = [1, 16, 64, 256]
 # (column, format, group size, kernel): the CUDA kernel in every format, Triton (the fallback) for int4
+
+
+class CudaKeptKernel(CudaKernel):
+    """CudaKernel keeping each layer's dequantized weight (QUANTLLM_CUDA_DENSE_CACHE=1): the
+    many-row fallback at the memory cost of a bf16 copy."""
+
+    def __init__(self, packed, spec):
+        super().__init__(packed, spec)
+        self.keep_dense = True
+
+
 OURS = [("cuda int4 g128", "int4", 128, CudaKernel), ("cuda nf4 g128", "nf4", 128, CudaKernel),
-        ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel)]
+        ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel),
+        ("cuda int4 g128, dequantized weight kept", "int4", 128, CudaKeptKernel)]
 TRITON_UNTUNED = "triton int4 g128 (heuristic config, untuned)"
 DEV = "cuda"
 BF16, TINYGEMM = "bf16 cuBLAS", "tinygemm int4 g128"  # column names of the layer table in gpu_speed.json

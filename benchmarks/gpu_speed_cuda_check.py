@@ -23,7 +23,7 @@ from gpu_speed import copies_for, copy_bandwidth, random_packed, timed  # noqa: 
 from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels import cuda_build  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
-from quant_core.kernels.cuda_kernel import DENSE_CACHE_ENV, CudaKernel, _arch, candidates  # noqa: E402
+from quant_core.kernels.cuda_kernel import CudaKernel, _arch, candidates  # noqa: E402
 from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
 from quant_core.kernels.triton_tuning import TUNE_ENV  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
@@ -152,21 +152,21 @@ def speed(shapes, rows_list, copy_tbs, with_triton: bool) -> None:
 
 def sweep(cks, k, n, nbytes, rows) -> None:
     """Every candidate's graph time per row count (weights rotated), to see what the tiles do; for
-    the dequantize + cuBLAS path also with the dequantized weight kept (DENSE_CACHE_ENV)."""
+    the dequantize + cuBLAS path also with the dequantized weight kept (``keep_dense``)."""
     for m in rows:
         x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
         cells = []
-        for cfg in candidates(m, n, k, 128):
+        for cfg in candidates(m, n, k, 128, kept=m >= 32):
             try:
                 us = timed([lambda kk=kk: kk._launch(x, cfg) for kk in cks], True)
                 cells.append(f"{cfg.label()} {us:.1f} ({nbytes / us / 1e6:.2f} TB/s)")
                 if cfg.dequant:
-                    os.environ[DENSE_CACHE_ENV] = "1"
+                    for kk in cks:
+                        kk.keep_dense = True
                     us = timed([lambda kk=kk: kk._launch(x, cfg) for kk in cks], True)
                     cells.append(f"dequant+mm kept {us:.1f}")
-                    del os.environ[DENSE_CACHE_ENV]
                     for kk in cks:
-                        kk._dense = None
+                        kk.keep_dense, kk._dense = False, None
             except Exception as exc:  # noqa: BLE001 - a config that fails to launch is a finding
                 cells.append(f"{cfg.label()} {type(exc).__name__}")
         print(f"  sweep {k}x{n} M={m} (µs): " + "; ".join(cells), flush=True)

@@ -31,7 +31,8 @@ from ..formats import get_format
 TILES = ((128, 128, 8), (256, 64, 8), (64, 256, 8), (128, 64, 4), (256, 128, 8), (64, 64, 4))
 SPLIT_MAX_ROWS = 64  # K splits meet in a shared [64, N] fp32 workspace: only for one row block
 DEQUANT_MIN_ROWS = 128  # from here the dequantize + cuBLAS path is a candidate
-GEMV_MAX_ROWS = 16  # the few-row kernel's A fragment: rows 0-15 of one mma
+KEPT_MIN_ROWS = 32  # ... or from here when the dequantized weight is kept (DENSE_CACHE_ENV)
+GEMV_MAX_ROWS = 16  # the few-row kernel takes x as one or two 8-row mma operands
 GEMV_CLUSTERS = (1, 2, 4, 8)  # blocks along K that meet in distributed shared memory (sm_90+; 1 elsewhere)
 GEMV_BLOCKS_PER_SM = 3  # what its 4-warp blocks fit per SM by registers (168 a thread)
 DEFAULTS_FILE = Path(__file__).with_name("cuda_defaults.json")
@@ -39,6 +40,7 @@ SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time 
 # "1": the dequantize + cuBLAS path keeps each layer's dequantized weight (N x K x 2 bytes, ~4x the
 # int4 layer) after its first use, so many-row calls cost what bf16 costs; off by default
 DENSE_CACHE_ENV = "QUANTLLM_CUDA_DENSE_CACHE"
+GEMV_ENV = "QUANTLLM_CUDA_GEMV"  # "0": leave the few-row kernel out (the mma kernel takes every row count)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def _clusters_ok() -> bool:
 
 def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
     """The few-row kernel's configs, the one nearest one full wave of blocks first."""
-    if m > GEMV_MAX_ROWS or k % 16 or (group < k and group < 16):
+    if m > GEMV_MAX_ROWS or k % 16 or (group < k and group < 16) or os.environ.get(GEMV_ENV) == "0":
         return []
     clusters = GEMV_CLUSTERS if _clusters_ok() else (1,)
     wave = GEMV_BLOCKS_PER_SM * sm_count()
@@ -77,8 +79,9 @@ def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
     return [CudaConfig(0, cluster=c) for c in sorted(clusters, key=lambda c: c != best)]
 
 
-def candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
-    """Launch configs for ``m`` rows, the heuristic default first."""
+def candidates(m: int, n: int, k: int, group: int, kept: bool = False) -> list[CudaConfig]:
+    """Launch configs for ``m`` rows, the heuristic default first (``kept``: the dequantized weight
+    is kept after its first use, which makes dequantize + cuBLAS a candidate from fewer rows)."""
     out = gemv_candidates(m, n, k, group)
     rows = 16 if m <= 16 else 32 if m <= 32 else 64
     for tile in range(len(TILES)):
@@ -88,13 +91,18 @@ def candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
         if m > SPLIT_MAX_ROWS:
             out.append(CudaConfig(tile))
             continue
-        # ~1 block per SM fills the GPU when each keeps ~40 KB in flight; try around that
+        # ~1 block per SM fills the GPU when each keeps ~40 KB in flight; try that and twice that
+        # (on an H200 fewer splits never won by more than noise: 4 shapes x 5 row counts)
         split = _split_for(-(-m // rows) * (n // bn), k // bk, sm_count())
-        for s in dict.fromkeys((split, split * 2 if split * 2 <= k // bk else split, max(1, split // 2), 1)):
+        for s in dict.fromkeys((split, split * 2 if split * 2 <= k // bk else split)):
             out.append(CudaConfig(tile, s))
-    if m >= DEQUANT_MIN_ROWS and out:
+    if m >= (KEPT_MIN_ROWS if kept else DEQUANT_MIN_ROWS) and out:
         out.append(CudaConfig(0, dequant=True))
     return out
+
+
+def _dense_kept() -> bool:
+    return os.environ.get(DENSE_CACHE_ENV) == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,7 +182,8 @@ class CudaKernel(Kernel):
         self._ws = workspace(self.device, self.weight.out_features)
         self._configs: dict[int, CudaConfig] = {}  # rows -> tuned config
         self._args: dict[tuple, cuda_build.QmmArgs] = {}  # (rows, config) -> launch arguments
-        self._dense: torch.Tensor | None = None  # the dequantized weight, kept only under DENSE_CACHE_ENV
+        self.keep_dense = _dense_kept()  # keep the dequantized weight after its first use
+        self._dense: torch.Tensor | None = None
 
     # -- launches ---------------------------------------------------------------------------
     def _make_args(self, m: int, cfg: CudaConfig) -> cuda_build.QmmArgs:
@@ -202,7 +211,7 @@ class CudaKernel(Kernel):
             if wd is None:
                 wd = torch.empty((w.out_features, w.in_features), device=x.device, dtype=self.dtype)
                 self._check(self.lib.qmm_dequant(ctypes.byref(args), wd.data_ptr(), stream))
-                if os.environ.get(DENSE_CACHE_ENV) == "1" and not torch.cuda.is_current_stream_capturing():
+                if self.keep_dense and not torch.cuda.is_current_stream_capturing():
                     self._dense = wd
             return F.linear(x, wd)
         out = torch.empty((m, w.out_features), device=x.device, dtype=self.dtype)
@@ -230,11 +239,12 @@ class CudaKernel(Kernel):
     # -- choice -----------------------------------------------------------------------------
     def config_for(self, x: torch.Tensor) -> CudaConfig:
         m, w = x.shape[0], self.weight
-        cands = candidates(m, w.out_features, w.in_features, w.group)
+        cands = candidates(m, w.out_features, w.in_features, w.group, self.keep_dense)
         if not cands:
             raise NoKernelError(f"no CUDA tile fits {w.in_features}x{w.out_features} group {w.group}; "
                                 f"run this layer with kernel='triton'")
-        key = ("cuda", rows_bucket(m), w.in_features, w.out_features, w.kind, w.zero_mode, w.group, str(self.dtype))
+        path = "cuda dense kept" if self.keep_dense else "cuda"  # kept weights change the winners: own picks
+        key = (path, rows_bucket(m), w.in_features, w.out_features, w.kind, w.zero_mode, w.group, str(self.dtype))
         if key not in CACHE.best and os.environ.get(SHIPPED_ENV, "1") != "0":
             label = _shipped().get(torch.cuda.get_device_name(x.device), {}).get(str(key))
             chosen = [c for c in cands if c.label() == label]

@@ -2,19 +2,21 @@
 // split-K workspace, built to stream the weight at memory bandwidth with a small fixed cost.
 //
 // It reads the same re-laid units as the mma kernel (cuda_layout.py: 16 k-rows x 64 columns, a
-// lane's 16 bytes are its B fragments), so the registry can pick either per row count without a
+// lane's 16 bytes are its fragments), so the registry can pick either per row count without a
 // second copy of the weight. A block (4 warps) owns one 64-column block over K / CLUSTER rows;
 // each warp streams a contiguous range of 16-row bands straight from global memory into
-// registers, UNROLL units (8 x 512 bytes a warp) in flight before the first is used, and
-// multiplies with mma.sync m16n8k16 (rows 0-7 or 0-15 of the A fragment are the activations,
-// loaded as 4-byte pairs from L1/L2). The warps' sums meet in shared memory; on sm_90 the
+// registers, two batches of U units in flight (the next batch's loads are issued before the
+// current one is multiplied), and multiplies with mma.sync m16n8k16 run transposed: the weight
+// unit is the A operand (two n8 subtiles' B registers are exactly one A fragment) and the
+// activations the B operand (8 rows of x, loaded as 4-byte pairs from L1/L2), so for M <= 8 no
+// half of an mma is spent on absent rows. The warps' sums meet in shared memory; on sm_90 the
 // CLUSTER blocks that share a column block (a thread-block cluster along K) meet through
 // distributed shared memory, each block writing 1/CLUSTER of the outputs. Nothing is left
 // behind in global memory, so no counter, workspace or second pass.
 //
-// int4 skips the per-register zero-point and scale (two of four dequantize instructions): B is
+// int4 skips the per-register zero point and scale (two of four dequantize instructions): A is
 // the raw BASE + u (one LOP3 per register, BASE = 128 bf16 / 1024 fp16, exact) and one more mma
-// against a ones fragment sums the activations, S. At each group's end, per column,
+// with ones as A sums the activations, S. At each group's end, per column,
 //     acc += scale * (sum - (BASE + z) * S)        (+ min * S for float minimums)
 // in fp32. The cancellation costs ~8 of fp32's 24 bits: far below the bf16/fp16 output.
 // nf4/fp4 and int8 decode to scaled fragments as the mma kernel does (cuda_dequant.cuh).
@@ -94,58 +96,102 @@ __device__ __forceinline__ void stage_groups(uint8_t* slot, int stride_rows, con
   cp_async_commit();
 }
 
-// int4: one group's raw sums into the result (see the top). Lane columns 8s + 2t + e sit at
-// 16t + 8e + s of a staged (shuffled) group row.
+// Accumulators of one warp. The mma runs transposed, out^T = W x^T: the weight unit is the A operand
+// (its 16 rows = two n8 subtiles, 2j and 2j + 1, whose B-fragment registers are exactly A's), the
+// activations are B (8 columns = 8 rows of x; a second tile for rows 8-15), so no half of an mma is
+// spent on absent rows. Lane (g, t) holds out[m = 2t + e][n = 8(2j + f) + g] in acc[h][j][2f + e],
+// h the x tile (m + 8h).
+template <bool M16>
+struct GemvAcc {
+  static constexpr int H = M16 ? 2 : 1;
+  float acc[H][4][4];  // the result
+  float c[H][4][4];    // int4: sums of the current group against BASE + u
+  float cs[H][4];      // int4: sums of the current group against ones: S[2t], S[2t + 1], S[2t], S[2t + 1]
+
+  __device__ __forceinline__ void zero_group() {
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) c[h][j][i] = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) cs[h][i] = 0.f;
+    }
+  }
+  __device__ __forceinline__ void zero() {
+    zero_group();
+#pragma unroll
+    for (int h = 0; h < H; ++h)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[h][j][i] = 0.f;
+  }
+};
+
+// int4: one group's raw sums into the result (see the top). The lane's 8 columns 8s + g sit side by
+// side at 8g + s of a staged (shuffled) group row.
 template <typename T, int ZM, bool M16>
-__device__ __forceinline__ void fold_group(float (&acc)[8][4], float (&c)[8][4], float (&cs)[4], const T* srow,
-                                           const uint8_t* zrow, int t) {
-  const uint4 s0 = *reinterpret_cast<const uint4*>(srow + 16 * t), s1 = *reinterpret_cast<const uint4*>(srow + 16 * t + 8);
-  const uint32_t sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
-  uint32_t zw[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+__device__ __forceinline__ void fold_group(GemvAcc<M16>& r, const T* srow, const uint8_t* zrow, int g) {
+  const uint4 sv = *reinterpret_cast<const uint4*>(srow + 8 * g);
+  const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w};
+  uint32_t zw[4] = {0u, 0u, 0u, 0u};
   if constexpr (ZM == ZINT) {
-    const uint4 z = *reinterpret_cast<const uint4*>(zrow + 16 * t);
-    zw[0] = z.x, zw[1] = z.y, zw[2] = z.z, zw[3] = z.w;
+    const uint2 z = *reinterpret_cast<const uint2*>(zrow + 8 * g);
+    zw[0] = z.x, zw[1] = z.y;
   } else if constexpr (ZM == ZMIN) {
-    const uint4 m0 = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(zrow) + 16 * t);
-    const uint4 m1 = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(zrow) + 16 * t + 8);
-    zw[0] = m0.x, zw[1] = m0.y, zw[2] = m0.z, zw[3] = m0.w, zw[4] = m1.x, zw[5] = m1.y, zw[6] = m1.z, zw[7] = m1.w;
+    const uint4 m = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(zrow) + 8 * g);
+    zw[0] = m.x, zw[1] = m.y, zw[2] = m.z, zw[3] = m.w;
   }
 #pragma unroll
-  for (int e = 0; e < 2; ++e)
+  for (int s = 0; s < 8; ++s) {
+    const float sc = half_to_float<T>(sw[s >> 1], s & 1);
+    float zz = Raw<T>::BASE, mn = 0.f;
+    if constexpr (ZM == ZNONE) zz += 8.f;
+    if constexpr (ZM == ZINT) zz += static_cast<float>((zw[s >> 2] >> (8 * (s & 3))) & 0xFFu);
+    if constexpr (ZM == ZMIN) mn = half_to_float<T>(zw[s >> 1], s & 1);
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
-      const int i = 8 * e + s;  // position in the lane's 16 staged columns
-      const float sc = half_to_float<T>(sw[i >> 1], i & 1);
-      float zz = Raw<T>::BASE, mn = 0.f;
-      if constexpr (ZM == ZNONE) zz += 8.f;
-      if constexpr (ZM == ZINT) zz += static_cast<float>((zw[i >> 2] >> (8 * (i & 3))) & 0xFFu);
-      if constexpr (ZM == ZMIN) mn = half_to_float<T>(zw[i >> 1], i & 1);
-      acc[s][e] = fmaf(sc, fmaf(-zz, cs[0], c[s][e]), fmaf(mn, cs[0], acc[s][e]));
-      if constexpr (M16) acc[s][2 + e] = fmaf(sc, fmaf(-zz, cs[2], c[s][2 + e]), fmaf(mn, cs[2], acc[s][2 + e]));
-    }
+    for (int h = 0; h < GemvAcc<M16>::H; ++h)
 #pragma unroll
-  for (int s = 0; s < 8; ++s)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) c[s][i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) cs[i] = 0.f;
+      for (int e = 0; e < 2; ++e) {
+        float& out = r.acc[h][s >> 1][2 * (s & 1) + e];
+        out = fmaf(sc, fmaf(-zz, r.cs[h][e], r.c[h][s >> 1][2 * (s & 1) + e]), fmaf(mn, r.cs[h][e], out));
+      }
+  }
+  r.zero_group();
 }
 
-// int4: the raw fragments of one unit (BASE + u) and their mma into the group's sums.
-template <typename T>
-__device__ __forceinline__ void mma_raw_int4(float (&c)[8][4], float (&cs)[4], uint4 q0, const uint32_t af[4]) {
+// int4: one unit's raw A fragments (BASE + u: word j holds subtiles 2j, 2j + 1 at nibbles 2f + r + 4h)
+// times the activations, and the activations' sums (ones as A).
+template <typename T, bool M16>
+__device__ __forceinline__ void mma_raw_int4(GemvAcc<M16>& r, uint4 q0, const uint32_t xb[4]) {
   const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
-  const uint32_t ones[2] = {Raw<T>::ONES, Raw<T>::ONES};
+  const uint32_t ones[4] = {Raw<T>::ONES, Raw<T>::ONES, Raw<T>::ONES, Raw<T>::ONES};
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
+  for (int j = 0; j < 4; ++j) {
+    // A rows g / g + 8 = subtiles 2j / 2j + 1 (shift 0 / 8); k 2t.. / 2t + 8.. = register r (shift + 4)
+    const uint32_t a[4] = {mask_or<0x000f000fu, Raw<T>::MAGIC>(q[j]), mask_or<0x000f000fu, Raw<T>::MAGIC>(q[j] >> 8),
+                           mask_or<0x000f000fu, Raw<T>::MAGIC>(q[j] >> 4), mask_or<0x000f000fu, Raw<T>::MAGIC>(q[j] >> 12)};
 #pragma unroll
-    for (int f = 0; f < 2; ++f) {
-      // subtile 2j + f, register r: nibbles 2f + r (low half) and 2f + r + 4 (high half) of word j
-      const uint32_t b[2] = {mask_or<0x000f000fu, Raw<T>::MAGIC>(q[j] >> (8 * f)),
-                             mask_or<0x000f000fu, Raw<T>::MAGIC>(q[j] >> (8 * f + 4))};
-      mma16816<T>(c[2 * j + f], af, b);
-    }
-  mma16816<T>(cs, af, ones);
+    for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.c[h][j], a, xb + 2 * h);
+  }
+#pragma unroll
+  for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.cs[h], ones, xb + 2 * h);
+}
+
+// nf4/fp4, int8: scaled fragments as the mma kernel decodes them, straight into the result.
+template <typename T, int FMT, int ZM, bool M16>
+__device__ __forceinline__ void mma_scaled(GemvAcc<M16>& r, uint4 q0, uint4 q1, const GroupRegs<T, FMT, ZM>& gp,
+                                           const Args& a, const uint32_t xb[4]) {
+  uint32_t bf[8][2];
+  fragments_from<T, FMT, ZM>(q0, q1, gp, a, bf);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t w[4] = {bf[2 * j][0], bf[2 * j + 1][0], bf[2 * j][1], bf[2 * j + 1][1]};
+#pragma unroll
+    for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.acc[h][j], w, xb + 2 * h);
+  }
 }
 
 // The block's partial sums [M][64] (fp32, in shared memory) to the output, or, in a cluster, summed
@@ -173,18 +219,20 @@ __device__ __forceinline__ void gemv_store(float* sums, const Args& a, int cb) {
 #endif
 }
 
-// This warp's sums (rows g and g + 8, columns 8s + 2t + e) to its slot, then the 4 warps' slots summed
-// in place into slot 0 (each output by one thread, in warp order: deterministic).
+// This warp's sums to its slot [m][64], then the 4 warps' slots summed in place into slot 0 (each
+// output by one thread, in warp order: deterministic).
 template <bool M16>
-__device__ __forceinline__ float* reduce_warps(const float (&acc)[8][4], float* red, const Args& a, int warp, int lane) {
+__device__ __forceinline__ float* reduce_warps(const GemvAcc<M16>& r, float* red, const Args& a, int warp, int lane) {
   constexpr int ROWS = M16 ? 16 : 8;
   const int g = lane >> 2, t = lane & 3;
   float* mine = red + warp * ROWS * 64;
 #pragma unroll
-  for (int s = 0; s < 8; ++s) {
-    *reinterpret_cast<float2*>(mine + g * 64 + 8 * s + 2 * t) = make_float2(acc[s][0], acc[s][1]);
-    if constexpr (M16) *reinterpret_cast<float2*>(mine + (g + 8) * 64 + 8 * s + 2 * t) = make_float2(acc[s][2], acc[s][3]);
-  }
+  for (int h = 0; h < GemvAcc<M16>::H; ++h)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)  // i = 2f + e: column 8(2j + f) + g, row 8h + 2t + e
+        mine[(8 * h + 2 * t + (i & 1)) * 64 + 8 * (2 * j + (i >> 1)) + g] = r.acc[h][j][i];
   __syncthreads();
   for (int o = threadIdx.x; o < a.M * 64; o += GEMV_WARPS * 32) {
     float v = red[o];
@@ -196,38 +244,15 @@ __device__ __forceinline__ float* reduce_warps(const float (&acc)[8][4], float* 
   return red;
 }
 
-template <typename T, int FMT, int ZM, bool M16>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) {
-  constexpr int UNIT = FMT == INT8 ? 1024 : 512, U = GEMV_UNROLL;
-  extern __shared__ __align__(16) uint8_t smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int cb = blockIdx.y, bands = a.K / 16, units_n = a.N / 64;
-  const int bpw = gemv_bands_per_warp(a.K, gridDim.x);
-  const int b0 = min(bands, (static_cast<int>(blockIdx.x) * GEMV_WARPS + warp) * bpw), b1 = min(bands, b0 + bpw);
-  const bool per_channel = a.group >= a.K;
-  const int stride_rows = gemv_group_rows(a, gridDim.x);
-  const int g_lo = per_channel ? 0 : (b0 * 16) >> a.group_shift;
-  uint8_t* slot = smem + warp * stride_rows * gemv_row_bytes<T, ZM>();
-  constexpr int ZROW = ZM == ZINT ? 64 : 64 * static_cast<int>(sizeof(T));  // bytes of a staged zero row
-  const T* srows = reinterpret_cast<const T*>(slot);
-  const uint8_t* zrows = slot + stride_rows * 64 * sizeof(T);
-  if (b0 < b1) stage_groups<T, ZM>(slot, stride_rows, a, cb, g_lo, per_channel ? 1 : (((b1 - 1) * 16) >> a.group_shift) - g_lo + 1, lane);
+// One batch of U units of a warp's band range, in registers: codes and the activations' B fragments.
+template <int FMT, int U>
+struct Batch {
+  uint4 q0[U], q1[U];
+  uint32_t xb[U][4];  // x rows g (k 2t.., 2t + 8..), then rows g + 8
 
-  float acc[8][4], c[8][4], cs[4] = {0.f, 0.f, 0.f, 0.f};  // c, cs: int4's sums of the current group
-#pragma unroll
-  for (int s = 0; s < 8; ++s)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[s][i] = c[s][i] = 0.f;
-  GroupRegs<T, FMT, ZM> gp;
-  int cur = -1;
-  const uint8_t* qsrc = a.qw + (static_cast<size_t>(b0) * units_n + cb) * UNIT + lane * 16;
-  const size_t qstride = static_cast<size_t>(units_n) * UNIT;
-  const T* xlo = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(g) * a.K + 2 * t;
-  const T* xhi = xlo + static_cast<size_t>(8) * a.K;
-  const bool has_lo = g < a.M, has_hi = M16 && g + 8 < a.M;
-  for (int b = b0; b < b1; b += U) {
-    uint4 q0[U], q1[U];
-    uint32_t af[U][4];
+  template <typename T, bool M16>
+  __device__ __forceinline__ void load(const uint8_t* qsrc, size_t qstride, const T* xlo, const T* xhi, int b, int b0,
+                                       int b1, bool has_lo, bool has_hi) {
 #pragma unroll
     for (int i = 0; i < U; ++i) {  // every load of the batch before any use
       const bool in = b + i < b1;
@@ -235,40 +260,89 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
       q0[i] = ld_stream16(p, in);
       q1[i] = FMT == INT8 ? ld_stream16(p + 512, in) : q0[i];
       const int k = (b + i) * 16;
-      af[i][0] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k)) : 0u;
-      af[i][2] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k + 8)) : 0u;
-      af[i][1] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k)) : 0u;
-      af[i][3] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k + 8)) : 0u;
+      xb[i][0] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k)) : 0u;
+      xb[i][1] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k + 8)) : 0u;
+      xb[i][2] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k)) : 0u;
+      xb[i][3] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k + 8)) : 0u;
     }
-    if (b == b0) {
-      cp_async_wait<0>();  // this warp's group rows
-      __syncwarp();
-    }
+  }
+};
+
+// Where a warp's staged group rows are, and which group is current.
+template <typename T, int ZM>
+struct Groups {
+  static constexpr int ZROW = ZM == ZINT ? 64 : 64 * static_cast<int>(sizeof(T));  // bytes of a staged zero row
+  const T* srows;
+  const uint8_t* zrows;
+  int g_lo, shift, cur;
+  bool per_channel;
+  __device__ __forceinline__ int of(int band) const { return per_channel ? 0 : (band * 16) >> shift; }
+  __device__ __forceinline__ const T* scales(int grp) const { return srows + (grp - g_lo) * 64; }
+  __device__ __forceinline__ const uint8_t* zeros(int grp) const { return zrows + (grp - g_lo) * ZROW; }
+};
+
+template <typename T, int FMT, int ZM, bool M16, int U>
+__device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, U>& bt, Groups<T, ZM>& gs,
+                                              GroupRegs<T, FMT, ZM>& gp, const Args& a, int b, int b1, int lane) {
 #pragma unroll
-    for (int i = 0; i < U; ++i) {
-      if (b + i >= b1) break;
-      const int grp = per_channel ? 0 : ((b + i) * 16) >> a.group_shift;
-      if constexpr (FMT == INT4) {
-        if (grp != cur && cur >= 0) fold_group<T, ZM, M16>(acc, c, cs, srows + (cur - g_lo) * 64, zrows + (cur - g_lo) * ZROW, t);
-        cur = grp;
-        mma_raw_int4<T>(c, cs, q0[i], af[i]);
-      } else {
-        if (grp != cur) {
-          gp.load(srows + (grp - g_lo) * 64, zrows + (grp - g_lo) * ZROW, lane);
-          cur = grp;
-        }
-        uint32_t bf[8][2];
-        fragments_from<T, FMT, ZM>(q0[i], q1[i], gp, a, bf);
-#pragma unroll
-        for (int s = 0; s < 8; ++s) mma16816<T>(acc[s], af[i], bf[s]);
+  for (int i = 0; i < U; ++i) {
+    if (b + i >= b1) break;
+    const int grp = gs.of(b + i);
+    if constexpr (FMT == INT4) {
+      if (grp != gs.cur && gs.cur >= 0) fold_group<T, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), lane >> 2);
+      gs.cur = grp;
+      mma_raw_int4<T, M16>(r, bt.q0[i], bt.xb[i]);
+    } else {
+      if (grp != gs.cur) {
+        gp.load(gs.scales(grp), gs.zeros(grp), lane);
+        gs.cur = grp;
       }
+      mma_scaled<T, FMT, ZM, M16>(r, bt.q0[i], bt.q1[i], gp, a, bt.xb[i]);
     }
+  }
+}
+
+template <typename T, int FMT, int ZM, bool M16>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) {
+  // units a batch: 16 code bytes a lane a unit (int8: 32), two batches live, within 168 registers
+  constexpr int UNIT = FMT == INT8 ? 1024 : 512, U = GEMV_UNROLL / (FMT == INT8 ? 2 : 1) / (M16 ? 2 : 1);
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int cb = blockIdx.y, bands = a.K / 16, units_n = a.N / 64;
+  const int bpw = gemv_bands_per_warp(a.K, gridDim.x);
+  const int b0 = min(bands, (static_cast<int>(blockIdx.x) * GEMV_WARPS + warp) * bpw), b1 = min(bands, b0 + bpw);
+  const int stride_rows = gemv_group_rows(a, gridDim.x);
+  uint8_t* slot = smem + warp * stride_rows * gemv_row_bytes<T, ZM>();
+  Groups<T, ZM> gs;
+  gs.per_channel = a.group >= a.K, gs.shift = a.group_shift, gs.cur = -1;
+  gs.g_lo = gs.of(b0);
+  gs.srows = reinterpret_cast<const T*>(slot), gs.zrows = slot + stride_rows * 64 * sizeof(T);
+  if (b0 < b1) stage_groups<T, ZM>(slot, stride_rows, a, cb, gs.g_lo, gs.of(b1 - 1) - gs.g_lo + 1, lane);
+
+  GemvAcc<M16> r;
+  r.zero();
+  GroupRegs<T, FMT, ZM> gp;
+  const uint8_t* qsrc = a.qw + (static_cast<size_t>(b0) * units_n + cb) * UNIT + lane * 16;
+  const size_t qstride = static_cast<size_t>(units_n) * UNIT;
+  const T* xlo = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(g) * a.K + 2 * t;
+  const T* xhi = xlo + static_cast<size_t>(8) * a.K;
+  const bool has_lo = g < a.M, has_hi = M16 && g + 8 < a.M;
+  // two batches in flight: the next one's loads are issued before the current one is multiplied
+  Batch<FMT, U> even, odd;
+  even.template load<T, M16>(qsrc, qstride, xlo, xhi, b0, b0, b1, has_lo, has_hi);
+  cp_async_wait<0>();  // this warp's group rows
+  __syncwarp();
+  for (int b = b0; b < b1; b += 2 * U) {
+    odd.template load<T, M16>(qsrc, qstride, xlo, xhi, b + U, b0, b1, has_lo, has_hi);
+    compute_batch<T, FMT, ZM, M16, U>(r, even, gs, gp, a, b, b1, lane);
+    even.template load<T, M16>(qsrc, qstride, xlo, xhi, b + 2 * U, b0, b1, has_lo, has_hi);
+    compute_batch<T, FMT, ZM, M16, U>(r, odd, gs, gp, a, b + U, b1, lane);
   }
   if constexpr (FMT == INT4) {
-    if (cur >= 0) fold_group<T, ZM, M16>(acc, c, cs, srows + (cur - g_lo) * 64, zrows + (cur - g_lo) * ZROW, t);
+    if (gs.cur >= 0) fold_group<T, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), g);
   }
   __syncthreads();  // every warp is done with its staged groups: the space takes the partial sums
-  gemv_store<T>(reduce_warps<M16>(acc, reinterpret_cast<float*>(smem), a, warp, lane), a, cb);
+  gemv_store<T>(reduce_warps<M16>(r, reinterpret_cast<float*>(smem), a, warp, lane), a, cb);
 }
 
 }  // namespace qmm

@@ -1,7 +1,7 @@
 """The few-row CUDA kernel's int4 arithmetic (``csrc/cuda_gemv.cuh``), replayed on CPU from the
-shuffled bytes: raw fragments BASE + u by shift and mask, sums per group against them and against
-ones, and the fold ``scale * (sum - (BASE + z) * S) (+ min * S)`` with each lane's scales read at
-``16t + 8e + s`` of the shuffled group row. Equal to ``x @ W^T`` of the reference dequantization,
+shuffled bytes: raw A operands BASE + u by shift and mask (the weight is the mma's A, x its B),
+sums per group against them and against ones, and the fold ``scale * (sum - (BASE + z) * S) (+ min * S)``
+with each lane's scales read at ``8g + s`` of the shuffled group row. Equal to ``x @ W^T`` of the reference dequantization,
 so the kernel's index math holds whatever the GPU."""
 from __future__ import annotations
 
@@ -15,31 +15,31 @@ from quant_core.packed import PackedWeight
 BASE = 128.0  # bf16's magic number; fp16's (1024) differs only in the constant
 
 
-def raw_unit_b(unit: bytes) -> torch.Tensor:
-    """B [16 k, 64 n] of one unit as mma_raw_int4 builds it: lane (g, t), word j, subtile 2j + f,
-    register r = (word >> (8f + 4r)) & 0x000f000f: halves h at k = 2t + 8r + h of column 8(2j + f) + g."""
-    b = torch.zeros(16, 64, dtype=torch.float64)
+def raw_unit_a(unit: bytes) -> torch.Tensor:
+    """W [64 n, 16 k] of one unit as mma_raw_int4 builds its A operands: lane (g, t), word j gives
+    a = (q, q >> 8, q >> 4, q >> 12) & 0x000f000f | MAGIC, the m16n8k16 A fragment {row g, k 2t + h},
+    {row g + 8, k 2t + h}, {row g, k 2t + 8 + h}, {row g + 8, k 2t + 8 + h}; A row g + 8i of pair j is
+    output column 8(2j + i) + g."""
+    w = torch.zeros(64, 16, dtype=torch.float64)
     for lane in range(32):
         g, t = lane // 4, lane % 4
-        words = [int.from_bytes(unit[lane * 16 + 4 * j: lane * 16 + 4 * j + 4], "little") for j in range(4)]
         for j in range(4):
-            for f in range(2):
-                for r in range(2):
-                    reg = (words[j] >> (8 * f + 4 * r)) & 0x000F000F
-                    for h in range(2):
-                        b[2 * t + 8 * r + h, 8 * (2 * j + f) + g] = BASE + ((reg >> (16 * h)) & 0xF)
-    return b
+            word = int.from_bytes(unit[lane * 16 + 4 * j: lane * 16 + 4 * j + 4], "little")
+            for reg, (shift, row8, k8) in enumerate(((0, 0, 0), (8, 1, 0), (4, 0, 1), (12, 1, 1))):
+                a = (word >> shift) & 0x000F000F
+                for h in range(2):
+                    w[8 * (2 * j + row8) + g, 2 * t + 8 * k8 + h] = BASE + ((a >> (16 * h)) & 0xF)
+    return w
 
 
 def fold(acc, c, s_sum, srow, zrow, zero_mode):
-    """fold_group for every lane: column 8s + 2t + e reads position 16t + 8e + s of the shuffled rows."""
-    for t in range(4):
-        for e in range(2):
-            for s in range(8):
-                col, pos = 8 * s + 2 * t + e, 16 * t + 8 * e + s
-                zz = BASE + {"none": 8.0, "int": float(zrow[pos]) if zrow is not None else 0.0, "min": 0.0}[zero_mode]
-                mn = float(zrow[pos]) if zero_mode == "min" else 0.0
-                acc[:, col] += float(srow[pos]) * (c[:, col] - zz * s_sum) + mn * s_sum
+    """fold_group for every lane: column 8s + g reads position 8g + s of the shuffled rows."""
+    for g in range(8):
+        for s in range(8):
+            col, pos = 8 * s + g, 8 * g + s
+            zz = BASE + {"none": 8.0, "int": float(zrow[pos]) if zrow is not None else 0.0, "min": 0.0}[zero_mode]
+            mn = float(zrow[pos]) if zero_mode == "min" else 0.0
+            acc[:, col] += float(srow[pos]) * (c[:, col] - zz * s_sum) + mn * s_sum
 
 
 @pytest.mark.parametrize("zero_mode", ["none", "int", "min"])
@@ -62,7 +62,7 @@ def test_raw_fragments_and_group_fold_give_x_times_w(zero_mode, group):
         c, s_sum = torch.zeros(m, n, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
         for band in range(grp * group // 16, (grp + 1) * group // 16):
             xa = x[:, band * 16:(band + 1) * 16]
-            c += xa @ raw_unit_b(bytes(units[band, 0].tolist()))
+            c += xa @ raw_unit_a(bytes(units[band, 0].tolist())).t()
             s_sum += xa.sum(1)  # the mma against a ones fragment
         fold(acc, c, s_sum, srows[grp], None if zrows is None else zrows[grp], zero_mode)
     want = x @ packed.dequantize(torch.float32).double().t()
