@@ -94,6 +94,16 @@ def test_few_row_kernel_leads_to_16_rows_with_one_wave_of_blocks(fake_gpu, monke
     assert [c.cluster for c in candidates(1, 4096, 4096, 128) if c.cluster] == [1]
 
 
+def test_kept_weights_and_the_gemv_switch_change_the_candidates(monkeypatch):
+    """A kept dequantized weight makes dequantize + cuBLAS worth timing from 32 rows (it then costs what
+    bf16 costs); QUANTLLM_CUDA_GEMV=0 leaves the few-row kernel out."""
+    assert not any(c.dequant for c in candidates(32, 4096, 4096, 128))
+    assert any(c.dequant for c in candidates(32, 4096, 4096, 128, kept=True))
+    assert not any(c.dequant for c in candidates(16, 4096, 4096, 128, kept=True))
+    monkeypatch.setenv(cuda_kernel.GEMV_ENV, "0")
+    assert candidates(1, 4096, 4096, 128) and not any(c.cluster for c in candidates(1, 4096, 4096, 128))
+
+
 def test_shipped_defaults_name_real_candidates(monkeypatch):
     """Every shipped pick must be a label the tuner could choose for its key, else it is never used
     (the shipped GPUs are sm_90: cluster sizes of the few-row kernel count)."""
