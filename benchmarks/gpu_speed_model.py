@@ -109,7 +109,7 @@ def decode_section(run: str, layers: int, batches=(1, 16), peers=(), on_row=None
         except Exception as exc:  # noqa: BLE001 - a peer that cannot decode is a table entry
             if not build:
                 raise
-            row = {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:100]}"}
+            row = {**row, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}"}  # one table line
         print(f"decode {row}", flush=True)
         out.append(row)
         if on_row:
