@@ -66,6 +66,10 @@ class Architecture:
     pre_modules: tuple[str, ...]
     groups: tuple[LinearGroup, ...]
     conv1d: bool = False
+    # The attention module and its value projection (block-relative), for Hessians weighted by the
+    # attention each token receives (``algorithms.attention_mass``); None where v is a slice of a fused weight.
+    attention: str | None = None
+    value: str | None = None
 
     def linear_names(self) -> list[str]:
         return [name for group in self.groups for name in group.names]
@@ -80,6 +84,8 @@ _LLAMA_LIKE = Architecture(
         LinearGroup(("mlp.gate_proj", "mlp.up_proj"), "post_attention_layernorm", "mlp"),
         LinearGroup(("mlp.down_proj",), "mlp.up_proj", "mlp.down_proj"),  # act(gate) * up is linear in up
     ),
+    attention="self_attn",
+    value="self_attn.v_proj",
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -118,6 +124,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             LinearGroup(("fc1",), "final_layer_norm", "fc1"),
             LinearGroup(("fc2",), "fc1", "fc2"),  # ReLU(s * x) = s * ReLU(x) for s > 0
         ),
+        attention="self_attn",
+        value="self_attn.v_proj",
     ),
 }
 

@@ -22,9 +22,9 @@ def _rows_seen(monkeypatch, cls, algorithm: str, skip: int) -> set[int]:
     seen = set()
     original = cls.add
 
-    def add(self, x):
+    def add(self, x, *weights):
         seen.add(x.reshape(-1, x.shape[-1]).shape[0])
-        return original(self, x)
+        return original(self, x, *weights)
 
     monkeypatch.setattr(cls, "add", add)
     model = tiny_llama_lm(layers=1)
