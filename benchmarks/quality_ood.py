@@ -24,11 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_columns import COLUMNS, ROWS, SEQLEN  # noqa: E402
+from quality_texts import TEXTS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "quality_ood.json"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TEXTS = {"wiki": (DATA / "wikitext2-test.txt", 32), "legal": (DATA / "legal-ood.txt", None)}
 DEFAULT_ROWS = "RTN,GPTQ,AWQ,TEQ"
 
 
@@ -46,7 +45,7 @@ def run(args, store: dict) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, tok = load_model(args.model)
-    texts = {t: read_eval_text(TEXTS[t][0]) for t in args.texts}
+    texts = {t: read_eval_text(TEXTS[t].path) for t in args.texts}
     cells = store.setdefault("cells", {})
 
     def evaluate(q, row, variant, column, n):
@@ -112,7 +111,7 @@ def markdown(store: dict, args) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated from: {', '.join(ROWS)}")
+    p.add_argument("--rows", default=DEFAULT_ROWS, help="comma-separated from: " + ", ".join(ROWS).replace("%", "%%"))
     p.add_argument("--columns", default="int4_g128_sym", help=f"comma-separated from: {', '.join(COLUMNS)}")
     p.add_argument("--texts", default="wiki,legal", help=f"comma-separated from: {', '.join(TEXTS)}")
     p.add_argument("--windows", action="append", default=[], help="TEXT=N windows (0: all), e.g. legal=16")
@@ -130,7 +129,7 @@ def main(argv=None) -> None:
     if bad:
         raise SystemExit(f"unknown rows/columns/texts {bad}")
     given = dict(w.split("=") for w in args.windows)
-    args.windows = {t: int(given.get(t, TEXTS[t][1] or 0)) or None for t in TEXTS}
+    args.windows = {t: int(given.get(t, TEXTS[t].windows or 0)) or None for t in TEXTS}
     args.variants = ([] if args.only_variants else [("", {})]) + [(v.partition("=")[0], json.loads(v.partition("=")[2])) for v in args.variant]
     store = json.loads(STORE.read_text()) if STORE.is_file() else {}
     run(args, store)
