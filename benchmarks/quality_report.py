@@ -173,7 +173,8 @@ def targets(data: dict, peer: dict, n: int) -> list[str]:
              and ppl(cells, cell_key(r, c, n)) > ppl(cells, cell_key("RTN", c, n))]
     out += quantease_targets(cells, n) + ood_targets(cells, n)
     out.append("- No algorithm worse than RTN in any measured cell: " + ("met" if not worse else "MISSED: " + "; ".join(worse)))
-    out.append("- Ours at or below Neural Compressor on identical inputs (quality_peer.md): " + peer_comparison(cells, peer, n))
+    out.append("- Ours at or below every peer (Neural Compressor, GPTQModel, AutoRound) on identical inputs "
+               "(quality_peer.md): " + peer_comparison(cells, peer, n))
     return out + [""]
 
 
@@ -219,15 +220,32 @@ def ood_targets(cells: dict, n: int) -> list[str]:
     return out
 
 
+OUR_ROW_FOR_PEER = {"GPTQModel GPTQ": "GPTQ"}  # defaults against defaults; AutoRound: our best row
+
+
+def our_row(cells: dict, peer_row: str, col: str, n: int, text: str):
+    """(row, perplexity) of ours to hold against ``peer_row``: the same row, or our best at that setting."""
+    if peer_row != "AutoRound":
+        row = OUR_ROW_FOR_PEER.get(peer_row, peer_row)
+        return row, ppl(cells, cell_key(row, col, n), text)
+    found = [(v, r) for r in ROWS if (v := ppl(cells, cell_key(r, col, n), text)) is not None]
+    return (min(found)[1], min(found)[0]) if found else (None, None)
+
+
 def peer_comparison(cells: dict, peer: dict, n: int) -> str:
     comp = []
     for key, res in peer.get("results", {}).items():
         row, _, col = key.partition(":")
-        ours = ppl(cells, cell_key(row, col, n if row == "RTN" else res.get("n_samples", n)))
-        if "ppl" in res and ours is not None:
-            same = ppl(cells, cell_key("RTN fp32 scales", col, n)) if row == "RTN" else None
-            like = "" if same is None else f", ours with fp32 scales as NC {same:.3f} vs {res['ppl']:.3f}"
-            comp.append(f"{key} ours {ours:.2f} vs NC {res['ppl']:.2f} ({'ok' if ours <= res['ppl'] else 'WORSE'}{like})")
+        samples = n if row == "RTN" else res.get("n_samples", n)
+        for text in TEXTS:
+            theirs = cell_ppl(res, text)
+            name, ours = our_row(cells, row, col, samples, text)
+            if theirs is None or ours is None:
+                continue
+            same = ppl(cells, cell_key("RTN fp32 scales", col, n), text) if row == "RTN" and text == PRIMARY else None
+            like = "" if same is None else f", ours with fp32 scales as NC {same:.3f} vs {theirs:.3f}"
+            comp.append(f"{key} on {TEXTS[text].label}: ours ({name}) {ours:.2f} vs peer {theirs:.2f} "
+                        f"({'ok' if ours <= theirs else 'WORSE'}{like})")
     return "; ".join(comp) if comp else "no cell measured by both on identical inputs yet"
 
 
