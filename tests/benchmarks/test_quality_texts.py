@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -77,3 +79,22 @@ def test_a_previous_calls_cells_are_not_queued_again(tmp_path):
                       cell_key("GPTQ", "int4_g128_sym"): {"ppl": 1.0}}}  # GPTQ lacks legal-ood: queued again
     (tmp_path / "done.json").write_text(json.dumps(done))
     assert quality_parallel.finished([tmp_path / "done.json"], 128, list(TEXTS)) == {("RTN", "int4_g128_sym")}
+
+
+def test_merge_replaces_cells_whole_and_keeps_the_old_figures(tmp_path, monkeypatch):
+    import quality_merge
+    import report
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    key = cell_key("GPTQ", "int4_g128_sym")
+    report.save("quality", {"runs": {"old": {}}, "cells": {key: {"ppl": 32.47, "run": "old"}}})
+    new = {key: {"ppl": 31.0, "run": "gpu", "texts": {"legal:all": {"ppl": 25.0, "run": "gpu"}}}}
+    incoming = {"runs": {"gpu": {"device": "H200"}}, "cells": new,
+                "parallel": {"tasks": {"done": ["GPTQ:int4_g128_sym"], "cut_off_at_deadline": []}}}
+    assert quality_merge.fold("quality", incoming, "cells") == [key]
+    data = report.load("quality")
+    assert data["cells"] == new and data["superseded"] == {key: [{"ppl": 32.47, "run": "old"}]}
+    assert data["runs"]["gpu"]["cells"] == "1 done, 0 cut off at deadline"
+    smoke = {"runs": {"s": {"windows_override": 1}}, "cells": {}}
+    with pytest.raises(SystemExit, match="smoke"):
+        quality_merge.fold("quality", smoke, "cells")
