@@ -1,4 +1,5 @@
-"""RTN in every weight setting on SmolLM2-135M-Instruct: perplexity, packed size, checkpoint size, quantize time.
+"""RTN in every weight setting on SmolLM2-135M-Instruct: perplexity (WikiText-2 test and legal-ood, from one
+quantization), packed size, checkpoint size, quantize time.
 
     python benchmarks/quality.py                      # every setting; perplexity only where missing
     python benchmarks/quality.py --columns int8_pc_sym int4_pc_sym --force   # re-measure these cells
@@ -6,8 +7,8 @@
 Sizes and times go to the ``sizes`` part of benchmarks/results/quality.json; the RTN
 perplexity cells go to its ``cells``, the store that quality_algorithms.py fills for the
 calibrated algorithms, so each figure exists once. A cell already in the store is kept
-(it may come from another device) unless ``--force``. benchmarks/results/quality.md is
-regenerated from the JSON after every setting.
+(it may come from another device) unless ``--force``; a cell lacking a text gets that text's
+figure only. benchmarks/results/quality.md is regenerated from the JSON after every setting.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
-from quality_columns import ALL_COLUMNS, EVAL_FILE, N_SAMPLES, SEQLEN, STORE, WINDOWS, cell_key  # noqa: E402
+from quality_columns import ALL_COLUMNS, N_SAMPLES, SEQLEN, STORE, cell_key  # noqa: E402
 from quality_report import write_quality  # noqa: E402
+from quality_texts import TEXTS, evaluate, missing_texts, with_figure  # noqa: E402
 
 
 def dir_mb(path: Path) -> float:
@@ -68,12 +70,12 @@ def main(argv=None) -> None:
 
     import torch
 
-    from quant_core.evaluation import perplexity, read_eval_text
+    from quality_texts import token_windows
     from quant_core.loading import load_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     model, tokenizer = load_model()
-    text = read_eval_text(EVAL_FILE)
+    windows = token_windows(tokenizer, TEXTS, SEQLEN)
     device = f"CPU x{os.cpu_count()} ({torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f} at start)"
     data = report.load(STORE)
     run_id = report.add_run(data, report.new_run(device, "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:])))
@@ -82,13 +84,16 @@ def main(argv=None) -> None:
     for column, fields in settings:
         sizes, qmodel = measure_sizes(model, tokenizer, fields)
         key = "fp32" if fields is None else cell_key("RTN", column, N_SAMPLES)
-        want_ppl = not args.sizes_only and (args.force or "ppl" not in report.load(STORE).get("cells", {}).get(key, {}))
-        ppl = perplexity(qmodel, tokenizer, text, SEQLEN, WINDOWS, progress=False) if want_ppl else None
+        cell = None if args.force else report.load(STORE).get("cells", {}).get(key)
+        todo = [] if args.sizes_only else missing_texts(cell, TEXTS)
         report.put(STORE, "sizes", column, {**sizes, "run": run_id})
         report.put(STORE, "setup", "quantized_weights", quantized_weights(model))
-        if ppl is not None:
-            report.put(STORE, "cells", key, {"ppl": ppl, "seconds": sizes.get("quant_s"), "run": run_id})
-        print(f"{column}: {sizes}" + (f", perplexity {ppl:.3f}" if ppl is not None else ""), flush=True)
+        for name in todo:  # stored text by text: a run cut short keeps what it measured
+            ppl = evaluate(qmodel, windows, [name], "cpu")[name]
+            cell = with_figure(cell, name, ppl, run_id, **({"seconds": sizes["quant_s"]} if "quant_s" in sizes else {}))
+            report.put(STORE, "cells", key, cell)
+            print(f"{column} {name}: perplexity {ppl:.3f}", flush=True)
+        print(f"{column}: {sizes}", flush=True)
         write_quality()
 
 

@@ -94,7 +94,7 @@ def size_table(data: dict, n: int, letters: dict) -> list[str]:
         dq = data.get("double_quant", {}).get(f"{column}:dq", {})
         rows.append([label + only, report.fmt(bits_per_weight(data, column)), report.fmt(s.get("packed_mb")),
                      report.fmt(s.get("ckpt_mb"), ".1f"), report.fmt(dq.get("ckpt_mb"), ".1f"),
-                     cell_text(cells.get(key), letters),
+                     *[cell_text(cells.get(key), letters, text=t) for t in TEXTS],
                      report.fmt(s.get("quant_s"), ".1f"), letters.get(s.get("run"), "?")])
     if not rows:
         return []
@@ -103,7 +103,9 @@ def size_table(data: dict, n: int, letters: dict) -> list[str]:
              "weights; the lm_head stays float. Checkpoint: the whole saved folder on disk; with double quant: "
              "the scales stored as 8-bit codes (see below).", ""]
             + report.table(["setting", "bits / weight", "packed linears (MB)", "checkpoint on disk (MB)",
-                            "checkpoint with double quant (MB)", "RTN perplexity", "quantize s (shared CPU)", "sizes run"], rows) + [""])
+                            "checkpoint with double quant (MB)",
+                            *[f"RTN perplexity, {spec.label}" for spec in TEXTS.values()],
+                            "quantize s (shared CPU)", "sizes run"], rows) + [""])
 
 
 def double_quant_table(data: dict, letters: dict) -> list[str]:
