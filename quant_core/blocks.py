@@ -66,10 +66,11 @@ class Architecture:
     pre_modules: tuple[str, ...]
     groups: tuple[LinearGroup, ...]
     conv1d: bool = False
-    # The attention module and its value projection (block-relative), for Hessians weighted by the
-    # attention each token receives (``algorithms.attention_mass``); None where v is a slice of a fused weight.
+    # For token-weighted Hessians (``algorithms.hessians``), block-relative: the attention module, its
+    # value projection (None where v is a slice of a fused weight) and the MLP's output projection.
     attention: str | None = None
     value: str | None = None
+    mlp_output: str | None = None
 
     def linear_names(self) -> list[str]:
         return [name for group in self.groups for name in group.names]
@@ -86,6 +87,7 @@ _LLAMA_LIKE = Architecture(
     ),
     attention="self_attn",
     value="self_attn.v_proj",
+    mlp_output="mlp.down_proj",
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -102,6 +104,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             LinearGroup(("mlp.gate_up_proj",), "post_attention_layernorm", "mlp"),
             LinearGroup(("mlp.down_proj",), None, "mlp.down_proj"),  # up is a slice of fused gate_up
         ),
+        mlp_output="mlp.down_proj",
     ),
     "gpt2": Architecture(
         layers="transformer.h",
@@ -113,6 +116,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             LinearGroup(("mlp.c_proj",), None, "mlp.c_proj"),  # GELU is not scale-equivariant
         ),
         conv1d=True,
+        mlp_output="mlp.c_proj",
     ),
     "opt": Architecture(
         layers="model.decoder.layers",
@@ -126,6 +130,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         attention="self_attn",
         value="self_attn.v_proj",
+        mlp_output="fc2",
     ),
 }
 

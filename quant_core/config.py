@@ -20,17 +20,18 @@ from .kernel_names import KERNELS
 # 4: head_weight_dtype (a quantized output head, int8 by default). A saved dict of an earlier version
 # had a float head, so it loads with None; a user's dict without a version gets today's defaults.
 # 5: double quantization (double_quant, double_quant_block): such a checkpoint stores scale codes.
-# 6: value_weighting (GPTQ/QuantEase calibration); earlier checkpoints were calibrated without it.
+# 6: token_weighting and mlp_out_shrinkage (GPTQ/QuantEase calibration); earlier checkpoints had neither.
 CONFIG_VERSION = 6
 HEAD_FIELD_VERSION = 4
-VALUE_WEIGHTING_VERSION = 6
-_GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size", "value_weighting")
+HESSIAN_FIELDS_VERSION = 6
+_HESSIAN = ("token_weighting", "mlp_out_shrinkage")
+_GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size", *_HESSIAN)
 # Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "rtn": (),
     "gptq": _GPTQ,
     "quantease": ("num_iter", "act_order", "true_sequential", "block_size", "outlier_fraction",
-                  "outlier_structure", "value_weighting"),
+                  "outlier_structure", *_HESSIAN),
     "gptq_quantease": (*_GPTQ, "num_iter"),
     "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling"),
     "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens"),
@@ -113,10 +114,13 @@ class QuantConfig(BaseModel):
     true_sequential: bool = Field(True, description="GPTQ, QuantEase: quantize a block's linear groups one after "
                                                     "another, each seeing the previous groups' quantized outputs.")
     block_size: int = Field(128, gt=0, le=MAX_COUNT, description="GPTQ, QuantEase: columns per lazy-batch (blocked) update.")
-    value_weighting: bool = Field(True, description="GPTQ, QuantEase: weigh each token's row of the value "
-                                  "projection's Hessian by the squared attention it receives, so the attention-sink "
-                                  "token every position reads is fitted as much as it matters (docs/gptq_ood_notes.md); "
-                                  "False: the plain Hessian of the GPTQ paper.")
+    token_weighting: bool = Field(True, description="GPTQ, QuantEase: weigh each calibration token in the value "
+                                  "projection's Hessian by the squared attention it receives and in the MLP output "
+                                  "projection's by 1/mean(residual^2) (quant_core/algorithms/hessians.py); False: "
+                                  "the plain Hessian of the GPTQ paper.")
+    mlp_out_shrinkage: float = Field(0.5, ge=0, le=1, description="GPTQ, QuantEase: blend the MLP output "
+                                     "projection's Hessian with its diagonal, (1-s)H + s diag(H), so it fits the "
+                                     "calibration text's channel correlations less (0: off; 1: each column alone).")
     # QuantEase (act_order, true_sequential and block_size as GPTQ's).
     num_iter: int = Field(NUM_ITER_DEFAULT, gt=0, le=1000, description="QuantEase: coordinate-descent sweeps over "
                                                                        "each layer's columns.")
@@ -307,8 +311,9 @@ class QuantConfig(BaseModel):
                               f"understands ({CONFIG_VERSION}); upgrade quantllm")
         if version < HEAD_FIELD_VERSION:  # saved before the field existed: the head stayed float
             data.setdefault("head_weight_dtype", None)
-        if version < VALUE_WEIGHTING_VERSION and "value_weighting" in ALGORITHM_SETTINGS.get(data.get("algorithm"), ()):
-            data.setdefault("value_weighting", False)  # calibrated with the plain Hessian
+        if version < HESSIAN_FIELDS_VERSION and "token_weighting" in ALGORITHM_SETTINGS.get(data.get("algorithm"), ()):
+            data.setdefault("token_weighting", False)  # calibrated with the plain Hessians
+            data.setdefault("mlp_out_shrinkage", 0.0)
         return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
 
     @classmethod

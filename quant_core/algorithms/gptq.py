@@ -23,43 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Callable
 
 import torch
 
-from ..blocks import record_inputs
-from ..calibration import forward_precision, statistics_rows
 from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
-from .attention_mass import recording_attention_mass
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
+from .hessians import Hessian, block_hessians, hessian_for
 from .threads import one_thread
 
 log = logging.getLogger("quant_core")
 
 DAMP_RETRIES = 3
-
-
-class Hessian:
-    """Running ``2/n * sum x x^T`` over the rows of every input seen (float32, on x's device)."""
-
-    def __init__(self, in_features: int, device=None):
-        self.matrix = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-        self.n = 0
-
-    def add(self, x: torch.Tensor, token_weights: torch.Tensor | None = None) -> None:
-        """``token_weights`` (one per row of ``x``, e.g. ``[batch, seq]``) weigh each row's ``x x^T``."""
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        m = x.shape[0]
-        self.matrix *= self.n / (self.n + m)
-        self.n += m
-        x = x * math.sqrt(2 / self.n)
-        if token_weights is not None:
-            x = x * token_weights.detach().reshape(-1, 1).float().sqrt()
-        with torch.autocast(x.device.type, enabled=False):  # fp32 sums, also inside bf16 calibration forwards
-            self.matrix.addmm_(x.t(), x)
 
 
 def inverse_cholesky(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
@@ -169,10 +146,6 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, config: QuantConfig) -> Qu
 
 
 
-class _Stop(Exception):
-    """Raised from an input hook: the rest of the block's forward is not needed."""
-
-
 Solver = Callable[[torch.Tensor, torch.Tensor, QuantConfig], QuantResult]
 
 
@@ -189,69 +162,18 @@ def solve_block(block: CalibrationBlock, solve: Solver) -> None:
     groups = block.linear_groups()
     if block.config.true_sequential:
         for names in groups:
-            _quantize_group(block, names, _hessians(block, [names], stop=True), solve)
+            _quantize_group(block, names, block_hessians(block, [names], stop=True), solve)
     else:
-        hessians = _hessians(block, groups, stop=False)
+        hessians = block_hessians(block, groups, stop=False)
         for names in groups:
             _quantize_group(block, names, hessians, solve)
 
 
-def _hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> dict[str, Hessian]:
-    """Hessian of each group's input (keyed by its first name) over the block's inputs, plus the
-    value projection's own attention-weighted one (keyed ``weighted_key(name)``, ``attention_mass.py``) when
-    ``config.value_weighting`` is on; with ``stop`` the forward ends once the first group's are in."""
-    hessians = {}
-    skip = block.config.calibration_skip_tokens
-    value = _weighted_value(block, groups)
-    value_input = [names[0] for names in groups if value in names]
-    pending = []  # the value projection's input, until the attention it feeds has run
-
-    def add(name, x):
-        x = statistics_rows(x, skip)
-        hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
-        if name in value_input:
-            pending.append(x)
-        elif stop:
-            raise _Stop
-
-    def add_value(mass):
-        x = pending.pop()
-        hessians.setdefault(weighted_key(value), Hessian(x.shape[-1], x.device)).add(
-            x, statistics_rows(mass[..., None], skip))
-        if stop:
-            raise _Stop
-
-    device = block.inputs.hidden[0].device
-    probe = recording_attention_mass(block.module.get_submodule(block.arch.attention), add_value) if value \
-        else contextlib.nullcontext()
-    with record_inputs(block.module, [names[0] for names in groups], add), probe, torch.no_grad(), \
-            forward_precision(block.config, device):
-        for h, args, kwargs in zip(block.inputs.hidden, block.inputs.args, block.inputs.kwargs):
-            try:
-                block.module(h, *args, **kwargs)
-            except _Stop:
-                pass
-    return hessians
-
-
-def weighted_key(name: str) -> str:
-    return f"{name} (attention-weighted)"
-
-
-def _weighted_value(block: CalibrationBlock, groups: list[list[str]]) -> str | None:
-    """The value projection to give an attention-weighted Hessian, if any of ``groups`` holds it."""
-    value = block.arch.value
-    if not block.config.value_weighting or value is None or not any(value in names for names in groups):
-        return None
-    return value
-
-
 def _quantize_group(block: CalibrationBlock, names: list[str], hessians: dict[str, Hessian],
                     solve: Solver) -> None:
-    """Each linear with its own Hessian if it has one (the value projection), else its group's."""
-    shared = hessians[names[0]]
-    with one_thread() if shared.matrix.device.type == "cpu" else contextlib.nullcontext():
-        results = {name: solve(block.module.get_submodule(name).weight,
-                               hessians.get(weighted_key(name), shared).matrix, block.config)
+    device = hessians[names[0]].matrix.device
+    with one_thread() if device.type == "cpu" else contextlib.nullcontext():
+        results = {name: solve(block.module.get_submodule(name).weight, hessian_for(block, name, names, hessians),
+                               block.config)
                    for name in names}
     block.install(results)

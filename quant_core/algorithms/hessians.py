@@ -1,0 +1,123 @@
+"""The Hessians GPTQ and QuantEase solve with, collected on a block's calibration forward.
+
+A layer's plain Hessian ``2/n * sum x x^T`` counts every calibration token once. Two linears
+matter to the model out of proportion to that count, and each gets its own Hessian (issue 16,
+``docs/gptq_ood_notes.md``; ``config.token_weighting``):
+
+* the value projection: its output at token ``k`` is read by every query in proportion to
+  ``a[q, k]``, so token ``k`` is weighted by ``sum_q a[q, k]**2`` (``attention_mass.py``): the
+  attention-sink token, read by nearly every position, gets the weight it has on the outputs;
+* the MLP's output projection: its error at token ``t`` joins the residual stream ``r_t`` and
+  reaches the next RMSNorm divided by ``rms(r_t)``, so token ``t`` is weighted by
+  ``1 / mean(r_t**2)``: the sink token's residual is hundreds of times larger than the others'
+  and no longer decides the fit.
+
+The MLP's output projection reads the most text-specific inputs (the wide, sparse MLP
+activations), and its cross-channel correlations on the calibration text do not carry over to
+other text: its Hessian is blended with its diagonal, ``(1 - s) H + s diag(H)`` with
+``s = config.mlp_out_shrinkage`` (``s = 1`` rounds every column on its own, like RTN).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from ..blocks import record_inputs
+from ..calibration import forward_precision, statistics_rows
+from .attention_mass import recording_attention_mass
+from .driver import CalibrationBlock
+
+
+class Hessian:
+    """Running ``2/n * sum x x^T`` over the rows of every input seen (float32, on x's device)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.matrix = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor, token_weights: torch.Tensor | None = None) -> None:
+        """``token_weights`` (one per row of ``x``, e.g. ``[batch, seq]``) weigh each row's ``x x^T``."""
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.matrix *= self.n / (self.n + m)
+        self.n += m
+        x = x * math.sqrt(2 / self.n)
+        if token_weights is not None:
+            x = x * token_weights.detach().reshape(-1, 1).float().sqrt()
+        with torch.autocast(x.device.type, enabled=False):  # fp32 sums, also inside bf16 calibration forwards
+            self.matrix.addmm_(x.t(), x)
+
+
+class _Stop(Exception):
+    """Raised from a hook: the rest of the block's forward is not needed."""
+
+
+def weighted_key(name: str) -> str:
+    return f"{name} (token-weighted)"
+
+
+def block_hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool) -> dict[str, Hessian]:
+    """Hessian of each group's input (keyed by its first name) over the block's inputs, plus the
+    token-weighted ones (keyed ``weighted_key(linear)``, see the module docstring); with ``stop``
+    the forward ends as soon as everything asked for is in."""
+    hessians, skip = {}, block.config.calibration_skip_tokens
+    weighted = _weighted_linears(block, groups)  # linear -> "attention" | "residual"
+    feeds = {names[0]: [n for n in names if n in weighted] for names in groups}
+    pending: dict[str, torch.Tensor] = {}  # a weighted linear's input, until its weights are known
+
+    def add(name, x):
+        x = statistics_rows(x, skip)
+        hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
+        pending.update({linear: x for linear in feeds[name]})
+        if stop and not pending:
+            raise _Stop
+
+    def add_weighted(kind, weights):
+        for linear in [n for n in pending if weighted[n] == kind]:
+            x = pending.pop(linear)
+            hessians.setdefault(weighted_key(linear), Hessian(x.shape[-1], x.device)).add(
+                x, statistics_rows(weights[..., None], skip))
+        if stop and not pending:
+            raise _Stop
+
+    probes = contextlib.ExitStack()
+    if "attention" in weighted.values():
+        probes.enter_context(recording_attention_mass(block.module.get_submodule(block.arch.attention),
+                                                      lambda mass: add_weighted("attention", mass)))
+    if "residual" in weighted.values():
+        hook = block.module.register_forward_hook(
+            lambda _m, _a, out: add_weighted("residual", _inverse_mean_square(out)))
+        probes.callback(hook.remove)
+    with record_inputs(block.module, [names[0] for names in groups], add), probes, torch.no_grad(), \
+            forward_precision(block.config, block.inputs.hidden[0].device):
+        for h, args, kwargs in zip(block.inputs.hidden, block.inputs.args, block.inputs.kwargs):
+            try:
+                block.module(h, *args, **kwargs)
+            except _Stop:
+                pass
+    return hessians
+
+
+def hessian_for(block: CalibrationBlock, name: str, group: list[str], hessians: dict[str, Hessian]) -> torch.Tensor:
+    """The matrix ``name`` is solved with: its token-weighted Hessian if it has one, else its
+    group's; the MLP output projection's blended with its diagonal."""
+    h = hessians.get(weighted_key(name), hessians[group[0]]).matrix
+    s = block.config.mlp_out_shrinkage
+    if name == block.arch.mlp_output and s > 0:
+        h = (1 - s) * h + s * torch.diag(h.diagonal())
+    return h
+
+
+def _weighted_linears(block: CalibrationBlock, groups: list[list[str]]) -> dict[str, str]:
+    if not block.config.token_weighting:
+        return {}
+    arch, present = block.arch, {n for names in groups for n in names}
+    kinds = {arch.value: "attention", arch.mlp_output: "residual"}
+    return {name: kind for name, kind in kinds.items() if name is not None and name in present}
+
+
+def _inverse_mean_square(out) -> torch.Tensor:
+    residual = out[0] if isinstance(out, (tuple, list)) else out
+    return 1.0 / residual.float().pow(2).mean(-1).clamp_min(torch.finfo(torch.float32).tiny)
