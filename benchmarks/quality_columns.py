@@ -57,6 +57,8 @@ ROWS = {
     "RTN fp32 scales": dict(algorithm="rtn", scale_dtype="fp32"),
     "GPTQ": dict(algorithm="gptq", act_order=False),
     "GPTQ act_order": dict(algorithm="gptq", act_order=True),
+    # GPTQ as before issue 16's fix: the plain Hessian everywhere (the GPTQ paper's), for the before/after
+    "GPTQ plain Hessian": dict(algorithm="gptq", act_order=False, token_weighting=False, mlp_out_shrinkage=0.0),
     "AWQ": dict(algorithm="awq"),
     "TEQ": dict(algorithm="teq"),
     # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
