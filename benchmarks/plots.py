@@ -35,7 +35,7 @@ def algorithm_points(data: dict, row: str) -> dict:
 
 def quality_plot(data: dict, path: Path) -> bool:
     fig, (wide, four) = plt.subplots(1, 2, figsize=(12, 5))
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab20").colors  # one per row (13 rows)
     drawn = False
     for i, row in enumerate(ROWS):
         points = algorithm_points(data, row)
@@ -83,7 +83,7 @@ def gpu_plot(data: dict, path: Path) -> bool:
     shapes = list(dict.fromkeys((r["k"], r["n"]) for r in rows))
     kernels = list(dict.fromkeys(c for r in rows for c in r["cells"]))
     fig, axes = plt.subplots(1, len(shapes), figsize=(3.2 * len(shapes), 4), sharey=True, squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab20").colors  # one per row (13 rows)
     for ax, (k, n) in zip(axes[0], shapes):
         shape_rows = sorted((r for r in rows if (r["k"], r["n"]) == (k, n)), key=lambda r: r["m"])
         for i, name in enumerate(kernels):
