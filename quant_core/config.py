@@ -33,9 +33,8 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "quantease": ("num_iter", "act_order", "true_sequential", "block_size", "outlier_fraction",
                   "outlier_structure", *_HESSIAN),
     "gptq_quantease": (*_GPTQ, "num_iter"),
-    "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling",
-            "token_weighting"),
-    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "token_weighting"),
+    "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling"),
+    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens"),
 }
 ALGORITHMS = tuple(ALGORITHM_SETTINGS)
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -115,10 +114,10 @@ class QuantConfig(BaseModel):
     true_sequential: bool = Field(True, description="GPTQ, QuantEase: quantize a block's linear groups one after "
                                                     "another, each seeing the previous groups' quantized outputs.")
     block_size: int = Field(128, gt=0, le=MAX_COUNT, description="GPTQ, QuantEase: columns per lazy-batch (blocked) update.")
-    token_weighting: bool = Field(True, description="GPTQ, QuantEase, AWQ, TEQ: weigh each calibration token in "
-                                  "the value projection's Hessian by the squared attention it receives and in the MLP "
-                                  "output projection's by 1/mean(residual^2) (quant_core/algorithms/hessians.py); "
-                                  "False: the plain Hessian of the GPTQ paper.")
+    token_weighting: bool = Field(True, description="GPTQ, QuantEase: weigh each calibration token in the value "
+                                  "projection's Hessian by the squared attention it receives and in the MLP output "
+                                  "projection's by 1/mean(residual^2) (quant_core/algorithms/hessians.py); False: "
+                                  "the plain Hessian of the GPTQ paper.")
     mlp_out_shrinkage: float = Field(0.5, ge=0, le=1, description="GPTQ, QuantEase: blend the MLP output "
                                      "projection's Hessian with its diagonal, (1-s)H + s diag(H), so it fits the "
                                      "calibration text's channel correlations less (0: off; 1: each column alone).")
@@ -312,11 +311,9 @@ class QuantConfig(BaseModel):
                               f"understands ({CONFIG_VERSION}); upgrade quantllm")
         if version < HEAD_FIELD_VERSION:  # saved before the field existed: the head stayed float
             data.setdefault("head_weight_dtype", None)
-        if version < HESSIAN_FIELDS_VERSION:  # calibrated with the plain Hessians
-            own = ALGORITHM_SETTINGS.get(data.get("algorithm"), ())
-            for name, before in (("token_weighting", False), ("mlp_out_shrinkage", 0.0)):
-                if name in own:
-                    data.setdefault(name, before)
+        if version < HESSIAN_FIELDS_VERSION and "token_weighting" in ALGORITHM_SETTINGS.get(data.get("algorithm"), ()):
+            data.setdefault("token_weighting", False)  # calibrated with the plain Hessians
+            data.setdefault("mlp_out_shrinkage", 0.0)
         return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
 
     @classmethod

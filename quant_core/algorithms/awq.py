@@ -27,7 +27,7 @@ from ..primitives import grouped, group_width, n_groups, output_error, round_tri
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, normalized_scales, scale_groups
-from .input_stats import InputStats, collect_input_stats, weight_tokens
+from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
 
 
@@ -37,7 +37,6 @@ def awq_step(block: CalibrationBlock) -> None:
     groups = scale_groups(block.module, block.arch, block.model_config)
     with record_parent_inputs(groups, block.config.awq_parent_batches):
         stats = collect_input_stats(block, groups)
-    weight_tokens(block, groups, stats)
     block.install(awq_block(groups, stats, block.config))
 
 

@@ -7,7 +7,6 @@ from ..blocks import record_inputs
 from ..calibration import statistics_rows
 from .driver import CalibrationBlock
 from .equalize import ScaleGroup
-from .hessians import block_hessians, weighted_key
 
 
 class InputStats:
@@ -68,21 +67,3 @@ def collect_input_stats(block: CalibrationBlock, groups: list[ScaleGroup],
     with torch.no_grad(), record_inputs(block.module, names, lambda n, x: stats[n].add(statistics_rows(x, skip))):
         block.inputs.forward(block.module)
     return stats
-
-
-def weight_tokens(block: CalibrationBlock, groups: list[ScaleGroup], stats: dict[str, InputStats]) -> None:
-    """With ``config.token_weighting``, the value projection and the MLP output projection search
-    their scales and clipping on their token-weighted Hessians (``hessians.py``) instead of the
-    plain one: each gets its own ``InputStats`` (so folding scales rescales it too)."""
-    if not block.config.token_weighting:
-        return
-    weighted = block_hessians(block, [list(g.names) for g in groups], stop=False)
-    for name in list(stats):
-        h = weighted.get(weighted_key(name))
-        if h is None:
-            continue
-        own = InputStats(stats[name].in_features)
-        own.H = h.matrix * (h.n / 2)  # InputStats keeps sum x x^T; Hessian 2/n sum x x^T
-        own.abs_sum, own.n = stats[name].abs_sum.clone(), stats[name].n
-        own.sample, own._keys = stats[name].sample, getattr(stats[name], "_keys", None)  # TEQ trains on it
-        stats[name] = own

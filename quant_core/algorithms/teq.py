@@ -19,7 +19,7 @@ from ..primitives import group_qparams, grouped, output_error
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, scale_groups
-from .input_stats import InputStats, collect_input_stats, weight_tokens
+from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
 
 
@@ -28,7 +28,6 @@ def teq_step(block: CalibrationBlock) -> None:
     """Record the block's inputs (with a token sample per group), then train, fold and install."""
     groups = scale_groups(block.module, block.arch, block.model_config)
     stats = collect_input_stats(block, groups, keep_tokens=block.config.teq_keep_tokens)
-    weight_tokens(block, groups, stats)
     block.install(teq_block(groups, stats, block.config))
 
 

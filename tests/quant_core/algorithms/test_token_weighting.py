@@ -5,9 +5,7 @@ import pytest
 import torch
 
 from quant_core import QuantConfig, quantize
-from quant_core.algorithms import awq as awq_module
 from quant_core.algorithms import gptq as gptq_module
-from quant_core.algorithms import teq as teq_module
 from quant_core.algorithms.attention_mass import received_attention, recording_attention_mass
 from quant_core.testing import tiny_llama_lm
 
@@ -123,24 +121,3 @@ def test_config_defaults_on_and_old_checkpoints_record_them_off():
     old = QuantConfig.from_dict({"version": 5, "algorithm": "quantease"})
     assert old.token_weighting is False and old.mlp_out_shrinkage == 0.0
     assert QuantConfig.from_dict({"version": 5, "algorithm": "rtn"}).algorithm == "rtn"  # RTN has neither
-
-
-@pytest.mark.parametrize("algorithm, module, block_fn", [("awq", awq_module, "awq_block"), ("teq", teq_module, "teq_block")])
-def test_awq_and_teq_search_v_proj_and_down_proj_on_the_token_weighted_hessians(monkeypatch, algorithm, module,
-                                                                                 block_fn):
-    seen = {}
-    original = getattr(module, block_fn)
-
-    def spy(groups, stats, config):
-        seen.update({name: (st.H.clone(), st.n, st) for name, st in stats.items()})
-        return original(groups, stats, config)
-
-    monkeypatch.setattr(module, block_fn, spy)
-    quantize(tiny_llama_lm(layers=1), QuantConfig(algorithm=algorithm, group_size=32, **({"teq_steps": 2} if algorithm == "teq" else {})),
-             calibration=_batches(), progress=False, device="cpu")
-    with torch.no_grad():
-        hv, hd = _by_hand()
-    (h_v, n, st_v), (_, _, st_q) = seen["self_attn.v_proj"], seen["self_attn.q_proj"]
-    torch.testing.assert_close(h_v * 2 / n, hv, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(seen["mlp.down_proj"][0] * 2 / seen["mlp.down_proj"][1], hd, rtol=1e-4, atol=1e-6)
-    assert st_v is not st_q and seen["self_attn.k_proj"][2] is st_q  # q and k keep the shared plain statistics
