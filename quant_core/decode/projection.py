@@ -49,16 +49,14 @@ class Projection:
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
         """``x`` [M, K] float32 contiguous; ``out`` [M, N] float32 (rows may be strided)."""
-        if self.kernel is not None and (x.shape[0] < GEMM_ROWS or self.kernel.int8):
+        if self.kernel is not None:  # straight into out: the small-batch kernel or the blocked GEMM
             xa = x if self.direct else self.kernel.activations(x)
-            return self.kernel.gemv(xa, out, self.bias, accumulate)
+            run = self.kernel.gemv if x.shape[0] < GEMM_ROWS or self.kernel.int8 else self.kernel.gemm
+            return run(xa, out, self.bias, accumulate)
         y = self._unfused(x)
         return out.add_(y) if accumulate else out.copy_(y)
 
     def _unfused(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel is not None:  # large batches: the kernel's dequantize + GEMM path
-            y = self.kernel.forward(x).float()
-            return y if self.bias is None else y + self.bias[: self.out_features]
         ys = [m(x.to(_weight_dtype(m))).float() for m in self.linears]
         return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
 

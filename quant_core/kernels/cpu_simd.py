@@ -2,8 +2,9 @@
 
 Small batches (decode) run the fused kernel: codes are unpacked in registers and
 multiplied straight into the activations, so only packed bytes cross the memory bus.
-Large batches (prefill) dequantize the weight a slab at a time and use PyTorch's GEMM,
-which is compute-bound there and beats any unpack-in-the-loop kernel.
+Large batches (prefill) run a blocked GEMM (csrc/qgemm.cpp) that dequantizes a panel of
+weight rows at a time into an L1-sized buffer and reuses it for every activation row: in fp32,
+or in bf16 on CPUs with bf16 units.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import ctypes
 import dataclasses
 import functools
 import os
-import threading
 
 import torch
 
@@ -36,20 +36,10 @@ FP32_PATH = os.environ.get("QUANTLLM_CPU_FP32_PATH", "int16")
 if FP32_PATH not in ("fma", "int16"):
     raise ValueError(f"QUANTLLM_CPU_FP32_PATH={FP32_PATH!r}: choose fma or int16")
 
-SCRATCH_FLOATS = 1 << 20  # 4 MiB of float32 weight rows per GEMM slab
-_local = threading.local()
 
 
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
-
-
-def _scratch(numel: int) -> torch.Tensor:
-    """A per-thread float32 buffer reused across calls and layers."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.numel() < numel:
-        buf = _local.buf = torch.empty(numel)
-    return buf
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,7 +77,7 @@ class _CpuSimdKernel(Kernel):
         lib, why = _library_or_reason(cls.variant())
         if lib is None:
             return False, why
-        return True, f"fused {cls.variant()} unpack-and-FMA kernel (dequantize + GEMM from {GEMM_ROWS} rows)"
+        return True, f"fused {cls.variant()} unpack-and-FMA kernel (blocked dequantizing GEMM from {GEMM_ROWS} rows)"
 
     def __init__(self, packed, spec: LayerSpec):
         super().__init__(packed, spec)
@@ -125,27 +115,18 @@ class _CpuSimdKernel(Kernel):
         slab = torch.empty(w.padded_in, tiles * w.rows_per_tile, dtype=dtype)
         return self.dequantize_tiles(0, tiles, slab).t()[: w.out_features]
 
-    def _gemm(self, xa: torch.Tensor) -> torch.Tensor:
-        """Large batches: dequantize a slab of rows at a time into a reused scratch buffer (no
-        full float copy, no fresh pages per call) and let PyTorch's GEMM do the math: in bf16
-        when that is the compute dtype and the CPU has bf16 units (about twice fp32's rate)."""
+    def gemm(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
+             accumulate: bool = False) -> torch.Tensor:
+        """Large batches (csrc/qgemm.cpp): as ``gemv``, but each panel of weight rows is dequantized
+        once into a cache-sized buffer and applied to every row of ``xa`` from registers. ``xa``
+        bf16 (the bf16 GEMM, ``bf16_gemm``) runs on bf16 units; float32 in fp32."""
         w = self.w
-        rt = w.rows_per_tile
-        tiles_per_slab = max(1, SCRATCH_FLOATS // (w.padded_in * rt))
-        scratch = _scratch(tiles_per_slab * rt * w.padded_in)
-        dtype = torch.bfloat16 if self.bf16_gemm else torch.float32
-        if self.bf16_gemm:  # the same bytes hold twice the bf16 elements
-            scratch = scratch.view(torch.bfloat16)
-        yt = torch.empty(w.out_features, xa.shape[0], dtype=dtype)
-        xt = xa.t().to(dtype)
-        tiles = -(-w.out_features // rt)
-        for t0 in range(0, tiles, tiles_per_slab):
-            t1 = min(t0 + tiles_per_slab, tiles)
-            n0, n1 = t0 * rt, min(t1 * rt, w.out_features)
-            slab = scratch[: w.padded_in * (t1 - t0) * rt].view(w.padded_in, (t1 - t0) * rt)
-            self.dequantize_tiles(t0, t1, slab)
-            torch.mm(slab[:, : n1 - n0].t(), xt, out=yt[n0:n1])
-        return yt.t()  # bf16 stays bf16: the layer casts to the activations' dtype anyway
+        if self.bf16_gemm and xa.dtype != torch.bfloat16:  # a bf16 model's layers: bf16 rows on bf16 units
+            xa = xa.to(torch.bfloat16)
+        fn = self.lib.qgemm_bf16 if xa.dtype == torch.bfloat16 else self.lib.qgemm_f32
+        fn(_ptr(xa), xa.shape[0], xa.stride(0), *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out), out.stride(0),
+           accumulate, torch.get_num_threads())
+        return out
 
     def gemv(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
              accumulate: bool = False) -> torch.Tensor:
@@ -183,10 +164,8 @@ class _CpuSimdKernel(Kernel):
         w = self.w
         xa = self.activations(x)
         m = xa.shape[0]
-        if m >= GEMM_ROWS and not self.int8:
-            y = self._gemm(xa)
-        else:
-            y = self.gemv(xa, torch.empty(m, w.out_features))
+        run = self.gemm if m >= GEMM_ROWS and not self.int8 else self.gemv
+        y = run(xa, torch.empty(m, w.out_features))
         return y.reshape(*x.shape[:-1], w.out_features)
 
 

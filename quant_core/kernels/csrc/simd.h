@@ -40,6 +40,10 @@ inline vi vset1i(int a) { return _mm512_set1_epi32(a); }
 inline vi vbcast32(const void* p) { return _mm512_set1_epi32(*(const int32_t*)p); }
 inline vi vand(vi a, vi b) { return _mm512_and_si512(a, b); }
 inline vi vaddi(vi a, vi b) { return _mm512_add_epi32(a, b); }
+inline vi vor(vi a, vi b) { return _mm512_or_si512(a, b); }
+inline vi vbits(vf a) { return _mm512_castps_si512(a); }
+inline vi vloadi(const void* p) { return _mm512_loadu_si512(p); }
+inline void vstorei(void* p, vi v) { _mm512_storeu_si512(p, v); }
 template <int S> inline vi vsrli(vi a) { return S ? _mm512_srli_epi32(a, S) : a; }
 inline vf vcvt(vi a) { return _mm512_cvtepi32_ps(a); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
@@ -103,6 +107,10 @@ inline vi vset1i(int a) { return _mm256_set1_epi32(a); }
 inline vi vbcast32(const void* p) { return _mm256_set1_epi32(*(const int32_t*)p); }
 inline vi vand(vi a, vi b) { return _mm256_and_si256(a, b); }
 inline vi vaddi(vi a, vi b) { return _mm256_add_epi32(a, b); }
+inline vi vor(vi a, vi b) { return _mm256_or_si256(a, b); }
+inline vi vbits(vf a) { return _mm256_castps_si256(a); }
+inline vi vloadi(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
+inline void vstorei(void* p, vi v) { _mm256_storeu_si256((__m256i*)p, v); }
 template <int S> inline vi vsrli(vi a) { return S ? _mm256_srli_epi32(a, S) : a; }
 template <int S> inline vi vslli(vi a) { return S ? _mm256_slli_epi32(a, S) : a; }
 inline vf vcvt(vi a) { return _mm256_cvtepi32_ps(a); }

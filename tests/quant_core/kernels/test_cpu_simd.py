@@ -97,11 +97,30 @@ def test_half_compute_matches_reference(kernel_cls, compute):
 
 
 @pytest.mark.parametrize("kernel_cls", KERNELS)
-def test_gemm_path_for_large_batches(kernel_cls):
+@pytest.mark.parametrize("fmt_name,group_size,sym", CASES)
+def test_gemm_path_for_large_batches(kernel_cls, fmt_name, group_size, sym):
+    """The blocked GEMM (csrc/qgemm.cpp): 600 columns are three 256-column chunks (the last partial,
+    padded from 600 to 608), 150 rows are several panels and a partial one, 31 activation rows
+    several row blocks and a partial one."""
     from quant_core.kernels import cpu_simd
-    packed = packed_weight(37, 100, "int4", 64, False)
-    check(kernel_cls, packed, "fp32", cpu_simd.GEMM_ROWS + 3)
-    check(kernel_cls, packed_weight(16, 320, "nf4", 64, True), "fp32", cpu_simd.GEMM_ROWS)
+    check(kernel_cls, packed_weight(150, 600, fmt_name, group_size, sym), "fp32", 31)
+    check(kernel_cls, packed_weight(37, 100, fmt_name, group_size, sym), "fp32", cpu_simd.GEMM_ROWS)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+def test_gemm_adds_bias_and_accumulates_into_strided_rows(kernel_cls):
+    """As the lean step calls it: out rows strided, a bias padded to whole tiles, += into out."""
+    packed = packed_weight(70, 300, "int4", 64, False)
+    kernel = kernel_cls(packed, LayerSpec.of(packed, "fp32", "cpu"))
+    x = torch.randn(20, 300, generator=torch.Generator().manual_seed(2))
+    bias = torch.randn(70, generator=torch.Generator().manual_seed(3))
+    want = ReferenceKernel(packed, LayerSpec.of(packed, "fp32", "cpu")).forward(x).float() + bias
+    base = torch.randn(20, 90, generator=torch.Generator().manual_seed(4))
+    out = base.clone()
+    kernel.gemm(kernel.activations(x), out[:, 5:75], kernel.padded_bias(bias), accumulate=True)
+    tol = 1e-4 * want.abs().max().item()
+    assert torch.allclose(out[:, 5:75] - base[:, 5:75], want, atol=tol)
+    assert torch.equal(out[:, :5], base[:, :5]) and torch.equal(out[:, 75:], base[:, 75:])  # nothing else written
 
 
 @pytest.mark.parametrize("kernel_cls", KERNELS)
@@ -152,7 +171,24 @@ def test_bf16_batches_use_a_bf16_gemm_within_bf16_tolerance(fmt_name, group_size
     packed = packed_weight(40, 320, fmt_name, group_size, sym)
     kernel = CpuAvx2Kernel(packed, LayerSpec.of(packed, "bf16", "cpu"))
     assert kernel.bf16_gemm
-    check(CpuAvx2Kernel, packed, "bf16", 32)  # >= GEMM_ROWS: dequantize + bf16 GEMM
+    check(CpuAvx2Kernel, packed, "bf16", 32)  # >= GEMM_ROWS: AVX2 build, bf16 rows widened to fp32
+
+
+@pytest.mark.skipif(not cpu_features.native_bf16(), reason="CPU has no bf16 units (AVX512-BF16/AMX)")
+@pytest.mark.parametrize("fmt_name,group_size,sym", [("int4", 128, True), ("nf4", 64, True), ("int8", -1, False),
+                                                     ("int4", 32, False)])
+def test_bf16_gemm_on_bf16_units(fmt_name, group_size, sym):
+    """AVX-512 build: bf16 pairs of the dequantized weight (rounded as torch rounds) through vdpbf16ps,
+    against the reference on the same bf16-rounded weight and activations multiplied in fp32 (the
+    bf16 units sum products exactly in fp32 but for order): 1e-4, not the 2e-2 of 16-bit arithmetic."""
+    packed = packed_weight(150, 600, fmt_name, group_size, sym)
+    kernel = CpuAvx512Kernel(packed, LayerSpec.of(packed, "bf16", "cpu"))
+    x = torch.randn(31, 600, generator=torch.Generator().manual_seed(1)).bfloat16()
+    w = CpuAvx512Kernel(packed, LayerSpec.of(packed, "fp32", "cpu")).dequantize()[:, :600].bfloat16().float()
+    want = x.float() @ w.t()
+    got = kernel.forward(x).float()
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert err <= 1e-4, f"relative error {err:.2e}"
 
 
 def test_quantlinear_cast_to_bf16_keeps_stored_tensors():
