@@ -47,8 +47,12 @@ ROWS.update({f"{name}_bf16": ROWS[name] for name in ("int8", "int4_sym", "int4_a
 # is QuantConfig's default head (head_weight_dtype="int8"), int4_sym_head4 an int4 g32 head
 HEADS = {"int4_sym_head8": ("int8", -1), "int4_sym_head4": ("int4", 32)}
 ROWS.update({name: ROWS["int4_sym"] for name in HEADS})
-# --isa avx2: children see an AVX2-only CPU (our kernels, PyTorch's own dispatch, no bf16 units)
-ISA_ENV = {"native": {}, "avx2": {"QUANTLLM_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2"}}
+# --isa avx2: children see an AVX2-only CPU: our kernels, PyTorch's own dispatch, and the float GEMM
+# libraries (MKL for fp32, oneDNN for bf16), which ignore ATEN_CPU_CAPABILITY: without their own caps
+# the float bf16 rows ran on AVX512-BF16 units an AVX2-only CPU lacks (measured 208 GFLOP/s one thread
+# at M=384, 23 with ONEDNN_MAX_CPU_ISA=AVX2), so "the faster float" was not what such a CPU has
+ISA_ENV = {"native": {}, "avx2": {"QUANTLLM_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2",
+                                  "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 LEAN = {"auto": None, "lean": True, "static": False}  # --decoder -> make_decoder(lean=...)
 TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, tie_word_embeddings=False)
