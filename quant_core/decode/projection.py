@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..kernels.cpu_repack import fusable
-from ..kernels.cpu_simd import GEMM_ROWS, _CpuSimdKernel
+from ..kernels.cpu_simd import _CpuSimdKernel
 from ..modules import QuantLinear
 
 
@@ -51,7 +51,7 @@ class Projection:
         """``x`` [M, K] float32 contiguous; ``out`` [M, N] float32 (rows may be strided)."""
         if self.kernel is not None:  # straight into out: the small-batch kernel or the blocked GEMM
             xa = x if self.direct else self.kernel.activations(x)
-            run = self.kernel.gemv if x.shape[0] < GEMM_ROWS or self.kernel.int8 else self.kernel.gemm
+            run = self.kernel.gemv if x.shape[0] < self.kernel.gemm_rows or self.kernel.int8 else self.kernel.gemm
             return run(xa, out, self.bias, accumulate)
         y = self._unfused(x)
         return out.add_(y) if accumulate else out.copy_(y)

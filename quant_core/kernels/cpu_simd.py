@@ -20,9 +20,17 @@ from .base import Kernel, LayerSpec
 from .cpu_build import BuildError, load_library
 from .cpu_repack import group_size_reason, release_freed_memory, repack, stack_rows
 
-# Batch rows from which dequantize + GEMM wins over the fused kernel (measured with
-# benchmarks/cpu_speed.py's GEMM rows on 2 threads); $QUANTLLM_CPU_GEMM_ROWS overrides.
-GEMM_ROWS = int(os.environ.get("QUANTLLM_CPU_GEMM_ROWS", "16"))
+# Batch rows from which the blocked GEMM wins over the fused small-batch kernel, per path of the
+# latter (one thread, 1.1B gate/down shapes, AVX-512 and AVX2 alike): int16 activations (two products
+# per instruction) still beat the fp32 GEMM at 32 rows and tie the bf16 one at 24-32; the float FMA
+# path ties the fp32 GEMM at 24 and loses to the bf16 one from 16. $QUANTLLM_CPU_GEMM_ROWS overrides.
+GEMM_ROWS_ENV = os.environ.get("QUANTLLM_CPU_GEMM_ROWS")
+
+
+def gemm_rows(path: str, bf16_gemm: bool) -> int:
+    if GEMM_ROWS_ENV:
+        return int(GEMM_ROWS_ENV)
+    return 32 if path == "int16" else 16 if bf16_gemm else 24
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
 
 
@@ -77,7 +85,7 @@ class _CpuSimdKernel(Kernel):
         lib, why = _library_or_reason(cls.variant())
         if lib is None:
             return False, why
-        return True, f"fused {cls.variant()} unpack-and-FMA kernel (blocked dequantizing GEMM from {GEMM_ROWS} rows)"
+        return True, f"fused {cls.variant()} unpack-and-FMA kernel (blocked dequantizing GEMM for batches)"
 
     def __init__(self, packed, spec: LayerSpec):
         super().__init__(packed, spec)
@@ -87,13 +95,14 @@ class _CpuSimdKernel(Kernel):
         self.int8 = spec.compute_dtype == "int8"
         self.path = "int8" if self.int8 else ("fma" if self.w.lut is not None else FP32_PATH)
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
+        self.gemm_rows = gemm_rows(self.path, self.bf16_gemm)  # batches of this many rows take the GEMM
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the kernels read it: [M, Kp] float32 (bf16 for the bf16 GEMM), columns in
         the weight's order, zero-padded, contiguous."""
         w = self.w
         x2 = x.reshape(-1, w.in_features)
-        if not (self.bf16_gemm and x2.shape[0] >= GEMM_ROWS):  # only the bf16 GEMM keeps bf16 rows
+        if not (self.bf16_gemm and x2.shape[0] >= self.gemm_rows):  # only the bf16 GEMM keeps bf16 rows
             x2 = x2.float()
         if w.perm is not None:
             x2 = x2[:, w.perm]
@@ -164,7 +173,7 @@ class _CpuSimdKernel(Kernel):
         w = self.w
         xa = self.activations(x)
         m = xa.shape[0]
-        run = self.gemm if m >= GEMM_ROWS and not self.int8 else self.gemv
+        run = self.gemm if m >= self.gemm_rows and not self.int8 else self.gemv
         y = run(xa, torch.empty(m, w.out_features))
         return y.reshape(*x.shape[:-1], w.out_features)
 

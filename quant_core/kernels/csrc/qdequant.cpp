@@ -42,12 +42,12 @@ void dequant_t(const Layer& L, int t0, int t1, OUT* out, int64_t ld, int nthread
             const int valid = std::min(R, nw - c0);
             vi cv[R];
             load_tile(rows, 4 * (int64_t)c0, valid, cv);
-            Unroll<0, R>::run([&](auto jc) {
+            Unroll<0, R>::run([&](auto jc) QK_INLINE {
                 constexpr int j = decltype(jc)::value;
                 if (j >= valid) return;
                 const int c = c0 + j, g = c / L.wpg;
                 const vf s = vload(L.scales(t, g)), o = vload(L.offsets(t, g));
-                Unroll<0, CPW>::run([&](auto ic) {
+                Unroll<0, CPW>::run([&](auto ic) QK_INLINE {
                     constexpr int i = decltype(ic)::value;
                     store(col + ((int64_t)c * CPW + i) * ld, vfma(decode_plain<KIND, i>(cv[j], lut), s, o));
                 });

@@ -1,4 +1,4 @@
-// Batched quantized matmul (prompts, batches of GEMM_ROWS+ rows): y[M, N] (+)= x[M, Kp] @ W^T (+ bias).
+// Batched quantized matmul (prompts, batches from cpu_simd.gemm_rows rows): y[M, N] (+)= x[M, Kp] @ W^T (+ bias).
 //
 // Dequantizing the whole weight and calling PyTorch's GEMM wrote the float weight out, read it
 // back, and the library packed it once more per call: on the 1.1B shapes at M = 512 that took
@@ -56,20 +56,20 @@ void dequant_tile(const Layer& L, int t, int k0, int kn, float* buf, int lane0) 
         const int valid = std::min(R, w1 - c0);
         vi cv[R];
         load_tile(rows, 4 * (int64_t)c0, valid, cv);
-        Unroll<0, R>::run([&](auto jc) {
+        Unroll<0, R>::run([&](auto jc) QK_INLINE {
             constexpr int j = decltype(jc)::value;
             if (j >= valid) return;
             const int c = c0 + j, g = c / L.wpg, kk = (c - w0) * CPW;
             const vf s = vload(L.scales(t, g)), o = vload(L.offsets(t, g));
             if constexpr (BF16) {
-                Unroll<0, CPW / 2>::run([&](auto ic) {
+                Unroll<0, CPW / 2>::run([&](auto ic) QK_INLINE {
                     constexpr int i = decltype(ic)::value;
                     const vi lo = round_bf16(vfma(decode_plain<KIND, 2 * i>(cv[j], lut), s, o));
                     const vi hi = round_bf16(vfma(decode_plain<KIND, 2 * i + 1>(cv[j], lut), s, o));
                     vstorei(buf + (int64_t)(kk / 2 + i) * NB + lane0, vor(vsrli<16>(lo), vand(hi, vset1i(-65536))));
                 });
             } else {
-                Unroll<0, CPW>::run([&](auto ic) {
+                Unroll<0, CPW>::run([&](auto ic) QK_INLINE {
                     constexpr int i = decltype(ic)::value;
                     vstore(buf + (int64_t)(kk + i) * NB + lane0, vfma(decode_plain<KIND, i>(cv[j], lut), s, o));
                 });

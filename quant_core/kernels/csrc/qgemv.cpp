@@ -61,12 +61,12 @@ void tile_f32(const Layer& L, int t, const float* x, int64_t ldx, const float* x
         vi cv[R];
         prefetch.step();
         load_tile(rows, 4 * (int64_t)c0, valid, cv);
-        Unroll<0, R>::run([&](auto jc) {
+        Unroll<0, R>::run([&](auto jc) QK_INLINE {
             constexpr int j = decltype(jc)::value;
             if (j >= valid) return;
             const int c = c0 + j;
             const float* xc = x + (int64_t)c * CPW;
-            Unroll<0, CPW>::run([&](auto ic) {
+            Unroll<0, CPW>::run([&](auto ic) QK_INLINE {
                 constexpr int i = decltype(ic)::value;
                 const vf wv = decode_prescaled<KIND, i>(cv[j], lut);
                 for (int m = 0; m < MT; ++m) acc[m][i % NA] = vfma(wv, vset1(xc[m * ldx + i]), acc[m][i % NA]);
@@ -114,7 +114,7 @@ void tile_i8(const Layer& L, int t, const int8_t* q, int64_t ldq, const float* q
         vi cv[R];
         prefetch.step();
         load_tile(rows, 4 * (int64_t)c0, valid, cv);
-        Unroll<0, R>::run([&](auto jc) {
+        Unroll<0, R>::run([&](auto jc) QK_INLINE {
             constexpr int j = decltype(jc)::value;
             if (j >= valid) return;
             const int c = c0 + j;

@@ -16,6 +16,14 @@ using namespace qk;
 namespace {
 
 constexpr int BLOCK = 32;  // columns per activation scale
+// Activation rows per pass over a tile: each pass transposes and decodes the tile's codes once. AVX-512
+// (32 registers): 8, measured 1.64 ms against 1.91 for two passes of 4 (M = 8, 2048x5632 int4, one
+// thread); AVX2 (16 registers): 4, where 8 spilled and measured the same as two passes of 4.
+#if defined(__AVX512F__)
+constexpr int kRowsI16 = 8;
+#else
+constexpr int kRowsI16 = 4;
+#endif
 constexpr float kInt16Max = 32767.0f;
 
 template <int MT, bool BYTE_CODES>
@@ -41,12 +49,12 @@ void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float*
         vi cv[R];
         prefetch.step();
         load_tile(rows, 4 * (int64_t)c0, valid, cv);
-        Unroll<0, R>::run([&](auto jc) {
+        Unroll<0, R>::run([&](auto jc) QK_INLINE {
             constexpr int j = decltype(jc)::value;
             if (j >= valid) return;
             const int c = c0 + j;
             const int16_t* ac = a + (int64_t)c * CPW;
-            Unroll<0, CPW / 2>::run([&](auto ic) {
+            Unroll<0, CPW / 2>::run([&](auto ic) QK_INLINE {
                 constexpr int i = decltype(ic)::value;
                 const vi pair = vand(vsrli<(BYTE_CODES ? 8 : 4) * i>(cv[j]), mask);
                 for (int m = 0; m < MT; ++m) acc[m][i % NA] = dot2(acc[m][i % NA], pair, vbcast32(ac + m * lda + 2 * i));
@@ -114,10 +122,14 @@ void gemv_i16(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
     const int16_t* ap = a.data();
     const float* dp = ascale.data();
     const float* sp = xsum.data();
-    for_tiles(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
+    for_tiles<kRowsI16>(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const int16_t* am = ap + (int64_t)m0 * L.Kp;
         const float *dm = dp + (int64_t)m0 * nblk, *sm = sp + (int64_t)m0 * L.G;
         switch (mt) {
+            case 8: tile_i16<8, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
+            case 7: tile_i16<7, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
+            case 6: tile_i16<6, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
+            case 5: tile_i16<5, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
             case 4: tile_i16<4, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
             case 3: tile_i16<3, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
             case 2: tile_i16<2, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;

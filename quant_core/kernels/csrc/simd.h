@@ -12,6 +12,10 @@
 
 namespace qk {
 
+// Bodies of Unroll loops: GCC otherwise left some iterations of the hot tile loops out of line, as
+// calls that kept every accumulator in memory (seen with nm and perf: tile_i16<4>'s j = 2, 12, 15).
+#define QK_INLINE __attribute__((always_inline))
+
 // Compile-time loop: f(std::integral_constant<int, I>) for I in [B, E), so shift counts stay immediates.
 template <int B, int E>
 struct Unroll {

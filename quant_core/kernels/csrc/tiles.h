@@ -20,15 +20,15 @@ struct Epilogue {
     }
 };
 
-// Calls tile(t, mt, m0, out, ldo) for every tile t and block of up to 4 rows m0.., writing y[m * ldy + n].
-template <class F>
+// Calls tile(t, mt, m0, out, ldo) for every tile t and block of up to MB rows m0.., writing y[m * ldy + n].
+template <int MB = 4, class F>
 void for_tiles(const Layer& L, int M, float* y, int64_t ldy, bool accumulate, int nthreads, F&& tile) {
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int t = 0; t < L.tiles(); ++t) {
-        alignas(64) float buf[4 * R];
+        alignas(64) float buf[MB * R];
         const int rows = std::min(R, L.N - t * R);
-        for (int m0 = 0; m0 < M; m0 += 4) {
-            const int mt = std::min(4, M - m0);
+        for (int m0 = 0; m0 < M; m0 += MB) {
+            const int mt = std::min(MB, M - m0);
             float* dst = y + (int64_t)m0 * ldy + (int64_t)t * R;
             if (rows == R) {
                 tile(t, mt, m0, dst, ldy);

@@ -77,7 +77,7 @@ def check(kernel_cls, packed, compute, m, seed=1):
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_fp32_matches_reference(kernel_cls, fmt_name, group_size, sym, n, k):
     packed = packed_weight(n, k, fmt_name, group_size, sym)
-    for m in (1, 3, 6):  # fused kernel: single row, partial tile, one full tile of 4 + 2
+    for m in (1, 3, 6, 11):  # fused kernel: one row; blocks of rows (4 per pass, 8 on AVX-512's int16 path) and partial ones
         check(kernel_cls, packed, "fp32", m)
 
 
@@ -100,11 +100,13 @@ def test_half_compute_matches_reference(kernel_cls, compute):
 @pytest.mark.parametrize("fmt_name,group_size,sym", CASES)
 def test_gemm_path_for_large_batches(kernel_cls, fmt_name, group_size, sym):
     """The blocked GEMM (csrc/qgemm.cpp): 600 columns are three 256-column chunks (the last partial,
-    padded from 600 to 608), 150 rows are several panels and a partial one, 31 activation rows
+    padded from 600 to 608), 150 rows are several panels and a partial one, 41 activation rows
     several row blocks and a partial one."""
-    from quant_core.kernels import cpu_simd
-    check(kernel_cls, packed_weight(150, 600, fmt_name, group_size, sym), "fp32", 31)
-    check(kernel_cls, packed_weight(37, 100, fmt_name, group_size, sym), "fp32", cpu_simd.GEMM_ROWS)
+    packed = packed_weight(150, 600, fmt_name, group_size, sym)
+    assert kernel_cls(packed, LayerSpec.of(packed, "fp32", "cpu")).gemm_rows <= 41  # the GEMM runs, not the GEMV
+    check(kernel_cls, packed, "fp32", 41)
+    small = packed_weight(37, 100, fmt_name, group_size, sym)
+    check(kernel_cls, small, "fp32", kernel_cls(small, LayerSpec.of(small, "fp32", "cpu")).gemm_rows)
 
 
 @pytest.mark.parametrize("kernel_cls", KERNELS)
@@ -112,10 +114,10 @@ def test_gemm_adds_bias_and_accumulates_into_strided_rows(kernel_cls):
     """As the lean step calls it: out rows strided, a bias padded to whole tiles, += into out."""
     packed = packed_weight(70, 300, "int4", 64, False)
     kernel = kernel_cls(packed, LayerSpec.of(packed, "fp32", "cpu"))
-    x = torch.randn(20, 300, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(kernel.gemm_rows + 1, 300, generator=torch.Generator().manual_seed(2))
     bias = torch.randn(70, generator=torch.Generator().manual_seed(3))
     want = ReferenceKernel(packed, LayerSpec.of(packed, "fp32", "cpu")).forward(x).float() + bias
-    base = torch.randn(20, 90, generator=torch.Generator().manual_seed(4))
+    base = torch.randn(x.shape[0], 90, generator=torch.Generator().manual_seed(4))
     out = base.clone()
     kernel.gemm(kernel.activations(x), out[:, 5:75], kernel.padded_bias(bias), accumulate=True)
     tol = 1e-4 * want.abs().max().item()
@@ -171,7 +173,8 @@ def test_bf16_batches_use_a_bf16_gemm_within_bf16_tolerance(fmt_name, group_size
     packed = packed_weight(40, 320, fmt_name, group_size, sym)
     kernel = CpuAvx2Kernel(packed, LayerSpec.of(packed, "bf16", "cpu"))
     assert kernel.bf16_gemm
-    check(CpuAvx2Kernel, packed, "bf16", 32)  # >= GEMM_ROWS: AVX2 build, bf16 rows widened to fp32
+    assert kernel.gemm_rows <= 40
+    check(CpuAvx2Kernel, packed, "bf16", 40)  # the GEMM of the AVX2 build: bf16 rows widened to fp32
 
 
 @pytest.mark.skipif(not cpu_features.native_bf16(), reason="CPU has no bf16 units (AVX512-BF16/AMX)")
@@ -183,7 +186,8 @@ def test_bf16_gemm_on_bf16_units(fmt_name, group_size, sym):
     bf16 units sum products exactly in fp32 but for order): 1e-4, not the 2e-2 of 16-bit arithmetic."""
     packed = packed_weight(150, 600, fmt_name, group_size, sym)
     kernel = CpuAvx512Kernel(packed, LayerSpec.of(packed, "bf16", "cpu"))
-    x = torch.randn(31, 600, generator=torch.Generator().manual_seed(1)).bfloat16()
+    assert kernel.gemm_rows <= 41
+    x = torch.randn(41, 600, generator=torch.Generator().manual_seed(1)).bfloat16()
     w = CpuAvx512Kernel(packed, LayerSpec.of(packed, "fp32", "cpu")).dequantize()[:, :600].bfloat16().float()
     want = x.float() @ w.t()
     got = kernel.forward(x).float()
