@@ -77,13 +77,18 @@ def test_cpp_operations_match_pytorch_operations(family):
     cpp = LeanDecoder(model, 3, 20)
     torch_ops = LeanDecoder(model, 3, 20, ops="torch")
     assert cpp.one_call and not torch_ops.one_call
+    # Both run the same int16-activation kernels (the 18-row prompt too: the GEMM starts at 32 rows on
+    # that path); the ops' 1e-7 differences flip an activation's int16 rounding now and then (one level
+    # is 1.5e-5 of its 32-column block's largest), which the layers carry on: measured 4.6e-5 on the
+    # prompt and 4.8e-5..1.07e-4 per step, so 2e-4 of the largest logit.
+    tol = 2e-4
     a = cpp.prefill(ids, mask)
     b = torch_ops.prefill(ids, mask)
-    assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item())
+    assert torch.allclose(a, b, atol=tol * b.abs().max().item())
     for _ in range(5):
         tokens = b.argmax(-1)
         a, b = cpp.step(tokens), torch_ops.step(tokens)
-        assert torch.allclose(a, b, atol=1e-4 * b.abs().max().item())
+        assert torch.allclose(a, b, atol=tol * b.abs().max().item())
 
 
 def test_left_padded_rows_decode_like_unpadded_ones():
