@@ -31,6 +31,8 @@ def gemm_rows(path: str, bf16_gemm: bool) -> int:
     if GEMM_ROWS_ENV:
         return int(GEMM_ROWS_ENV)
     return 32 if path == "int16" else 16 if bf16_gemm else 24
+
+
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
 
 
@@ -43,7 +45,6 @@ PATHS = ("fma", "int8", "int16")
 FP32_PATH = os.environ.get("QUANTLLM_CPU_FP32_PATH", "int16")
 if FP32_PATH not in ("fma", "int16"):
     raise ValueError(f"QUANTLLM_CPU_FP32_PATH={FP32_PATH!r}: choose fma or int16")
-
 
 
 def _ptr(t: torch.Tensor | None):

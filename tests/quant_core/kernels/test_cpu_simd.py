@@ -77,7 +77,7 @@ def check(kernel_cls, packed, compute, m, seed=1):
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_fp32_matches_reference(kernel_cls, fmt_name, group_size, sym, n, k):
     packed = packed_weight(n, k, fmt_name, group_size, sym)
-    for m in (1, 3, 6, 11):  # fused kernel: one row; blocks of rows (4 per pass, 8 on AVX-512's int16 path) and partial ones
+    for m in (1, 3, 6, 11):  # one row; blocks of 4 rows per pass (8: AVX-512's int16 path), partial ones
         check(kernel_cls, packed, "fp32", m)
 
 
