@@ -115,7 +115,7 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qgemv_i8.argtypes = [p, i, *layer, p, p, i64, i, i]
     lib.qgemv_i16.argtypes = [p, i, *layer, p, p, i64, i, i]
     lib.qgemm_f32.argtypes = [p, i, i64, *layer, p, p, p, i64, i, i]  # x, M, ldx, layer, lut, bias, y, ldy, acc, thr
-    lib.qgemm_bf16.argtypes = lib.qgemm_f32.argtypes
+    lib.qgemm_bf16.argtypes = [*lib.qgemm_f32.argtypes[:-1], i, i]  # ..., accumulate, y_bf16, threads
     lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qdequant_t_bf16.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qgather.argtypes = [*layer, p, p, i, p]

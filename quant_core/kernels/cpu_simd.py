@@ -129,13 +129,19 @@ class _CpuSimdKernel(Kernel):
              accumulate: bool = False) -> torch.Tensor:
         """Large batches (csrc/qgemm.cpp): as ``gemv``, but each panel of weight rows is dequantized
         once into a cache-sized buffer and applied to every row of ``xa`` from registers. ``xa``
-        bf16 (the bf16 GEMM, ``bf16_gemm``) runs on bf16 units; float32 in fp32."""
+        bf16 (the bf16 GEMM, ``bf16_gemm``) runs on bf16 units; float32 in fp32. ``out`` may be
+        bf16 there (not with ``accumulate``): written once, rounded to nearest even."""
         w = self.w
         if self.bf16_gemm and xa.dtype != torch.bfloat16:  # a bf16 model's layers: bf16 rows on bf16 units
             xa = xa.to(torch.bfloat16)
-        fn = self.lib.qgemm_bf16 if xa.dtype == torch.bfloat16 else self.lib.qgemm_f32
-        fn(_ptr(xa), xa.shape[0], xa.stride(0), *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out), out.stride(0),
-           accumulate, torch.get_num_threads())
+        layer = (_ptr(xa), xa.shape[0], xa.stride(0), *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out),
+                 out.stride(0), accumulate)
+        if xa.dtype == torch.bfloat16:
+            if out.dtype == torch.bfloat16 and accumulate:
+                raise ValueError("accumulate needs a float32 out")
+            self.lib.qgemm_bf16(*layer, out.dtype == torch.bfloat16, torch.get_num_threads())
+        else:
+            self.lib.qgemm_f32(*layer, torch.get_num_threads())
         return out
 
     def gemv(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
@@ -174,8 +180,10 @@ class _CpuSimdKernel(Kernel):
         w = self.w
         xa = self.activations(x)
         m = xa.shape[0]
-        run = self.gemm if m >= self.gemm_rows and not self.int8 else self.gemv
-        y = run(xa, torch.empty(m, w.out_features))
+        if m >= self.gemm_rows and not self.int8:  # a bf16 model's batch gets bf16 straight from the GEMM
+            y = self.gemm(xa, torch.empty(m, w.out_features, dtype=xa.dtype))
+        else:
+            y = self.gemv(xa, torch.empty(m, w.out_features))
         return y.reshape(*x.shape[:-1], w.out_features)
 
 
