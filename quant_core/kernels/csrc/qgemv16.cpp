@@ -31,11 +31,17 @@ void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float*
               float* out, int64_t ldo, const Epilogue& epi) {
     constexpr int CPW = BYTE_CODES ? 4 : 8, WPB = BLOCK / CPW;  // columns per word, words per block
     constexpr int NA = MT == 1 ? 4 : MT == 2 ? 2 : 1;          // independent int32 chains per row
+    // One row of nibbles (4 chains, one per pair): pairs 1 and 3 are taken as code * 16 (mask 0x00F000F0,
+    // no shift of their own; pairs 2 and 3 share one shift by 8), summed in chains 1 and 3 and shifted
+    // back by 4 at the block's end (exact: every product there is a multiple of 16; |sum| <= 2^27).
+    // Two shifts fewer per word: M = 1 AVX2 0.505 -> 0.464 ms (2048x5632 int4 g128, one thread),
+    // AVX-512 0.446 -> 0.438; with 2 rows (2 chains) it measured no gain.
+    constexpr bool SCALED16 = !BYTE_CODES && NA == 4;
     const uint8_t *rows[R], *ahead[R];
     L.tile_rows(t, rows);
     L.tile_rows(std::min(t + 1, L.tiles() - 1), ahead);
     const int nw = L.words();
-    const vi mask = vset1i(BYTE_CODES ? 0x00FF00FF : 0x000F000F);
+    const vi mask = vset1i(BYTE_CODES ? 0x00FF00FF : 0x000F000F), mask16 = vset1i(0x00F000F0);
     vi acc[MT][NA];
     vf blk[MT], tot[MT];
     for (int m = 0; m < MT; ++m) {
@@ -54,16 +60,28 @@ void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float*
             if (j >= valid) return;
             const int c = c0 + j;
             const int16_t* ac = a + (int64_t)c * CPW;
+            const vi high = SCALED16 ? vsrli<8>(cv[j]) : cv[j];  // nibbles 2, 3, 6, 7 moved down
             Unroll<0, CPW / 2>::run([&](auto ic) QK_INLINE {
                 constexpr int i = decltype(ic)::value;
-                const vi pair = vand(vsrli<(BYTE_CODES ? 8 : 4) * i>(cv[j]), mask);
+                vi pair;
+                if constexpr (SCALED16) pair = vand(i < 2 ? cv[j] : high, i % 2 ? mask16 : mask);
+                else pair = vand(vsrli<(BYTE_CODES ? 8 : 4) * i>(cv[j]), mask);
                 for (int m = 0; m < MT; ++m) acc[m][i % NA] = dot2(acc[m][i % NA], pair, vbcast32(ac + m * lda + 2 * i));
             });
             if ((c + 1) % WPB == 0 || c + 1 == nw) {  // end of an activation block: apply its scale
                 const int b = c / WPB;
                 for (int m = 0; m < MT; ++m) {
                     vi s = acc[m][0];
-                    for (int k = 1; k < NA; ++k) s = vaddi(s, acc[m][k]);
+                    if constexpr (SCALED16) {
+                        vi s16 = acc[m][1];
+                        for (int k = 2; k < NA; ++k) {
+                            if (k % 2) s16 = vaddi(s16, acc[m][k]);
+                            else s = vaddi(s, acc[m][k]);
+                        }
+                        s = vaddi(s, vsrai<4>(s16));
+                    } else {
+                        for (int k = 1; k < NA; ++k) s = vaddi(s, acc[m][k]);
+                    }
                     blk[m] = vfma(vcvt(s), vset1(ascale[m * nblk + b]), blk[m]);
                     for (int k = 0; k < NA; ++k) acc[m][k] = vzeroi();
                 }

@@ -49,6 +49,7 @@ inline vi vbits(vf a) { return _mm512_castps_si512(a); }
 inline vi vloadi(const void* p) { return _mm512_loadu_si512(p); }
 inline void vstorei(void* p, vi v) { _mm512_storeu_si512(p, v); }
 template <int S> inline vi vsrli(vi a) { return S ? _mm512_srli_epi32(a, S) : a; }
+template <int S> inline vi vsrai(vi a) { return _mm512_srai_epi32(a, S); }
 inline vf vcvt(vi a) { return _mm512_cvtepi32_ps(a); }
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
@@ -116,6 +117,7 @@ inline vi vbits(vf a) { return _mm256_castps_si256(a); }
 inline vi vloadi(const void* p) { return _mm256_loadu_si256((const __m256i*)p); }
 inline void vstorei(void* p, vi v) { _mm256_storeu_si256((__m256i*)p, v); }
 template <int S> inline vi vsrli(vi a) { return S ? _mm256_srli_epi32(a, S) : a; }
+template <int S> inline vi vsrai(vi a) { return _mm256_srai_epi32(a, S); }
 template <int S> inline vi vslli(vi a) { return S ? _mm256_slli_epi32(a, S) : a; }
 inline vf vcvt(vi a) { return _mm256_cvtepi32_ps(a); }
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
