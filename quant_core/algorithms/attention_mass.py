@@ -61,7 +61,7 @@ def _probe(module, query, key, value, attention_mask, scaling=None, **kwargs):
     callback = _callbacks.get(id(module))
     original = _implementation(module, _originals.get(id(module)))
     if callback is not None:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(query.device.type, enabled=False):  # fp32 also in bf16 calibration
             callback(received_attention(query, key, attention_mask, scale, getattr(module, "is_causal", True)))
     return original(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
 
