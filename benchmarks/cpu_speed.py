@@ -4,6 +4,16 @@
     python benchmarks/cpu_speed.py --models smollm2 --rows fp32 int4_sym --repeats 3
     python benchmarks/cpu_speed.py --isa native avx2   # every model row again as on an AVX2-only CPU
 
+The committed table, in four steps on a quiet machine (~75-80 min on 2 cores; steps 2-4 keep step 1's JSON):
+
+    python benchmarks/cpu_speed.py --rows fp32 bf16 int8 int4_sym int4_asym nf4 int4_sym_bf16 int8_bf16 \
+        nf4_bf16 int4_sym_head8 --no-split --no-bandwidth --no-langchain --dynamic-cache      # ~40 min
+    python benchmarks/cpu_speed.py --merge --isa avx2 --rows fp32 bf16 int4_sym int4_sym_head8 --no-gemm \
+        --no-split --no-bandwidth --no-langchain --no-llamacpp                               # ~15 min
+    python benchmarks/cpu_speed.py --merge --models --no-gemm --no-llamacpp                  # split, GB/s, LangChain
+    python benchmarks/cpu_speed.py --merge --models --no-gemm --no-split --no-bandwidth --no-langchain \
+        --no-llamacpp --threads-sweep 1 2 --isa native avx2                                  # ~10 min
+
 Every (model, row) runs in its own child process so that its peak RSS is its own; the
 parent keeps the figures in benchmarks/results/cpu_speed.json (--merge adds rows to it) and
 regenerates benchmarks/results/cpu_speed.md from it. Figures are medians
