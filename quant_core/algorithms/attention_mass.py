@@ -15,14 +15,12 @@ own attention implementation, so the block's outputs do not change.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PROBE = "quantllm_attention_mass"
 _callbacks: dict[int, Callable[[torch.Tensor], None]] = {}  # id(attention module) -> callback
@@ -50,10 +48,23 @@ def received_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tenso
     return total / heads
 
 
+@functools.cache
+def _interfaces():
+    """transformers' attention and mask registries, with the probe registered in both. Imported on
+    first use, not with quant_core: they import transformers' modeling stack and with it Triton,
+    which must not be initialised before kernels/triton_jit.py chooses interpreted or compiled."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    AttentionInterface.register(PROBE, _probe)
+    AttentionMaskInterface.register(PROBE, _mask)
+    return ALL_ATTENTION_FUNCTIONS, ALL_MASK_ATTENTION_FUNCTIONS
+
+
 def _implementation(module: nn.Module, name: str | None) -> Callable:
     if name in (None, "eager", PROBE):  # the model's own eager function lives in its modeling file
         return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[name]
+    return _interfaces()[0][name]
 
 
 def _probe(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -68,19 +79,16 @@ def _probe(module, query, key, value, attention_mask, scaling=None, **kwargs):
 
 def _mask(*args, **kwargs):
     """A model-level forward under the probe builds the mask its own implementation would."""
+    masks = _interfaces()[1]
     original = next(reversed(_originals.values()), None) or "sdpa"
-    return ALL_MASK_ATTENTION_FUNCTIONS[original if original in ALL_MASK_ATTENTION_FUNCTIONS else "sdpa"](
-        *args, **kwargs)
-
-
-AttentionInterface.register(PROBE, _probe)
-AttentionMaskInterface.register(PROBE, _mask)
+    return masks[original if original in masks else "sdpa"](*args, **kwargs)
 
 
 @contextlib.contextmanager
 def recording_attention_mass(attention: nn.Module, callback: Callable[[torch.Tensor], None]) -> Iterator[None]:
     """While inside, every forward of ``attention`` (a transformers attention module) calls
     ``callback(m)`` with ``m [batch, tokens]`` as defined in the module docstring."""
+    _interfaces()
     config = attention.config
     original = config._attn_implementation
     _callbacks[id(attention)], _originals[id(attention)] = callback, original
