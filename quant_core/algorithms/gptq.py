@@ -17,7 +17,8 @@ the layer's reconstruction loss (``H = 2/n * sum x x^T`` over calibration inputs
 
 ``gptq(weight, hessian, config)`` returns a ``QuantResult`` and never packs; ``gptq_step``
 runs it on one block for the calibration driver (``driver.py``), in true-sequential order
-when ``config.true_sequential``.
+when ``config.true_sequential``, with the Hessians of ``hessians.py`` (by default v_proj's and
+down_proj's weigh each token by how much the model's output depends on it there: issue 16).
 """
 from __future__ import annotations
 

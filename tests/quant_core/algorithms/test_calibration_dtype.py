@@ -5,7 +5,7 @@ import copy
 import torch
 
 from quant_core import QuantConfig, QuantLinear, quantize
-from quant_core.algorithms.gptq import Hessian
+from quant_core.algorithms.hessians import Hessian
 from quant_core.calibration import forward_precision
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from quant_core import QuantConfig, quantize
-from quant_core.algorithms import gptq as gptq_module
+from quant_core.algorithms import hessians
 from quant_core.algorithms import input_stats
 from quant_core.calibration import statistics_rows
 from quant_core.testing import tiny_llama_lm
@@ -35,8 +35,8 @@ def _rows_seen(monkeypatch, cls, algorithm: str, skip: int) -> set[int]:
 
 
 def test_gptq_hessians_leave_out_the_skipped_tokens(monkeypatch):
-    assert _rows_seen(monkeypatch, gptq_module.Hessian, "gptq", 0) == {2 * 16}
-    assert _rows_seen(monkeypatch, gptq_module.Hessian, "gptq", 1) == {2 * 15}
+    assert _rows_seen(monkeypatch, hessians.Hessian, "gptq", 0) == {2 * 16}
+    assert _rows_seen(monkeypatch, hessians.Hessian, "gptq", 1) == {2 * 15}
 
 
 def test_awq_statistics_leave_out_the_skipped_tokens(monkeypatch):

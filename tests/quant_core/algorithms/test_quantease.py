@@ -5,7 +5,8 @@ import torch
 
 from quant_core import QuantConfig
 from quant_core.algorithms.coordinate_descent import CoordinateDescent
-from quant_core.algorithms.gptq import Hessian, gptq
+from quant_core.algorithms.gptq import gptq
+from quant_core.algorithms.hessians import Hessian
 from quant_core.algorithms.quantease import _initial_qparams, gptq_quantease, quantease
 from quant_core.algorithms.rtn import rtn
 from quant_core.errors import ConfigError
