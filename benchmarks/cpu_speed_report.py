@@ -36,13 +36,13 @@ def model_table(results, model_name):
         if "error" in r:
             lines.append(f"| {row} | {r.get('run', '?')} | error: {r['error']} |" + " |" * 12)
             continue
-        ratio = lambda k: _fmt(r[k] / floats[k]) if floats[k] else "—"  # noqa: E731
+        ratio = lambda k: _fmt(r[k] / floats[k]) if floats[k] and r.get(k) else "—"  # noqa: E731
         lines.append(
             f"| {row} | {r.get('run', '?')} | {', '.join(r['kernels'])} | {r.get('decoder', 'StaticDecoder')} | "
             f"{r['weight_bytes'] / 1e6:.1f} | "
             f"{_fmt(r['weight_bytes'] / bf16_bytes) if bf16_bytes else '—'} | {_fmt(r['prefill_tok_s'], 1)} | "
             f"{ratio('prefill_tok_s')} | {_fmt(r['decode_b1_tok_s'])} | {ratio('decode_b1_tok_s')} | "
-            f"{_fmt(r['decode_b8_tok_s'])} | {ratio('decode_b8_tok_s')} | {r['peak_rss_decode_mb']:.0f} | "
+            f"{_fmt(r.get('decode_b8_tok_s'))} | {ratio('decode_b8_tok_s')} | {r['peak_rss_decode_mb']:.0f} | "
             f"{_fmt(r['peak_rss_decode_mb'] / fp32_rss) if fp32_rss else '—'} | "
             f"{_fmt(r.get('decode_b1_dynamic_tok_s'))} |")
     return lines
