@@ -2,9 +2,10 @@
 
 Sources (``source`` argument / ``QuantConfig.calibration_dataset``):
 
-* ``None`` or ``"default"``: the shipped sample of WikiText-2 *validation* text
-  (``quant_core/data/calibration.txt``, CC BY-SA 3.0, see ``data/README.md``), so
-  calibration works offline with no argument;
+* ``None`` or ``"default"``: the shipped text (``quant_core/data/calibration.txt``, see
+  ``data/README.md``): half clean WikiText-2 *validation* prose (CC BY-SA 3.0), half everyday text
+  written by SmolLM2-135M-Instruct, so calibration works offline with no argument and fits no
+  single domain;
 * a list of strings (Python API);
 * a path to a text file;
 * a Hugging Face dataset, ``"name[:config][@split]"`` (e.g. ``"wikitext:wikitext-2-raw-v1@train"``),

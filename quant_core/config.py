@@ -91,7 +91,7 @@ class QuantConfig(BaseModel):
     double_quant_block: int = Field(DEFAULT_BLOCK, gt=0, le=1 << 16, description="Double quantization: group scales "
                                     "per second-level scale.")
     # Calibration (GPTQ, AWQ, TEQ); see quant_core.calibration.
-    calibration_dataset: str | None = Field(None, description="Calibration text: None (shipped WikiText-2 valid sample), "
+    calibration_dataset: str | None = Field(None, description="Calibration text: None (the shipped text: Wikipedia prose + model-written text), "
                                             "a text file, or a Hugging Face dataset 'name[:config][@split]'.")
     n_samples: int = Field(128, gt=0, le=MAX_COUNT, description="Calibration windows.")
     seqlen: int = Field(512, gt=0, le=1 << 17, description="Tokens per calibration window.")

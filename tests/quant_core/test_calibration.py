@@ -1,4 +1,7 @@
 """Calibration text sources and window sampling."""
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -19,12 +22,20 @@ def word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
 
 
-def test_default_is_the_shipped_validation_sample_not_the_test_split():
+def test_default_is_clean_validation_prose_and_model_text_not_the_test_split():
     text = load_calibration_texts()[0]
-    assert 100_000 < len(text.encode()) < 200_000
-    assert " = Homarus gammarus = " in text  # first article of WikiText-2 *valid*
+    assert 400_000 < len(text.encode()) < 700_000
+    assert "Homarus gammarus, known as the European lobster" in text  # WikiText-2 *valid*, detokenized
+    assert "<unk>" not in text and " @-@ " not in text and " , " not in text[:278_000]
+    test_split = (Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext2-test.txt")
+    if test_split.exists():  # no line of the evaluation split leaks into calibration
+        first_test_line = next(line for line in test_split.read_text(encoding="utf-8").split("\n") if len(line) > 200)
+        words = first_test_line.split()
+        phrase = next(" ".join(words[i:i + 6]) for i in range(len(words)) if all(w.isalpha() for w in words[i:i + 6]))
+        assert phrase not in text
     readme = (DEFAULT_CALIBRATION_FILE.parent / "README.md").read_text()
-    assert "CC BY-SA 3.0" in readme and "Merity" in readme
+    assert "CC BY-SA 3.0" in readme and "Merity" in readme and "SmolLM2" in readme
+    assert hashlib.sha256(DEFAULT_CALIBRATION_FILE.read_bytes()).hexdigest() in readme
 
 
 def test_default_batches_shape_dtype_and_seed(word_tokenizer):
