@@ -65,7 +65,8 @@ def perplexity_table(data: dict, n: int, letters: dict) -> list[str]:
     head = ["algorithm"] + [COLUMNS[c]["label"] for c in cols]
     out = []
     for text, spec in TEXTS.items():
-        where = "in domain of the calibration text" if text == PRIMARY else "out of domain, never calibrated on"
+        where = ("half the calibration text is WikiText-2 valid prose" if text == PRIMARY
+                 else "out of domain, never calibrated on")
         out += [f"## Perplexity on {spec.label}, {windows_label(text)} ({where}; lower is better)", "",
                 "✓ / ✗: lower / higher than RTN at the same setting on this text.", ""]
         out += report.table(head, perplexity_rows(cells, n, letters, text)) + [""]
