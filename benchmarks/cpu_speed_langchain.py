@@ -1,7 +1,7 @@
 """LangChain-level comparison (issue 15): our ``QuantLLM`` against LangChain's own ``LlamaCpp``.
 
 Used by cpu_speed.py's "langchain" child. The same 16 prompts x 32 new tokens, greedy, through
-``chain.batch`` of each (QuantLLM: SmolLM2 int4 g128, ``batch_size`` 16; LlamaCpp: the same
+``chain.batch`` of each (QuantLLM: SmolLM2 int4 g128 at its default ``batch_size``; LlamaCpp: the same
 SmolLM2 GGUF, same threads), medians of repeats; whether our batch's outputs equal our own
 invoke loop's; and single-prompt latency of each (first streamed chunk, and the whole answer).
 """
@@ -45,7 +45,7 @@ def child_langchain(args) -> dict:
     new = args.langchain_new_tokens
     ours = QuantLLM.from_model_id(None, task="text-generation",
                                   quantization_config=QuantConfig(weight_dtype="int4", group_size=128),
-                                  pipeline_kwargs={"max_new_tokens": new, "do_sample": False}, batch_size=16)
+                                  pipeline_kwargs={"max_new_tokens": new, "do_sample": False})  # default batch_size
     tok = ours.get_engine().tokenizer
     count = lambda outs: sum(len(tok(o, add_special_tokens=False).input_ids) for o in outs)  # noqa: E731
     chain = TEMPLATE | ours

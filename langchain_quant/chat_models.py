@@ -73,8 +73,8 @@ class ChatQuant(BaseChatModel):
     the JSON within ``max_tokens``. None: unbounded."""
     streaming: bool = False
     """Stream by default when ``invoke`` is called inside a streaming run."""
-    batch_size: int = 4
-    """Most concurrent requests decoded together in one batch."""
+    batch_size: int = 16
+    """Most concurrent requests decoded together in one batch (as ``QuantLLM``'s)."""
     n_threads: int | None = None
     """CPU threads of each forward pass (as ``LlamaCpp``'s); None: the physical cores (or ``llm``'s setting).
     One setting per model: wrappers sharing a model share its engine, and the last one given applies."""

@@ -51,8 +51,9 @@ class QuantLLM(BaseLLM):
     pipeline_kwargs: dict | None = None
     """Default generation settings: max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample, seed,
     eos_token_id; and the result's shape: num_return_sequences (with sampling), return_full_text."""
-    batch_size: int = 4
-    """Prompts decoded together in one batch by ``batch``/``generate``."""
+    batch_size: int = 16
+    """Prompts decoded together in one batch by ``batch``/``generate``. 16, not langchain-huggingface's 4: on a
+    2-core CPU SmolLM2 int4 decodes 16 prompts at 1.7x the throughput of 4 (issue 15), and its KV cache is small."""
     n_threads: int | None = None
     """CPU threads of each forward pass (as ``LlamaCpp``'s); None: the physical cores. One setting per model:
     wrappers sharing a model share its engine, and the last one given applies."""
@@ -103,7 +104,7 @@ class QuantLLM(BaseLLM):
     def from_model_id(cls, model_id: str | None = None, task: str = "text-generation", *,
                       quantization_config=None, model_kwargs: dict | None = None,
                       pipeline_kwargs: dict | None = None, device: Any = -1, device_map: Any = None,
-                      batch_size: int = 4, load_in_4bit: bool = False, load_in_8bit: bool = False,
+                      batch_size: int = 16, load_in_4bit: bool = False, load_in_8bit: bool = False,
                       backend: str = "default", **kwargs: Any) -> "QuantLLM":
         """Load ``model_id``, quantize it (cached per model and config within the process), wrap it.
         The arguments of langchain-huggingface's ``HuggingFacePipeline.from_model_id`` mean what they mean

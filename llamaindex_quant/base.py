@@ -97,7 +97,7 @@ class QuantLlamaLLM(CustomLLM):
                                    "(logged, and counted in additional_kwargs) instead of raising.")
     use_chat_template: bool = Field(
         default=True, description="Format prompts with the tokenizer's chat template when it has one.")
-    max_batch_size: int = Field(default=8, gt=0, description="Prompts per forward pass in batch calls.")
+    max_batch_size: int = Field(default=16, gt=0, description="Prompts per forward pass in batch calls (as QuantLLM's batch_size).")
     n_threads: int | None = Field(default=None, gt=0, description=(
         "CPU threads of each forward pass (as LlamaCPP's); None: the physical cores. One setting per model: "
         "wrappers sharing a model share its engine, and the last one given applies."))

@@ -33,7 +33,7 @@ class LoadRequest:
     tokenizer_name: str | None = None
     tokenizer_kwargs: dict = field(default_factory=dict)
     trust_remote_code: bool = False
-    max_batch_size: int = 8
+    max_batch_size: int = 16
     n_threads: int | None = None
 
     @property
