@@ -36,7 +36,8 @@ import report  # noqa: E402
 from quality_columns import COLUMNS, ROWS, SEQLEN, STORE, cell_key  # noqa: E402
 from quality_peer_report import PEER  # noqa: E402
 from quality_report import TIMING_COLUMN, write_quality  # noqa: E402
-from quality_texts import PRIMARY, TEXTS, evaluate, missing_texts, text_id, token_windows, with_figure  # noqa: E402
+from quality_texts import (PRIMARY, TEXTS, evaluate, missing_texts, parse_selection, text_id,  # noqa: E402
+                           token_windows, with_figure)
 
 
 def load(args):
@@ -194,12 +195,7 @@ def main(argv=None) -> None:
     p.add_argument("--timing-one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.model = args.model or None
-    args.rows, args.columns, args.texts = args.rows.split(","), args.columns.split(","), args.texts.split(",")
-    bad = [r for r in args.rows if r not in ROWS] + [c for c in args.columns if c not in COLUMNS] + \
-          [t for t in args.texts if t not in TEXTS]
-    if bad:
-        raise SystemExit(f"unknown rows/columns/texts {bad}; rows: {', '.join(ROWS)}; columns: {', '.join(COLUMNS)}; "
-                         f"texts: {', '.join(TEXTS)}")
+    parse_selection(args, ROWS, COLUMNS)
     if args.timing_one:
         return timing_one(args)
     args.argv = list(argv if argv is not None else sys.argv[1:])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_columns import COLUMNS, ROWS, SEQLEN  # noqa: E402
-from quality_texts import TEXTS  # noqa: E402
+from quality_texts import TEXTS, parse_selection  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "quality_ood.json"
@@ -123,11 +123,7 @@ def main(argv=None) -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    args.rows, args.columns, args.texts = args.rows.split(","), args.columns.split(","), args.texts.split(",")
-    bad = [r for r in args.rows if r not in ROWS] + [c for c in args.columns if c not in COLUMNS] + \
-          [t for t in args.texts if t not in TEXTS]
-    if bad:
-        raise SystemExit(f"unknown rows/columns/texts {bad}")
+    parse_selection(args, ROWS, COLUMNS)
     given = dict(w.split("=") for w in args.windows)
     args.windows = {t: int(given.get(t, TEXTS[t].windows or 0)) or None for t in TEXTS}
     args.variants = ([] if args.only_variants else [("", {})]) + [(v.partition("=")[0], json.loads(v.partition("=")[2])) for v in args.variant]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_columns import COLUMNS, ROWS, STORE, cell_key  # noqa: E402
-from quality_texts import TEXTS, missing_texts  # noqa: E402
+from quality_texts import TEXTS, missing_texts, parse_selection  # noqa: E402
 
 # The brief's order: the int4 g128 sym cells users meet first, then the issue-19 targets' settings.
 FIRST = [("int4_g128_sym", ["RTN", "GPTQ", "GPTQ plain Hessian", "AWQ", "TEQ", "QuantEase", "GPTQ->QuantEase"]),
@@ -210,11 +210,7 @@ def main(argv=None) -> None:
     p.add_argument("--run", default=None, help=argparse.SUPPRESS)
     p.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.rows, args.columns, args.texts = args.rows.split(","), args.columns.split(","), args.texts.split(",")
-    bad = [r for r in args.rows if r not in ROWS] + [c for c in args.columns if c not in COLUMNS] + \
-          [t for t in args.texts if t not in TEXTS]
-    if bad:
-        raise SystemExit(f"unknown rows/columns/texts {bad}; rows: {', '.join(ROWS)}; columns: {', '.join(COLUMNS)}")
+    parse_selection(args, ROWS, COLUMNS)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     work(args) if args.worker is not None else launch(args)
 

@@ -96,3 +96,14 @@ def evaluate(model, windows_by_text: dict, names, device) -> dict:
 
     model = model.to(device)
     return {n: windows_perplexity(model, windows_by_text[n], progress=False) for n in names}
+
+
+def parse_selection(args, rows, columns) -> None:
+    """Split the comma-separated ``--rows``/``--columns``/``--texts`` of ``args`` in place, refusing unknown names
+    (with the known ones) before any model loads."""
+    args.rows, args.columns, args.texts = args.rows.split(","), args.columns.split(","), args.texts.split(",")
+    bad = [r for r in args.rows if r not in rows] + [c for c in args.columns if c not in columns] + \
+          [t for t in args.texts if t not in TEXTS]
+    if bad:
+        raise SystemExit(f"unknown rows/columns/texts {bad}; rows: {', '.join(rows)}; columns: {', '.join(columns)}; "
+                         f"texts: {', '.join(TEXTS)}")
