@@ -101,7 +101,7 @@ def check_case(label, fmt, group, zero_mode, act_order, dtype_name, k, n) -> Non
         x = torch.randn(m, k, device=DEV, dtype=dtype)
         ref = x.double() @ w_ref.double().t()
         xp = (x if perm is None else x.index_select(1, perm)).contiguous()
-        for cfg in candidates(m, n, k, kern.weight.group):
+        for cfg in candidates(m, n, k, kern.weight.group, kind=kern.weight.kind):
             a = kern._launch(xp, cfg)
             b = kern._launch(xp, cfg)  # split-K workspace must be back to zero
             err = rel(a, ref)

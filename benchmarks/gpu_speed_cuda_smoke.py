@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
-from quant_core.kernels.cuda_kernel import TILES, CudaConfig, CudaKernel, gemv_candidates  # noqa: E402
+from quant_core.kernels.cuda_kernel import TILES, CudaConfig, CudaKernel, gemv_candidates, wgmma_candidates  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
 
 VARIANTS = [f"{dt},{kind},{zm}" for dt in ("bf16", "fp16") for kind, zms in
@@ -41,11 +41,12 @@ def one_variant(variant: str) -> None:
     w_ref = packed.dequantize(torch.float32).double()
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float16
     worst, launches = 0.0, 0
-    for m in (1, 12, 20, 40, 100):
+    for m in (1, 12, 20, 40, 100, 200):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         ref = x.double() @ w_ref.t()
         configs = [CudaConfig(tile, splits) for tile in range(len(TILES)) for splits in ((1, 2) if m <= 64 else (1,))]
-        for cfg in configs + gemv_candidates(m, n, k, group):  # the few-row kernel in every cluster size
+        wg = wgmma_candidates(m, n, k, group, kind)  # sm_90: every wgmma tile, row block and split
+        for cfg in configs + gemv_candidates(m, n, k, group) + wg:  # the few-row kernel in every cluster size
             out = kern._launch(x, cfg)
             torch.cuda.synchronize()
             err = ((out.double() - ref).norm() / ref.norm()).item()

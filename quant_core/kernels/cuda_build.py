@@ -38,7 +38,7 @@ class QmmArgs(ctypes.Structure):
                 ("zeros", ctypes.c_void_p), ("out", ctypes.c_void_p), ("ws", ctypes.c_void_p),
                 ("counters", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int),
                 ("group", ctypes.c_int), ("group_shift", ctypes.c_int), ("k_split", ctypes.c_int),
-                ("splits", ctypes.c_int), ("lut", ctypes.c_uint32 * 8)]
+                ("splits", ctypes.c_int), ("lut", ctypes.c_uint32 * 8), ("desc_swap", ctypes.c_int)]
 
 
 def nvcc() -> str:
@@ -67,8 +67,10 @@ def variant_defines(bf16: bool, fmt: str, zero_mode: str) -> list[str]:
 
 
 def arch_flags(arch: str) -> list[str]:
-    """``arch`` like "90" or "80": real machine code for it (mma.sync needs no "a" target); from sm_90
-    the few-row kernel may meet along K in thread-block clusters."""
+    """``arch`` like "90" or "80": real machine code for it; from sm_90 the few-row kernel may meet
+    along K in thread-block clusters, and sm_90 itself gets the wgmma kernel (target sm_90a)."""
+    if arch == "90":  # wgmma needs the arch-specific target (runs on sm_90 parts only: H100, H200)
+        return ["-gencode=arch=compute_90a,code=sm_90a", "-DQMM_CLUSTERS=1", "-DQMM_WGMMA=1"]
     return [f"-gencode=arch=compute_{arch},code=sm_{arch}", f"-DQMM_CLUSTERS={int(int(arch) >= 90)}"]
 
 
@@ -113,6 +115,8 @@ def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str) -> ctypes.CDLL
     lib.qmm_run.restype = ctypes.c_int
     lib.qmm_gemv.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
     lib.qmm_gemv.restype = ctypes.c_int
+    lib.qmm_wgmma.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, ctypes.c_int, p]
+    lib.qmm_wgmma.restype = ctypes.c_int
     lib.qmm_dequant.argtypes = [ctypes.POINTER(QmmArgs), p, p]
     lib.qmm_dequant.restype = ctypes.c_int
     lib.qmm_set_device.argtypes = [ctypes.c_int]

@@ -29,6 +29,14 @@ from ..formats import get_format
 
 # (BN, BK, warps) of csrc/cuda_qmm.cu's Shape<i>, by index.
 TILES = ((128, 128, 8), (256, 64, 8), (64, 256, 8), (128, 64, 4), (256, 128, 8), (64, 64, 4))
+# (BN, BK) of the wgmma kernel's WgShape<i> (csrc/cuda_qmm.cu; 128 threads per 64 columns), by index.
+WG_TILES = ((64, 128), (128, 64), (128, 128))
+WG_MIN_ROWS = 2  # one row is the few-row kernel's
+WG_ROWS = (16, 32, 64, 128, 256)  # rows of x one wgmma block takes (the instruction's N)
+WG_SMEM = 200 * 1024  # shared memory the x tiles of its 4 stages may take (csrc/cuda_qmm.cu)
+WG_KINDS = ("int4", "cb4")
+WG_SWAP_ENV = "QUANTLLM_CUDA_WG_SWAP"  # "1": swap the wgmma descriptor's strides (checks the layout)
+WGMMA_ENV = "QUANTLLM_CUDA_WGMMA"  # "0": leave the wgmma kernel out
 SPLIT_MAX_ROWS = 64  # K splits meet in a shared [64, N] fp32 workspace: only for one row block
 DEQUANT_MIN_ROWS = 128  # from here the dequantize + cuBLAS path is a candidate
 KEPT_MIN_ROWS = 32  # ... or from here when the dequantized weight is kept (DENSE_CACHE_ENV)
@@ -49,12 +57,16 @@ class CudaConfig:
     splits: int = 1
     dequant: bool = False
     cluster: int = 0  # > 0: the few-row kernel with this many blocks along K per 64 columns
+    mn: int = 0  # > 0: the wgmma kernel (tile indexes WG_TILES), this many rows of x a block
 
     def label(self) -> str:
         if self.dequant:
             return "dequant+mm"
         if self.cluster:
             return f"gemv:c{self.cluster}"
+        if self.mn:
+            bn, bk = WG_TILES[self.tile]
+            return f"wg{self.tile}:n{bn}k{bk}m{self.mn}x{self.splits}"
         bn, bk, warps = TILES[self.tile]
         return f"t{self.tile}:n{bn}k{bk}w{warps}x{self.splits}"
 
@@ -79,7 +91,35 @@ def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
     return [CudaConfig(0, cluster=c) for c in sorted(clusters, key=lambda c: c != best)]
 
 
-def candidates(m: int, n: int, k: int, group: int, kept: bool = False) -> list[CudaConfig]:
+def _wgmma_ok() -> bool:
+    return (torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+            and os.environ.get(WGMMA_ENV) != "0")
+
+
+def wgmma_candidates(m: int, n: int, k: int, group: int, kind: str) -> list[CudaConfig]:
+    """The wgmma kernel's configs (sm_90 only): up to 64 rows one row block with K splits as the mma
+    kernel's; beyond, row blocks of 64, 128 or 256 rows (every block decodes its columns' weight)."""
+    if m < WG_MIN_ROWS or kind not in WG_KINDS or not _wgmma_ok():
+        return []
+    out = []
+    fit = min(r for r in WG_ROWS if r >= min(m, WG_ROWS[-1]))
+    for tile, (bn, bk) in enumerate(WG_TILES):
+        group_ok = bk % group == 0 if group < bk else (group >= k or group % bk == 0)
+        if n % bn or k % bk or not group_ok:
+            continue
+        for mn in ((fit,) if m <= SPLIT_MAX_ROWS else [r for r in WG_ROWS if 64 <= r <= fit]):
+            if 4 * mn * bk * 2 > WG_SMEM:
+                continue
+            if m > SPLIT_MAX_ROWS:
+                out.append(CudaConfig(tile, mn=mn))
+                continue
+            split = _split_for(n // bn, k // bk, sm_count())
+            for s in dict.fromkeys((split, split * 2 if split * 2 <= k // bk else split)):
+                out.append(CudaConfig(tile, s, mn=mn))
+    return out
+
+
+def candidates(m: int, n: int, k: int, group: int, kept: bool = False, kind: str = "int4") -> list[CudaConfig]:
     """Launch configs for ``m`` rows, the heuristic default first (``kept``: the dequantized weight
     is kept after its first use, which makes dequantize + cuBLAS a candidate from fewer rows)."""
     out = gemv_candidates(m, n, k, group)
@@ -96,6 +136,7 @@ def candidates(m: int, n: int, k: int, group: int, kept: bool = False) -> list[C
         split = _split_for(-(-m // rows) * (n // bn), k // bk, sm_count())
         for s in dict.fromkeys((split, split * 2 if split * 2 <= k // bk else split)):
             out.append(CudaConfig(tile, s))
+    out += wgmma_candidates(m, n, k, group, kind)
     if m >= (KEPT_MIN_ROWS if kept else DEQUANT_MIN_ROWS) and out:
         out.append(CudaConfig(0, dequant=True))
     return out
@@ -188,13 +229,14 @@ class CudaKernel(Kernel):
     # -- launches ---------------------------------------------------------------------------
     def _make_args(self, m: int, cfg: CudaConfig) -> cuda_build.QmmArgs:
         w = self.weight
-        bk = TILES[cfg.tile][1]
+        bk = WG_TILES[cfg.tile][1] if cfg.mn else TILES[cfg.tile][1]
         per_split = -(-(w.in_features // bk) // cfg.splits) * bk
         ws, counters = self._ws
         zeros = w.zeros.data_ptr() if w.zeros is not None else None
         return cuda_build.QmmArgs(None, w.qweight.data_ptr(), w.scales.data_ptr(), zeros, None, ws.data_ptr(),
                                   counters.data_ptr(), m, w.out_features, w.in_features, w.group, w.group_shift,
-                                  per_split, -(-w.in_features // per_split), (ctypes.c_uint32 * 8)(*w.lut))
+                                  per_split, -(-w.in_features // per_split), (ctypes.c_uint32 * 8)(*w.lut),
+                                  int(os.environ.get(WG_SWAP_ENV) == "1"))
 
     def _launch(self, x: torch.Tensor, cfg: CudaConfig) -> torch.Tensor:
         """``x``: contiguous, 16-byte aligned ``[M, K]`` in the compute dtype, weight's column order."""
@@ -218,6 +260,8 @@ class CudaKernel(Kernel):
         args.x, args.out = x.data_ptr(), out.data_ptr()
         if cfg.cluster:
             self._check(self.lib.qmm_gemv(ctypes.byref(args), cfg.cluster, stream))
+        elif cfg.mn:
+            self._check(self.lib.qmm_wgmma(ctypes.byref(args), cfg.tile, cfg.mn, stream))
         else:
             self._check(self.lib.qmm_run(ctypes.byref(args), cfg.tile, stream))
         return out
@@ -239,7 +283,7 @@ class CudaKernel(Kernel):
     # -- choice -----------------------------------------------------------------------------
     def config_for(self, x: torch.Tensor) -> CudaConfig:
         m, w = x.shape[0], self.weight
-        cands = candidates(m, w.out_features, w.in_features, w.group, self.keep_dense)
+        cands = candidates(m, w.out_features, w.in_features, w.group, self.keep_dense, w.kind)
         if not cands:
             raise NoKernelError(f"no CUDA tile fits {w.in_features}x{w.out_features} group {w.group}; "
                                 f"run this layer with kernel='triton'")

@@ -120,6 +120,33 @@ struct GroupRegs {
       }
     }
   }
+
+  // Only subtiles 2w and 2w + 1 (one word of the lane's codes), into slots 0 and 1: what warp w of a
+  // warpgroup needs when the unit is the wgmma A operand (cuda_wgk.cuh). Same values as load().
+  __device__ __forceinline__ void load_pair(const T* srow, const uint8_t* zrow, int lane, int w) {
+    constexpr bool FP16 = Pair<T>::MAGIC == 0x64646464u;
+    constexpr float BASE = FP16 ? 1024.f : 128.f;
+    constexpr float ZSYM = FMT == INT8 ? 128.f : 8.f;
+    const int col = (lane >> 2) * 8 + 2 * w;
+    const uint32_t sc = *reinterpret_cast<const uint32_t*>(srow + col);
+    s2[0] = __byte_perm(sc, 0, 0x1010), s2[1] = __byte_perm(sc, 0, 0x3232);
+    if constexpr (ZM == ZMIN) {
+      const uint32_t mn = *reinterpret_cast<const uint32_t*>(reinterpret_cast<const T*>(zrow) + col);
+      m2[0] = __byte_perm(mn, 0, 0x1010), m2[1] = __byte_perm(mn, 0, 0x3232);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if constexpr (ZM == ZINT) {
+        const uint32_t zr = *reinterpret_cast<const uint16_t*>(zrow + col);
+        nz[i] = __byte_perm(zr, Pair<T>::MAGIC, 0x4040 | (i << 8) | i) ^ 0x80008000u;
+        if constexpr (FP16 && FMT == INT4) nz16[i] = to_bits(__hadd2(from_bits<half2>(nz[i]), __float2half2_rn(960.f)));
+      } else {
+        const float z = ZM == ZNONE ? ZSYM : 0.f;
+        nz[i] = splat<T>(-(BASE + z));
+        if constexpr (FP16 && FMT == INT4) nz16[i] = splat<T>(-(64.f + z));
+      }
+    }
+  }
 };
 
 // Scale (and minimum) applied to a fragment register holding u - z.
@@ -134,29 +161,37 @@ __device__ __forceinline__ uint32_t scale_reg(uint32_t v, uint32_t s2, uint32_t 
 }
 
 // ---- int4 -------------------------------------------------------------------------------
+// One word of a lane's codes: subtiles s0 (group slot i0) and s0 + 1 (slot i0 + 1), as
+// v = {(s0, r0), (s0, r1), (s0 + 1, r0), (s0 + 1, r1)}, scaled.
+template <typename T, int ZM>
+__device__ __forceinline__ void int4_word(uint32_t q, const GroupRegs<T, INT4, ZM>& gp, int i0, uint32_t v[4]) {
+  const int i1 = i0 + 1;
+  if constexpr (Pair<T>::MAGIC == 0x64646464u) {
+    const half2 k16 = __float2half2_rn(0.0625f);  // 1024 + 16u times 1/16 is 64 + u
+    const uint32_t q8 = q >> 8;
+    v[0] = to_bits(add2<T>(mask_or<0x000f000fu, 0x64006400u>(q), gp.nz[i0]));
+    v[1] = to_bits(__hfma2(from_bits<half2>(mask_or<0x00f000f0u, 0x64006400u>(q)), k16, from_bits<half2>(gp.nz16[i0])));
+    v[2] = to_bits(add2<T>(mask_or<0x000f000fu, 0x64006400u>(q8), gp.nz[i1]));
+    v[3] = to_bits(__hfma2(from_bits<half2>(mask_or<0x00f000f0u, 0x64006400u>(q8)), k16, from_bits<half2>(gp.nz16[i1])));
+  } else {
+    v[0] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q), gp.nz[i0]));
+    v[1] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q >> 4), gp.nz[i0]));
+    v[2] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q >> 8), gp.nz[i1]));
+    v[3] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q >> 12), gp.nz[i1]));
+  }
+  v[0] = scale_reg<T, ZM>(v[0], gp.s2[i0], gp.m2[i0]);
+  v[1] = scale_reg<T, ZM>(v[1], gp.s2[i0], gp.m2[i0]);
+  v[2] = scale_reg<T, ZM>(v[2], gp.s2[i1], gp.m2[i1]);
+  v[3] = scale_reg<T, ZM>(v[3], gp.s2[i1], gp.m2[i1]);
+}
+
 template <typename T, int ZM>
 __device__ __forceinline__ void dequant_int4(const uint32_t q[4], const GroupRegs<T, INT4, ZM>& gp, uint32_t b[8][2]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const int s0 = 2 * j, s1 = 2 * j + 1;
-    uint32_t v[4];  // (f0 r0), (f0 r1), (f1 r0), (f1 r1) as u - z
-    if constexpr (Pair<T>::MAGIC == 0x64646464u) {
-      const half2 k16 = __float2half2_rn(0.0625f);  // 1024 + 16u times 1/16 is 64 + u
-      const uint32_t q8 = q[j] >> 8;
-      v[0] = to_bits(add2<T>(mask_or<0x000f000fu, 0x64006400u>(q[j]), gp.nz[s0]));
-      v[1] = to_bits(__hfma2(from_bits<half2>(mask_or<0x00f000f0u, 0x64006400u>(q[j])), k16, from_bits<half2>(gp.nz16[s0])));
-      v[2] = to_bits(add2<T>(mask_or<0x000f000fu, 0x64006400u>(q8), gp.nz[s1]));
-      v[3] = to_bits(__hfma2(from_bits<half2>(mask_or<0x00f000f0u, 0x64006400u>(q8)), k16, from_bits<half2>(gp.nz16[s1])));
-    } else {
-      v[0] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q[j]), gp.nz[s0]));
-      v[1] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q[j] >> 4), gp.nz[s0]));
-      v[2] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q[j] >> 8), gp.nz[s1]));
-      v[3] = to_bits(add2<T>(mask_or<0x000f000fu, 0x43004300u>(q[j] >> 12), gp.nz[s1]));
-    }
-    b[s0][0] = scale_reg<T, ZM>(v[0], gp.s2[s0], gp.m2[s0]);
-    b[s0][1] = scale_reg<T, ZM>(v[1], gp.s2[s0], gp.m2[s0]);
-    b[s1][0] = scale_reg<T, ZM>(v[2], gp.s2[s1], gp.m2[s1]);
-    b[s1][1] = scale_reg<T, ZM>(v[3], gp.s2[s1], gp.m2[s1]);
+    uint32_t v[4];
+    int4_word<T, ZM>(q[j], gp, 2 * j, v);
+    b[2 * j][0] = v[0], b[2 * j][1] = v[1], b[2 * j + 1][0] = v[2], b[2 * j + 1][1] = v[3];
   }
 }
 
@@ -171,18 +206,26 @@ __device__ __forceinline__ void lookup4(uint32_t x, const uint32_t lut[8], uint3
   r1 = __byte_perm(lo, hi, 0x7362);
 }
 
+// One word of a lane's codes (subtiles s0 = slot i0 and s0 + 1), in int4_word's order.
+template <typename T>
+__device__ __forceinline__ void cb4_word(uint32_t q, const GroupRegs<T, CB4, ZNONE>& gp, const uint32_t lut[8], int i0,
+                                         uint32_t v[4]) {
+  lookup4(q, lut, v[0], v[1]);
+  lookup4(q >> 16, lut, v[2], v[3]);
+  v[0] = scale_reg<T, ZNONE>(v[0], gp.s2[i0], 0);
+  v[1] = scale_reg<T, ZNONE>(v[1], gp.s2[i0], 0);
+  v[2] = scale_reg<T, ZNONE>(v[2], gp.s2[i0 + 1], 0);
+  v[3] = scale_reg<T, ZNONE>(v[3], gp.s2[i0 + 1], 0);
+}
+
 template <typename T>
 __device__ __forceinline__ void dequant_cb4(const uint32_t q[4], const GroupRegs<T, CB4, ZNONE>& gp,
                                             const uint32_t lut[8], uint32_t b[8][2]) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     uint32_t v[4];
-    lookup4(q[j], lut, v[0], v[1]);
-    lookup4(q[j] >> 16, lut, v[2], v[3]);
-    b[2 * j][0] = scale_reg<T, ZNONE>(v[0], gp.s2[2 * j], 0);
-    b[2 * j][1] = scale_reg<T, ZNONE>(v[1], gp.s2[2 * j], 0);
-    b[2 * j + 1][0] = scale_reg<T, ZNONE>(v[2], gp.s2[2 * j + 1], 0);
-    b[2 * j + 1][1] = scale_reg<T, ZNONE>(v[3], gp.s2[2 * j + 1], 0);
+    cb4_word<T>(q[j], gp, lut, 2 * j, v);
+    b[2 * j][0] = v[0], b[2 * j][1] = v[1], b[2 * j + 1][0] = v[2], b[2 * j + 1][1] = v[3];
   }
 }
 

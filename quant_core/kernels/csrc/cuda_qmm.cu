@@ -8,8 +8,13 @@
 #define QMM_CLUSTERS 0  // thread-block clusters (sm_90+): cuda_build.arch_flags sets it
 #endif
 
+#ifndef QMM_WGMMA
+#define QMM_WGMMA 0  // wgmma kernel (sm_90a): cuda_build.arch_flags sets it
+#endif
+
 #include "cuda_gemv.cuh"
 #include "cuda_qmm.cuh"
+#include "cuda_wgk.cuh"
 
 #ifndef QMM_BF16
 #define QMM_BF16 1
@@ -96,6 +101,60 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
   const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a);
   return err != cudaSuccess ? err : cudaGetLastError();
 }
+#if QMM_WGMMA && QMM_FMT != 2
+// The wgmma kernel (cuda_wgk.cuh): (warpgroups, BK) by the tuner's `tile`; keep in step with
+// cuda_kernel.WG_TILES. MN (16..256) is the rows of x one block multiplies.
+template <int TILE> struct WgShape;
+template <> struct WgShape<0> { static constexpr int WG = 1, BK = 128; };
+template <> struct WgShape<1> { static constexpr int WG = 2, BK = 64; };
+template <> struct WgShape<2> { static constexpr int WG = 2, BK = 128; };
+// Few rows: small stages, so more of them keep enough weight bytes in flight to stream HBM.
+constexpr int wg_stages(int mn) { return mn <= 32 ? 6 : mn == 64 ? 5 : 4; }
+
+template <int TILE, int MN, bool ONE_GROUP>
+cudaError_t launch_wg(const qmm::Args& a, cudaStream_t stream) {
+  using S = WgShape<TILE>;
+  constexpr int STAGES = wg_stages(MN);
+  using C = qmm::WgTile<T, QMM_FMT, QMM_ZM, MN, S::WG, S::BK, STAGES>;
+  if constexpr (4 * (MN * S::BK * 2) > 200 * 1024) {
+    return cudaErrorInvalidValue;  // x tiles alone overflow shared memory: not instantiated (cuda_kernel.WG_SMEM)
+  } else {
+    auto kernel = qmm::wg_kernel<T, QMM_FMT, QMM_ZM, MN, S::WG, S::BK, STAGES, ONE_GROUP>;
+    if (a.N % C::BN || a.K % S::BK || a.k_split % S::BK || (a.group < S::BK && S::BK % a.group) ||
+        (a.group >= S::BK && a.group < a.K && a.group % S::BK) || (a.group < S::BK && (1 << a.group_shift) != a.group) ||
+        (a.splits > 1 && a.M > MN))
+      return cudaErrorInvalidValue;
+    const int smem = C::smem_bytes(a.group);
+    if (smem > 227 * 1024) return cudaErrorInvalidValue;
+    static int raised = 48 * 1024;
+    if (smem > raised) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      if (err != cudaSuccess) return err;
+      raised = smem;
+    }
+    const dim3 grid((a.M + MN - 1) / MN, a.N / C::BN, a.splits);
+    kernel<<<grid, C::THREADS, smem, stream>>>(a);
+    return cudaGetLastError();
+  }
+}
+
+template <int TILE, int MN>
+cudaError_t launch_wg_groups(const qmm::Args& a, cudaStream_t stream) {
+  return a.group >= WgShape<TILE>::BK ? launch_wg<TILE, MN, true>(a, stream) : launch_wg<TILE, MN, false>(a, stream);
+}
+
+template <int TILE>
+cudaError_t launch_wg_rows(const qmm::Args& a, int mn, cudaStream_t stream) {
+  switch (mn) {
+    case 16: return launch_wg_groups<TILE, 16>(a, stream);
+    case 32: return launch_wg_groups<TILE, 32>(a, stream);
+    case 64: return launch_wg_groups<TILE, 64>(a, stream);
+    case 128: return launch_wg_groups<TILE, 128>(a, stream);
+    case 256: return launch_wg_groups<TILE, 256>(a, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+#endif
 }  // namespace
 
 extern "C" {
@@ -119,6 +178,23 @@ int qmm_run(const qmm::Args* a, int tile, void* stream) {
 int qmm_gemv(const qmm::Args* a, int cluster, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   return a->M <= 8 ? launch_gemv<false>(*a, cluster, s) : launch_gemv<true>(*a, cluster, s);
+}
+
+// The wgmma kernel with `mn` rows of x a block; cudaErrorNotSupported where the library was built
+// without it (before sm_90a, or int8).
+int qmm_wgmma(const qmm::Args* a, int tile, int mn, void* stream) {
+#if QMM_WGMMA && QMM_FMT != 2
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (tile) {
+    case 0: return launch_wg_rows<0>(*a, mn, s);
+    case 1: return launch_wg_rows<1>(*a, mn, s);
+    case 2: return launch_wg_rows<2>(*a, mn, s);
+    default: return cudaErrorInvalidValue;
+  }
+#else
+  (void)a, (void)tile, (void)mn, (void)stream;
+  return cudaErrorNotSupported;
+#endif
 }
 
 int qmm_dequant(const qmm::Args* a, void* w, void* stream) {

@@ -120,6 +120,41 @@ def test_tiles_match_the_cuda_source():
     src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
     for i, (bn, bk, warps) in enumerate(TILES):
         assert f"struct Shape<{i}> {{ static constexpr int BN = {bn}, BK = {bk}, WARPS = {warps}; }}" in src
+    for i, (bn, bk) in enumerate(cuda_kernel.WG_TILES):
+        assert f"struct WgShape<{i}> {{ static constexpr int WG = {bn // 64}, BK = {bk}; }}" in src
+
+
+@pytest.mark.parametrize("m", [2, 16, 17, 33, 64, 65, 130, 256, 1000])
+@pytest.mark.parametrize("k, n, group", [(4096, 14336, 128), (14336, 4096, 32), (1088, 320, 64), (4096, 4096, 4096)])
+def test_wgmma_candidates_cover_the_rows_and_fit(fake_gpu, monkeypatch, m, k, n, group):
+    """sm_90 only, int4 and codebooks: up to 64 rows one row block (MN >= M, K splits allowed), beyond
+    that row blocks of 64..256 rows and no splits; every tile divides the shape and the group."""
+    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
+    cands = cuda_kernel.wgmma_candidates(m, n, k, group, "int4")
+    fits = [(bn, bk) for bn, bk in cuda_kernel.WG_TILES if n % bn == 0 and k % bk == 0]
+    assert bool(cands) == bool(fits)
+    for c in cands:
+        bn, bk = cuda_kernel.WG_TILES[c.tile]
+        assert n % bn == 0 and k % bk == 0 and (bk % group == 0 if group < bk else group % bk == 0 or group >= k)
+        assert c.mn in cuda_kernel.WG_ROWS and 4 * c.mn * bk * 2 <= cuda_kernel.WG_SMEM
+        if m <= cuda_kernel.SPLIT_MAX_ROWS:
+            assert c.mn == min(r for r in cuda_kernel.WG_ROWS if r >= m)  # the smallest block holding every row
+        else:
+            assert c.splits == 1 and c.mn >= 64
+    assert len({c.label() for c in cands}) == len(cands)
+    assert all(c in candidates(m, n, k, group) for c in cands)
+
+
+def test_wgmma_only_on_sm90_for_4bit_formats(fake_gpu, monkeypatch):
+    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
+    assert cuda_kernel.wgmma_candidates(16, 4096, 4096, 128, "cb4")
+    assert not cuda_kernel.wgmma_candidates(16, 4096, 4096, 128, "int8")
+    assert not cuda_kernel.wgmma_candidates(1, 4096, 4096, 128, "int4")  # one row: the few-row kernel
+    monkeypatch.setenv(cuda_kernel.WGMMA_ENV, "0")
+    assert not cuda_kernel.wgmma_candidates(16, 4096, 4096, 128, "int4")
+    monkeypatch.delenv(cuda_kernel.WGMMA_ENV)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    assert not any(c.mn for c in candidates(16, 4096, 4096, 128))
 
 
 # ---- on a GPU -----------------------------------------------------------------------------------
