@@ -121,14 +121,17 @@ def check_case(label, fmt, group, zero_mode, act_order, dtype_name, k, n) -> Non
           f"repeat diff {repeat:.1e}", flush=True)
 
 
-def speed(shapes, rows_list, copy_tbs, with_triton: bool) -> None:
+SPEED_FORMATS = (("int4 g128", "int4", 128), ("nf4 g128", "nf4", 128), ("int8 per-ch", "int8", -1))
+
+
+def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4", "int8")) -> None:
     print("\n| K×N | fmt | M | bf16 min(eager,graph) µs | cuda µs (×) | triton µs (×) | cuda BW | cuda config |")
     print("|---|---|---|---|---|---|---|---|")
     import torch.nn.functional as F
     for k, n in shapes:
         wb = torch.randn(n, k, device=DEV, dtype=torch.bfloat16)
         bf16_w = [wb] + [wb.clone() for _ in range(copies_for(wb.numel() * 2) - 1)]
-        for label, fmt, gs in (("int4 g128", "int4", 128), ("nf4 g128", "nf4", 128), ("int8 per-ch", "int8", -1)):
+        for label, fmt, gs in [f for f in SPEED_FORMATS if f[1] in formats]:
             ps = [random_packed(fmt, k, n, gs)]
             ps += [random_packed(fmt, k, n, gs) for _ in range(copies_for(ps[0].nbytes()) - 1)]
             spec = LayerSpec.of(ps[0], "bf16", "cuda")
@@ -191,6 +194,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=["4096x4096", "4096x14336"], metavar="KxN")
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 16, 64])
     ap.add_argument("--triton", action="store_true", help="also time our Triton kernel (compiles: minutes)")
+    ap.add_argument("--formats", nargs="+", default=["int4", "nf4", "int8"], help="formats to time")
     ap.add_argument("--skip-variants", nargs="*", default=[], metavar="DTYPE,KIND,ZM",
                     help="variants that failed gpu_speed_cuda_smoke.py (a kernel fault ends the process)")
     ap.add_argument("--profile", metavar="KxN,M,TILE,SPLITS", help="only launch one config 20 times (for ncu)")
@@ -220,7 +224,7 @@ def main() -> None:
     if not args.skip_timing:
         copy_tbs = copy_bandwidth()
         print(f"copy bandwidth {copy_tbs:.2f} TB/s")
-        speed([tuple(map(int, s.split("x"))) for s in args.shapes], args.rows, copy_tbs, args.triton)
+        speed([tuple(map(int, s.split("x"))) for s in args.shapes], args.rows, copy_tbs, args.triton, args.formats)
     sys.exit(1 if FAILS else 0)
 
 

@@ -38,7 +38,7 @@ class QmmArgs(ctypes.Structure):
                 ("zeros", ctypes.c_void_p), ("out", ctypes.c_void_p), ("ws", ctypes.c_void_p),
                 ("counters", ctypes.c_void_p), ("M", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int),
                 ("group", ctypes.c_int), ("group_shift", ctypes.c_int), ("k_split", ctypes.c_int),
-                ("splits", ctypes.c_int), ("lut", ctypes.c_uint32 * 8), ("desc_swap", ctypes.c_int)]
+                ("splits", ctypes.c_int), ("lut", ctypes.c_uint32 * 8)]
 
 
 def nvcc() -> str:

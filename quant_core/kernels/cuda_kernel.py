@@ -35,7 +35,6 @@ WG_MIN_ROWS = 2  # one row is the few-row kernel's
 WG_ROWS = (16, 32, 64, 128, 256)  # rows of x one wgmma block takes (the instruction's N)
 WG_SMEM = 200 * 1024  # shared memory the x tiles of its 4 stages may take (csrc/cuda_qmm.cu)
 WG_KINDS = ("int4", "cb4")
-WG_SWAP_ENV = "QUANTLLM_CUDA_WG_SWAP"  # "1": swap the wgmma descriptor's strides (checks the layout)
 WGMMA_ENV = "QUANTLLM_CUDA_WGMMA"  # "0": leave the wgmma kernel out
 SPLIT_MAX_ROWS = 64  # K splits meet in a shared [64, N] fp32 workspace: only for one row block
 DEQUANT_MIN_ROWS = 128  # from here the dequantize + cuBLAS path is a candidate
@@ -235,8 +234,7 @@ class CudaKernel(Kernel):
         zeros = w.zeros.data_ptr() if w.zeros is not None else None
         return cuda_build.QmmArgs(None, w.qweight.data_ptr(), w.scales.data_ptr(), zeros, None, ws.data_ptr(),
                                   counters.data_ptr(), m, w.out_features, w.in_features, w.group, w.group_shift,
-                                  per_split, -(-w.in_features // per_split), (ctypes.c_uint32 * 8)(*w.lut),
-                                  int(os.environ.get(WG_SWAP_ENV) == "1"))
+                                  per_split, -(-w.in_features // per_split), (ctypes.c_uint32 * 8)(*w.lut))
 
     def _launch(self, x: torch.Tensor, cfg: CudaConfig) -> torch.Tensor:
         """``x``: contiguous, 16-byte aligned ``[M, K]`` in the compute dtype, weight's column order."""

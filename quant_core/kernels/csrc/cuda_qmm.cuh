@@ -27,7 +27,6 @@ struct Args {            // mirrored by cuda_build.QmmArgs (ctypes): keep the or
   int k_split;           // K rows per split, a multiple of BK
   int splits;
   uint32_t lut[8];       // codebook byte tables (CB4)
-  int desc_swap;         // wgmma kernel: 1 swaps the descriptor's two strides (a layout check)
 };
 
 template <typename T, int FMT, int ZM, int MT, int BN, int BK, int WARPS, int STAGES>

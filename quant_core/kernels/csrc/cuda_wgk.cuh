@@ -8,10 +8,13 @@
 // where mma.sync made each warp load its own (the shared-memory traffic that capped the mma
 // kernel at 64 rows). A block is WG warpgroups (64 columns each) x MN rows x one K split.
 //
-// Per stage, cp.async brings x (in 8 x 16-byte core matrices, the descriptor's no-swizzle layout),
-// the codes and the group scales STAGES - 1 stages ahead. While the tensor cores run stage i,
-// the warps decode stage i + 1 into the other register buffer. K splits meet like the mma
-// kernel's (store_tile): fp32 workspace, last block to arrive writes the output.
+// Per stage, cp.async brings x, the codes and the group scales STAGES - 1 stages ahead. x lies in
+// 128-byte-swizzled rows (64 k a row, 16-byte chunk c of row m at c ^ (m % 8)): the unswizzled
+// layout made the tensor cores' reads of x conflict 4-8 ways (measured: 0.2 of the mma kernel's
+// speed at 256 rows). While the tensor cores run stage i, the warps decode stage i + 1 into the
+// other register buffer. Few rows make each wgmma short, so consecutive 16-k bands accumulate into
+// NACC independent sets (summed at the end): a chain of dependent wgmmas costs their latency, not
+// their work. K splits meet like the mma kernel's (store_tile): fp32 workspace, last block writes.
 #pragma once
 #include "cuda_qmm.cuh"
 #include "cuda_wgmma.cuh"
@@ -26,55 +29,86 @@ struct WgTile {
   static constexpr int Z_ELEM = ZM == ZINT ? 1 : ZM == ZMIN ? 2 : 0;
   static constexpr int RED_STRIDE = BN + 4;
   static constexpr int BN_ = BN, FMT_ = FMT, ZM_ = ZM, MN_ = MN, WG_ = WG;
-  static_assert(MN % 16 == 0 && MN <= 256 && BK % 64 == 0, "wgmma tile shape");
+  static constexpr int NACC = MN <= 32 ? 4 : MN == 64 ? 2 : 1;  // independent accumulator sets
+  static constexpr int SWZ = 1024;  // a swizzle atom: 8 rows of 128 bytes, aligned to its size
+  static_assert(MN % 16 == 0 && MN <= 256 && BK % 64 == 0 && ROWS % NACC == 0, "wgmma tile shape");
 
   __host__ __device__ static int stage_groups(int group) { return group < BK ? BK / group : 1; }
   __host__ __device__ static int stage_bytes(int group) {
     const int sg = stage_groups(group);
-    return (X_BYTES + W_BYTES + sg * BN * 2 + sg * BN * Z_ELEM + 127) / 128 * 128;
+    return (X_BYTES + W_BYTES + sg * BN * 2 + sg * BN * Z_ELEM + SWZ - 1) / SWZ * SWZ;
   }
-  __host__ static int smem_bytes(int group) {
+  __host__ static int smem_bytes(int group) {  // + one atom: the dynamic base is aligned at run time
     const int pipe = STAGES * stage_bytes(group), red = MN * RED_STRIDE * 4;
-    return pipe > red ? pipe : red;
+    return (pipe > red ? pipe : red) + SWZ;
+  }
+  // Byte offset of x's 16-byte chunk kc (k = 8 kc .. 8 kc + 7) of row m in a stage: 64-k column
+  // blocks of MN rows x 128 bytes, the chunk index XORed with m % 8 (the descriptor's 128B swizzle).
+  __device__ static int x_offset(int m, int kc) {
+    return (kc >> 3) * MN * 128 + m * 128 + (((kc & 7) ^ (m & 7)) << 4);
   }
 };
 
-// Stage `it` of the block's K range into the slot at `base` (cp.async, not waited on).
+// Which 16-byte chunks of a stage this thread copies, fixed for the whole K loop: made once, then
+// advanced by constant strides (a loop over chunks from `tid` compiled to ~250 instructions a stage).
+// THREADS is a multiple of x's chunks per row and of 4 bands of codes, so a thread's chunks keep
+// their column (and x's swizzle phase, rows 8 apart) from one round to the next.
 template <typename C, typename T>
-__device__ __forceinline__ void wg_load(uint8_t* base, int it, const Args& a, int tid, int m0, int n0, int rows,
-                                        int k_begin) {
-  constexpr int BK = C::ROWS * 16, BN = C::BN, KC = BK / 8;
-  const int k0 = k_begin + it * BK;
+struct WgPlan {
+  static constexpr int BK = C::ROWS * 16, KC = BK / 8, XR = C::THREADS / KC;  // x rows a round
+  static constexpr int X_PER = (C::MN_ + XR - 1) / XR, W_PER = C::W_BYTES / 16 / C::THREADS;  // rows past MN: none
+  static_assert(C::THREADS % KC == 0 && XR % 8 == 0 && (X_PER == 1 || C::MN_ % XR == 0), "x chunks");
+  static_assert(W_PER * C::THREADS * 16 == C::W_BYTES, "code chunks");
+  const T* x_src;        // this thread's first x chunk at stage 0
+  int x_dst, x_row;      // its offset in a stage, its row
+  const uint8_t* w_src;  // its first code chunk at stage 0
+  size_t w_round;        // bytes between its code chunks of one stage (4 bands)
+  int tid, rows, n0, k_begin, sg;
+  int s_row, s_col;      // the scale chunk it copies (if s_row < sg: a stage has <= THREADS of them)
+  int z_row, z_off;      // the zero chunk it copies (if z_row < sg)
+  bool per_channel;
+
+  __device__ __forceinline__ WgPlan(const Args& a, int tid_, int m0, int n0_, int rows_, int k_begin_)
+      : tid(tid_), rows(rows_), n0(n0_), k_begin(k_begin_) {
+    constexpr int ZC = C::BN * (C::Z_ELEM ? C::Z_ELEM : 1) / 16;  // zero chunks of one group row
+    static_assert(BK / 16 * (C::BN / 8) <= C::THREADS && BK / 16 * ZC <= C::THREADS, "one scale chunk a thread");
+    sg = C::stage_groups(a.group), per_channel = a.group >= a.K;
+    s_row = tid / (C::BN / 8), s_col = (tid % (C::BN / 8)) * 8;
+    z_row = tid / ZC, z_off = (tid % ZC) * 16;
+    const int kc = tid % KC;
+    x_row = tid / KC;
+    x_src = reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0 + x_row) * a.K + k_begin + kc * 8;
+    x_dst = C::x_offset(x_row, kc);
+    const int units_n = a.N / 64, r = tid / (C::WG_ * 32), u = (tid / 32) % C::WG_;
+    w_src = a.qw + ((static_cast<size_t>(k_begin / 16 + r) * units_n + n0 / 64 + u) * 32 + tid % 32) * 16;
+    w_round = static_cast<size_t>(4) * units_n * C::UNIT;
+  }
+
+  // Stage `it` into the slot at `base` (cp.async, not waited on).
+  __device__ __forceinline__ void load(uint8_t* base, int it, const Args& a) const {
+    constexpr int BN = C::BN;
 #pragma unroll
-  for (int c = tid; c < C::X_BYTES / 16; c += C::THREADS) {  // x row m, 8 columns kc -> its core matrix row
-    const int m = c / KC, kc = c % KC;
-    if (m < rows)
-      cp_async16(base + ((m >> 3) * KC + kc) * 128 + (m & 7) * 16,
-                 reinterpret_cast<const T*>(a.x) + static_cast<size_t>(m0 + m) * a.K + k0 + kc * 8);
-  }
-  const int units_n = a.N / 64;
-  uint8_t* ws = base + C::X_BYTES;
+    for (int i = 0; i < X_PER; ++i)
+      if (x_row + i * XR < rows)
+        cp_async16(base + x_dst + i * XR * 128, x_src + static_cast<size_t>(i) * XR * a.K + it * BK);
+    const uint8_t* wsrc = w_src + static_cast<size_t>(it) * (C::ROWS / 4) * w_round;
+    uint8_t* ws = base + C::X_BYTES;
 #pragma unroll
-  for (int c = tid; c < C::W_BYTES / 16; c += C::THREADS) {  // [band r][unit u][lane chunk]
-    const int r = c / (C::WG_ * 32), u = (c / 32) % C::WG_, l = c % 32;
-    cp_async16(ws + c * 16, a.qw + ((static_cast<size_t>(k0 / 16 + r) * units_n + n0 / 64 + u) * 32 + l) * 16);
-  }
-  const int sg = C::stage_groups(a.group), g0 = a.group >= a.K ? 0 : k0 >> a.group_shift;
-  T* ss = reinterpret_cast<T*>(ws + C::W_BYTES);
-  for (int c = tid; c < sg * BN / 8; c += C::THREADS) {
-    const int row = c / (BN / 8), col = (c % (BN / 8)) * 8;
-    cp_async16(ss + row * BN + col, reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g0 + row) * a.N + n0 + col);
-  }
-  if constexpr (C::ZM_ != ZNONE) {
-    constexpr int ZB = BN * C::Z_ELEM;  // bytes of one group row of zeros in the block
-    uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN);
-    for (int c = tid; c < sg * ZB / 16; c += C::THREADS) {
-      const int row = c / (ZB / 16), off = (c % (ZB / 16)) * 16;
-      cp_async16(zs + row * ZB + off,
-                 reinterpret_cast<const uint8_t*>(a.zeros) + (static_cast<size_t>(g0 + row) * a.N + n0) * C::Z_ELEM + off);
+    for (int i = 0; i < W_PER; ++i) cp_async16(ws + (tid + i * C::THREADS) * 16, wsrc + i * w_round);
+    const int g0 = per_channel ? 0 : (k_begin + it * BK) >> a.group_shift;
+    T* ss = reinterpret_cast<T*>(ws + C::W_BYTES);
+    if (s_row < sg)
+      cp_async16(ss + s_row * BN + s_col,
+                 reinterpret_cast<const T*>(a.scales) + static_cast<size_t>(g0 + s_row) * a.N + n0 + s_col);
+    if constexpr (C::ZM_ != ZNONE) {
+      constexpr int ZB = BN * C::Z_ELEM;  // bytes of one group row of zeros in the block
+      uint8_t* zs = reinterpret_cast<uint8_t*>(ss + sg * BN);
+      if (z_row < sg)
+        cp_async16(zs + z_row * ZB + z_off,
+                   reinterpret_cast<const uint8_t*>(a.zeros) + (static_cast<size_t>(g0 + z_row) * a.N + n0) * C::Z_ELEM + z_off);
     }
   }
-}
+};
 
 // Warp w of warpgroup `wg` decodes its A fragments of every 16-row band of the stage.
 template <typename C, bool ONE_GROUP, typename T>
@@ -103,15 +137,18 @@ __device__ __forceinline__ void wg_decode(uint32_t (&af)[C::ROWS][4], const uint
   }
 }
 
-// The stage's wgmmas: band r reads x's columns 16r..16r+15, two core matrices along K (256 bytes).
+// The stage's wgmmas: band r reads x's columns 16r..16r+15, 32 bytes into a row of its 64-k block
+// (the start address moves inside the swizzle atom; the hardware swizzles the absolute address).
 template <typename C, typename T>
-__device__ __forceinline__ void wg_issue(float (&acc)[C::MN_ / 2], const uint32_t (&af)[C::ROWS][4],
-                                         const uint8_t* base, bool swap) {
-  constexpr uint32_t LEAD = 128, STRIDE = C::ROWS * 256;  // K-neighbour / N-neighbour core matrices
-  const uint64_t desc = swap ? smem_desc(base, STRIDE, LEAD) : smem_desc(base, LEAD, STRIDE);
+__device__ __forceinline__ void wg_issue(float (&acc)[C::NACC][C::MN_ / 2], const uint32_t (&af)[C::ROWS][4],
+                                         const uint8_t* base) {
+  const uint64_t desc = smem_desc_sw128(base, 8 * 128);  // 8-row groups 1024 bytes apart
   wgmma_fence();
 #pragma unroll
-  for (int r = 0; r < C::ROWS; ++r) Wgmma<C::MN_, T>::run(acc, af[r], desc + static_cast<uint64_t>(r * 16));
+  for (int r = 0; r < C::ROWS; ++r) {
+    const int offset = (r >> 2) * C::MN_ * 128 + (r & 3) * 32;
+    Wgmma<C::MN_, T>::run(acc[r % C::NACC], af[r], desc + static_cast<uint64_t>(offset >> 4));
+  }
   wgmma_commit();
 }
 
@@ -119,29 +156,30 @@ template <typename T, int FMT, int ZM, int MN, int WG, int BK, int STAGES, bool 
 __global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
   using C = WgTile<T, FMT, ZM, MN, WG, BK, STAGES>;
   extern __shared__ __align__(128) uint8_t wg_smem[];
-  uint8_t* smem = wg_smem;
+  uint8_t* smem = wg_smem + ((C::SWZ - (smem_addr(wg_smem) & (C::SWZ - 1))) & (C::SWZ - 1));
   const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, w = (tid >> 5) & 3;
   const int m0 = blockIdx.x * MN, n0 = blockIdx.y * C::BN;
   const int rows = min(MN, a.M - m0);
   const int k_begin = blockIdx.z * a.k_split;
   const int iters = max(0, min(a.K - k_begin, a.k_split)) / BK;
   const int sg = C::stage_groups(a.group), stage_bytes = C::stage_bytes(a.group);
-  const bool swap = a.desc_swap != 0;
 
   // Rows of x past M are never loaded; the tensor cores read them, so zero them once.
   for (int st = 0; st < STAGES; ++st)
     for (int c = tid; c < (MN - rows) * (BK / 8); c += C::THREADS) {
       const int m = rows + c / (BK / 8), kc = c % (BK / 8);
-      *reinterpret_cast<uint4*>(smem + st * stage_bytes + ((m >> 3) * (BK / 8) + kc) * 128 + (m & 7) * 16) =
-          make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(smem + st * stage_bytes + C::x_offset(m, kc)) = make_uint4(0, 0, 0, 0);
     }
-  float acc[MN / 2];
+  const WgPlan<C, T> plan(a, tid, m0, n0, rows, k_begin);
+  float acc[C::NACC][MN / 2];
 #pragma unroll
-  for (int i = 0; i < MN / 2; ++i) acc[i] = 0.f;
+  for (int j = 0; j < C::NACC; ++j)
+#pragma unroll
+    for (int i = 0; i < MN / 2; ++i) acc[j][i] = 0.f;
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < iters) wg_load<C, T>(smem + s * stage_bytes, s, a, tid, m0, n0, rows, k_begin);
+    if (s < iters) plan.load(smem + s * stage_bytes, s, a);
     cp_async_commit();
   }
   cp_async_wait<STAGES - 2>();
@@ -154,9 +192,9 @@ __global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
   // that frees this stage's slot (the barrier: every warpgroup's wgmmas read the same x tile).
   auto step = [&](int it, const uint32_t (&cur)[C::ROWS][4], uint32_t (&nxt)[C::ROWS][4]) {
     const int ahead = it + STAGES - 1;
-    if (ahead < iters) wg_load<C, T>(smem + (ahead % STAGES) * stage_bytes, ahead, a, tid, m0, n0, rows, k_begin);
+    if (ahead < iters) plan.load(smem + (ahead % STAGES) * stage_bytes, ahead, a);
     cp_async_commit();
-    wg_issue<C, T>(acc, cur, smem + (it % STAGES) * stage_bytes, swap);
+    wg_issue<C, T>(acc, cur, smem + (it % STAGES) * stage_bytes);
     cp_async_wait<STAGES - 2>();
     fence_proxy_async();
     __syncthreads();
@@ -171,15 +209,19 @@ __global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
   cp_async_wait<0>();
   __syncthreads();  // the pipeline's shared memory becomes the reduction buffer
 
+#pragma unroll
+  for (int j = 1; j < C::NACC; ++j)
+#pragma unroll
+    for (int i = 0; i < MN / 2; ++i) acc[0][i] += acc[j][i];
   float* red = reinterpret_cast<float*>(smem);
   const int g = lane >> 2, t = lane & 3, n = wg * 64 + 16 * w + g;
 #pragma unroll
   for (int i = 0; i < MN / 8; ++i) {
     const int m = 8 * i + 2 * t;
-    red[m * C::RED_STRIDE + n] = acc[4 * i];
-    red[(m + 1) * C::RED_STRIDE + n] = acc[4 * i + 1];
-    red[m * C::RED_STRIDE + n + 8] = acc[4 * i + 2];
-    red[(m + 1) * C::RED_STRIDE + n + 8] = acc[4 * i + 3];
+    red[m * C::RED_STRIDE + n] = acc[0][4 * i];
+    red[(m + 1) * C::RED_STRIDE + n] = acc[0][4 * i + 1];
+    red[m * C::RED_STRIDE + n + 8] = acc[0][4 * i + 2];
+    red[(m + 1) * C::RED_STRIDE + n + 8] = acc[0][4 * i + 3];
   }
   __syncthreads();
   store_tile<C, T>(red, a, tid, m0, n0, rows);

@@ -20,11 +20,11 @@ __device__ __forceinline__ void wgmma_wait() {
 // ordinary shared-memory writes (cp.async, st.shared) made visible to the tensor cores' async proxy
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Shared-memory matrix descriptor, no swizzle (8 x 16-byte "core matrices"): `lead` = bytes between
-// core matrices along K, `stride` = bytes between core matrices along N.
-__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t lead, uint32_t stride) {
-  return static_cast<uint64_t>((smem_addr(p) & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lead >> 4) << 16) |
-         (static_cast<uint64_t>(stride >> 4) << 32);
+// Shared-memory matrix descriptor of a K-major operand in 128-byte-swizzled rows (layout type 1 in
+// bits 62-63): `stride` = bytes between 8-row groups; the leading offset is unused (field 1).
+__device__ __forceinline__ uint64_t smem_desc_sw128(const void* p, uint32_t stride) {
+  return static_cast<uint64_t>((smem_addr(p) & 0x3FFFF) >> 4) | (1ull << 16) |
+         (static_cast<uint64_t>(stride >> 4) << 32) | (1ull << 62);
 }
 
 template <int N, typename T>
