@@ -148,7 +148,7 @@ def _dense_kept() -> bool:
 @functools.lru_cache(maxsize=1)
 def _fingerprint() -> str:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no-gpu"
-    return f"{gpu} | torch {torch.__version__} | cuda kernels {cuda_build._source_hash()} {TILES}"
+    return f"{gpu} | torch {torch.__version__} | cuda kernels {cuda_build._source_hash()} {TILES} {WG_TILES}"
 
 
 @functools.lru_cache(maxsize=1)
