@@ -106,14 +106,16 @@ def test_kept_weights_and_the_gemv_switch_change_the_candidates(monkeypatch):
 
 def test_shipped_defaults_name_real_candidates(monkeypatch):
     """Every shipped pick must be a label the tuner could choose for its key, else it is never used
-    (the shipped GPUs are sm_90: cluster sizes of the few-row kernel count)."""
+    (the shipped GPUs are sm_90: cluster sizes of the few-row kernel and the wgmma kernel count)."""
     monkeypatch.setattr(cuda_kernel, "_clusters_ok", lambda: True)
+    monkeypatch.setattr(cuda_kernel, "_wgmma_ok", lambda: True)
+    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
     shipped = json.loads(cuda_kernel.DEFAULTS_FILE.read_text())
     assert shipped, "cuda_defaults.json holds measured picks"
     for gpu, picks in shipped.items():
         for key, label in picks.items():
-            _, rows, k, n, _, _, group, _ = ast.literal_eval(key)
-            assert label in {c.label() for c in candidates(rows, n, k, group)}, (gpu, key, label)
+            _, rows, k, n, kind, _, group, _ = ast.literal_eval(key)
+            assert label in {c.label() for c in candidates(rows, n, k, group, kind=kind)}, (gpu, key, label)
 
 
 def test_tiles_match_the_cuda_source():
