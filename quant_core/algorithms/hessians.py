@@ -65,11 +65,15 @@ def block_hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool)
     hessians, skip = {}, block.config.calibration_skip_tokens
     weighted = _weighted_linears(block, groups)  # linear -> "attention" | "residual"
     feeds = {names[0]: [n for n in names if n in weighted] for names in groups}
+    # a group whose every linear has its own weighted Hessian (down_proj) never reads the plain one,
+    # the largest of a block (intermediate_size squared): not accumulated
+    plain = {names[0]: any(n not in weighted for n in names) for names in groups}
     pending: dict[str, torch.Tensor] = {}  # a weighted linear's input, until its weights are known
 
     def add(name, x):
         x = statistics_rows(x, skip)
-        hessians.setdefault(name, Hessian(x.shape[-1], x.device)).add(x)
+        if plain[name]:
+            _hessian(hessians, name, x).add(x)
         pending.update({linear: x for linear in feeds[name]})
         if stop and not pending:
             raise _Stop
@@ -77,8 +81,7 @@ def block_hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool)
     def add_weighted(kind, weights):
         for linear in [n for n in pending if weighted[n] == kind]:
             x = pending.pop(linear)
-            hessians.setdefault(weighted_key(linear), Hessian(x.shape[-1], x.device)).add(
-                x, statistics_rows(weights[..., None], skip))
+            _hessian(hessians, weighted_key(linear), x).add(x, statistics_rows(weights[..., None], skip))
         if stop and not pending:
             raise _Stop
 
@@ -103,11 +106,17 @@ def block_hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool)
 def hessian_for(block: CalibrationBlock, name: str, group: list[str], hessians: dict[str, Hessian]) -> torch.Tensor:
     """The matrix ``name`` is solved with: its token-weighted Hessian if it has one, else its
     group's; the MLP output projection's blended with its diagonal."""
-    h = hessians.get(weighted_key(name), hessians[group[0]]).matrix
+    h = (hessians.get(weighted_key(name)) or hessians[group[0]]).matrix
     s = block.config.mlp_out_shrinkage
     if name == block.arch.mlp_output and s > 0:
         h = (1 - s) * h + s * torch.diag(h.diagonal())
     return h
+
+
+def _hessian(hessians: dict[str, Hessian], key: str, x: torch.Tensor) -> Hessian:
+    if key not in hessians:
+        hessians[key] = Hessian(x.shape[-1], x.device)
+    return hessians[key]
 
 
 def _weighted_linears(block: CalibrationBlock, groups: list[list[str]]) -> dict[str, str]:
