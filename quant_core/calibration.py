@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
+from . import cpu_features
 from .errors import CalibrationError
 from .text_files import read_text_file
 
@@ -182,10 +183,26 @@ def check_batches(batches: Sequence[torch.Tensor]) -> None:
 
 
 def forward_precision(config, device) -> contextlib.AbstractContextManager:
-    """The context calibration forwards run in: bf16 autocast for ``calibration_dtype='bf16'``
-    (matmuls and attention in bf16 from fp32 weights, so the weights the solvers read and the
-    statistics they accumulate stay fp32), else nothing. Never around a solver: autocast would
-    round its matmuls too."""
-    if getattr(config, "calibration_dtype", "fp32") != "bf16":
+    """The context calibration forwards run in: bf16 autocast for ``calibration_dtype='bf16'``, or
+    ``'auto'`` where the device computes bf16 natively (matmuls and attention in bf16 from fp32
+    weights, so the weights the solvers read and the statistics they accumulate stay fp32), else
+    nothing. Never around a solver: autocast would round its matmuls too."""
+    device = torch.device(device)
+    if calibration_dtype_on(config, device) != "bf16":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def calibration_dtype_on(config, device) -> str:
+    """``config.calibration_dtype`` with ``'auto'`` resolved for ``device``: bf16 where it is native
+    (a CPU with AVX512-BF16 or AMX, a GPU that supports bf16: about twice fp32's GEMM speed),
+    fp32 elsewhere (emulated bf16 is slower than fp32)."""
+    dtype = getattr(config, "calibration_dtype", "fp32")
+    if dtype != "auto":
+        return dtype
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "bf16" if cpu_features.native_bf16() else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "fp32"

@@ -98,10 +98,11 @@ class QuantConfig(BaseModel):
     calibration_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed for drawing calibration windows.")
     calibration_batch_size: int = Field(8, gt=0, le=MAX_COUNT, description="Calibration windows per forward pass "
                                         "(8: a third of one window's CPU time per window on SmolLM2).")
-    calibration_dtype: Literal["fp32", "bf16"] = Field(
-        "fp32", description="Precision of the calibration forwards (GPTQ, QuantEase, and every algorithm's block "
-        "outputs): bf16 runs their matmuls in bf16 (autocast; weights, statistics and solvers stay fp32), about "
-        "2x faster where the CPU has bf16 units (quant_core.cpu_features.native_bf16).")
+    calibration_dtype: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Precision of the calibration forwards (every algorithm's statistics, AWQ's scale "
+        "search, the block outputs): bf16 runs their matmuls in bf16 (autocast; weights, statistics and solvers "
+        "stay fp32), about 2x faster where the CPU has bf16 units (quant_core.cpu_features.native_bf16); auto: "
+        "bf16 where the device has them, else fp32.")
     calibration_skip_tokens: int = Field(0, ge=0, description="Leading tokens of every calibration window left out "
                                          "of the statistics an algorithm fits (the attention-sink token's "
                                          "activations can dominate a layer's Hessian).")

@@ -21,7 +21,7 @@ import contextlib
 
 import torch
 
-from ..calibration import statistics_rows
+from ..calibration import forward_precision, statistics_rows
 from ..config import QuantConfig
 from ..primitives import grouped, group_width, n_groups, output_error, round_trip_groups, stored_qparams
 from .base import QuantResult
@@ -62,10 +62,11 @@ def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return rel.mean(0)
 
 
-def _parent_outputs(group: ScaleGroup) -> list[torch.Tensor]:
+def _parent_outputs(group: ScaleGroup, config: QuantConfig) -> list[torch.Tensor]:
     outs = []
     for args, kwargs in group.parent_inputs:
-        out = group.parent(*args, **kwargs)
+        with forward_precision(config, group.linears[0].weight.device):  # the search's forwards: bf16 if asked
+            out = group.parent(*args, **kwargs)
         outs.append(out[0] if isinstance(out, (tuple, list)) else out)
     return outs
 
@@ -85,7 +86,7 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     use_parent = group.parent is not None and bool(group.parent_inputs)
     originals = [lin.weight.detach().clone() for lin in group.linears]
     splits = [lin.out_features for lin in group.linears]
-    ref = _parent_outputs(group) if use_parent else None
+    ref = _parent_outputs(group, config) if use_parent else None
     skip = config.calibration_skip_tokens
 
     def error(w_eff: torch.Tensor) -> float:
@@ -94,7 +95,7 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
         for lin, part in zip(group.linears, w_eff.split(splits)):
             lin.weight.copy_(part.to(lin.weight.dtype))
         return sum(statistics_rows(o.float() - r.float(), skip).pow(2).sum().item()
-                   for o, r in zip(_parent_outputs(group), ref))
+                   for o, r in zip(_parent_outputs(group, config), ref))
 
     best_err, best_s, errors = float("inf"), None, []
     try:

@@ -30,6 +30,7 @@ import torch
 
 from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
+from .attention_replay import attention_final_after
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .hessians import Hessian, block_hessians, hessian_for
@@ -162,7 +163,10 @@ def solve_block(block: CalibrationBlock, solve: Solver) -> None:
     outputs."""
     groups = block.linear_groups()
     if block.config.true_sequential:
-        for names in groups:
+        final_after = attention_final_after(groups, block.arch.attention)
+        for i, names in enumerate(groups):
+            if i == final_after:  # the forwards from here on replay the attention's outputs
+                block.replay_attention()
             _quantize_group(block, names, block_hessians(block, [names], stop=True), solve)
     else:
         hessians = block_hessians(block, groups, stop=False)
@@ -172,7 +176,7 @@ def solve_block(block: CalibrationBlock, solve: Solver) -> None:
 
 def _quantize_group(block: CalibrationBlock, names: list[str], hessians: dict[str, Hessian],
                     solve: Solver) -> None:
-    device = hessians[names[0]].matrix.device
+    device = next(iter(hessians.values())).matrix.device
     with one_thread() if device.type == "cpu" else contextlib.nullcontext():
         results = {name: solve(block.module.get_submodule(name).weight, hessian_for(block, name, names, hessians),
                                block.config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..blocks import record_inputs
-from ..calibration import statistics_rows
+from ..calibration import forward_precision, statistics_rows
 from .driver import CalibrationBlock
 from .equalize import ScaleGroup
 
@@ -33,7 +33,8 @@ class InputStats:
         if self.H is None:
             self.H = torch.zeros(self.in_features, self.in_features, device=x.device)
             self.abs_sum = torch.zeros(self.in_features, device=x.device)
-        self.H.addmm_(x.T, x)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 sums, also inside bf16 calibration forwards
+            self.H.addmm_(x.T, x)
         self.abs_sum += x.abs().sum(0)
         self.n += x.shape[0]
         if self.keep_tokens:  # keep the rows with the smallest random keys: a uniform sample of all seen
@@ -64,6 +65,7 @@ def collect_input_stats(block: CalibrationBlock, groups: list[ScaleGroup],
         shared = InputStats(g.in_features, keep_tokens=keep_tokens, seed=block.index)
         stats.update({n: shared for n in g.names})
     names = [g.names[0] for g in groups]
-    with torch.no_grad(), record_inputs(block.module, names, lambda n, x: stats[n].add(statistics_rows(x, skip))):
+    with torch.no_grad(), record_inputs(block.module, names, lambda n, x: stats[n].add(statistics_rows(x, skip))), \
+            forward_precision(block.config, block.inputs.hidden[0].device):
         block.inputs.forward(block.module)
     return stats
