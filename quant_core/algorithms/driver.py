@@ -30,6 +30,7 @@ from ..config import QuantConfig
 from ..model_surgery import quantizable_linears, replace_linear
 from ..packed import PackedWeight
 from ..quantize import register_algorithm
+from .attention_replay import AttentionReplay
 from .base import QuantResult
 from .rtn import rtn
 
@@ -47,6 +48,24 @@ class CalibrationBlock:
     config: QuantConfig
     model_config: Any  # the model's transformers config (head counts, fused layouts)
     installed: dict[str, PackedWeight] = field(default_factory=dict)
+    replay: AttentionReplay | None = None  # the attention's recorded outputs, once it is final
+
+    def replay_attention(self) -> None:
+        """From now until the block's outputs are computed, its forwards take the attention module's
+        outputs from the first of them (``attention_replay.py``): call once the attention is final."""
+        if self.replay is None and self.arch.attention:
+            self.replay = AttentionReplay(self.module, self.module.get_submodule(self.arch.attention),
+                                          self.inputs.hidden)
+
+    def finish(self) -> None:
+        """After the block's outputs: stop replaying, swap installed linears for ``QuantLinear``s."""
+        self.stop_replay()
+        self.replace_installed()
+
+    def stop_replay(self) -> None:
+        if self.replay is not None:
+            self.replay.close()
+            self.replay = None
 
     def linear_groups(self) -> list[list[str]]:
         """Names (relative to the block) of the linears to quantize, grouped by shared input in
@@ -99,9 +118,13 @@ def calibrate(model: nn.Module, config: QuantConfig, step: Step, calibration=Non
                                        getattr(model, "config", None))]
         step(current[0])
 
-    run_blockwise(model, batches, per_block, device=device, progress=progress, desc=desc,
-                  after_block_fn=lambda _module, _index: current[0].replace_installed(),
-                  forward_context=lambda dev: forward_precision(config, dev))
+    try:
+        run_blockwise(model, batches, per_block, device=device, progress=progress, desc=desc,
+                      after_block_fn=lambda _module, _index: current[0].finish(),
+                      forward_context=lambda dev: forward_precision(config, dev))
+    finally:  # a step that failed leaves no replaying attention behind
+        if current:
+            current[0].stop_replay()
     leftovers = quantizable_linears(model, config)
     if leftovers:
         log.warning("%s does not cover %s: quantized with RTN", desc, ", ".join(name for name, _ in leftovers))
