@@ -69,6 +69,12 @@ ROWS = {
     "GPTQ->QuantEase": dict(algorithm="gptq_quantease"),
     "QuantEase +1% outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="unstructured"),
     "QuantEase +1% column outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="columns"),
+    # issue 19 part 5, calibration speed: bf16 calibration forwards (2x fp32's GEMM speed on a CPU with bf16
+    # units), and AWQ's scale search on its first 2 calibration batches (16 windows) instead of all of them
+    "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16"),
+    "AWQ bf16 calibration": dict(algorithm="awq", calibration_dtype="bf16"),
+    "AWQ bf16 calibration 16 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=2),
+    "QuantEase bf16 calibration": dict(algorithm="quantease", calibration_dtype="bf16"),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 

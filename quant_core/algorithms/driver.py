@@ -50,12 +50,16 @@ class CalibrationBlock:
     installed: dict[str, PackedWeight] = field(default_factory=dict)
     replay: AttentionReplay | None = None  # the attention's recorded outputs, once it is final
 
-    def replay_attention(self) -> None:
+    def replay_attention(self, projection: str | None = None) -> None:
         """From now until the block's outputs are computed, its forwards take the attention module's
-        outputs from the first of them (``attention_replay.py``): call once the attention is final."""
-        if self.replay is None and self.arch.attention:
+        outputs from the first of them (``attention_replay.py``): call once the attention is final,
+        or with ``projection`` (its output linear) once everything before that linear is."""
+        if self.replay is not None:
+            self.replay.projection_final()
+        elif self.arch.attention:
             self.replay = AttentionReplay(self.module, self.module.get_submodule(self.arch.attention),
-                                          self.inputs.hidden)
+                                          self.inputs.hidden,
+                                          self.module.get_submodule(projection) if projection else None)
 
     def finish(self) -> None:
         """After the block's outputs: stop replaying, swap installed linears for ``QuantLinear``s."""

@@ -87,7 +87,7 @@ def test_replaying_the_final_attention_changes_nothing_and_saves_its_calls(monke
     results, calls = {}, {}
     for replay in (True, False):
         if not replay:
-            monkeypatch.setattr(CalibrationBlock, "replay_attention", lambda self: None)
+            monkeypatch.setattr(CalibrationBlock, "replay_attention", lambda self, projection=None: None)
         model = tiny_llama_lm(layers=2)
         counted = []
         for layer in model.model.layers:
@@ -99,5 +99,49 @@ def test_replaying_the_final_attention_changes_nothing_and_saves_its_calls(monke
     assert results[True].keys() == results[False].keys()
     for name in results[True]:
         assert torch.equal(results[True][name], results[False][name]), name
-    # per block and batch: attention computed 5 times (q/k/v, o, gate/up, down, outputs) -> 3 (the last two replay)
-    assert calls[False] == 2 * 4 * 5 and calls[True] == 2 * 4 * 3, calls
+    # per block and batch, q/k/v computed 5 times (q/k/v, o, gate/up, down, outputs) -> 2: gate/up's forward
+    # projects o_proj's recorded inputs (after the first batch, which checks that), the last two replay
+    assert calls[False] == 2 * 4 * 5 and calls[True] == 2 * (4 * 2 + 1), calls
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, doubles: bool):
+        super().__init__()
+        self.inner, self.o = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.doubles, self.calls = doubles, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.o(self.inner(x))
+        return (2 * out if self.doubles else out), None
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, doubles: bool):
+        super().__init__()
+        self.attn = _Attention(doubles)
+
+    def forward(self, h):
+        return self.attn(h)[0] + h
+
+
+@pytest.mark.parametrize("doubles", [False, True])
+def test_projection_shortcut_is_checked_on_the_first_batch(doubles):
+    """An attention whose output is not its projection's (here doubled) gets no shortcut."""
+    from quant_core.algorithms.attention_replay import AttentionReplay
+
+    block = _Block(doubles)
+    hidden = [torch.randn(2, 3, 4) for _ in range(3)]
+    with torch.no_grad():
+        expected = [block(h) for h in hidden]
+        replay = AttentionReplay(block, block.attn, hidden, projection=block.attn.o)
+        assert all(torch.equal(block(h), e) for h, e in zip(hidden, expected))  # records o's inputs
+        replay.projection_final()
+        block.attn.calls = 0
+        for _ in range(2):  # projects (or, when that differs, computes) once, then replays
+            assert all(torch.equal(block(h), e) for h, e in zip(hidden, expected))
+        assert block.attn.calls == (3 if doubles else 1)
+        other = torch.randn(2, 3, 4)  # not a calibration batch: computed as usual
+        torch.testing.assert_close(block(other), block.attn.o(block.attn.inner(other)) * (2 if doubles else 1) + other)
+        replay.close()
+    assert "forward" not in block.attn.__dict__
