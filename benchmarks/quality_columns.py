@@ -74,6 +74,7 @@ ROWS = {
     "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16"),
     "AWQ bf16 calibration": dict(algorithm="awq", calibration_dtype="bf16"),
     "AWQ bf16 calibration 16 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=2),
+    "AWQ bf16 calibration 8 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=1),
     "QuantEase bf16 calibration": dict(algorithm="quantease", calibration_dtype="bf16"),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
