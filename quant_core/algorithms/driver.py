@@ -30,7 +30,7 @@ from ..config import QuantConfig
 from ..model_surgery import quantizable_linears, replace_linear
 from ..packed import PackedWeight
 from ..quantize import register_algorithm
-from .attention_replay import AttentionReplay
+from .module_replay import ModuleReplay
 from .base import QuantResult
 from .rtn import rtn
 
@@ -48,18 +48,17 @@ class CalibrationBlock:
     config: QuantConfig
     model_config: Any  # the model's transformers config (head counts, fused layouts)
     installed: dict[str, PackedWeight] = field(default_factory=dict)
-    replay: AttentionReplay | None = None  # the attention's recorded outputs, once it is final
+    replays: dict[str, ModuleReplay] = field(default_factory=dict)  # sub-module -> its recorded outputs
 
-    def replay_attention(self, projection: str | None = None) -> None:
-        """From now until the block's outputs are computed, its forwards take the attention module's
-        outputs from the first of them (``attention_replay.py``): call once the attention is final,
-        or with ``projection`` (its output linear) once everything before that linear is."""
-        if self.replay is not None:
-            self.replay.projection_final()
-        elif self.arch.attention:
-            self.replay = AttentionReplay(self.module, self.module.get_submodule(self.arch.attention),
-                                          self.inputs.hidden,
-                                          self.module.get_submodule(projection) if projection else None)
+    def replay_module(self, name: str, projection: str | None = None) -> None:
+        """From now until the block's outputs are computed, the forwards take sub-module ``name``'s
+        outputs from the first of them (``module_replay.py``): call once it is final, or with
+        ``projection`` (its output linear) once everything before that linear is."""
+        if name in self.replays:
+            self.replays[name].projection_final()
+        else:
+            self.replays[name] = ModuleReplay(self.module, self.module.get_submodule(name), self.inputs.hidden,
+                                              self.module.get_submodule(projection) if projection else None)
 
     def finish(self) -> None:
         """After the block's outputs: stop replaying, swap installed linears for ``QuantLinear``s."""
@@ -67,9 +66,9 @@ class CalibrationBlock:
         self.replace_installed()
 
     def stop_replay(self) -> None:
-        if self.replay is not None:
-            self.replay.close()
-            self.replay = None
+        for replay in self.replays.values():
+            replay.close()
+        self.replays.clear()
 
     def linear_groups(self) -> list[list[str]]:
         """Names (relative to the block) of the linears to quantize, grouped by shared input in

@@ -30,7 +30,7 @@ import torch
 
 from ..config import QuantConfig
 from ..primitives import dequantize_groups, group_width, n_groups, per_channel, quantize_groups, quantize_weight
-from .attention_replay import attention_final_after, output_projection
+from .module_replay import replay_plan, replayed_modules
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .hessians import Hessian, block_hessians, hessian_for
@@ -163,14 +163,13 @@ def solve_block(block: CalibrationBlock, solve: Solver) -> None:
     outputs."""
     groups = block.linear_groups()
     if block.config.true_sequential:
-        final_after = attention_final_after(groups, block.arch.attention)
-        projection = output_projection(groups, block.arch.attention, final_after)
+        plan = replay_plan(groups, replayed_modules(block.arch))
         for i, names in enumerate(groups):
-            if projection is not None and i == final_after - 1:  # its inputs are final: record them
-                block.replay_attention(projection)
-            if i == final_after:  # the forwards from here on replay the attention's outputs
-                block.replay_attention()
+            for module, projection in plan.get(i, []):
+                block.replay_module(module, projection)
             _quantize_group(block, names, block_hessians(block, [names], stop=True), solve)
+        for module, projection in plan.get(len(groups), []):  # the block outputs' forward
+            block.replay_module(module, projection)
     else:
         hessians = block_hessians(block, groups, stop=False)
         for names in groups:

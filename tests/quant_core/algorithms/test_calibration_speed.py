@@ -87,21 +87,23 @@ def test_replaying_the_final_attention_changes_nothing_and_saves_its_calls(monke
     results, calls = {}, {}
     for replay in (True, False):
         if not replay:
-            monkeypatch.setattr(CalibrationBlock, "replay_attention", lambda self, projection=None: None)
+            monkeypatch.setattr(CalibrationBlock, "replay_module", lambda self, name, projection=None: None)
         model = tiny_llama_lm(layers=2)
         counted = []
         for layer in model.model.layers:
-            layer.self_attn.q_proj.register_forward_pre_hook(lambda *_: counted.append(1))
+            layer.self_attn.q_proj.register_forward_hook(lambda *_: counted.append("attention"))
+            layer.mlp.gate_proj.register_forward_hook(lambda *_: counted.append("mlp"))
         quantize(model, cfg, calibration=_batches(), progress=False, device="cpu")
-        calls[replay] = len(counted)
+        calls[replay] = (counted.count("attention"), counted.count("mlp"))
         results[replay] = {n: b.clone() for n, b in model.state_dict().items()}
         assert all("forward" not in layer.self_attn.__dict__ for layer in model.model.layers)  # given back
     assert results[True].keys() == results[False].keys()
     for name in results[True]:
         assert torch.equal(results[True][name], results[False][name]), name
-    # per block and batch, q/k/v computed 5 times (q/k/v, o, gate/up, down, outputs) -> 2: gate/up's forward
-    # projects o_proj's recorded inputs (after the first batch, which checks that), the last two replay
-    assert calls[False] == 2 * 4 * 5 and calls[True] == 2 * (4 * 2 + 1), calls
+    # 2 blocks x 4 batches. q/k/v computed 5 times (q/k/v, o, gate/up, down, outputs) -> 2: gate/up's forward
+    # projects o_proj's recorded inputs (but for the first batch, which checks that), the last two replay.
+    # gate/up computed 2 times (down, outputs) -> 1: the outputs project down_proj's inputs (first batch: checked)
+    assert calls[False] == (2 * 4 * 5, 2 * 4 * 2) and calls[True] == (2 * (4 * 2 + 1), 2 * (4 + 1)), calls
 
 
 class _Attention(torch.nn.Module):
@@ -128,13 +130,13 @@ class _Block(torch.nn.Module):
 @pytest.mark.parametrize("doubles", [False, True])
 def test_projection_shortcut_is_checked_on_the_first_batch(doubles):
     """An attention whose output is not its projection's (here doubled) gets no shortcut."""
-    from quant_core.algorithms.attention_replay import AttentionReplay
+    from quant_core.algorithms.module_replay import ModuleReplay
 
     block = _Block(doubles)
     hidden = [torch.randn(2, 3, 4) for _ in range(3)]
     with torch.no_grad():
         expected = [block(h) for h in hidden]
-        replay = AttentionReplay(block, block.attn, hidden, projection=block.attn.o)
+        replay = ModuleReplay(block, block.attn, hidden, projection=block.attn.o)
         assert all(torch.equal(block(h), e) for h, e in zip(hidden, expected))  # records o's inputs
         replay.projection_final()
         block.attn.calls = 0
