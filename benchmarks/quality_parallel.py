@@ -38,7 +38,10 @@ FIRST = [("int4_g128_sym", ["RTN", "GPTQ", "GPTQ plain Hessian", "AWQ", "TEQ", "
 # column per sweep x 20 sweeps, ~12 us each), plus ~10 s for both texts' windows.
 SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "GPTQ": 60, "GPTQ plain Hessian": 60, "GPTQ act_order": 60, "GPTQ clip": 90,
            "GPTQ act_order clip": 90, "AWQ": 50, "TEQ": 110, "QuantEase": 250, "GPTQ->QuantEase": 290,
-           "QuantEase +1% outliers": 280, "QuantEase +1% column outliers": 280}
+           "QuantEase +1% outliers": 280, "QuantEase +1% column outliers": 280,
+           # calibration-speed rows (issue 19 part 5): as their fp32 rows; AWQ's search on fewer windows is shorter
+           "GPTQ bf16 calibration": 60, "AWQ bf16 calibration": 50, "AWQ bf16 calibration 16 search windows": 40,
+           "AWQ bf16 calibration 8 search windows": 40, "QuantEase bf16 calibration": 250}
 
 
 def ordered_cells(rows, columns) -> list[tuple[str, str]]:
