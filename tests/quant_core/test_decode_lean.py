@@ -147,3 +147,18 @@ def test_smollm2_int4_greedy_text_matches_the_module_path(smollm2):
     got, _ = greedy_generate(qmodel, ids, 32, lean=True)
     assert tok.decode(got[0]) == tok.decode(want[0])
     assert torch.equal(got, want)
+
+
+@NEEDS_KERNELS
+def test_requests_share_one_lean_model_until_the_model_changes():
+    from quant_core.decode.lean_model import lean_model
+
+    model = quantize(tiny("llama"), QuantConfig(weight_dtype="int4", group_size=32, modules_to_not_convert=[]))
+    first = LeanDecoder(model, 1, 16).lean
+    assert LeanDecoder(model, 2, 32).lean is first  # a second request reuses the fused projections
+    with torch.no_grad():  # written in place: the norms' weights are copied into the LeanModel
+        model.model.norm.weight.mul_(3.0)
+    rebuilt = lean_model(model)
+    assert rebuilt is not first and lean_model(model) is rebuilt
+    model.model.layers[0].mlp.down_proj = model.model.layers[1].mlp.down_proj  # a module replaced
+    assert lean_model(model) is not rebuilt
