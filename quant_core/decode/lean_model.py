@@ -97,24 +97,26 @@ def _get(module: nn.Module, name: str):
 _BUILT: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _tensors_signature(model: nn.Module) -> tuple | None:
-    """Which tensors the model holds and how often each was written in place: a LeanModel built from
-    the same signature still matches the model. None where a tensor keeps no version (inference mode)."""
+def _signature(model: nn.Module) -> tuple | None:
+    """Which tensors the model holds, how often each was written in place, and which kernel each
+    quantized linear holds: a LeanModel built at the same signature still matches the model. None
+    where a tensor keeps no version (made in inference mode): then nothing is reused."""
     try:
-        return tuple((id(t), t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers()))
+        tensors = tuple((id(t), t.data_ptr(), t._version) for t in chain(model.parameters(), model.buffers()))
     except RuntimeError:
         return None
+    kernels = tuple((id(m.__dict__.get("_kernel")), m.__dict__.get("forced_kernel"))
+                    for m in model.modules() if "_kernel" in m.__dict__)
+    return tensors, kernels
 
 
 def lean_model(model: nn.Module) -> LeanModel:
-    """The model's LeanModel, built once and reused while its modules and tensors stay the same."""
-    signature = _tensors_signature(model)
+    """The model's LeanModel, built once and reused while its modules, tensors and kernels stay the same."""
     built = _BUILT.get(model)
-    if signature is not None and built is not None and built[0] == signature:
+    if built is not None and built[0] is not None and built[0] == _signature(model):
         return built[1]
-    lean = _build_lean_model(model)
-    if signature is not None:
-        _BUILT[model] = (signature, lean)
+    lean = _build_lean_model(model)  # prepares kernels: the signature is taken after
+    _BUILT[model] = (_signature(model), lean)
     return lean
 
 

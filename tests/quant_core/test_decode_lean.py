@@ -161,4 +161,9 @@ def test_requests_share_one_lean_model_until_the_model_changes():
     rebuilt = lean_model(model)
     assert rebuilt is not first and lean_model(model) is rebuilt
     model.model.layers[0].mlp.down_proj = model.model.layers[1].mlp.down_proj  # a module replaced
-    assert lean_model(model) is not rebuilt
+    again = lean_model(model)
+    assert again is not rebuilt
+    for m in model.modules():  # another kernel forced, no tensor changed
+        if hasattr(m, "forced_kernel"):
+            m.forced_kernel, m._kernel = "reference", None
+    assert lean_model(model) is not again
