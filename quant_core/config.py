@@ -21,7 +21,8 @@ from .kernel_names import KERNELS
 # had a float head, so it loads with None; a user's dict without a version gets today's defaults.
 # 5: double quantization (double_quant, double_quant_block): such a checkpoint stores scale codes.
 # 6: token_weighting and mlp_out_shrinkage (GPTQ/QuantEase calibration); earlier checkpoints had neither.
-CONFIG_VERSION = 6
+# 7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
+CONFIG_VERSION = 7
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 _HESSIAN = ("token_weighting", "mlp_out_shrinkage")
@@ -33,8 +34,9 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "quantease": ("num_iter", "act_order", "true_sequential", "block_size", "outlier_fraction",
                   "outlier_structure", *_HESSIAN),
     "gptq_quantease": (*_GPTQ, "num_iter"),
-    "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling"),
-    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens"),
+    "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling",
+            "awq_scale_ridge"),
+    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check"),
 }
 ALGORITHMS = tuple(ALGORITHM_SETTINGS)
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -140,12 +142,22 @@ class QuantConfig(BaseModel):
                                                           "the scale search compares (0: each linear's own output).")
     awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
                                                     "scaling); False: from activations alone.")
+    awq_scale_ridge: float = Field(0.0, ge=0, le=1e6, description="AWQ: the scale search also counts inputs the "
+                                   "calibration text never showed, as an isotropic part ridge * trace(H) / K of each "
+                                   "input's Hessian H (K channels): larger values keep scales nearer RTN's "
+                                   "(0: off; issue 16).")
     # TEQ.
     teq_steps: int = Field(200, ge=0, le=100_000, description="TEQ: Adam steps per group of linears sharing an input.")
     teq_lr: float = Field(5e-3, gt=0, le=1, description="TEQ: Adam learning rate on the log-scales.")
     teq_batch_tokens: int = Field(256, gt=0, le=MAX_CALIBRATION_TOKENS, description="TEQ: token rows per training step.")
     teq_keep_tokens: int = Field(4096, gt=0, le=MAX_CALIBRATION_TOKENS, description="TEQ: token rows kept per group (a uniform sample "
                                                          "of all calibration tokens) to train on.")
+    teq_scale_ridge: float = Field(0.0, ge=0, le=1e6, description="TEQ: training and the check against s = 1 also "
+                                   "count an isotropic input ridge * trace(H) / K (inputs the calibration text never "
+                                   "showed, as awq_scale_ridge): larger values keep scales nearer 1 (0: off).")
+    teq_scale_check: Literal["all", "held_out"] = Field(
+        "all", description="TEQ: trained scales are kept only if they beat s = 1 on all calibration tokens, or "
+                           "(held_out) on those it did not train on.")
 
     def __init__(self, **data):
         try:

@@ -89,13 +89,16 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     ref = _parent_outputs(group, config) if use_parent else None
     skip = config.calibration_skip_tokens
 
-    def error(w_eff: torch.Tensor) -> float:
+    def calibration_error(w_eff: torch.Tensor) -> float:
         if not use_parent:
             return output_error(w - w_eff, H).item()
         for lin, part in zip(group.linears, w_eff.split(splits)):
             lin.weight.copy_(part.to(lin.weight.dtype))
         return sum(statistics_rows(o.float() - r.float(), skip).pow(2).sum().item()
                    for o, r in zip(_parent_outputs(group, config), ref))
+
+    def error(w_eff: torch.Tensor) -> float:
+        return calibration_error(w_eff) * unseen_input_factor(w - w_eff, H, config.awq_scale_ridge)
 
     best_err, best_s, errors = float("inf"), None, []
     try:
@@ -114,6 +117,22 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
         for lin, original in zip(group.linears, originals):
             lin.weight.copy_(original)
     return best_s, errors
+
+
+def unseen_input_factor(dw: torch.Tensor, H: torch.Tensor, ridge: float) -> float:
+    """How much larger the linears' output error gets when ``H`` gains an isotropic part
+    ``ridge * trace(H) / K * I``: ``1 + ridge * trace(H) / K * |dW|^2 / trace(dW H dW^T)``.
+
+    Scales fitted to the calibration text's channel magnitudes trade error on channels it rarely
+    excites for error on the ones it does; other text excites other channels. The isotropic part
+    stands for inputs the calibration text never showed (``awq_scale_ridge``; 0: the factor is 1).
+    The factor multiplies the parent module's error too, the linear error's share standing in for it.
+    """
+    if ridge == 0:
+        return 1.0
+    seen = output_error(dw, H).item()
+    unseen = ridge * H.trace().item() / H.shape[0] * dw.pow(2).sum().item()
+    return 1.0 + unseen / max(seen, torch.finfo(torch.float32).tiny)
 
 
 @torch.no_grad()

@@ -69,6 +69,8 @@ def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
         raise ValueError("TEQ needs token samples: create InputStats with keep_tokens > 0 (teq_keep_tokens)")
     w = group.weight()
     tokens = stats.sample.to(w.device)
+    H = stats.H.to(w.device)
+    unseen = config.teq_scale_ridge * H.trace().item() / H.shape[0]  # isotropic part of H (awq.unseen_input_factor)
     log_s = torch.zeros(group.n_scales, device=w.device, requires_grad=True)
     opt = torch.optim.Adam([log_s], lr=config.teq_lr)
     gen = torch.Generator().manual_seed(seed)
@@ -79,16 +81,26 @@ def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
             xb = tokens[pick.to(tokens.device)]
             s_in = group.expand(log_s.exp())
             dw = w - fake_quantize_ste(w * s_in, config) / s_in
-            loss = (xb @ dw.T).pow(2).mean()
+            loss = (xb @ dw.T).pow(2).mean() + unseen / stats.n * dw.pow(2).sum() / w.shape[0]
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
         s = log_s.detach().exp()
-        s_in = group.expand(s)
-        trained = output_error(w - fake_quantize(w * s_in, config) / s_in, stats.H.to(w.device)).item()
-        identity = output_error(w - fake_quantize(w, config), stats.H.to(w.device)).item()
+        check = checking_hessian(stats, config) + unseen * torch.eye(H.shape[0], device=w.device)
+        trained = output_error(w - fake_quantize(w * group.expand(s), config) / group.expand(s), check).item()
+        identity = output_error(w - fake_quantize(w, config), check).item()
     if identity <= trained:
         s = torch.ones_like(s)
     return s, {"rtn_error": identity, "teq_error": trained}
+
+
+def checking_hessian(stats: InputStats, config: QuantConfig) -> torch.Tensor:
+    """``sum x x^T`` over the tokens that decide whether trained scales beat ``s = 1``: all
+    calibration tokens, or with ``teq_scale_check="held_out"`` those TEQ did not train on (the
+    sample's rows taken out), so scales that only fit their training rows fall back to RTN's."""
+    if config.teq_scale_check == "all":
+        return stats.H
+    sample = stats.sample.to(stats.H.device)
+    return stats.H - sample.T @ sample
 
