@@ -35,18 +35,19 @@ def algorithm_points(data: dict, row: str) -> dict:
 
 def quality_plot(data: dict, path: Path) -> bool:
     fig, (wide, four) = plt.subplots(1, 2, figsize=(12, 5))
-    colors = plt.get_cmap("tab20").colors  # one per row (13 rows)
+    colors = plt.get_cmap("tab20").colors
     drawn = False
-    for i, row in enumerate(ROWS):
+    # a calibration-seed row repeats its algorithm's point (the spread of one quantization): not drawn
+    for i, row in enumerate(r for r in ROWS if "calibration seed" not in r):
         points = algorithm_points(data, row)
         for ax, curve in ((wide, INT_CURVE), (four, INT4_CURVE)):
             line = sorted(points[c] for c in curve if c in points)
             if line:
-                ax.plot(*zip(*line), "-o", color=colors[i], ms=4, label=row if ax is wide else None)
+                ax.plot(*zip(*line), "-o", color=colors[i % len(colors)], ms=4, label=row if ax is wide else None)
                 drawn = True
         for c, (marker, dx) in MARKERS.items():
             if c in points:
-                four.plot(points[c][0] + dx, points[c][1], marker, color=colors[i], ms=6)
+                four.plot(points[c][0] + dx, points[c][1], marker, color=colors[i % len(colors)], ms=6)
     if not drawn:
         plt.close(fig)
         return False
