@@ -23,7 +23,7 @@ from ..errors import BuildError
 
 CSRC = Path(__file__).parent / "csrc"
 # compiled together into one library per variant
-SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemm.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
+SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemv16_lut.cpp", "qgemm.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
 HEADERS = ("simd.h", "layer.h", "tiles.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -113,7 +113,7 @@ def load_library(variant: str) -> ctypes.CDLL:
     layer = [p, p, i, i, i, i, i, i, p, p]
     lib.qgemv_f32.argtypes = [p, i, *layer, p, p, p, i64, i, i]  # x, M, layer, lut, bias, y, ldy, accumulate, threads
     lib.qgemv_i8.argtypes = [p, i, *layer, p, p, i64, i, i]
-    lib.qgemv_i16.argtypes = [p, i, *layer, p, p, i64, i, i]
+    lib.qgemv_i16.argtypes = [p, i, *layer, p, p, p, i64, i, i]  # as qgemv_f32
     lib.qgemm_f32.argtypes = [p, i, i64, *layer, p, p, p, i64, i, i]  # x, M, ldx, layer, lut, bias, y, ldy, acc, thr
     lib.qgemm_bf16.argtypes = [*lib.qgemm_f32.argtypes[:-1], i, i]  # ..., accumulate, y_bf16, threads
     lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]

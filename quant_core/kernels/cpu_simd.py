@@ -23,14 +23,18 @@ from .cpu_repack import group_size_reason, release_freed_memory, repack, stack_r
 # Batch rows from which the blocked GEMM wins over the fused small-batch kernel, per path of the
 # latter (one thread, 1.1B gate/down shapes, AVX-512 and AVX2 alike): int16 activations (two products
 # per instruction) still beat the fp32 GEMM at 32 rows and tie the bf16 one at 24-32; the float FMA
-# path ties the fp32 GEMM at 24 and loses to the bf16 one from 16. $QUANTLLM_CPU_GEMM_ROWS overrides.
+# path ties the fp32 GEMM at 24 and loses to the bf16 one from 16. Codebook levels as int16 (AVX2,
+# 2 rows per pass): 3.6 ms against the GEMM's 4.0 at 8 rows, 7.1 against 5.3 at 16 (nf4 2048x5632).
+# $QUANTLLM_CPU_GEMM_ROWS overrides.
 GEMM_ROWS_ENV = os.environ.get("QUANTLLM_CPU_GEMM_ROWS")
 
 
-def gemm_rows(path: str, bf16_gemm: bool) -> int:
+def gemm_rows(path: str, bf16_gemm: bool, codebook: bool = False) -> int:
     if GEMM_ROWS_ENV:
         return int(GEMM_ROWS_ENV)
-    return 32 if path == "int16" else 16 if bf16_gemm else 24
+    if path == "int16":
+        return 16 if codebook else 32
+    return 16 if bf16_gemm else 24
 
 
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
@@ -38,9 +42,11 @@ COMPUTE_DTYPES = ("fp32", "bf16", "fp16", "int8")
 
 # How the fused kernel multiplies (csrc/qstep.cpp numbers them in this order): "fma" float32
 # activations times codes converted to float; "int8" activations quantized per row (compute_dtype
-# int8); "int16" activations quantized per 32-column block to int16 (int formats' float compute:
-# ~1.5x the FMA path, outputs within its tolerance). $QUANTLLM_CPU_FP32_PATH=fma picks the FMA
-# path for int formats' float compute (codebook formats always take it).
+# int8); "int16" activations quantized per 32-column block to int16 (float compute of every format:
+# int formats ~1.5x the FMA path, codebook formats ~1.6x with their levels as int16, csrc/qgemv16_lut.cpp;
+# outputs within the FMA path's tolerance). $QUANTLLM_CPU_FP32_PATH=fma picks the FMA path instead.
+# Codebook formats take int16 where the ISA class says so (codebook_path): AVX-512 looks 16 levels up in
+# one permute, and its FMA path measured faster there (nf4 2048x5632, one thread: 0.48 against 0.51 ms).
 PATHS = ("fma", "int8", "int16")
 FP32_PATH = os.environ.get("QUANTLLM_CPU_FP32_PATH", "int16")
 if FP32_PATH not in ("fma", "int16"):
@@ -62,6 +68,7 @@ def _library_or_reason(variant: str):
 class _CpuSimdKernel(Kernel):
     name = "cpu_simd"
     isa = "avx2"  # minimum cpu_features level
+    codebook_path = "int16"  # float compute of codebook formats (see PATHS)
 
     @classmethod
     def variant(cls) -> str:
@@ -94,9 +101,13 @@ class _CpuSimdKernel(Kernel):
         self.w = repack(packed, self.lib.qtile_rows())
         release_freed_memory()  # repack's temporaries are gone now: return their pages
         self.int8 = spec.compute_dtype == "int8"
-        self.path = "int8" if self.int8 else ("fma" if self.w.lut is not None else FP32_PATH)
+        codebook = self.w.lut is not None
+        if self.int8:
+            self.path = "int8"
+        else:
+            self.path = self.codebook_path if codebook and FP32_PATH == "int16" else FP32_PATH
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
-        self.gemm_rows = gemm_rows(self.path, self.bf16_gemm)  # batches of this many rows take the GEMM
+        self.gemm_rows = gemm_rows(self.path, self.bf16_gemm, codebook)  # batches of this many rows take the GEMM
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the kernels read it: [M, Kp] float32 (bf16 for the bf16 GEMM), columns in
@@ -151,12 +162,13 @@ class _CpuSimdKernel(Kernel):
         ``out += ...`` with ``accumulate``. ``bias``: float32 padded to whole tiles (``padded_bias``)."""
         w = self.w
         threads = torch.get_num_threads()
-        if self.path != "fma":
-            fn = self.lib.qgemv_i8 if self.path == "int8" else self.lib.qgemv_i16
-            fn(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0), accumulate, threads)
+        if self.path == "int8":
+            self.lib.qgemv_i8(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0),
+                              accumulate, threads)
         else:
-            self.lib.qgemv_f32(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out),
-                               out.stride(0), accumulate, threads)
+            fn = self.lib.qgemv_i16 if self.path == "int16" else self.lib.qgemv_f32
+            fn(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out), out.stride(0),
+               accumulate, threads)
         return out
 
     def padded_bias(self, bias: torch.Tensor) -> torch.Tensor:
@@ -195,6 +207,7 @@ class CpuAvx2Kernel(_CpuSimdKernel):
 class CpuAvx512Kernel(_CpuSimdKernel):
     name = "cpu_avx512"
     isa = "avx512"
+    codebook_path = "fma"
 
     @classmethod
     def variant(cls) -> str:

@@ -158,15 +158,21 @@ void gemv_i16(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
 
 }  // namespace
 
+namespace qk {
+// Codebook formats (NIB_LUT): qgemv16_lut.cpp.
+void gemv_lut16(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads);
+}  // namespace qk
+
 extern "C" {
 
-// Int formats only (kind NIB_INT or BYTES); arguments as qgemv_f32 (qgemv.cpp) without the lut.
+// Arguments as qgemv_f32 (qgemv.cpp); lut: the 16 levels of a codebook format (NIB_LUT), else unused.
 void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N,
-               int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
-               int accumulate, int nthreads) {
-    const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, nullptr};
+               int Kp, int G, int wpg, const float* sc, const float* of, const float* lut, const float* bias, float* y,
+               int64_t ldy, int accumulate, int nthreads) {
+    const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut};
     const Epilogue epi{bias, accumulate != 0};
     if (kind == BYTES) gemv_i16<true>(L, x, M, y, ldy, epi, nthreads);
+    else if (kind == NIB_LUT) gemv_lut16(L, x, M, y, ldy, epi, nthreads);
     else gemv_i16<false>(L, x, M, y, ldy, epi, nthreads);
 }
 

@@ -15,8 +15,8 @@ void qgemv_i8(const float* x, int M, const uint8_t* const* segs, const int* ends
               int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
               int accumulate, int nthreads);
 void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N,
-               int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
-               int accumulate, int nthreads);
+               int Kp, int G, int wpg, const float* sc, const float* of, const float* lut, const float* bias, float* y,
+               int64_t ldy, int accumulate, int nthreads);
 void qrms_norm(const float* x, int M, int H, const float* w, float eps, float* out);
 void qrope_cache(const float* qkv, int B, int T, int heads, int kv_heads, int D, int rd, const float* cos,
                  const float* sin, const float* qn, const float* kn, float eps, float* q_out, float* kc, float* vc,
@@ -38,7 +38,7 @@ struct Proj {  // one fused projection (mirrors quant_core/decode/lean_plan.py: 
     void run(const float* x, int M, float* y, int accumulate, int nthreads) const {
         if (path == 1) qgemv_i8(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);
         else if (path == 2)
-            qgemv_i16(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);
+            qgemv_i16(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut, bias, y, N, accumulate, nthreads);
         else qgemv_f32(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut, bias, y, N, accumulate, nthreads);
     }
 };

@@ -232,4 +232,43 @@ def test_paths_of_int_formats_float_compute(kernel_cls, monkeypatch):
             for m in (1, 5):
                 check(kernel_cls, packed, "fp32", m)
     nf4 = packed_weight(16, 64, "nf4", 64, True)
-    assert kernel_cls(nf4, LayerSpec.of(nf4, "fp32", "cpu")).path == "fma"  # levels are not integers
+    monkeypatch.setattr(cpu_simd, "FP32_PATH", "int16")
+    assert kernel_cls(nf4, LayerSpec.of(nf4, "fp32", "cpu")).path == kernel_cls.codebook_path
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+@pytest.mark.parametrize("fmt_name,group_size", [("nf4", 64), ("nf4", -1), ("fp4", 32)])
+def test_codebook_levels_as_int16_match_reference(kernel_cls, fmt_name, group_size):
+    """Codebook levels looked up as int16 (csrc/qgemv16_lut.cpp: AVX2's default for nf4/fp4 float
+    compute), forced on every build: nf4's rounded levels measured up to 5.6e-5, within 1e-4."""
+    for n, k in SHAPES + [(300, 1024)]:
+        packed = packed_weight(n, k, fmt_name, group_size, True)
+        spec = LayerSpec.of(packed, "fp32", "cpu")
+        kernel = kernel_cls(packed, spec)
+        kernel.path = "int16"
+        for m in (1, 2, 3, 5, 11):  # one row; passes of 2 (AVX2) or 4 (AVX-512) rows, partial ones
+            x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+            want = ReferenceKernel(packed, spec).forward(x)
+            got = kernel.forward(x)
+            err = ((got - want).abs().max() / want.abs().max()).item()
+            assert err <= TOL["fp32"], f"m={m} {n}x{k}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+@pytest.mark.parametrize("code_byte,sign", [(0xFF, 1.0), (0x00, 1.0), (0xF0, -1.0)])
+def test_codebook_int16_extremes_do_not_overflow(kernel_cls, code_byte, sign):
+    """Every code at the largest |level| and every activation at its block's largest: each pmaddwd
+    lane is 2 * 32767^2, the most an int32 holds before the kernel converts it."""
+    fmt = get_format("nf4")
+    n, k = 16, 256
+    qweight = torch.full((n, fmt.packed_row_bytes(k)), code_byte, dtype=torch.uint8)
+    packed = PackedWeight(fmt, k, n, 64, qweight, torch.full((n, 4), 0.5, dtype=torch.float16), None)
+    spec = LayerSpec.of(packed, "fp32", "cpu")
+    kernel = kernel_cls(packed, spec)
+    kernel.path = "int16"
+    x = torch.full((1, k), sign * 3.0)
+    x[:, 1::2] *= -1 if code_byte == 0xF0 else 1  # 0xF0: levels -1, +1 alternate; so do the activations
+    want = ReferenceKernel(packed, spec).forward(x)
+    got = kernel.forward(x)
+    assert want.abs().min() > 300  # all products of one sign: 256 * 3 * 0.5
+    assert torch.allclose(got, want, rtol=1e-5, atol=0)
