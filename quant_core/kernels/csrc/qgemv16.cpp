@@ -26,10 +26,12 @@ constexpr int kRowsI16 = 4;
 #endif
 constexpr float kInt16Max = 32767.0f;
 
+
 template <int MT, bool BYTE_CODES>
 void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float* ascale, int nblk, const float* xsum,
               float* out, int64_t ldo, const Epilogue& epi) {
     constexpr int CPW = BYTE_CODES ? 4 : 8, WPB = BLOCK / CPW;  // columns per word, words per block
+    static_assert(R % WPB == 0, "tiles step R words: block ends fall on fixed words of each step");
     constexpr int NA = MT == 1 ? 4 : MT == 2 ? 2 : 1;          // independent int32 chains per row
     // One row of nibbles (4 chains, one per pair): pairs 1 and 3 are taken as code * 16 (mask 0x00F000F0,
     // no shift of their own; pairs 2 and 3 share one shift by 8), summed in chains 1 and 3 and shifted
@@ -68,7 +70,7 @@ void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float*
                 else pair = vand(vsrli<(BYTE_CODES ? 8 : 4) * i>(cv[j]), mask);
                 for (int m = 0; m < MT; ++m) acc[m][i % NA] = dot2(acc[m][i % NA], pair, vbcast32(ac + m * lda + 2 * i));
             });
-            if ((c + 1) % WPB == 0 || c + 1 == nw) {  // end of an activation block: apply its scale
+            if constexpr (j % WPB == WPB - 1) {  // end of an activation block (Kp is whole blocks): apply its scale
                 const int b = c / WPB;
                 for (int m = 0; m < MT; ++m) {
                     vi s = acc[m][0];
@@ -85,15 +87,15 @@ void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float*
                     blk[m] = vfma(vcvt(s), vset1(ascale[m * nblk + b]), blk[m]);
                     for (int k = 0; k < NA; ++k) acc[m][k] = vzeroi();
                 }
-            }
-            if (c + 1 == gend) {  // end of a weight group (always a block end: groups are whole blocks)
-                const vf sc = vload(L.scales(t, g)), of = vload(L.offsets(t, g));
-                for (int m = 0; m < MT; ++m) {
-                    tot[m] = vfma(of, vset1(xsum[m * L.G + g]), vfma(blk[m], sc, tot[m]));
-                    blk[m] = vzero();
+                if (c + 1 == gend) {  // end of a weight group (groups are whole blocks)
+                    const vf sc = vload(L.scales(t, g)), of = vload(L.offsets(t, g));
+                    for (int m = 0; m < MT; ++m) {
+                        tot[m] = vfma(of, vset1(xsum[m * L.G + g]), vfma(blk[m], sc, tot[m]));
+                        blk[m] = vzero();
+                    }
+                    ++g;
+                    gend = std::min(gend + L.wpg, nw);
                 }
-                ++g;
-                gend = std::min(gend + L.wpg, nw);
             }
         });
     }
@@ -161,6 +163,9 @@ void gemv_i16(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
 namespace qk {
 // Codebook formats (NIB_LUT): qgemv16_lut.cpp.
 void gemv_lut16(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads);
+// One row of int4 activations, rows read as they lie: qgemv16_rows.cpp.
+bool rows16_fits(const Layer& L, int M);
+void gemv_rows16(const Layer& L, const float* x, float* y, const Epilogue& epi, int nthreads);
 }  // namespace qk
 
 extern "C" {
@@ -173,6 +178,7 @@ void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* end
     const Epilogue epi{bias, accumulate != 0};
     if (kind == BYTES) gemv_i16<true>(L, x, M, y, ldy, epi, nthreads);
     else if (kind == NIB_LUT) gemv_lut16(L, x, M, y, ldy, epi, nthreads);
+    else if (rows16_fits(L, M)) gemv_rows16(L, x, y, epi, nthreads);
     else gemv_i16<false>(L, x, M, y, ldy, epi, nthreads);
 }
 

@@ -272,3 +272,22 @@ def test_codebook_int16_extremes_do_not_overflow(kernel_cls, code_byte, sign):
     got = kernel.forward(x)
     assert want.abs().min() > 300  # all products of one sign: 256 * 3 * 0.5
     assert torch.allclose(got, want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+@pytest.mark.parametrize("fmt_name,group_size,sym,k", [
+    ("int4", 128, True, 2048), ("int4", 64, False, 320), ("int4", -1, True, 100), ("int2", 256, False, 576),
+    ("int4", 32, True, 320), ("int4", 64, True, 96)])  # the last two: AVX2's row kernel does not take them
+def test_one_row_with_bias_and_accumulate(kernel_cls, fmt_name, group_size, sym, k):
+    """M = 1 (decode; AVX2 int formats: csrc/qgemv16_rows.cpp where groups and Kp are whole 64-column
+    chunks) as the lean step calls it: a strided out row, a padded bias, += into out; partial last tile."""
+    packed = packed_weight(70, k, fmt_name, group_size, sym)
+    kernel = kernel_cls(packed, LayerSpec.of(packed, "fp32", "cpu"))
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(2))
+    bias = torch.randn(70, generator=torch.Generator().manual_seed(3))
+    want = ReferenceKernel(packed, LayerSpec.of(packed, "fp32", "cpu")).forward(x).float() + bias
+    base = torch.randn(1, 90, generator=torch.Generator().manual_seed(4))
+    out = base.clone()
+    kernel.gemv(kernel.activations(x), out[:, 5:75], kernel.padded_bias(bias), accumulate=True)
+    assert torch.allclose(out[:, 5:75] - base[:, 5:75], want, atol=TOL["fp32"] * want.abs().max().item())
+    assert torch.equal(out[:, :5], base[:, :5]) and torch.equal(out[:, 75:], base[:, 75:])  # nothing else written
