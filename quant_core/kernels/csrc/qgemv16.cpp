@@ -176,9 +176,9 @@ void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* end
                int64_t ldy, int accumulate, int nthreads) {
     const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut};
     const Epilogue epi{bias, accumulate != 0};
-    if (kind == BYTES) gemv_i16<true>(L, x, M, y, ldy, epi, nthreads);
-    else if (kind == NIB_LUT) gemv_lut16(L, x, M, y, ldy, epi, nthreads);
+    if (kind == NIB_LUT) gemv_lut16(L, x, M, y, ldy, epi, nthreads);
     else if (rows16_fits(L, M)) gemv_rows16(L, x, y, epi, nthreads);
+    else if (kind == BYTES) gemv_i16<true>(L, x, M, y, ldy, epi, nthreads);
     else gemv_i16<false>(L, x, M, y, ldy, epi, nthreads);
 }
 

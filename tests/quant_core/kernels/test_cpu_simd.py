@@ -277,10 +277,11 @@ def test_codebook_int16_extremes_do_not_overflow(kernel_cls, code_byte, sign):
 @pytest.mark.parametrize("kernel_cls", KERNELS)
 @pytest.mark.parametrize("fmt_name,group_size,sym,k", [
     ("int4", 128, True, 2048), ("int4", 64, False, 320), ("int4", -1, True, 100), ("int2", 256, False, 576),
+    ("int8", -1, False, 300), ("int8", 128, True, 1024),
     ("int4", 32, True, 320), ("int4", 64, True, 96)])  # the last two: AVX2's row kernel does not take them
 def test_one_row_with_bias_and_accumulate(kernel_cls, fmt_name, group_size, sym, k):
-    """M = 1 (decode; AVX2 int formats: csrc/qgemv16_rows.cpp where groups and Kp are whole 64-column
-    chunks) as the lean step calls it: a strided out row, a padded bias, += into out; partial last tile."""
+    """M = 1 (decode; AVX2 int formats: csrc/qgemv16_rows.cpp, int4 where groups and Kp are whole
+    64-column chunks, int8 always) as the lean step calls it: a strided out row, a padded bias, += into out; partial last tile."""
     packed = packed_weight(70, k, fmt_name, group_size, sym)
     kernel = kernel_cls(packed, LayerSpec.of(packed, "fp32", "cpu"))
     x = torch.randn(1, k, generator=torch.Generator().manual_seed(2))
