@@ -6,6 +6,9 @@ the bare fused kernel (``gemv`` on prepared activations: no module or Python lay
 for each ISA variant this CPU runs (AVX2 always, forced; AVX-512 where present), format and
 activation path, on 1.1B layer shapes, the weights rotated through enough copies that every
 call reads them from memory. GB/s counts the packed weight, its scales and offsets.
+Each kernel runs the path users get by default ("fp32" activations: int16 per block on both ISAs
+for int formats; for nf4 int16 levels on AVX2, the float FMA path on AVX-512; M = 1 takes AVX2's
+row kernels, csrc/qgemv16_rows.cpp and qgemv16_lut.cpp).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
 // sum per 32-bit lane in one instruction, where the float path spends an AND, a conversion and
 // an FMA per code. Codes go in as int16 pairs straight from the word: (w >> 4i) & 0x000F000F
 // holds columns i and i + 4 of a nibble word, (w >> 8i) & 0x00FF00FF columns i and i + 2 of a
-// byte word; quantize16 puts the activations in the same pair order.
+// byte word; quantize16 puts the activations in the same pair order. One activation row (decode)
+// on AVX2 takes qgemv16_rows.cpp instead (no transpose); codebook formats qgemv16_lut.cpp.
 #include <cmath>
 #include <vector>
 
@@ -25,7 +26,6 @@ constexpr int kRowsI16 = 8;
 constexpr int kRowsI16 = 4;
 #endif
 constexpr float kInt16Max = 32767.0f;
-
 
 template <int MT, bool BYTE_CODES>
 void tile_i16(const Layer& L, int t, const int16_t* a, int64_t lda, const float* ascale, int nblk, const float* xsum,
@@ -163,7 +163,7 @@ void gemv_i16(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
 namespace qk {
 // Codebook formats (NIB_LUT): qgemv16_lut.cpp.
 void gemv_lut16(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads);
-// One row of int4 activations, rows read as they lie: qgemv16_rows.cpp.
+// One activation row of int4/int8 on AVX2, weight rows read as they lie: qgemv16_rows.cpp.
 bool rows16_fits(const Layer& L, int M);
 void gemv_rows16(const Layer& L, const float* x, float* y, const Epilogue& epi, int nthreads);
 }  // namespace qk
