@@ -24,7 +24,7 @@ from ..errors import BuildError
 CSRC = Path(__file__).parent / "csrc"
 # compiled together into one library per variant
 SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemv16_lut.cpp", "qgemv16_rows.cpp", "qgemm.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
-HEADERS = ("simd.h", "layer.h", "tiles.h")
+HEADERS = ("simd.h", "layer.h", "tiles.h", "block16.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <vector>
 
+#include "block16.h"
 #include "tiles.h"
 
 using namespace qk;
@@ -215,15 +216,13 @@ void tile_lut_rows(const Layer& L, int t, const int16_t* a, const float* lanes, 
 // One row of activations in chunk_dots' order; lane scales times `unit` (the levels' step).
 void quantize_lut_rows(const Layer& L, const float* x, int16_t* a, float* lanes, float unit) {
     for (int b = 0; b < L.Kp / BLOCK; ++b) {
-        const float* xb = x + b * BLOCK;
-        float amax = 0.0f;
-        for (int k = 0; k < BLOCK; ++k) amax = std::max(amax, std::fabs(xb[k]));
-        const float inv = amax > 0.0f ? kInt16Max / amax : 0.0f;
+        int32_t v[BLOCK], vsum = 0;
+        const float amax = quantize_block32(x + b * BLOCK, kInt16Max, v, &vsum);
         const int c = b / 2, h = b % 2;
         for (int l = 0; l < 4; ++l) lanes[8 * c + 4 * h + l] = amax / kInt16Max * unit;
         for (int k = 0; k < BLOCK; ++k) {  // k = 16 * (q % 2) + 2i + q / 2
             const int q = 2 * (k % 2) + k / 16, i = (k % 16) / 2;
-            a[64 * c + 16 * q + 8 * h + i] = (int16_t)std::nearbyint(xb[k] * inv);
+            a[64 * c + 16 * q + 8 * h + i] = (int16_t)v[k];
         }
     }
 }

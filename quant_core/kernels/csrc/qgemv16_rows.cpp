@@ -15,6 +15,7 @@
 #include <cmath>
 #include <vector>
 
+#include "block16.h"
 #include "tiles.h"
 
 using namespace qk;
@@ -103,25 +104,21 @@ void tile_rows16(const Layer& L, int t, const RowActs& x, float* out, const Epil
     epi.store(out, t, y);
 }
 
-// One row of activations as RowActs (round half to even, as quantize16), in chunk_dots' order.
+// One row of activations as RowActs (as quantize16 rounds), in chunk_dots' order.
 void quantize_rows16(const Layer& L, const float* x, int16_t* acts, float* lanes, float* xsum) {
     const bool bytes = L.kind == BYTES;
     const int gcols = L.wpg * (bytes ? 4 : 8);
     for (int g = 0; g < L.G; ++g) xsum[g] = 0.0f;
     for (int b = 0; b < L.Kp / BLOCK; ++b) {
-        const float* xb = x + b * BLOCK;
-        float amax = 0.0f;
-        for (int k = 0; k < BLOCK; ++k) amax = std::max(amax, std::fabs(xb[k]));
-        const float s = amax / kActMax, inv = amax > 0.0f ? kActMax / amax : 0.0f;
+        int32_t q[BLOCK], qsum = 0;
+        const float s = quantize_block32(x + b * BLOCK, kActMax, q, &qsum) / kActMax;
         // lane scales: a byte chunk is one block (8 lanes); a nibble chunk two (4 lanes each)
         float* ls = lanes + (bytes ? 8 * b : 8 * (b / 2) + 4 * (b % 2));
         for (int l = 0; l < (bytes ? 8 : 4); ++l) ls[l] = s;
-        int32_t qsum = 0;
         for (int k = 0; k < BLOCK; ++k) {
-            const int col = b * BLOCK + k, q = (int)std::nearbyint(xb[k] * inv);
-            if (bytes) acts[col - k + 16 * (k % 2) + k / 2] = (int16_t)q;  // vector k % 2 (the byte), lane k / 2
-            else acts[(col & ~63) + 16 * (col % 4) + (col % 64) / 4] = (int16_t)q;  // vector: the nibble, lane col/4
-            qsum += q;
+            const int col = b * BLOCK + k;
+            if (bytes) acts[col - k + 16 * (k % 2) + k / 2] = (int16_t)q[k];  // vector k % 2 (the byte), lane k / 2
+            else acts[(col & ~63) + 16 * (col % 4) + (col % 64) / 4] = (int16_t)q[k];  // vector: the nibble, lane col/4
         }
         xsum[b * BLOCK / gcols] += (float)qsum * s;  // offsets meet the quantized activations, as the codes do
     }
