@@ -74,7 +74,7 @@ class LeanDecoder:
         if self.padded:  # causal and padding; each position also sees itself, so no row is all-masked
             causal = torch.ones(t, t, dtype=torch.bool).tril()
             attn_mask = (causal & self.valid[:, None, None, :t]) | torch.eye(t, dtype=torch.bool)
-        x = self._forward(input_ids, positions, 0, attn_mask)
+        x = self._forward(input_ids, positions, 0, attn_mask, prompt=True)
         self.length = t
         return self._logits(x.view(b, t, -1)[:, -1])
 
@@ -96,13 +96,14 @@ class LeanDecoder:
         self.length += 1
         return self._logits(x)
 
-    def _forward(self, ids, positions, slot, attn_mask) -> torch.Tensor:
-        """Hidden states [B * T, H] after every layer, for tokens ``ids`` [B, T] written at ``slot``."""
+    def _forward(self, ids, positions, slot, attn_mask, prompt: bool = False) -> torch.Tensor:
+        """Hidden states [B * T, H] after every layer, for tokens ``ids`` [B, T] written at ``slot``;
+        ``prompt``: the projections take the kernels' prompt path (``Projection``)."""
         m = self.lean
         x = m.embed(ids).float().reshape(ids.numel(), -1).contiguous()
         cos, sin = (c.float().contiguous() for c in m.rotary(x, positions))
         for index, layer in enumerate(m.layers):
-            self._layer(index, layer, x, ids.shape[1], cos, sin, slot, attn_mask)
+            self._layer(index, layer, x, ids.shape[1], cos, sin, slot, attn_mask, prompt)
         return x
 
     def _one_call_step(self, ids, pos: int) -> torch.Tensor:
@@ -113,16 +114,16 @@ class LeanDecoder:
             self.layer_step = LayerStep(m, self.batch_size, self.k_cache, self.v_cache, cos.shape[-1])
         return self.layer_step(x, cos, sin, pos, self.valid if self.padded else None)
 
-    def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask) -> None:
+    def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask, prompt: bool) -> None:
         m, b, ops = self.lean, self.batch_size, self.ops
         k_cache, v_cache = self.k_cache[index], self.v_cache[index]
-        qkv = layer.qkv(ops.norm(x, layer.norm1), torch.empty(x.shape[0], layer.qkv.out_features))
+        qkv = layer.qkv(ops.norm(x, layer.norm1), torch.empty(x.shape[0], layer.qkv.out_features), prompt=prompt)
         q = ops.rope_cache(qkv, b, t, m.heads, m.kv_heads, m.head_dim, cos, sin, layer.q_norm, layer.k_norm,
                            k_cache, v_cache, slot)
         att = ops.attend(q, k_cache, v_cache, slot + t, self.valid, attn_mask, m.scaling)
-        layer.o(att, x, accumulate=True)
-        gu = layer.gate_up(ops.norm(x, layer.norm2), torch.empty(x.shape[0], 2 * m.intermediate))
-        layer.down(ops.swiglu(gu, m.intermediate), x, accumulate=True)
+        layer.o(att, x, accumulate=True, prompt=prompt)
+        gu = layer.gate_up(ops.norm(x, layer.norm2), torch.empty(x.shape[0], 2 * m.intermediate), prompt=prompt)
+        layer.down(ops.swiglu(gu, m.intermediate), x, accumulate=True, prompt=prompt)
 
     def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
         m = self.lean

@@ -23,7 +23,8 @@ from ..errors import BuildError
 
 CSRC = Path(__file__).parent / "csrc"
 # compiled together into one library per variant
-SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemv16_lut.cpp", "qgemv16_rows.cpp", "qgemm.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
+SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemv16_lut.cpp", "qgemv16_rows.cpp", "qgemv8.cpp", "qgemm.cpp",
+           "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
 HEADERS = ("simd.h", "layer.h", "tiles.h", "block16.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -114,6 +115,7 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qgemv_f32.argtypes = [p, i, *layer, p, p, p, i64, i, i]  # x, M, layer, lut, bias, y, ldy, accumulate, threads
     lib.qgemv_i8.argtypes = [p, i, *layer, p, p, i64, i, i]
     lib.qgemv_i16.argtypes = [p, i, *layer, p, p, p, i64, i, i]  # as qgemv_f32
+    lib.qgemv_q8.argtypes = [p, i, *layer, p, p, i64, i, i]
     lib.qgemm_f32.argtypes = [p, i, i64, *layer, p, p, p, i64, i, i]  # x, M, ldx, layer, lut, bias, y, ldy, acc, thr
     lib.qgemm_bf16.argtypes = [*lib.qgemm_f32.argtypes[:-1], i, i]  # ..., accumulate, y_bf16, threads
     lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]
@@ -125,7 +127,7 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qswiglu.argtypes = [p, i, i, p]
     lib.qattend.argtypes = [p, p, p, i, i, i, i, i, i, p, f, p, i]
     lib.qstep.argtypes = [p, p, i, p, p, p, i, p, p]  # plan, layers, count, x, cos, sin, slot, valid, seconds
-    for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qgemv_i16, lib.qgemm_f32, lib.qgemm_bf16, lib.qdequant_t,
+    for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qgemv_i16, lib.qgemv_q8, lib.qgemm_f32, lib.qgemm_bf16, lib.qdequant_t,
                lib.qdequant_t_bf16, lib.qgather, lib.qrms_norm, lib.qrope_cache, lib.qswiglu, lib.qattend, lib.qstep):
         fn.restype = None
     lib.qtile_rows.restype = ctypes.c_int

@@ -53,6 +53,16 @@ if FP32_PATH not in ("fma", "int16"):
     raise ValueError(f"QUANTLLM_CPU_FP32_PATH={FP32_PATH!r}: choose fma or int16")
 
 
+# How prompt rows (the lean step's prefill, ``_CpuSimdKernel.prompt``) of int formats with float compute
+# multiply: "q8" (default) quantizes the activations to int8 per 32-column block, as llama.cpp's q8
+# blocks (csrc/qgemv8.cpp: four products per instruction, 1.2-1.4x the int16 path at 15 rows and
+# 1.3-1.9x the fp32 GEMM at 32-512 rows on SmolLM2's shapes; relative error ~5e-3 against ~2e-5, its
+# perplexity cost is in cpu_speed.md); "same" runs them as any batch. Decode steps never take it.
+PROMPT_PATH = os.environ.get("QUANTLLM_CPU_PROMPT_PATH", "q8")
+if PROMPT_PATH not in ("q8", "same"):
+    raise ValueError(f"QUANTLLM_CPU_PROMPT_PATH={PROMPT_PATH!r}: choose q8 or same")
+
+
 def _ptr(t: torch.Tensor | None):
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -108,6 +118,7 @@ class _CpuSimdKernel(Kernel):
             self.path = self.codebook_path if codebook and FP32_PATH == "int16" else FP32_PATH
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
         self.gemm_rows = gemm_rows(self.path, self.bf16_gemm, codebook)  # batches of this many rows take the GEMM
+        self.prompt_q8 = self.path == "int16" and not codebook and PROMPT_PATH == "q8"  # int codes only
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the kernels read it: [M, Kp] float32 (bf16 for the bf16 GEMM), columns in
@@ -170,6 +181,22 @@ class _CpuSimdKernel(Kernel):
             fn(_ptr(xa), xa.shape[0], *w.layer_args(), _ptr(w.lut), _ptr(bias), _ptr(out), out.stride(0),
                accumulate, threads)
         return out
+
+    def prompt(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
+               accumulate: bool = False) -> torch.Tensor:
+        """As ``gemv`` / ``gemm`` for the rows of a prompt: int8 activations per 32-column block
+        (``prompt_q8``) at any row count, except where a bf16 model's batch takes the bf16 GEMM
+        (faster from 32 rows). Every row's result depends on that row alone, so a prompt gets the
+        same numbers alone as in a batch of prompts."""
+        m = xa.shape[0]
+        if self.bf16_gemm and m >= self.gemm_rows:
+            return self.gemm(xa, out, bias, accumulate)
+        if self.prompt_q8:
+            w = self.w
+            self.lib.qgemv_q8(_ptr(xa), m, *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0), accumulate,
+                              torch.get_num_threads())
+            return out
+        return (self.gemv if m < self.gemm_rows or self.int8 else self.gemm)(xa, out, bias, accumulate)
 
     def padded_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """``bias`` [N] as ``gemv`` reads it: float32, zero-padded to whole tiles."""
