@@ -24,7 +24,7 @@ from ..errors import UnsupportedModelError
 from ..kernels.cpu_simd import CpuAvx2Kernel, CpuAvx512Kernel, _library_or_reason
 from .lean_model import LeanLayer, LeanModel, lean_model
 from .lean_ops import CppOps, TorchOps
-from .lean_plan import LayerStep, plan_reason
+from .lean_plan import LayerStep, plan_reason, prompt_reason
 from .prompt_check import check_prompt
 
 
@@ -49,7 +49,7 @@ class LeanDecoder:
         self.k_cache, self.v_cache = torch.zeros(shape), torch.zeros(shape)
         self.logits = torch.empty(batch_size, m.head.out_features)
         self.ops = _ops(m, ops)
-        self.layer_step = None  # built at the first step, once the rotary dims are known
+        self.layer_step = None  # built at the first one-call prefill or step, once the rotary dims are known
         self.one_call = isinstance(self.ops, CppOps) and plan_reason(m) is None
         self.reset()
 
@@ -70,11 +70,14 @@ class LeanDecoder:
         self.valid[:, :t] = mask.bool()
         self.padded = not bool(mask.bool().all())
         self.next_pos = positions[:, -1:] + 1
-        attn_mask = None
-        if self.padded:  # causal and padding; each position also sees itself, so no row is all-masked
-            causal = torch.ones(t, t, dtype=torch.bool).tril()
-            attn_mask = (causal & self.valid[:, None, None, :t]) | torch.eye(t, dtype=torch.bool)
-        x = self._forward(input_ids, positions, 0, attn_mask, prompt=True)
+        if self.one_call and prompt_reason(self.lean, b * t) is None:
+            x = self._one_call_prompt(input_ids, positions)
+        else:
+            attn_mask = None
+            if self.padded:  # causal and padding; each position also sees itself, so no row is all-masked
+                causal = torch.ones(t, t, dtype=torch.bool).tril()
+                attn_mask = (causal & self.valid[:, None, None, :t]) | torch.eye(t, dtype=torch.bool)
+            x = self._forward(input_ids, positions, 0, attn_mask, prompt=True)
         self.length = t
         return self._logits(x.view(b, t, -1)[:, -1])
 
@@ -107,12 +110,25 @@ class LeanDecoder:
         return x
 
     def _one_call_step(self, ids, pos: int) -> torch.Tensor:
-        m = self.lean
-        x = m.embed(ids).float().reshape(ids.shape[0], -1).contiguous()
-        cos, sin = (c.float().reshape(ids.shape[0], -1).contiguous() for c in m.rotary(x, self.next_pos))
+        x, cos, sin = self._embed_rotary(ids, self.next_pos)
+        return self._layer_step(cos.shape[-1])(x, cos, sin, pos, self.valid if self.padded else None)
+
+    def _one_call_prompt(self, ids, positions) -> torch.Tensor:
+        """The prompt's layers in one C++ call (csrc/qstep.cpp's qprefill): hidden states [B * T, H]."""
+        x, cos, sin = self._embed_rotary(ids, positions)
+        return self._layer_step(cos.shape[-1]).prompt(x, cos, sin, ids.shape[1], self.valid if self.padded else None)
+
+    def _embed_rotary(self, ids, positions):
+        """Embeddings [B * T, H] and rotary tables [B * T, rd] of tokens ``ids`` [B, T], float32 contiguous."""
+        m, rows = self.lean, ids.numel()
+        x = m.embed(ids).float().reshape(rows, -1).contiguous()
+        cos, sin = (c.float().reshape(rows, -1).contiguous() for c in m.rotary(x, positions))
+        return x, cos, sin
+
+    def _layer_step(self, rotary_dim: int) -> LayerStep:
         if self.layer_step is None:
-            self.layer_step = LayerStep(m, self.batch_size, self.k_cache, self.v_cache, cos.shape[-1])
-        return self.layer_step(x, cos, sin, pos, self.valid if self.padded else None)
+            self.layer_step = LayerStep(self.lean, self.batch_size, self.k_cache, self.v_cache, rotary_dim)
+        return self.layer_step
 
     def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask, prompt: bool) -> None:
         m, b, ops = self.lean, self.batch_size, self.ops

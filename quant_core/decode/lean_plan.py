@@ -2,7 +2,9 @@
 
 It applies when every projection of every layer runs on the C++ CPU kernels of one library,
 reading its activations as they are (no act-order permutation, no padding); otherwise the
-lean step calls the same operations one by one from Python.
+lean step calls the same operations one by one from Python. A prompt's layers run as one call
+too (``LayerStep.prompt``) where every projection's prompt path is the int8-block one
+(``_CpuSimdKernel.prompt_q8``): the calls from Python cost more than the float work on small models.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ _p, _i, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 class CProj(ctypes.Structure):
     _fields_ = [("segs", _p), ("ends", _p), ("nseg", _i), ("kind", _i), ("N", _i), ("Kp", _i), ("G", _i),
-                ("wpg", _i), ("sc", _p), ("of", _p), ("lut", _p), ("bias", _p), ("path", _i)]
+                ("wpg", _i), ("sc", _p), ("of", _p), ("lut", _p), ("bias", _p), ("path", _i), ("prompt", _i)]
 
 
 class CLayer(ctypes.Structure):
@@ -48,11 +50,23 @@ def plan_reason(m: LeanModel) -> str | None:
     return None
 
 
+def prompt_reason(m: LeanModel, rows: int) -> str | None:
+    """Why a prompt of ``rows`` rows cannot run as one C++ call (None: it can)."""
+    why = plan_reason(m)
+    if why:
+        return why
+    for layer in m.layers:
+        for k in (layer.qkv.kernel, layer.o.kernel, layer.gate_up.kernel, layer.down.kernel):
+            if not k.prompt_q8 or (k.bf16_gemm and rows >= k.gemm_rows):
+                return "a projection's prompt rows do not take the int8-block path"
+    return None
+
+
 def _cproj(p: Projection) -> CProj:
     w = p.kernel.w
     segs, ends, nseg, kind, n, kp, g, wpg, sc, of = w.layer_args()
     return CProj(ctypes.cast(segs, _p), ctypes.cast(ends, _p), nseg, kind, n, kp, g, wpg, sc, of, _addr(w.lut),
-                 _addr(p.bias), PATHS.index(p.kernel.path))
+                 _addr(p.bias), PATHS.index(p.kernel.path), int(p.kernel.prompt_q8))
 
 
 class LayerStep:
@@ -60,11 +74,10 @@ class LayerStep:
 
     def __init__(self, m: LeanModel, batch_size: int, k_cache: torch.Tensor, v_cache: torch.Tensor, rotary_dim: int):
         self.lib = m.layers[0].qkv.kernel.lib
-        b, hidden = batch_size, m.layers[0].qkv.in_features
-        self.buffers = [torch.empty(b, n) for n in (hidden, m.layers[0].qkv.out_features, m.heads * m.head_dim,
-                                                     m.heads * m.head_dim, 2 * m.intermediate, m.intermediate)]
-        self.plan = CStepPlan(b, m.heads, m.kv_heads, m.head_dim, rotary_dim, hidden, m.intermediate,
-                              k_cache.shape[3], torch.get_num_threads(), m.scaling, *(t.data_ptr() for t in self.buffers))
+        self.batch_size, self.rotary_dim, self.maxlen = batch_size, rotary_dim, k_cache.shape[3]
+        self.m = m  # keeps every tensor the plan points into alive
+        self.plan, self.buffers = self._plan(batch_size)
+        self.prompt_plan = None  # (rows, plan, buffers) of the last prompt
         layers = []
         for index, layer in enumerate(m.layers):
             qk = layer.q_norm is not None
@@ -75,7 +88,6 @@ class LayerStep:
                 layer.norm1.eps, layer.norm2.eps, layer.q_norm.eps if qk else 0.0,
                 k_cache[index].data_ptr(), v_cache[index].data_ptr()))
         self.layers = (CLayer * len(layers))(*layers)
-        self.m = m  # keeps every tensor the plan points into alive
         self.seconds = None  # set to a float64 tensor [3] to add each call's matmul / attention / other time
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int,
@@ -85,4 +97,27 @@ class LayerStep:
         self.lib.qstep(ctypes.byref(self.plan), self.layers, len(self.layers), _p(x.data_ptr()),
                        _p(cos.data_ptr()), _p(sin.data_ptr()), slot, None if valid is None else _p(valid.data_ptr()),
                        None if self.seconds is None else _p(self.seconds.data_ptr()))
+        return x
+
+    def _plan(self, rows: int) -> tuple[CStepPlan, list[torch.Tensor]]:
+        """A plan whose scratch buffers hold ``rows`` token rows."""
+        m, hidden = self.m, self.m.layers[0].qkv.in_features
+        buffers = [torch.empty(rows, n) for n in (hidden, m.layers[0].qkv.out_features, m.heads * m.head_dim,
+                                                  m.heads * m.head_dim, 2 * m.intermediate, m.intermediate)]
+        plan = CStepPlan(self.batch_size, m.heads, m.kv_heads, m.head_dim, self.rotary_dim, hidden, m.intermediate,
+                         self.maxlen, torch.get_num_threads(), m.scaling, *(t.data_ptr() for t in buffers))
+        return plan, buffers
+
+    def prompt(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, t: int,
+               valid: torch.Tensor | None) -> torch.Tensor:
+        """A prompt of ``t`` tokens per row written at cache positions [0, t): ``x`` [B * t, H] float32
+        contiguous, updated in place; cos/sin [B * t, rd] contiguous (prompt_reason must hold)."""
+        rows = self.batch_size * t
+        if self.prompt_plan is None or self.prompt_plan[0] != rows:
+            self.prompt_plan = (rows, *self._plan(rows))
+        plan = self.prompt_plan[1]
+        plan.nthreads = torch.get_num_threads()
+        self.lib.qprefill(ctypes.byref(plan), self.layers, len(self.layers), _p(x.data_ptr()), _p(cos.data_ptr()),
+                          _p(sin.data_ptr()), t, None if valid is None else _p(valid.data_ptr()),
+                          None if self.seconds is None else _p(self.seconds.data_ptr()))
         return x

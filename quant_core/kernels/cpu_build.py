@@ -127,8 +127,11 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qswiglu.argtypes = [p, i, i, p]
     lib.qattend.argtypes = [p, p, p, i, i, i, i, i, i, p, f, p, i]
     lib.qstep.argtypes = [p, p, i, p, p, p, i, p, p]  # plan, layers, count, x, cos, sin, slot, valid, seconds
+    lib.qattend_prompt.argtypes = [p, p, p, i, i, i, i, i, i, p, f, p, i]
+    lib.qprefill.argtypes = [p, p, i, p, p, p, i, p, p]  # plan, layers, count, x, cos, sin, T, valid, seconds
     for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qgemv_i16, lib.qgemv_q8, lib.qgemm_f32, lib.qgemm_bf16, lib.qdequant_t,
-               lib.qdequant_t_bf16, lib.qgather, lib.qrms_norm, lib.qrope_cache, lib.qswiglu, lib.qattend, lib.qstep):
+               lib.qdequant_t_bf16, lib.qgather, lib.qrms_norm, lib.qrope_cache, lib.qswiglu, lib.qattend, lib.qstep,
+               lib.qattend_prompt, lib.qprefill):
         fn.restype = None
     lib.qtile_rows.restype = ctypes.c_int
     lib.qisa.restype = ctypes.c_char_p
