@@ -54,7 +54,9 @@ def main() -> None:
     print(f"SmolLM2-135M int4 g128 + int8 head, {len(batches)} windows x {args.seqlen} tokens of {Path(args.text).name}"
           f" ({time.perf_counter() - start:.0f} s)")
     print(f"perplexity, prompt path same (int16 activations): {ppl['same']:.4f}")
-    print(f"perplexity, prompt path q8 (int8 per 32 columns): {ppl['q8']:.4f}")
+    kernel = dec.lean.layers[0].gate_up.kernel
+    block = kernel.prompt_block() if kernel is not None else None
+    print(f"perplexity, prompt path q8 (int8 per {block} columns): {ppl['q8']:.4f}")
     print(f"change: {100 * (ppl['q8'] / ppl['same'] - 1):+.3f} %")
 
 

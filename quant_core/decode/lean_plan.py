@@ -21,7 +21,8 @@ _p, _i, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 
 class CProj(ctypes.Structure):
     _fields_ = [("segs", _p), ("ends", _p), ("nseg", _i), ("kind", _i), ("N", _i), ("Kp", _i), ("G", _i),
-                ("wpg", _i), ("sc", _p), ("of", _p), ("lut", _p), ("bias", _p), ("path", _i), ("prompt", _i)]
+                ("wpg", _i), ("sc", _p), ("of", _p), ("lut", _p), ("bias", _p), ("path", _i), ("prompt", _i),
+                ("prompt_block", _i)]
 
 
 class CLayer(ctypes.Structure):
@@ -57,7 +58,7 @@ def prompt_reason(m: LeanModel, rows: int) -> str | None:
         return why
     for layer in m.layers:
         for k in (layer.qkv.kernel, layer.o.kernel, layer.gate_up.kernel, layer.down.kernel):
-            if not k.prompt_q8 or (k.bf16_gemm and rows >= k.gemm_rows):
+            if not k.prompt_q8 or (k.bf16_gemm and rows >= k.gemm_rows and not k.q8_gemm):
                 return "a projection's prompt rows do not take the int8-block path"
     return None
 
@@ -66,7 +67,8 @@ def _cproj(p: Projection) -> CProj:
     w = p.kernel.w
     segs, ends, nseg, kind, n, kp, g, wpg, sc, of = w.layer_args()
     return CProj(ctypes.cast(segs, _p), ctypes.cast(ends, _p), nseg, kind, n, kp, g, wpg, sc, of, _addr(w.lut),
-                 _addr(p.bias), PATHS.index(p.kernel.path), int(p.kernel.prompt_q8))
+                 _addr(p.bias), PATHS.index(p.kernel.path), 2 if p.kernel.q8_gemm else int(p.kernel.prompt_q8),
+                 p.kernel.prompt_block())
 
 
 class LayerStep:

@@ -24,7 +24,7 @@ from ..errors import BuildError
 CSRC = Path(__file__).parent / "csrc"
 # compiled together into one library per variant
 SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemv16_lut.cpp", "qgemv16_rows.cpp", "qgemv8.cpp", "qgemm.cpp",
-           "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
+           "qgemm8.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
 HEADERS = ("simd.h", "layer.h", "tiles.h", "block16.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -118,6 +118,9 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qgemv_q8.argtypes = [p, i, *layer, p, p, i64, i, i]
     lib.qgemm_f32.argtypes = [p, i, i64, *layer, p, p, p, i64, i, i]  # x, M, ldx, layer, lut, bias, y, ldy, acc, thr
     lib.qgemm_bf16.argtypes = [*lib.qgemm_f32.argtypes[:-1], i, i]  # ..., accumulate, y_bf16, threads
+    # x, M, ldx, layer, bias, y, ldy, accumulate, x_bf16, y_bf16, max_block, threads
+    lib.qgemm_q8.argtypes = [p, i, i64, *layer, p, p, i64, i, i, i, i, i]
+    lib.qgemm_q8.restype = ctypes.c_int
     lib.qdequant_t.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qdequant_t_bf16.argtypes = [*layer, p, i, i, p, i64, i]
     lib.qgather.argtypes = [*layer, p, p, i, p]

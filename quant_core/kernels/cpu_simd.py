@@ -18,7 +18,7 @@ import torch
 from .. import cpu_features
 from .base import Kernel, LayerSpec
 from .cpu_build import BuildError, load_library
-from .cpu_repack import group_size_reason, release_freed_memory, repack, stack_rows
+from .cpu_repack import KIND_BYTES, group_size_reason, release_freed_memory, repack, stack_rows
 
 # Batch rows from which the blocked GEMM wins over the fused small-batch kernel, per path of the
 # latter (one thread, 1.1B gate/down shapes, AVX-512 and AVX2 alike): int16 activations (two products
@@ -61,6 +61,12 @@ if FP32_PATH not in ("fma", "int16"):
 PROMPT_PATH = os.environ.get("QUANTLLM_CPU_PROMPT_PATH", "q8")
 if PROMPT_PATH not in ("q8", "same"):
     raise ValueError(f"QUANTLLM_CPU_PROMPT_PATH={PROMPT_PATH!r}: choose q8 or same")
+# On AVX-512 VNNI builds prompt rows take a blocked int8 GEMM instead (csrc/qgemm8.cpp: 1.1-1.2x the
+# fused q8 kernel at 15 rows, 1.1-2.1x oneDNN's bf16 GEMM on the 1.1B shapes at 128-512 rows, one
+# thread), its activation blocks up to Q8_GEMM_BLOCK columns (the largest multiple of 32 dividing the
+# weight group). 32 by default, as the fused kernel: 128 ran 1.15-1.4x faster but cost SmolLM2 int4
+# +0.62 % perplexity against 32's +0.24 % (benchmarks/prompt_path_ppl.py), and changed its greedy text.
+Q8_GEMM_BLOCK = int(os.environ.get("QUANTLLM_CPU_Q8_BLOCK", "32"))
 
 
 def _ptr(t: torch.Tensor | None):
@@ -119,6 +125,7 @@ class _CpuSimdKernel(Kernel):
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
         self.gemm_rows = gemm_rows(self.path, self.bf16_gemm, codebook)  # batches of this many rows take the GEMM
         self.prompt_q8 = self.path == "int16" and not codebook and PROMPT_PATH == "q8"  # int codes only
+        self.q8_gemm = self.prompt_q8 and self.variant() == "avx512_vnni"  # prompts on the blocked int8 GEMM
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the kernels read it: [M, Kp] float32 (bf16 for the bf16 GEMM), columns in
@@ -184,19 +191,36 @@ class _CpuSimdKernel(Kernel):
 
     def prompt(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
                accumulate: bool = False) -> torch.Tensor:
-        """As ``gemv`` / ``gemm`` for the rows of a prompt: int8 activations per 32-column block
-        (``prompt_q8``) at any row count, except where a bf16 model's batch takes the bf16 GEMM
-        (faster from 32 rows). Every row's result depends on that row alone, so a prompt gets the
-        same numbers alone as in a batch of prompts."""
+        """As ``gemv`` / ``gemm`` for the rows of a prompt: int8 activations per block (``prompt_q8``)
+        at any row count, on the blocked int8 GEMM where the build has VNNI (``q8_gemm``: bf16 rows and
+        ``out`` taken as they are), else on the fused q8 kernel, except where a bf16 model's batch
+        takes the bf16 GEMM. Every row's result depends on that row alone, so a prompt gets the same
+        numbers alone as in a batch of prompts."""
         m = xa.shape[0]
+        if self.q8_gemm:
+            w = self.w
+            self.lib.qgemm_q8(_ptr(xa), m, xa.stride(0), *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0),
+                              accumulate, xa.dtype == torch.bfloat16, out.dtype == torch.bfloat16,
+                              self.prompt_block(), torch.get_num_threads())
+            return out
         if self.bf16_gemm and m >= self.gemm_rows:
             return self.gemm(xa, out, bias, accumulate)
+        if out.dtype != torch.float32:  # the small-batch kernels write float32
+            return out.copy_(self.prompt(xa.float(), torch.empty(out.shape), bias, accumulate))
         if self.prompt_q8:
             w = self.w
             self.lib.qgemv_q8(_ptr(xa), m, *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0), accumulate,
                               torch.get_num_threads())
             return out
         return (self.gemv if m < self.gemm_rows or self.int8 else self.gemm)(xa, out, bias, accumulate)
+
+    def prompt_block(self) -> int:
+        """Columns per activation scale on the prompt path: 32 (fused q8 kernel), or on the int8 GEMM the
+        largest multiple of 32 up to Q8_GEMM_BLOCK that divides the weight group."""
+        if not self.q8_gemm:
+            return 32
+        group = self.w.words_per_group * (4 if self.w.kind == KIND_BYTES else 8)  # columns per weight group
+        return next(b for b in range(Q8_GEMM_BLOCK // 32 * 32, 0, -32) if b == 32 or group % b == 0)
 
     def padded_bias(self, bias: torch.Tensor) -> torch.Tensor:
         """``bias`` [N] as ``gemv`` reads it: float32, zero-padded to whole tiles."""

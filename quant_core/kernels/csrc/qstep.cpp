@@ -21,6 +21,9 @@ void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* end
 void qgemv_q8(const float* x, int M, const uint8_t* const* segs, const int* ends, int nseg, int kind, int N, int Kp,
               int G, int wpg, const float* sc, const float* of, const float* bias, float* y, int64_t ldy,
               int accumulate, int nthreads);
+int qgemm_q8(const void* x, int M, int64_t ldx, const uint8_t* const* segs, const int* ends, int nseg, int kind,
+             int N, int Kp, int G, int wpg, const float* sc, const float* of, const float* bias, void* y,
+             int64_t ldy, int accumulate, int x_bf16, int y_bf16, int max_block, int nthreads);
 void qrms_norm(const float* x, int M, int H, const float* w, float eps, float* out);
 void qrope_cache(const float* qkv, int B, int T, int heads, int kv_heads, int D, int rd, const float* cos,
                  const float* sin, const float* qn, const float* kn, float eps, float* q_out, float* kc, float* vc,
@@ -40,10 +43,14 @@ struct Proj {  // one fused projection (mirrors quant_core/decode/lean_plan.py: 
     int nseg, kind, N, Kp, G, wpg;
     const float *sc, *of, *lut, *bias;
     int path;    // 0: float FMA, 1: int8 activations, 2: int16 activations (cpu_simd.py: PATHS)
-    int prompt;  // prompt rows: 1 = int8 activations per 32-column block (qgemv8.cpp), 0 = as path
+    int prompt;        // prompt rows: int8 activations per block, 1 fused (qgemv8.cpp), 2 GEMM (qgemm8.cpp), 0 as path
+    int prompt_block;  // the GEMM's most columns per activation scale
 
     void run(const float* x, int M, float* y, int accumulate, int nthreads, bool prompt_rows = false) const {
-        if (prompt_rows && prompt)
+        if (prompt_rows && prompt == 2)
+            qgemm_q8(x, M, Kp, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, 0, 0,
+                     prompt_block, nthreads);
+        else if (prompt_rows && prompt == 1)
             qgemv_q8(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);
         else if (path == 1)
             qgemv_i8(x, M, segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, bias, y, N, accumulate, nthreads);

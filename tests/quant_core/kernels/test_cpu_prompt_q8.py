@@ -20,14 +20,15 @@ CASES = [("int4", 32, True), ("int4", 128, False), ("int4", -1, True), ("int8", 
          ("int3", 64, True), ("int2", 32, False)]
 
 
-def q8_blocks(x: torch.Tensor, kp: int) -> torch.Tensor:
-    """x zero-padded to kp columns, quantized to int8 per 32 columns (scale amax / 127, round half
-    to even) and back to float: what the kernel multiplies."""
-    xp = torch.nn.functional.pad(x, (0, kp - x.shape[1])).view(x.shape[0], -1, 32)
+def q8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x quantized to int8 per ``block`` columns (scale amax / 127, round half to even; a last block
+    may be shorter) and back to float: what the kernel multiplies."""
+    width = -(-x.shape[1] // block) * block
+    xp = torch.nn.functional.pad(x, (0, width - x.shape[1])).view(x.shape[0], -1, block)
     amax = xp.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
     q = torch.round(xp * inv)
-    return (q * (amax / 127.0)).view(x.shape[0], kp)[:, : x.shape[1]]
+    return (q * (amax / 127.0)).view(x.shape[0], width)[:, : x.shape[1]]
 
 
 def prompt_and_reference(kernel_cls, packed, m, seed=1):
@@ -36,7 +37,7 @@ def prompt_and_reference(kernel_cls, packed, m, seed=1):
     x = torch.randn(m, packed.in_features, generator=torch.Generator().manual_seed(seed)) * 3
     got = kernel.prompt(kernel.activations(x), torch.empty(m, packed.out_features))
     weight = packed.dequantize(torch.float32)
-    return kernel, x, got, q8_blocks(x, kernel.w.padded_in) @ weight.t(), ReferenceKernel(packed, spec).forward(x)
+    return kernel, x, got, q8_blocks(x, kernel.prompt_block()) @ weight.t(), ReferenceKernel(packed, spec).forward(x)
 
 
 @pytest.mark.parametrize("kernel_cls", KERNELS)
@@ -88,3 +89,20 @@ def test_formats_and_settings_without_the_q8_path_run_as_any_batch(kernel_cls, m
         xa = kernel.activations(x)
         want = kernel.gemv(xa, torch.empty(5, 37))
         assert torch.equal(kernel.prompt(xa, torch.empty(5, 37)), want)
+
+
+@pytest.mark.parametrize("kernel_cls", KERNELS)
+def test_a_bf16_models_prompt_rows(kernel_cls):
+    """bf16 compute: on the int8 GEMM (VNNI builds) bf16 rows in and out, any row count; elsewhere the
+    bf16 GEMM from its row count (gemm_rows) and the fused q8 kernel below it."""
+    packed = packed_weight(70, 320, "int4", 128, True)
+    kernel = kernel_cls(packed, LayerSpec.of(packed, "bf16", "cpu"))
+    weight = packed.dequantize(torch.float32)
+    for m in (5, 40):
+        x = torch.randn(m, 320, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+        got = kernel.prompt(kernel.activations(x), torch.empty(m, 70, dtype=torch.bfloat16)).float()
+        if kernel.q8_gemm or m < kernel.gemm_rows:
+            want = q8_blocks(x.float(), kernel.prompt_block()) @ weight.t()
+        else:
+            want = x.float() @ weight.t()
+        assert ((got - want).abs().max() / want.abs().max()).item() <= 8e-3  # bf16 outputs: 2^-8 rounding
