@@ -76,3 +76,22 @@ def test_prompt_attention_against_sdpa_with_the_lean_mask():
     want = torch.nn.functional.scaled_dot_product_attention(q, kc[:, :, :t], vc[:, :, :t], attn_mask=mask,
                                                             scale=0.3, enable_gqa=True)
     assert torch.allclose(out, want.transpose(1, 2).reshape(b * t, heads * d), atol=1e-5)
+
+
+@NEEDS_KERNELS
+def test_a_left_padded_prompt_gets_the_bits_it_gets_alone():
+    """With int8 prompt activations a last-bit difference can flip a rounding and the greedy text with it
+    (SmolLM2's chain.batch of 16 differed from its invoke loop in one answer): attention skips masked
+    positions rather than weighing them zero, so a padded row computes exactly what it does alone."""
+    model = quantize(tiny("llama"), QuantConfig(weight_dtype="int4", group_size=32, modules_to_not_convert=[]))
+    long_ids, short_ids = prompt(1, 23, seed=1), prompt(1, 20, seed=2)  # 3 padding positions: the 16-wide
+    batch = torch.cat([long_ids, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_ids], 1)])  # sums shift
+    mask = torch.ones_like(batch)
+    mask[1, :3] = 0
+    both, alone = LeanDecoder(model, 2, 30), LeanDecoder(model, 1, 30)
+    a, b = both.prefill(batch, mask), alone.prefill(short_ids)
+    assert both.layer_step.prompt_plan is not None and torch.equal(a[1], b[0])
+    for _ in range(4):
+        tokens = a.argmax(-1)
+        a, b = both.step(tokens), alone.step(tokens[1:])
+        assert torch.equal(a[1], b[0])

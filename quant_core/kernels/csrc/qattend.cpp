@@ -36,6 +36,25 @@ inline float softmax_numerators(float* p, int n) {
     return sum;
 }
 
+// One query over the cache positions at[0..nv) (the visible ones, in order) of the K/V rows at base:
+// o = softmax(scale * q . K^T) . V. Masked positions never enter the sums, so a row gets the same
+// bits whatever padding precedes it (a left-padded batch row as the prompt alone): with the int8
+// prompt path a last-bit difference can flip an activation's rounding, and greedy text with it.
+inline void attend_one(const float* qv, const float* kc, const float* vc, int64_t base, int D, const int* at, int nv,
+                       float scale, float* p, float* o) {
+    for (int i = 0; i < nv; ++i) p[i] = dot(qv, kc + base + (int64_t)at[i] * D, D) * scale;
+    const float inv = 1.0f / softmax_numerators(p, nv);
+    for (int i = 0; i < D; ++i) o[i] = 0.0f;
+    for (int i = 0; i < nv; ++i) {
+        if (p[i] == 0.0f) continue;
+        const float* vr = vc + base + (int64_t)at[i] * D;
+        const float w = p[i] * inv;
+        int k = 0;
+        for (; k + R <= D; k += R) vstore(o + k, vfma(vset1(w), vload(vr + k), vload(o + k)));
+        for (; k < D; ++k) o[k] += w * vr[k];
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -48,29 +67,16 @@ void qattend(const float* q, const float* kc, const float* vc, int B, int heads,
 #pragma omp parallel num_threads(nthreads)
     {
         std::vector<float> p(n);
+        std::vector<int> at(n);
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * heads; ++bh) {
             const int b = bh / heads, h = bh % heads;
-            const float* qv = q + (int64_t)bh * D;
-            const int64_t base = ((int64_t)b * kv_heads + h / group) * maxlen * D;
             const uint8_t* ok = valid ? valid + (int64_t)b * maxlen : nullptr;
+            int nv = 0;
             for (int j = 0; j < n; ++j)
-                p[j] = (ok && !ok[j]) ? -INFINITY : dot(qv, kc + base + (int64_t)j * D, D) * scale;
-            float sum = softmax_numerators(p.data(), n);
-            if (ok)  // vexp flushes at e^-87, not to 0: masked positions must weigh exactly nothing
-                for (int j = 0; j < n; ++j)
-                    if (!ok[j]) sum -= p[j], p[j] = 0.0f;
-            const float inv = 1.0f / sum;
-            float* o = out + (int64_t)bh * D;
-            for (int i = 0; i < D; ++i) o[i] = 0.0f;
-            for (int j = 0; j < n; ++j) {
-                if (p[j] == 0.0f) continue;
-                const float* vr = vc + base + (int64_t)j * D;
-                const float w = p[j] * inv;
-                int i = 0;
-                for (; i + R <= D; i += R) vstore(o + i, vfma(vset1(w), vload(vr + i), vload(o + i)));
-                for (; i < D; ++i) o[i] += w * vr[i];
-            }
+                if (!ok || ok[j]) at[nv++] = j;
+            attend_one(q + (int64_t)bh * D, kc, vc, ((int64_t)b * kv_heads + h / group) * maxlen * D, D, at.data(), nv,
+                       scale, p.data(), out + (int64_t)bh * D);
         }
     }
 }
@@ -85,29 +91,16 @@ void qattend_prompt(const float* q, const float* kc, const float* vc, int B, int
 #pragma omp parallel num_threads(nthreads)
     {
         std::vector<float> p(T);
+        std::vector<int> at(T);
 #pragma omp for schedule(dynamic, 4)
         for (int bht = 0; bht < B * heads * T; ++bht) {
-            const int t = bht % T, bh = bht / T, b = bh / heads, h = bh % heads, n = t + 1;
-            const float* qv = q + (int64_t)bht * D;
-            const int64_t base = ((int64_t)b * kv_heads + h / group) * maxlen * D;
+            const int t = bht % T, bh = bht / T, b = bh / heads, h = bh % heads;
             const uint8_t* ok = valid ? valid + (int64_t)b * maxlen : nullptr;
-            for (int j = 0; j < n; ++j)
-                p[j] = (ok && !ok[j] && j != t) ? -INFINITY : dot(qv, kc + base + (int64_t)j * D, D) * scale;
-            float sum = softmax_numerators(p.data(), n);
-            if (ok)  // vexp flushes at e^-87, not to 0: masked positions must weigh exactly nothing
-                for (int j = 0; j < t; ++j)
-                    if (!ok[j]) sum -= p[j], p[j] = 0.0f;
-            const float inv = 1.0f / sum;
-            float* o = out + ((int64_t)(b * T + t) * heads + h) * D;
-            for (int i = 0; i < D; ++i) o[i] = 0.0f;
-            for (int j = 0; j < n; ++j) {
-                if (p[j] == 0.0f) continue;
-                const float* vr = vc + base + (int64_t)j * D;
-                const float w = p[j] * inv;
-                int i = 0;
-                for (; i + R <= D; i += R) vstore(o + i, vfma(vset1(w), vload(vr + i), vload(o + i)));
-                for (; i < D; ++i) o[i] += w * vr[i];
-            }
+            int nv = 0;
+            for (int j = 0; j <= t; ++j)
+                if (!ok || ok[j] || j == t) at[nv++] = j;
+            attend_one(q + (int64_t)bht * D, kc, vc, ((int64_t)b * kv_heads + h / group) * maxlen * D, D, at.data(),
+                       nv, scale, p.data(), out + ((int64_t)(b * T + t) * heads + h) * D);
         }
     }
 }
