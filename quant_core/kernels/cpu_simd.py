@@ -54,13 +54,14 @@ if FP32_PATH not in ("fma", "int16"):
 
 
 # How prompt rows (the lean step's prefill, ``_CpuSimdKernel.prompt``) of int formats with float compute
-# multiply: "q8" (default) quantizes the activations to int8 per 32-column block, as llama.cpp's q8
-# blocks (csrc/qgemv8.cpp: four products per instruction, 1.2-1.4x the int16 path at 15 rows and
-# 1.3-1.9x the fp32 GEMM at 32-512 rows on SmolLM2's shapes; relative error ~5e-3 against ~2e-5, its
-# perplexity cost is in cpu_speed.md); "same" runs them as any batch. Decode steps never take it.
-PROMPT_PATH = os.environ.get("QUANTLLM_CPU_PROMPT_PATH", "q8")
-if PROMPT_PATH not in ("q8", "same"):
-    raise ValueError(f"QUANTLLM_CPU_PROMPT_PATH={PROMPT_PATH!r}: choose q8 or same")
+# multiply. "auto" (default): on AVX-512 VNNI builds, activations quantized to int8 per 32-column block
+# (as llama.cpp's q8 blocks) on a blocked int8 GEMM (csrc/qgemm8.cpp), elsewhere as any batch; "q8": int8
+# blocks on every build (elsewhere the fused csrc/qgemv8.cpp: 1.2-1.4x the int16 path at 15 rows on AVX2
+# too, but there SmolLM2's greedy text left the reference kernel's within 16 tokens); "same": as any
+# batch. Relative error ~5e-3 against ~2e-5; perplexity cost in cpu_speed.md. Decode steps never take it.
+PROMPT_PATH = os.environ.get("QUANTLLM_CPU_PROMPT_PATH", "auto")
+if PROMPT_PATH not in ("auto", "q8", "same"):
+    raise ValueError(f"QUANTLLM_CPU_PROMPT_PATH={PROMPT_PATH!r}: choose auto, q8 or same")
 # On AVX-512 VNNI builds prompt rows take a blocked int8 GEMM instead (csrc/qgemm8.cpp: 1.1-1.2x the
 # fused q8 kernel at 15 rows, 1.1-2.1x oneDNN's bf16 GEMM on the 1.1B shapes at 128-512 rows, one
 # thread), its activation blocks up to Q8_GEMM_BLOCK columns (the largest multiple of 32 dividing the
@@ -124,8 +125,10 @@ class _CpuSimdKernel(Kernel):
             self.path = self.codebook_path if codebook and FP32_PATH == "int16" else FP32_PATH
         self.bf16_gemm = spec.compute_dtype == "bf16" and cpu_features.native_bf16()
         self.gemm_rows = gemm_rows(self.path, self.bf16_gemm, codebook)  # batches of this many rows take the GEMM
-        self.prompt_q8 = self.path == "int16" and not codebook and PROMPT_PATH == "q8"  # int codes only
-        self.q8_gemm = self.prompt_q8 and self.variant() == "avx512_vnni"  # prompts on the blocked int8 GEMM
+        vnni = self.variant() == "avx512_vnni"
+        self.prompt_q8 = (self.path == "int16" and not codebook  # int codes only
+                          and (PROMPT_PATH == "q8" or (PROMPT_PATH == "auto" and vnni)))
+        self.q8_gemm = self.prompt_q8 and vnni  # prompts on the blocked int8 GEMM
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as the kernels read it: [M, Kp] float32 (bf16 for the bf16 GEMM), columns in

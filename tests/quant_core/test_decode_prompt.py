@@ -10,7 +10,14 @@ from test_decode_lean import NEEDS_KERNELS, prompt, tiny  # pytest puts this dir
 from quant_core.config import QuantConfig
 from quant_core.decode import LeanDecoder
 from quant_core.decode import lean as lean_module
+from quant_core.kernels import cpu_simd
 from quant_core.quantize import quantize
+
+
+@pytest.fixture(autouse=True)
+def q8_everywhere(monkeypatch):
+    """The int8-block prompt path on every build (the default "auto" takes it on AVX-512 VNNI builds only)."""
+    monkeypatch.setattr(cpu_simd, "PROMPT_PATH", "q8")
 
 
 def padded_batch():

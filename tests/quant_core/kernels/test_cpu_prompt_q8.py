@@ -20,6 +20,23 @@ CASES = [("int4", 32, True), ("int4", 128, False), ("int4", -1, True), ("int8", 
          ("int3", 64, True), ("int2", 32, False)]
 
 
+@pytest.fixture(autouse=True)
+def q8_everywhere(monkeypatch):
+    """The int8-block prompt path on every build (the default "auto" takes it on AVX-512 VNNI builds only)."""
+    monkeypatch.setattr(cpu_simd, "PROMPT_PATH", "q8")
+
+
+def test_auto_takes_the_int8_gemm_on_vnni_builds_only(monkeypatch):
+    monkeypatch.setattr(cpu_simd, "PROMPT_PATH", "auto")
+    packed = packed_weight(37, 100, "int4", 32, True)
+    for kernel_cls in (k.values[0] for k in KERNELS):
+        if not kernel_cls.can_implement(LayerSpec.of(packed, "fp32", "cpu"))[0]:
+            continue
+        kernel = kernel_cls(packed, LayerSpec.of(packed, "fp32", "cpu"))
+        vnni = kernel_cls.variant() == "avx512_vnni"
+        assert kernel.prompt_q8 == vnni and kernel.q8_gemm == vnni
+
+
 def q8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """x quantized to int8 per ``block`` columns (scale amax / 127, round half to even; a last block
     may be shorter) and back to float: what the kernel multiplies."""
