@@ -151,8 +151,9 @@ def render(data: dict) -> list[str]:
     cpu = data.get("cpu", {})
     out = report.header(NAME, "CPU speed (benchmarks/cpu_speed.py)")
     out += ["Medians of each run's repeats; decode = new tokens after a prompt (preallocated KV cache; the decoder "
-            "column says which step ran: LeanDecoder = quant_core.decode's lean step), prefill = one "
-            "forward of the prompt length given per model; × float = against the faster of fp32/bf16. Ratios are "
+            "column says which step ran: LeanDecoder = quant_core.decode's lean step), prefill = the prompt length "
+            "given per model, the faster of one transformers forward and the decoder's prefill (what generation "
+            "runs; each row, float or quantized, gets its own faster path); × float = against the faster of fp32/bf16. Ratios are "
             "only side by side within one run: the Runs section says which run each row is from.", "",
             f"CPU: ISA level `{cpu.get('isa_level')}` (detected `{cpu.get('detected')}`), PyTorch capability "
             f"`{cpu.get('torch_capability')}`, flags: {' '.join(cpu.get('flags', []))}", "",
