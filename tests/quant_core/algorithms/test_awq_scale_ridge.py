@@ -77,3 +77,10 @@ def test_off_is_the_default_and_the_field_is_awqs_own():
         QuantConfig(algorithm="gptq", awq_scale_ridge=1.0)
     with pytest.raises(ValueError):
         QuantConfig(algorithm="awq", awq_scale_ridge=-1.0)
+
+
+def test_a_version_6_checkpoint_loads_with_the_options_off_as_it_ran():
+    awq = QuantConfig.from_dict({"version": 6, "algorithm": "awq"})
+    teq = QuantConfig.from_dict({"version": 6, "algorithm": "teq"})
+    assert awq.awq_scale_ridge == 0.0
+    assert (teq.teq_scale_ridge, teq.teq_scale_check) == (0.0, "all")
