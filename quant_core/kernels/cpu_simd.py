@@ -54,12 +54,13 @@ if FP32_PATH not in ("fma", "int16"):
 
 
 # How prompt rows (the lean step's prefill, ``_CpuSimdKernel.prompt``) of int formats with float compute
-# multiply. "auto" (default): on AVX-512 VNNI builds, activations quantized to int8 per 32-column block
+# multiply. "same" (default): as any batch. "auto": on AVX-512 VNNI builds, activations quantized to int8 per 32-column block
 # (as llama.cpp's q8 blocks) on a blocked int8 GEMM (csrc/qgemm8.cpp), elsewhere as any batch; "q8": int8
 # blocks on every build (elsewhere the fused csrc/qgemv8.cpp: 1.2-1.4x the int16 path at 15 rows on AVX2
-# too, but there SmolLM2's greedy text left the reference kernel's within 16 tokens); "same": as any
-# batch. Relative error ~5e-3 against ~2e-5; perplexity cost in cpu_speed.md. Decode steps never take it.
-PROMPT_PATH = os.environ.get("QUANTLLM_CPU_PROMPT_PATH", "auto")
+# too, but there SmolLM2's greedy text left the reference kernel's within 16 tokens). Relative error ~5e-3
+# against ~2e-5; perplexity cost +0.09 % (cpu_speed.md), but with it SmolLM2 int4's forced tool call in
+# the LangChain standard test no longer closed within its budget, so it is opt-in. Decode steps never take it.
+PROMPT_PATH = os.environ.get("QUANTLLM_CPU_PROMPT_PATH", "same")
 if PROMPT_PATH not in ("auto", "q8", "same"):
     raise ValueError(f"QUANTLLM_CPU_PROMPT_PATH={PROMPT_PATH!r}: choose auto, q8 or same")
 # On AVX-512 VNNI builds prompt rows take a blocked int8 GEMM instead (csrc/qgemm8.cpp: 1.1-1.2x the
