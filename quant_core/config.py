@@ -22,15 +22,17 @@ from .kernel_names import KERNELS
 # 5: double quantization (double_quant, double_quant_block): such a checkpoint stores scale codes.
 # 6: token_weighting and mlp_out_shrinkage (GPTQ/QuantEase calibration); earlier checkpoints had neither.
 # 7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
-CONFIG_VERSION = 7
+# 8: hessian_shrinkage (GPTQ, 0.5 by default); earlier GPTQ checkpoints were calibrated without it.
+CONFIG_VERSION = 8
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
+HESSIAN_SHRINKAGE_VERSION = 8
 _HESSIAN = ("token_weighting", "mlp_out_shrinkage")
 _GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size", *_HESSIAN)
 # Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "rtn": (),
-    "gptq": _GPTQ,
+    "gptq": (*_GPTQ, "hessian_shrinkage"),
     "quantease": ("num_iter", "act_order", "true_sequential", "block_size", "outlier_fraction",
                   "outlier_structure", *_HESSIAN),
     "gptq_quantease": (*_GPTQ, "num_iter"),
@@ -124,6 +126,11 @@ class QuantConfig(BaseModel):
     mlp_out_shrinkage: float = Field(0.5, ge=0, le=1, description="GPTQ, QuantEase: blend the MLP output "
                                      "projection's Hessian with its diagonal, (1-s)H + s diag(H), so it fits the "
                                      "calibration text's channel correlations less (0: off; 1: each column alone).")
+    hessian_shrinkage: float = Field(0.5, ge=0, le=1, description="GPTQ: blend every other linear's Hessian "
+                                     "with its diagonal the same way, so the error feedback leans less on channel "
+                                     "correlations of the calibration text (issue 16: int4 g128 closed 40 % of RTN's "
+                                     "legal-ood gap at 0.5, 13-21 % at 0 in four draws; docs/gptq_ood_notes.md). QuantEase and "
+                                     "GPTQ->QuantEase do not use it (not measured there).")
     # QuantEase (act_order, true_sequential and block_size as GPTQ's).
     num_iter: int = Field(NUM_ITER_DEFAULT, gt=0, le=1000, description="QuantEase: coordinate-descent sweeps over "
                                                                        "each layer's columns.")
@@ -327,6 +334,8 @@ class QuantConfig(BaseModel):
         if version < HESSIAN_FIELDS_VERSION and "token_weighting" in ALGORITHM_SETTINGS.get(data.get("algorithm"), ()):
             data.setdefault("token_weighting", False)  # calibrated with the plain Hessians
             data.setdefault("mlp_out_shrinkage", 0.0)
+        if version < HESSIAN_SHRINKAGE_VERSION and data.get("algorithm") == "gptq":
+            data.setdefault("hessian_shrinkage", 0.0)  # calibrated before the field existed
         return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
 
     @classmethod

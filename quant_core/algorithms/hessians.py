@@ -15,7 +15,9 @@ matter to the model out of proportion to that count, and each gets its own Hessi
 The MLP's output projection reads the most text-specific inputs (the wide, sparse MLP
 activations), and its cross-channel correlations on the calibration text do not carry over to
 other text: its Hessian is blended with its diagonal, ``(1 - s) H + s diag(H)`` with
-``s = config.mlp_out_shrinkage`` (``s = 1`` rounds every column on its own, like RTN).
+``s = config.mlp_out_shrinkage`` (``s = 1`` rounds every column on its own, like RTN). GPTQ blends
+every other linear's Hessian likewise with ``config.hessian_shrinkage``: its error feedback spreads
+each rounding error along the calibration text's correlations, which other text does not share.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 
 from ..blocks import record_inputs
 from ..calibration import forward_precision, statistics_rows
+from ..config import ALGORITHM_SETTINGS
 from .attention_mass import recording_attention_mass
 from .driver import CalibrationBlock
 
@@ -105,10 +108,14 @@ def block_hessians(block: CalibrationBlock, groups: list[list[str]], stop: bool)
 
 def hessian_for(block: CalibrationBlock, name: str, group: list[str], hessians: dict[str, Hessian]) -> torch.Tensor:
     """The matrix ``name`` is solved with: its token-weighted Hessian if it has one, else its
-    group's; the MLP output projection's blended with its diagonal."""
+    group's; blended with its diagonal (the MLP output projection by its own amount)."""
     h = (hessians.get(weighted_key(name)) or hessians[group[0]]).matrix
-    s = block.config.mlp_out_shrinkage
-    if name == block.arch.mlp_output and s > 0:
+    config = block.config
+    if name == block.arch.mlp_output:
+        s = config.mlp_out_shrinkage
+    else:
+        s = config.hessian_shrinkage if "hessian_shrinkage" in ALGORITHM_SETTINGS[config.algorithm] else 0.0
+    if s > 0:
         h = (1 - s) * h + s * torch.diag(h.diagonal())
     return h
 

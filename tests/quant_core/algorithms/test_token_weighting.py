@@ -1,12 +1,15 @@
 """token_weighting and mlp_out_shrinkage: the Hessians v_proj and down_proj are solved with (issue 16)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from quant_core import QuantConfig, quantize
 from quant_core.algorithms import gptq as gptq_module
 from quant_core.algorithms.attention_mass import received_attention, recording_attention_mass
+from quant_core.algorithms.hessians import Hessian, hessian_for
 from quant_core.testing import tiny_llama_lm
 
 
@@ -88,8 +91,9 @@ def _by_hand():
 
 @pytest.mark.parametrize("true_sequential", [True, False])
 def test_gptq_solves_v_proj_and_down_proj_with_their_token_weighted_hessians(monkeypatch, true_sequential):
-    plain = _hessians_used(monkeypatch, token_weighting=False, mlp_out_shrinkage=0.0, true_sequential=true_sequential)
-    weighted = _hessians_used(monkeypatch, mlp_out_shrinkage=0.0, true_sequential=true_sequential)
+    plain = _hessians_used(monkeypatch, token_weighting=False, mlp_out_shrinkage=0.0, hessian_shrinkage=0.0,
+                           true_sequential=true_sequential)
+    weighted = _hessians_used(monkeypatch, mlp_out_shrinkage=0.0, hessian_shrinkage=0.0, true_sequential=true_sequential)
     assert torch.equal(plain["v_proj"], plain["q_proj"])
     # the others keep the plain Hessian (true-sequential: only the first group's input is the same in both runs,
     # later groups see the differently quantized attention)
@@ -121,3 +125,33 @@ def test_config_defaults_on_and_old_checkpoints_record_them_off():
     old = QuantConfig.from_dict({"version": 5, "algorithm": "quantease"})
     assert old.token_weighting is False and old.mlp_out_shrinkage == 0.0
     assert QuantConfig.from_dict({"version": 5, "algorithm": "rtn"}).algorithm == "rtn"  # RTN has neither
+
+
+def test_hessian_shrinkage_blends_every_other_gptq_hessian_with_its_diagonal(monkeypatch):
+    kw = dict(token_weighting=False, true_sequential=False, mlp_out_shrinkage=0.0)
+    off = _hessians_used(monkeypatch, hessian_shrinkage=0.0, **kw)
+    half = _hessians_used(monkeypatch, hessian_shrinkage=0.5, **kw)
+    for name in ("q_proj", "v_proj", "up_proj"):
+        h = off[name]
+        torch.testing.assert_close(half[name], 0.5 * h + 0.5 * torch.diag(h.diagonal()))
+        assert not torch.allclose(half[name], h)
+    torch.testing.assert_close(half["down_proj"], off["down_proj"])  # mlp_out_shrinkage decides down_proj
+
+
+def test_quantease_solves_with_unshrunk_hessians():
+    h = Hessian(4)
+    h.add(torch.randn(16, 4))
+    block = SimpleNamespace(arch=SimpleNamespace(mlp_output="mlp.down_proj"))
+    block.config = QuantConfig(algorithm="quantease", mlp_out_shrinkage=0.0)
+    assert torch.equal(hessian_for(block, "self_attn.q_proj", ["self_attn.q_proj"], {"self_attn.q_proj": h}), h.matrix)
+    block.config = QuantConfig(algorithm="gptq", mlp_out_shrinkage=0.0)
+    assert not torch.equal(hessian_for(block, "self_attn.q_proj", ["self_attn.q_proj"], {"self_attn.q_proj": h}),
+                           h.matrix)
+
+
+def test_hessian_shrinkage_is_gptqs_default_and_older_gptq_checkpoints_record_it_off():
+    assert QuantConfig(algorithm="gptq").hessian_shrinkage == 0.5
+    assert QuantConfig.from_dict({"version": 7, "algorithm": "gptq"}).hessian_shrinkage == 0.0
+    assert QuantConfig.from_dict({"version": 8, "algorithm": "gptq"}).hessian_shrinkage == 0.5
+    with pytest.raises(ValueError, match="hessian_shrinkage"):
+        QuantConfig(algorithm="quantease", hessian_shrinkage=0.2)
