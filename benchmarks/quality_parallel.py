@@ -42,16 +42,32 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "GPTQ": 60, "GPTQ plain Hessian": 6
            # calibration-speed rows (issue 19 part 5): as their fp32 rows; AWQ's search on fewer windows is shorter
            "GPTQ bf16 calibration": 60, "AWQ bf16 calibration": 50, "AWQ bf16 calibration 16 search windows": 40,
            "AWQ bf16 calibration 8 search windows": 40, "QuantEase bf16 calibration": 250,
-           "QuantEase +1% outliers, previous text": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50,
+           "QuantEase +1% outliers (previous text)": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50,
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,
            "TEQ held-out scale check": 110}
 
 
-def ordered_cells(rows, columns) -> list[tuple[str, str]]:
-    """FIRST's cells (those asked for), then every other asked cell, longest first so the tail packs."""
+# A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
+BY_ALGORITHM = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "teq": "TEQ", "quantease": "QuantEase",
+                "gptq_quantease": "GPTQ->QuantEase"}
+
+
+def seconds(row: str) -> float:
+    return SECONDS.get(row) or SECONDS[BY_ALGORITHM[ROWS[row]["algorithm"]]]
+
+
+def ordered_cells(rows, columns, cells: str | None = None) -> list[tuple[str, str]]:
+    """``cells`` ("row@column;...") exactly, in its order; else FIRST's cells (those asked for), then every
+    other asked cell, longest first so the tail packs."""
+    if cells:
+        chosen = [tuple(c.split("@", 1)) for c in cells.split(";")]
+        bad = [f"{r}@{c}" for r, c in chosen if r not in ROWS or c not in COLUMNS]
+        if bad:
+            raise SystemExit(f"unknown cells {bad}: a cell is 'row@column' with a row of ROWS and a column of COLUMNS")
+        return chosen
     first = [(r, c) for c, rs in FIRST for r in rs if r in rows and c in columns]
     rest = [(r, c) for c in columns for r in rows if (r, c) not in first]
-    return first + sorted(rest, key=lambda rc: -SECONDS[rc[0]])
+    return first + sorted(rest, key=lambda rc: -seconds(rc[0]))
 
 
 def finished(done_files, n: int, texts) -> set:
@@ -84,7 +100,7 @@ def claim(queue: Path, worker: int):
 
 
 def fits(task: dict, deadline: float, slowdown: float) -> bool:
-    return task["row"] == "fp32" or time.time() + SECONDS[task["row"]] * slowdown < deadline
+    return task["row"] == "fp32" or time.time() + seconds(task["row"]) * slowdown < deadline
 
 
 def work(args) -> None:
@@ -173,7 +189,8 @@ def launch(args) -> None:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: give a new --out folder (the queue and the workers' stores live there)")
     start = time.time()
-    cells = [c for c in ordered_cells(args.rows, args.columns) if c not in finished(args.done, args.n_samples, args.texts)]
+    cells = [c for c in ordered_cells(args.rows, args.columns, args.cells)
+             if c not in finished(args.done, args.n_samples, args.texts)]
     write_queue(out / "queue", [("fp32", "-")] + cells)
     if args.model:  # a GGUF is dequantized and cached once here, not by every worker at once
         from quant_core.loading import load_model
@@ -196,13 +213,16 @@ def launch(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="an empty folder: queue, workers' stores and logs, the merged JSON")
-    p.add_argument("--workers", type=int, default=12)
+    # the H200 host's 16 cores, not the GPU, limit: a GPTQ cell took ~50 s with 5 workers, ~200 s with 10
+    p.add_argument("--workers", type=int, default=5)
     p.add_argument("--budget", type=float, default=470, help="seconds from launch until every worker is stopped")
     p.add_argument("--slowdown", type=float, default=1.5,
                    help="a cell starts only if SECONDS[row] x this fits before the deadline (the GPU is shared)")
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--columns", default=",".join(COLUMNS))
     p.add_argument("--texts", default=",".join(TEXTS))
+    p.add_argument("--cells", default=None, help="exactly these cells, in this order: 'row@column;row@column' "
+                                                   "(instead of --rows x --columns)")
     p.add_argument("--n-samples", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=None, help="calibration windows (default QuantConfig's; smoke tests)")
     p.add_argument("--windows", type=int, default=None, help="evaluation windows per text (smoke tests only)")

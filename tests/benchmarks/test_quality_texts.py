@@ -56,8 +56,17 @@ def test_cells_run_in_the_briefs_order_then_longest_first():
     assert cells[:7] == [(r, "int4_g128_sym") for r in first]
     assert cells[7][1] == "int3_g128_asym" and ("QuantEase +1% outliers", "int3_pc_asym") in cells[:22]
     assert len(cells) == len(set(cells)) == len(ROWS) * len(COLUMNS)
-    rest = [quality_parallel.SECONDS[r] for r, _ in cells[21:]]
+    rest = [quality_parallel.seconds(r) for r, _ in cells[21:]]
     assert rest == sorted(rest, reverse=True)
+
+
+def test_chosen_cells_run_exactly_in_their_order_and_unknown_ones_are_refused():
+    chosen = "TEQ scale ridge 0.3 calibration seed 1@int4_g128_sym;RTN@nf4_g64"
+    assert quality_parallel.ordered_cells([], [], chosen) == [("TEQ scale ridge 0.3 calibration seed 1", "int4_g128_sym"),
+                                                              ("RTN", "nf4_g64")]
+    assert quality_parallel.seconds("TEQ scale ridge 0.3 calibration seed 1") == quality_parallel.SECONDS["TEQ"]
+    with pytest.raises(SystemExit, match="unknown cells"):
+        quality_parallel.ordered_cells([], [], "GPTQ seed9@int4_g128_sym")
 
 
 def test_queue_claims_each_task_once_and_the_merge_says_what_ran(tmp_path):
