@@ -56,14 +56,17 @@ ROWS = {
     # Neural Compressor keeps fp32 scales; ours are stored in fp16 by default: this row compares like with like
     "RTN fp32 scales": dict(algorithm="rtn", scale_dtype="fp32"),
     "GPTQ": dict(algorithm="gptq", act_order=False),
-    "GPTQ act_order": dict(algorithm="gptq", act_order=True),
+    # GPTQ's default until session 6 (issue 16): every Hessian but down_proj's unblended with its diagonal
+    "GPTQ no Hessian shrinkage": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0),
+    "GPTQ act_order": dict(algorithm="gptq", act_order=True, hessian_shrinkage=0.0),
     # GPTQ as before issue 16's fix: the plain Hessian everywhere (the GPTQ paper's), for the before/after
-    "GPTQ plain Hessian": dict(algorithm="gptq", act_order=False, token_weighting=False, mlp_out_shrinkage=0.0),
+    "GPTQ plain Hessian": dict(algorithm="gptq", act_order=False, token_weighting=False, mlp_out_shrinkage=0.0,
+                               hessian_shrinkage=0.0),
     "AWQ": dict(algorithm="awq"),
     "TEQ": dict(algorithm="teq"),
     # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
-    "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True),
-    "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True),
+    "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True, hessian_shrinkage=0.0),
+    "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0),
     # QuantEase (issue 19) at its defaults; GPTQ->QuantEase; 1 % of the weights / input columns kept in fp16
     "QuantEase": dict(algorithm="quantease"),
     "GPTQ->QuantEase": dict(algorithm="gptq_quantease"),
@@ -71,14 +74,14 @@ ROWS = {
     "QuantEase +1% column outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="columns"),
     # issue 19 part 5, calibration speed: bf16 calibration forwards (2x fp32's GEMM speed on a CPU with bf16
     # units), and AWQ's scale search on its first 2 calibration batches (16 windows) instead of all of them
-    "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16"),
+    "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16", hessian_shrinkage=0.0),
     "AWQ bf16 calibration": dict(algorithm="awq", calibration_dtype="bf16"),
     "AWQ bf16 calibration 16 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=2),
     "AWQ bf16 calibration 8 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=1),
     "QuantEase bf16 calibration": dict(algorithm="quantease", calibration_dtype="bf16"),
     # issue 19's outlier target is stated on "the same calibration as the existing table": the text shipped
     # before issue 16's (8 tokenized WikiText-2 valid articles, kept in benchmarks/data for this row)
-    "QuantEase +1% outliers, previous text": dict(algorithm="quantease", outlier_fraction=0.01,
+    "QuantEase +1% outliers (previous text)": dict(algorithm="quantease", outlier_fraction=0.01,
                                                   outlier_structure="unstructured",
                                                   calibration_dataset="benchmarks/data/calibration_previous.txt"),
     # the spread of one quantization: the same settings on other calibration windows (issue 16)
@@ -89,6 +92,23 @@ ROWS = {
     # issue 16's options against scales that fit only the calibration text (off by default)
     "TEQ scale ridge 0.3": dict(algorithm="teq", teq_scale_ridge=0.3),
     "TEQ held-out scale check": dict(algorithm="teq", teq_scale_check="held_out"),
+    "AWQ scale ridge 0.3": dict(algorithm="awq", awq_scale_ridge=0.3),
+    "AWQ scale ridge 0.3 calibration seed 1": dict(algorithm="awq", awq_scale_ridge=0.3, calibration_seed=1),
+    "AWQ scale ridge 0.3 calibration seed 2": dict(algorithm="awq", awq_scale_ridge=0.3, calibration_seed=2),
+    "TEQ scale ridge 0.3 calibration seed 1": dict(algorithm="teq", teq_scale_ridge=0.3, calibration_seed=1),
+    "TEQ scale ridge 0.3 calibration seed 2": dict(algorithm="teq", teq_scale_ridge=0.3, calibration_seed=2),
+    # GPTQ's spread and ablations at the previous default (session 6): what hessian_shrinkage was chosen against
+    **{f"GPTQ no Hessian shrinkage calibration seed {i}": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0,
+                                                               calibration_seed=i) for i in (1, 2, 3)},
+    "GPTQ act_order calibration seed 1": dict(algorithm="gptq", act_order=True, hessian_shrinkage=0.0,
+                                              calibration_seed=1),
+    "GPTQ no Hessian shrinkage damping 0.05": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0,
+                                                   damp_percent=0.05),
+    "GPTQ no Hessian shrinkage damping 0.1": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0,
+                                                  damp_percent=0.1),
+    "GPTQ no Hessian shrinkage down_proj shrinkage 1": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0,
+                                                            mlp_out_shrinkage=1.0),
+    "GPTQ Hessian shrinkage 0.2": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.2),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 

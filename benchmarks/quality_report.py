@@ -188,7 +188,7 @@ def quantease_targets(cells: dict, n: int) -> list[str]:
              (QUANTEASE_ROWS, "int4_pc_asym", 30.5),
              (("QuantEase +1% outliers",), "int3_pc_asym", None if fp32 is None else 1.25 * fp32),
              # the issue's "same calibration as the existing table": the text shipped before issue 16's
-             (("QuantEase +1% outliers, previous text",), "int3_pc_asym", None if fp32 is None else 1.25 * fp32)]
+             (("QuantEase +1% outliers (previous text)",), "int3_pc_asym", None if fp32 is None else 1.25 * fp32)]
     out = []
     for rows, col, ceiling in goals:
         found = sorted((v, r) for r in rows if (v := ppl(cells, cell_key(r, col, n))) is not None)
