@@ -36,23 +36,33 @@ inline float softmax_numerators(float* p, int n) {
     return sum;
 }
 
-// One query over the cache positions at[0..nv) (the visible ones, in order) of the K/V rows at base:
+// One query over nv visible cache positions of the K/V rows at base, pos(i) the i-th in order:
 // o = softmax(scale * q . K^T) . V. Masked positions never enter the sums, so a row gets the same
 // bits whatever padding precedes it (a left-padded batch row as the prompt alone): with the int8
 // prompt path a last-bit difference can flip an activation's rounding, and greedy text with it.
-inline void attend_one(const float* qv, const float* kc, const float* vc, int64_t base, int D, const int* at, int nv,
-                       float scale, float* p, float* o) {
-    for (int i = 0; i < nv; ++i) p[i] = dot(qv, kc + base + (int64_t)at[i] * D, D) * scale;
+// pos is a template argument so that the unmasked decode step reads positions 0..n-1 directly: through
+// an index array (cb9bf50) its attention ran 3-7 % slower than before it (SmolLM2, 192 positions, 30 layers,
+// one thread: 0.661 against 0.633 ms, fastest of 200); read directly, 0.636 against 0.639.
+template <class Pos>
+inline void attend_at(const float* qv, const float* kc, const float* vc, int64_t base, int D, Pos pos, int nv,
+                      float scale, float* p, float* o) {
+    for (int i = 0; i < nv; ++i) p[i] = dot(qv, kc + base + (int64_t)pos(i) * D, D) * scale;
     const float inv = 1.0f / softmax_numerators(p, nv);
     for (int i = 0; i < D; ++i) o[i] = 0.0f;
     for (int i = 0; i < nv; ++i) {
         if (p[i] == 0.0f) continue;
-        const float* vr = vc + base + (int64_t)at[i] * D;
+        const float* vr = vc + base + (int64_t)pos(i) * D;
         const float w = p[i] * inv;
         int k = 0;
         for (; k + R <= D; k += R) vstore(o + k, vfma(vset1(w), vload(vr + k), vload(o + k)));
         for (; k < D; ++k) o[k] += w * vr[k];
     }
+}
+
+// The visible positions listed: at[0..nv).
+inline void attend_one(const float* qv, const float* kc, const float* vc, int64_t base, int D, const int* at, int nv,
+                       float scale, float* p, float* o) {
+    attend_at(qv, kc, vc, base, D, [at](int i) { return at[i]; }, nv, scale, p, o);
 }
 
 }  // namespace
@@ -71,12 +81,18 @@ void qattend(const float* q, const float* kc, const float* vc, int B, int heads,
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * heads; ++bh) {
             const int b = bh / heads, h = bh % heads;
-            const uint8_t* ok = valid ? valid + (int64_t)b * maxlen : nullptr;
+            const int64_t base = ((int64_t)b * kv_heads + h / group) * maxlen * D;
+            const float* qv = q + (int64_t)bh * D;
+            float* o = out + (int64_t)bh * D;
+            if (!valid) {  // every position visible: read them in order, no index
+                attend_at(qv, kc, vc, base, D, [](int j) { return j; }, n, scale, p.data(), o);
+                continue;
+            }
+            const uint8_t* ok = valid + (int64_t)b * maxlen;
             int nv = 0;
             for (int j = 0; j < n; ++j)
-                if (!ok || ok[j]) at[nv++] = j;
-            attend_one(q + (int64_t)bh * D, kc, vc, ((int64_t)b * kv_heads + h / group) * maxlen * D, D, at.data(), nv,
-                       scale, p.data(), out + (int64_t)bh * D);
+                if (ok[j]) at[nv++] = j;
+            attend_one(qv, kc, vc, base, D, at.data(), nv, scale, p.data(), o);
         }
     }
 }
