@@ -166,12 +166,9 @@ void gemv_f32(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
     for_tiles(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const float* xm = xp + (int64_t)m0 * L.Kp;
         const float* sm = sp + (int64_t)m0 * L.G;
-        switch (mt) {
-            case 4: tile_f32<4, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
-            case 3: tile_f32<3, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
-            case 2: tile_f32<2, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
-            default: tile_f32<1, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi); break;
-        }
+        with_rows<4>(mt, [&](auto rows) {
+            tile_f32<decltype(rows)::value, KIND>(L, t, xm, L.Kp, sm, out, ldo, epi);
+        });
     });
 }
 
@@ -211,12 +208,9 @@ void gemv_i8(const Layer& L, const float* x, int M, float* y, int64_t ldy, const
     for_tiles(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const int8_t* qm = qp + (int64_t)m0 * L.Kp;
         const float* sm = sp + (int64_t)m0 * L.G;
-        switch (mt) {
-            case 4: tile_i8<4, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
-            case 3: tile_i8<3, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
-            case 2: tile_i8<2, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
-            default: tile_i8<1, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi); break;
-        }
+        with_rows<4>(mt, [&](auto rows) {
+            tile_i8<decltype(rows)::value, BYTE_CODES>(L, t, qm, L.Kp, sm, dp + m0, out, ldo, epi);
+        });
     });
 }
 

@@ -145,16 +145,9 @@ void gemv_i16(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
     for_tiles<kRowsI16>(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const int16_t* am = ap + (int64_t)m0 * L.Kp;
         const float *dm = dp + (int64_t)m0 * nblk, *sm = sp + (int64_t)m0 * L.G;
-        switch (mt) {
-            case 8: tile_i16<8, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            case 7: tile_i16<7, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            case 6: tile_i16<6, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            case 5: tile_i16<5, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            case 4: tile_i16<4, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            case 3: tile_i16<3, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            case 2: tile_i16<2, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-            default: tile_i16<1, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi); break;
-        }
+        with_rows<kRowsI16>(mt, [&](auto rows) {
+            tile_i16<decltype(rows)::value, BYTE_CODES>(L, t, am, L.Kp, dm, nblk, sm, out, ldo, epi);
+        });
     });
 }
 

@@ -264,14 +264,9 @@ void gemv_lut16(const Layer& L, const float* x, int M, float* y, int64_t ldy, co
     for_tiles<kRowsLut>(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int mt, int m0, float* out, int64_t ldo) {
         const int16_t* am = ap + (int64_t)m0 * L.Kp;
         const float* dm = dp + (int64_t)m0 * nblk;
-        switch (mt) {
-#if defined(__AVX512F__)
-            case 4: tile_lut16<4>(L, t, am, L.Kp, dm, nblk, tab, out, ldo, epi); break;
-            case 3: tile_lut16<3>(L, t, am, L.Kp, dm, nblk, tab, out, ldo, epi); break;
-#endif
-            case 2: tile_lut16<2>(L, t, am, L.Kp, dm, nblk, tab, out, ldo, epi); break;
-            default: tile_lut16<1>(L, t, am, L.Kp, dm, nblk, tab, out, ldo, epi); break;
-        }
+        with_rows<kRowsLut>(mt, [&](auto rows) {
+            tile_lut16<decltype(rows)::value>(L, t, am, L.Kp, dm, nblk, tab, out, ldo, epi);
+        });
     });
 }
 

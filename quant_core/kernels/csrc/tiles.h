@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "layer.h"
 
@@ -39,6 +40,19 @@ void for_tiles(const Layer& L, int M, float* y, int64_t ldy, bool accumulate, in
                 for (int m = 0; m < mt; ++m) std::memcpy(dst + (int64_t)m * ldy, buf + m * R, rows * sizeof(float));
             }
         }
+    }
+}
+
+// f(std::integral_constant<int, mt>{}) for a block of mt rows, 1 <= mt <= MAX (anything below counts as 1):
+// the tile kernels take their row count as a template argument (accumulator registers per row), so
+// every small-batch kernel turned for_tiles' run-time count into a call of its own instantiation.
+template <int MAX, class F>
+inline void with_rows(int mt, F&& f) {
+    if constexpr (MAX > 1) {
+        if (mt >= MAX) return f(std::integral_constant<int, MAX>{});
+        return with_rows<MAX - 1>(mt, f);
+    } else {
+        f(std::integral_constant<int, 1>{});
     }
 }
 
