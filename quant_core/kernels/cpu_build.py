@@ -24,7 +24,7 @@ from ..errors import BuildError
 CSRC = Path(__file__).parent / "csrc"
 # compiled together into one library per variant
 SOURCES = ("qgemv.cpp", "qgemv16.cpp", "qgemv16_lut.cpp", "qgemv16_rows.cpp", "qgemv8.cpp", "qgemm.cpp",
-           "qgemm8.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp")
+           "qgemm8.cpp", "qdequant.cpp", "qdecode.cpp", "qattend.cpp", "qstep.cpp", "qgram.cpp")
 HEADERS = ("simd.h", "layer.h", "tiles.h", "block16.h")
 CXX_ENV = "CXX"
 VARIANT_FLAGS = {
@@ -132,7 +132,8 @@ def load_library(variant: str) -> ctypes.CDLL:
     lib.qstep.argtypes = [p, p, i, p, p, p, i, p, p]  # plan, layers, count, x, cos, sin, slot, valid, seconds
     lib.qattend_prompt.argtypes = [p, p, p, i, i, i, i, i, i, p, f, p, i]
     lib.qprefill.argtypes = [p, p, i, p, p, p, i, p, p]  # plan, layers, count, x, cos, sin, T, valid, seconds
-    for fn in (lib.qgemv_f32, lib.qgemv_i8, lib.qgemv_i16, lib.qgemv_q8, lib.qgemm_f32, lib.qgemm_bf16, lib.qdequant_t,
+    lib.qgram_bf16.argtypes = [p, i64, p, i64, i, i, f, i, i]  # c, ldc, x, ldx, t, k, alpha, dpbf16, threads
+    for fn in (lib.qgram_bf16, lib.qgemv_f32, lib.qgemv_i8, lib.qgemv_i16, lib.qgemv_q8, lib.qgemm_f32, lib.qgemm_bf16, lib.qdequant_t,
                lib.qdequant_t_bf16, lib.qgather, lib.qrms_norm, lib.qrope_cache, lib.qswiglu, lib.qattend, lib.qstep,
                lib.qattend_prompt, lib.qprefill):
         fn.restype = None
