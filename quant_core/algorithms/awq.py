@@ -98,6 +98,8 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
                    for o, r in zip(_parent_outputs(group, config), ref))
 
     def error(w_eff: torch.Tensor) -> float:
+        if config.awq_scale_ridge == 0:  # factor 1: skip its weight-sized difference
+            return calibration_error(w_eff)
         return calibration_error(w_eff) * unseen_input_factor(w - w_eff, H, config.awq_scale_ridge)
 
     best_err, best_s, errors = float("inf"), None, []
