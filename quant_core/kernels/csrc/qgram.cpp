@@ -140,6 +140,20 @@ void strip(const uint32_t* chunk, int np, int s, int k, float* c, int64_t ldc, f
     }
 }
 
+// Strip s's work grows with s (s + 1 row blocks): widest first, each to the least loaded thread.
+std::vector<int> owned_strips(int strips, int team, int me) {
+    std::vector<int64_t> load(team, 0);
+    std::vector<int> mine;
+    for (int s = strips - 1; s >= 0; --s) {
+        int least = 0;
+        for (int t = 1; t < team; ++t)
+            if (load[t] < load[least]) least = t;
+        load[least] += s + 1;
+        if (least == me) mine.push_back(s);
+    }
+    return mine;
+}
+
 void mirror_upper(float* c, int64_t ldc, int k, int nthreads) {
     const int blocks = (k + kStrip - 1) / kStrip;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
@@ -164,13 +178,16 @@ void qgram_bf16(float* c, int64_t ldc, const uint16_t* x, int64_t ldx, int t, in
     std::vector<uint32_t> xp((size_t)chunks * kChunkPairs * kp);
     pack_pairs(x, ldx, t, k, kp, xp.data(), nthreads);
     const int strips = kp / kStrip;
+    // Each thread owns whole strips (disjoint columns of C) for every chunk: no barrier between chunks,
+    // which on a shared, oversubscribed machine left the running thread waiting for a descheduled one.
 #pragma omp parallel num_threads(nthreads)
-    for (int p0 = 0; p0 < np; p0 += kChunkPairs) {
-        const int n = np - p0 < kChunkPairs ? np - p0 : kChunkPairs;
-        // the widest strips first: the triangle's work per strip grows with its index
-#pragma omp for schedule(dynamic, 1)
-        for (int q = 0; q < strips; ++q)
-            strip(xp.data() + (int64_t)p0 * kp, n, strips - 1 - q, k, c, ldc, alpha, dpbf16 != 0);
+    {
+        const int team = omp_get_num_threads(), me = omp_get_thread_num();
+        const std::vector<int> mine = owned_strips(strips, team, me);
+        for (int p0 = 0; p0 < np; p0 += kChunkPairs) {
+            const int n = np - p0 < kChunkPairs ? np - p0 : kChunkPairs;
+            for (int s : mine) strip(xp.data() + (int64_t)p0 * kp, n, s, k, c, ldc, alpha, dpbf16 != 0);
+        }
     }
     mirror_upper(c, ldc, k, nthreads);
 }
