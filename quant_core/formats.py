@@ -92,6 +92,13 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         codes = torch.nn.functional.pad(codes, (0, pad))
     if bits == 8:
         return codes.to(torch.uint8).contiguous()
+    if 8 % bits == 0:  # whole codes per byte: byte j holds codes j * per, ... in rising bits (as below), in uint8
+        per = 8 // bits
+        parts = codes.to(torch.uint8).reshape(n, -1, per)
+        out = parts[..., 0].clone()
+        for i in range(1, per):
+            out |= parts[..., i] << (i * bits)
+        return out
     blocks = codes.reshape(n, -1, 8).to(torch.int64)
     shifts = torch.arange(8, device=codes.device, dtype=torch.int64) * bits
     word = (blocks << shifts).sum(-1, keepdim=True)  # 8 * bits <= 32 bits: fits
