@@ -39,3 +39,10 @@ def test_int3_layout_little_endian_24_bits():
     codes = torch.tensor([[7, 0, 0, 0, 0, 0, 0, 5]], dtype=torch.uint8)
     # code 0 in bits 0-2, code 7 in bits 21-23: 0b101 << 21 = 0xA00000
     assert pack_codes(codes, 3).tolist() == [[0x07, 0x00, 0xA0]]
+
+
+def test_packed_bytes_hold_codes_in_rising_bits():
+    """The layout both packing paths write: byte j of 4-bit codes is codes[2j] | codes[2j + 1] << 4."""
+    codes = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]], dtype=torch.uint8)
+    assert pack_codes(codes, 4).tolist() == [[0x21, 0x43, 0x65, 0x87, 0x09, 0, 0, 0]]
+    assert pack_codes(codes[:, :4] % 4, 2).tolist() == [[1 | 2 << 2 | 3 << 4 | 0 << 6, 0]]
