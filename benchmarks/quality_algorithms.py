@@ -148,7 +148,8 @@ def run_timing(args) -> None:
     for row in args.rows:
         load_avg = f"{os.getloadavg()[0]:.1f}"
         try:
-            proc = subprocess.run([sys.executable, __file__, "--timing-one", row, "--n-samples",
+            # --rows row: the default selection no longer parses there (a row name holds a comma)
+            proc = subprocess.run([sys.executable, __file__, "--timing-one", row, "--rows", row, "--n-samples",
                                    str(args.n_samples), "--model", args.model or ""],
                                   capture_output=True, text=True, timeout=args.cell_timeout)
         except subprocess.TimeoutExpired:
