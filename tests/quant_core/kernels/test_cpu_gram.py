@@ -7,10 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quant_core import cpu_features
+from quant_core import QuantConfig, cpu_features, quantize
+from quant_core.algorithms import hessians as hessians_module
+from quant_core.algorithms import input_stats as input_stats_module
 from quant_core.algorithms.hessians import Hessian
 from quant_core.algorithms.input_stats import InputStats
 from quant_core.kernels.cpu_gram import accumulate_gram, gram_kernel_reason, has_dpbf16
+from quant_core.testing import tiny_llama_lm
 
 REASON = gram_kernel_reason(torch.zeros(1, 1))
 pytestmark = pytest.mark.skipif(bool(REASON), reason=REASON or "runs")
@@ -100,3 +103,22 @@ def test_level_lowered_to_avx2_takes_the_widening_path(monkeypatch):
     h = torch.zeros(33, 33)
     accumulate_gram(h, x, 1.0)
     assert _relative_error(h, x.float().T @ x.float()) < 1e-6
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_only_bf16_calibration_sums_its_hessians_with_the_kernel(monkeypatch, algorithm):
+    calls = []
+
+    def spy(h, x, alpha, dpbf16=None):
+        calls.append(tuple(h.shape))
+        accumulate_gram(h, x, alpha, dpbf16)
+
+    monkeypatch.setattr(hessians_module, "accumulate_gram", spy)
+    monkeypatch.setattr(input_stats_module, "accumulate_gram", spy)
+    batches = [torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for dtype, expected in (("fp32", False), ("bf16", True)):
+        calls.clear()
+        quantize(tiny_llama_lm(layers=1), QuantConfig(algorithm=algorithm, group_size=32, calibration_dtype=dtype),
+                 calibration=batches, progress=False, device="cpu")
+        assert bool(calls) is expected, dtype
+    assert (128, 128) in calls  # the MLP's output projection's input (intermediate_size 128)
