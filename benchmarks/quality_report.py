@@ -16,7 +16,10 @@ TIMING_COLUMN = "int4_g128_sym"
 
 
 def run_letters(data: dict) -> dict:
-    return {run_id: chr(ord("a") + i) for i, run_id in enumerate(data.get("runs", {}))}
+    """a..z, then aa, ab, ... (past 26 runs chr() ran on into '{')."""
+    def letter(i: int) -> str:
+        return chr(ord("a") + i) if i < 26 else letter(i // 26 - 1) + chr(ord("a") + i % 26)
+    return {run_id: letter(i) for i, run_id in enumerate(data.get("runs", {}))}
 
 
 def ppl(cells: dict, key: str, text: str = PRIMARY):
