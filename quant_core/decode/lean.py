@@ -70,14 +70,15 @@ class LeanDecoder:
         self.valid[:, :t] = mask.bool()
         self.padded = not bool(mask.bool().all())
         self.next_pos = positions[:, -1:] + 1
-        if self.one_call and prompt_reason(self.lean, b * t) is None:
+        lengths = mask.sum(-1).tolist()  # each prompt's real tokens: its rows take the kernels they take alone
+        if self.one_call and prompt_reason(self.lean, lengths) is None:
             x = self._one_call_prompt(input_ids, positions)
         else:
             attn_mask = None
             if self.padded:  # causal and padding; each position also sees itself, so no row is all-masked
                 causal = torch.ones(t, t, dtype=torch.bool).tril()
                 attn_mask = (causal & self.valid[:, None, None, :t]) | torch.eye(t, dtype=torch.bool)
-            x = self._forward(input_ids, positions, 0, attn_mask, prompt=True)
+            x = self._forward(input_ids, positions, 0, attn_mask, prompt=lengths)
         self.length = t
         return self._logits(x.view(b, t, -1)[:, -1])
 
@@ -99,9 +100,9 @@ class LeanDecoder:
         self.length += 1
         return self._logits(x)
 
-    def _forward(self, ids, positions, slot, attn_mask, prompt: bool = False) -> torch.Tensor:
+    def _forward(self, ids, positions, slot, attn_mask, prompt: list[int] | None = None) -> torch.Tensor:
         """Hidden states [B * T, H] after every layer, for tokens ``ids`` [B, T] written at ``slot``;
-        ``prompt``: the projections take the kernels' prompt path (``Projection``)."""
+        ``prompt``: the prompts' real lengths, whose projections take the kernels' prompt path (``Projection``)."""
         m = self.lean
         x = m.embed(ids).float().reshape(ids.numel(), -1).contiguous()
         cos, sin = (c.float().contiguous() for c in m.rotary(x, positions))
@@ -130,7 +131,8 @@ class LeanDecoder:
             self.layer_step = LayerStep(self.lean, self.batch_size, self.k_cache, self.v_cache, rotary_dim)
         return self.layer_step
 
-    def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask, prompt: bool) -> None:
+    def _layer(self, index: int, layer: LeanLayer, x, t: int, cos, sin, slot: int, attn_mask,
+               prompt: list[int] | None) -> None:
         m, b, ops = self.lean, self.batch_size, self.ops
         k_cache, v_cache = self.k_cache[index], self.v_cache[index]
         qkv = layer.qkv(ops.norm(x, layer.norm1), torch.empty(x.shape[0], layer.qkv.out_features), prompt=prompt)

@@ -73,9 +73,13 @@ class CppOps(TorchOps):
 
     def attend(self, q, k_cache, v_cache, n, valid, attn_mask, scale) -> torch.Tensor:
         b, heads, t, d = q.shape
-        if t != 1:  # prompts: PyTorch's causal SDPA
+        if t != 1 and n != t:  # a chunk after cached positions (the lean step makes none): PyTorch's SDPA
             return super().attend(q, k_cache, v_cache, n, valid, attn_mask, scale)
-        out = torch.empty(b, heads * d)
+        out = torch.empty(b * t, heads * d)
+        if t != 1:  # a prompt at positions [0, t), causal: a padded row sums as alone (qattend_prompt), SDPA did not
+            self.lib.qattend_prompt(_p(q), _p(k_cache), _p(v_cache), b, heads, k_cache.shape[1], d, k_cache.shape[2],
+                                    t, _p(valid) if attn_mask is not None else None, scale, _p(out), self.threads)
+            return out
         self.lib.qattend(_p(q), _p(k_cache), _p(v_cache), b, heads, k_cache.shape[1], d, k_cache.shape[2], n,
                          _p(valid) if attn_mask is not None else None, scale, _p(out), self.threads)
         return out

@@ -51,14 +51,15 @@ def plan_reason(m: LeanModel) -> str | None:
     return None
 
 
-def prompt_reason(m: LeanModel, rows: int) -> str | None:
-    """Why a prompt of ``rows`` rows cannot run as one C++ call (None: it can)."""
+def prompt_reason(m: LeanModel, lengths: list[int]) -> str | None:
+    """Why prompts of these real lengths cannot run as one C++ call (None: they can): every prompt's
+    rows must take the int8-block path there, as they would alone."""
     why = plan_reason(m)
     if why:
         return why
     for layer in m.layers:
         for k in (layer.qkv.kernel, layer.o.kernel, layer.gate_up.kernel, layer.down.kernel):
-            if not k.prompt_q8 or (k.bf16_gemm and rows >= k.gemm_rows and not k.q8_gemm):
+            if not k.prompt_q8 or any(k.prompt_route(n) not in ("q8", "q8_gemm") for n in lengths):
                 return "a projection's prompt rows do not take the int8-block path"
     return None
 

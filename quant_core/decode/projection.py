@@ -48,13 +48,14 @@ class Projection:
         return self.kernel is not None
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False,
-                 prompt: bool = False) -> torch.Tensor:
-        """``x`` [M, K] float32 contiguous; ``out`` [M, N] float32 (rows may be strided). ``prompt``:
-        the rows are a prompt's (the kernel's prompt path, ``_CpuSimdKernel.prompt``)."""
+                 prompt: list[int] | None = None) -> torch.Tensor:
+        """``x`` [M, K] float32 contiguous; ``out`` [M, N] float32 (rows may be strided). ``prompt``: the
+        rows are those of prompts left-padded to equal widths, of these real lengths (the kernel's prompt
+        path, ``_CpuSimdKernel.prompt``: each prompt on the kernel it takes alone)."""
         if self.kernel is not None:  # straight into out: the small-batch kernel or the blocked GEMM
             xa = x if self.direct else self.kernel.activations(x)
-            if prompt:
-                return self.kernel.prompt(xa, out, self.bias, accumulate)
+            if prompt is not None:
+                return self.kernel.prompt(xa, out, self.bias, accumulate, prompt)
             run = self.kernel.gemv if x.shape[0] < self.kernel.gemm_rows or self.kernel.int8 else self.kernel.gemm
             return run(xa, out, self.bias, accumulate)
         y = self._unfused(x)

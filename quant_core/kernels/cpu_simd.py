@@ -194,29 +194,56 @@ class _CpuSimdKernel(Kernel):
         return out
 
     def prompt(self, xa: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
-               accumulate: bool = False) -> torch.Tensor:
-        """As ``gemv`` / ``gemm`` for the rows of a prompt: int8 activations per block (``prompt_q8``)
+               accumulate: bool = False, lengths: list[int] | None = None) -> torch.Tensor:
+        """As ``gemv`` / ``gemm`` for the rows of prompts: int8 activations per block (``prompt_q8``)
         at any row count, on the blocked int8 GEMM where the build has VNNI (``q8_gemm``: bf16 rows and
-        ``out`` taken as they are), else on the fused q8 kernel, except where a bf16 model's batch
-        takes the bf16 GEMM. Every row's result depends on that row alone, so a prompt gets the same
-        numbers alone as in a batch of prompts."""
+        ``out`` taken as they are), else on the fused q8 kernel, except where a bf16 model's long prompt
+        takes the bf16 GEMM; without ``prompt_q8`` as any batch of the prompt's length. ``lengths``: the
+        real tokens of each prompt when ``xa`` holds several, left-padded to equal widths (None: one
+        prompt of all rows). Each prompt's rows take the kernel that prompt takes alone, and every
+        kernel's row depends on that row alone, so a prompt gets the same bits in a batch as alone
+        (with the batch's row count a padded short prompt went to the GEMM, alone to the GEMV)."""
         m = xa.shape[0]
+        lengths = [m] if lengths is None else list(lengths)
+        routes: dict[str, list[int]] = {}
+        for index, length in enumerate(lengths):
+            routes.setdefault(self.prompt_route(length), []).append(index)
+        if len(routes) == 1:
+            return self._prompt_on(next(iter(routes)), xa, out, bias, accumulate)
+        width = m // len(lengths)
+        for route, prompts in routes.items():  # mixed lengths: each route's prompts' rows gathered
+            rows = (torch.tensor(prompts)[:, None] * width + torch.arange(width)).reshape(-1)
+            part = out.index_select(0, rows) if accumulate else torch.empty(len(rows), out.shape[1], dtype=out.dtype)
+            out.index_copy_(0, rows, self._prompt_on(route, xa.index_select(0, rows), part, bias, accumulate))
+        return out
+
+    def prompt_route(self, length: int) -> str:
+        """Which kernel a prompt of ``length`` tokens takes: "q8_gemm", "gemm", "q8" or "gemv"."""
         if self.q8_gemm:
-            w = self.w
+            return "q8_gemm"
+        if self.bf16_gemm and length >= self.gemm_rows:
+            return "gemm"
+        if self.prompt_q8:
+            return "q8"
+        return "gemv" if length < self.gemm_rows or self.int8 else "gemm"
+
+    def _prompt_on(self, route: str, xa, out, bias, accumulate) -> torch.Tensor:
+        w, m = self.w, xa.shape[0]
+        if route == "q8_gemm":
             self.lib.qgemm_q8(_ptr(xa), m, xa.stride(0), *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0),
                               accumulate, xa.dtype == torch.bfloat16, out.dtype == torch.bfloat16,
                               self.prompt_block(), torch.get_num_threads())
             return out
-        if self.bf16_gemm and m >= self.gemm_rows:
+        if route == "gemm":
             return self.gemm(xa, out, bias, accumulate)
         if out.dtype != torch.float32:  # the small-batch kernels write float32
-            return out.copy_(self.prompt(xa.float(), torch.empty(out.shape), bias, accumulate))
-        if self.prompt_q8:
-            w = self.w
+            return out.copy_(self._prompt_on(route, xa, torch.empty(out.shape), bias, accumulate))
+        xa = xa.float()  # a long batch's bf16 rows (activations) routed here by a short prompt
+        if route == "q8":
             self.lib.qgemv_q8(_ptr(xa), m, *w.layer_args(), _ptr(bias), _ptr(out), out.stride(0), accumulate,
                               torch.get_num_threads())
             return out
-        return (self.gemv if m < self.gemm_rows or self.int8 else self.gemm)(xa, out, bias, accumulate)
+        return self.gemv(xa, out, bias, accumulate)
 
     def prompt_block(self) -> int:
         """Columns per activation scale on the prompt path: 32 (fused q8 kernel), or on the int8 GEMM the
