@@ -38,7 +38,7 @@ def model_on(isa: str, path: str, dtype: torch.dtype, monkeypatch):
 @NEEDS_KERNELS
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("path", ["same", "q8"])
-@pytest.mark.parametrize("isa", ["native"])
+@pytest.mark.parametrize("isa", ["native", "avx2"])
 @pytest.mark.parametrize("lengths", [(9, 12, 7, 11), (40, 9, 12)], ids=["short", "mixed"])
 def test_each_prompt_of_a_padded_batch_gets_the_bits_it_gets_alone(lengths, isa, path, dtype, monkeypatch):
     """"short": 4 x 12 rows take the GEMM's row count, each prompt alone does not; "mixed": one prompt

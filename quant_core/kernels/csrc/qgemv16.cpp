@@ -156,9 +156,9 @@ void gemv_i16(const Layer& L, const float* x, int M, float* y, int64_t ldy, cons
 namespace qk {
 // Codebook formats (NIB_LUT): qgemv16_lut.cpp.
 void gemv_lut16(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads);
-// One activation row of int4/int8 on AVX2, weight rows read as they lie: qgemv16_rows.cpp.
+// int4/int8 on AVX2, weight rows read as they lie: qgemv16_rows.cpp.
 bool rows16_fits(const Layer& L, int M);
-void gemv_rows16(const Layer& L, const float* x, float* y, const Epilogue& epi, int nthreads);
+void gemv_rows16(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads);
 }  // namespace qk
 
 extern "C" {
@@ -170,7 +170,7 @@ void qgemv_i16(const float* x, int M, const uint8_t* const* segs, const int* end
     const Layer L{segs, ends, nseg, kind, N, Kp, G, wpg, sc, of, lut};
     const Epilogue epi{bias, accumulate != 0};
     if (kind == NIB_LUT) gemv_lut16(L, x, M, y, ldy, epi, nthreads);
-    else if (rows16_fits(L, M)) gemv_rows16(L, x, y, epi, nthreads);
+    else if (rows16_fits(L, M)) gemv_rows16(L, x, M, y, ldy, epi, nthreads);
     else if (kind == BYTES) gemv_i16<true>(L, x, M, y, ldy, epi, nthreads);
     else gemv_i16<false>(L, x, M, y, ldy, epi, nthreads);
 }

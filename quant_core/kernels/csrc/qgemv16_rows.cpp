@@ -128,28 +128,36 @@ void quantize_rows16(const Layer& L, const float* x, int16_t* acts, float* lanes
 
 namespace qk {
 
-// Whether gemv_rows16 takes this layer: one row of int4 codes in whole 64-column chunks and groups,
+// Whether gemv_rows16 takes this layer: int4 codes in whole 64-column chunks and groups (int8: any),
 // on AVX2 (the AVX-512 tile kernel, 16 rows a tile, measured as fast with the weights in cache and
-// 1.07-1.14x faster from memory: it keeps its own).
+// 1.07-1.14x faster from memory: it keeps its own). Every row count M, not only decode's one row: a
+// row's bits must not depend on M (a batch row as the same prompt alone: chain.batch = invoke loop),
+// and the tile kernel sums in another order.
 bool rows16_fits(const Layer& L, int M) {
 #if defined(__AVX512F__)
     return false;
 #else
-    if (L.kind == BYTES) return M == 1;  // chunks of 32 columns: every Kp and group is whole ones
-    return M == 1 && L.kind == NIB_INT && L.Kp % CHUNK == 0 && L.wpg % 8 == 0;
+    (void)M;
+    if (L.kind == BYTES) return true;  // chunks of 32 columns: every Kp and group is whole ones
+    return L.kind == NIB_INT && L.Kp % CHUNK == 0 && L.wpg % 8 == 0;
 #endif
 }
 
-void gemv_rows16(const Layer& L, const float* x, float* y, const Epilogue& epi, int nthreads) {
+// x: [M, Kp]; each weight tile runs over the M rows in turn while its codes are in L1.
+void gemv_rows16(const Layer& L, const float* x, int M, float* y, int64_t ldy, const Epilogue& epi, int nthreads) {
     static thread_local std::vector<int16_t> acts;
     static thread_local std::vector<float> lanes, xsum;
-    acts.resize(L.Kp);
-    lanes.resize((size_t)L.Kp / BLOCK * 8);
-    xsum.resize(L.G);
-    quantize_rows16(L, x, acts.data(), lanes.data(), xsum.data());
-    const RowActs xa{acts.data(), lanes.data(), xsum.data()};
-    for_tiles<1>(L, 1, y, 0, epi.accumulate, nthreads,
-                 [&](int t, int, int, float* out, int64_t) {
+    const int64_t nlanes = (int64_t)L.Kp / BLOCK * 8;
+    acts.resize((size_t)M * L.Kp);
+    lanes.resize((size_t)M * nlanes);
+    xsum.resize((size_t)M * L.G);
+    int16_t* a = acts.data();
+    float *ln = lanes.data(), *xs = xsum.data();
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (M > 1)
+    for (int m = 0; m < M; ++m)
+        quantize_rows16(L, x + (int64_t)m * L.Kp, a + (int64_t)m * L.Kp, ln + m * nlanes, xs + (int64_t)m * L.G);
+    for_tiles<1>(L, M, y, ldy, epi.accumulate, nthreads, [&](int t, int, int m, float* out, int64_t) {
+        const RowActs xa{a + (int64_t)m * L.Kp, ln + m * nlanes, xs + (int64_t)m * L.G};
         if (L.kind == BYTES) tile_rows16<kRowsPerPass, true>(L, t, xa, out, epi);
         else tile_rows16<kRowsPerPass, false>(L, t, xa, out, epi);
     });
