@@ -40,7 +40,7 @@ def test_one_call_prompt_matches_the_prompt_layer_by_layer(family, monkeypatch):
     ids, mask = padded_batch()
     one = LeanDecoder(model, 3, 20)
     got = one.prefill(ids, mask)
-    assert one.layer_step is not None and one.layer_step.prompt_plan is not None  # the one-call prompt ran
+    assert one.layer_step is not None and one.layer_step.prompt_rows is not None  # the one-call prompt ran
     monkeypatch.setattr(lean_module, "prompt_reason", lambda m, rows: "layer by layer")
     layered = LeanDecoder(model, 3, 20)
     want = layered.prefill(ids, mask)
@@ -61,7 +61,7 @@ def test_prompts_without_the_int8_block_path_run_layer_by_layer():
     logits = dec.prefill(ids, mask)
     assert dec.one_call and dec.layer_step is None
     dec.step(logits.argmax(-1))
-    assert dec.layer_step.prompt_plan is None
+    assert dec.layer_step.prompt_rows is None
 
 
 @NEEDS_KERNELS
@@ -97,7 +97,7 @@ def test_a_left_padded_prompt_gets_the_bits_it_gets_alone():
     mask[1, :3] = 0
     both, alone = LeanDecoder(model, 2, 30), LeanDecoder(model, 1, 30)
     a, b = both.prefill(batch, mask), alone.prefill(short_ids)
-    assert both.layer_step.prompt_plan is not None and torch.equal(a[1], b[0])
+    assert both.layer_step.prompt_rows is not None and torch.equal(a[1], b[0])
     for _ in range(4):
         tokens = a.argmax(-1)
         a, b = both.step(tokens), alone.step(tokens[1:])
