@@ -55,6 +55,9 @@ ROWS = {
     "RTN": dict(algorithm="rtn"),
     # Neural Compressor keeps fp32 scales; ours are stored in fp16 by default: this row compares like with like
     "RTN fp32 scales": dict(algorithm="rtn", scale_dtype="fp32"),
+    # issue 15 part 3: the output head (tied to the embedding) packed too, as QuantConfig does by default
+    "RTN int8 head": dict(algorithm="rtn", head_weight_dtype="int8"),
+    "RTN int4 head": dict(algorithm="rtn", head_weight_dtype="int4_fullrange"),
     "GPTQ": dict(algorithm="gptq", act_order=False),
     # GPTQ's default until session 6 (issue 16): every Hessian but down_proj's unblended with its diagonal
     "GPTQ no Hessian shrinkage": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0),

@@ -36,7 +36,7 @@ FIRST = [("int4_g128_sym", ["RTN", "GPTQ", "GPTQ plain Hessian", "AWQ", "TEQ", "
 # Seconds per cell on an H200 with the GPU to itself (prior runs: RTN 3, AWQ 33, GPTQ 45, TEQ 96 s; the
 # QuantEase rows scaled from GPTQ by kernel launches: GPTQ ~18 small ops per column once, QuantEase ~7 per
 # column per sweep x 20 sweeps, ~12 us each), plus ~10 s for both texts' windows.
-SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "GPTQ": 60, "GPTQ plain Hessian": 60, "GPTQ act_order": 60, "GPTQ clip": 90,
+SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head": 15, "GPTQ": 60, "GPTQ plain Hessian": 60, "GPTQ act_order": 60, "GPTQ clip": 90,
            "GPTQ act_order clip": 90, "AWQ": 50, "TEQ": 110, "QuantEase": 250, "GPTQ->QuantEase": 290,
            "QuantEase +1% outliers": 280, "QuantEase +1% column outliers": 280,
            # calibration-speed rows (issue 19 part 5): as their fp32 rows; AWQ's search on fewer windows is shorter
