@@ -77,7 +77,9 @@ ROWS = {
     "QuantEase +1% column outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="columns"),
     # issue 19 part 5, calibration speed: bf16 calibration forwards (2x fp32's GEMM speed on a CPU with bf16
     # units), and AWQ's scale search on its first 2 calibration batches (16 windows) instead of all of them
-    "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16", hessian_shrinkage=0.0),
+    "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16"),
+    "GPTQ no Hessian shrinkage bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16",
+                                                       hessian_shrinkage=0.0),
     "AWQ bf16 calibration": dict(algorithm="awq", calibration_dtype="bf16"),
     "AWQ bf16 calibration 16 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=2),
     "AWQ bf16 calibration 8 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=1),
@@ -112,6 +114,13 @@ ROWS = {
     "GPTQ no Hessian shrinkage down_proj shrinkage 1": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0,
                                                             mlp_out_shrinkage=1.0),
     "GPTQ Hessian shrinkage 0.2": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.2),
+    # the spread of GPTQ's current default (hessian_shrinkage 0.5) on other calibration windows
+    **{f"GPTQ calibration seed {i}": dict(algorithm="gptq", act_order=False, calibration_seed=i) for i in (1, 2)},
+    # session 7 (issue 16): AWQ and TEQ fitted with Hessians blended with their diagonal, as GPTQ's fix;
+    # AWQ without its clipping search, to tell whether the clipping or the scales lose out of domain
+    **{f"AWQ Hessian shrinkage {s}": dict(algorithm="awq", awq_hessian_shrinkage=s) for s in (0.5, 1.0)},
+    **{f"TEQ Hessian shrinkage {s}": dict(algorithm="teq", teq_hessian_shrinkage=s) for s in (0.5, 1.0)},
+    "AWQ no clipping search": dict(algorithm="awq", awq_clip_max_shrink=0.0),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 

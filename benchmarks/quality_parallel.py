@@ -40,7 +40,7 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            "GPTQ act_order clip": 90, "AWQ": 50, "TEQ": 110, "QuantEase": 250, "GPTQ->QuantEase": 290,
            "QuantEase +1% outliers": 280, "QuantEase +1% column outliers": 280,
            # calibration-speed rows (issue 19 part 5): as their fp32 rows; AWQ's search on fewer windows is shorter
-           "GPTQ bf16 calibration": 60, "AWQ bf16 calibration": 50, "AWQ bf16 calibration 16 search windows": 40,
+           "GPTQ bf16 calibration": 60, "GPTQ no Hessian shrinkage bf16 calibration": 60, "AWQ bf16 calibration": 50, "AWQ bf16 calibration 16 search windows": 40,
            "AWQ bf16 calibration 8 search windows": 40, "QuantEase bf16 calibration": 250,
            "QuantEase +1% outliers (previous text)": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50,
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,

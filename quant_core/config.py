@@ -23,7 +23,8 @@ from .kernel_names import KERNELS
 # 6: token_weighting and mlp_out_shrinkage (GPTQ/QuantEase calibration); earlier checkpoints had neither.
 # 7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
 # 8: hessian_shrinkage (GPTQ, 0.5 by default); earlier GPTQ checkpoints were calibrated without it.
-CONFIG_VERSION = 8
+# 9: awq_hessian_shrinkage and teq_hessian_shrinkage; earlier checkpoints ran with their off values, the defaults.
+CONFIG_VERSION = 9
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8
@@ -37,8 +38,9 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
                   "outlier_structure", *_HESSIAN),
     "gptq_quantease": (*_GPTQ, "num_iter"),
     "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling",
-            "awq_scale_ridge"),
-    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check"),
+            "awq_scale_ridge", "awq_hessian_shrinkage"),
+    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check",
+            "teq_hessian_shrinkage"),
 }
 ALGORITHMS = tuple(ALGORITHM_SETTINGS)
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -153,6 +155,10 @@ class QuantConfig(BaseModel):
                                    "calibration text never showed, as an isotropic part ridge * trace(H) / K of each "
                                    "input's Hessian H (K channels): larger values keep scales nearer RTN's "
                                    "(0: off; issue 16).")
+    awq_hessian_shrinkage: float = Field(0.0, ge=0, le=1, description="AWQ: the clipping search and a lone "
+                                         "linear's scale search measure error with (1-s)H + s diag(H), as GPTQ's "
+                                         "hessian_shrinkage, so they lean less on the calibration text's channel "
+                                         "correlations (0: off).")
     # TEQ.
     teq_steps: int = Field(200, ge=0, le=100_000, description="TEQ: Adam steps per group of linears sharing an input.")
     teq_lr: float = Field(5e-3, gt=0, le=1, description="TEQ: Adam learning rate on the log-scales.")
@@ -165,6 +171,9 @@ class QuantConfig(BaseModel):
     teq_scale_check: Literal["all", "held_out"] = Field(
         "all", description="TEQ: trained scales are kept only if they beat s = 1 on all calibration tokens, or "
                            "(held_out) on those it did not train on.")
+    teq_hessian_shrinkage: float = Field(0.0, ge=0, le=1, description="TEQ: training and the check against s = 1 "
+                                         "count each input's channel correlations by 1 - s (s diag(H) stands for "
+                                         "the rest), as GPTQ's hessian_shrinkage (0: off).")
 
     def __init__(self, **data):
         try:

@@ -7,7 +7,8 @@ RTN (``s = 1``) is kept if nothing beats it. The objective, as in AutoAWQ, is th
 error of the group's parent module (attention for q/k/v, the MLP for gate/up) on the
 first ``awq_parent_batches`` calibration batches; a lone linear (o_proj, down_proj) uses its
 exact squared output error over all calibration tokens, ``trace(dW H dW^T)`` with
-``H = sum x x^T`` (``InputStats``). The best scales are folded into the producer of the
+``H = sum x x^T`` (``InputStats``; blended with its diagonal by ``awq_hessian_shrinkage``, as in
+the clipping search). The best scales are folded into the producer of the
 input. Then each linear searches, per output row and group, how far to shrink the
 quantization range (the clipping search: ratios ``1 - i / awq_clip_grid`` while
 ``i / awq_clip_grid < awq_clip_max_shrink``) with the exact output error restricted to the
@@ -27,6 +28,7 @@ from ..primitives import grouped, group_width, n_groups, output_error, round_tri
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, normalized_scales, scale_groups
+from .hessians import shrunk
 from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
 
@@ -51,7 +53,8 @@ def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: Qu
     for group in groups:
         for name, lin in zip(group.names, group.linears):
             w = lin.weight.detach().float()
-            results[name] = quantize_clipped(w, config, search_clip(w, stats[name].H.to(w.device), config))
+            H = shrunk(stats[name].H.to(w.device), config.awq_hessian_shrinkage)
+            results[name] = quantize_clipped(w, config, search_clip(w, H, config))
     return results
 
 
@@ -82,7 +85,7 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     w = group.weight()
     x_mean = group.reduce_mean(stats.abs_mean)
     w_mean = group.reduce_mean(_w_mean(w, config.group_size))
-    H = stats.H.to(w.device)
+    H = shrunk(stats.H.to(w.device), config.awq_hessian_shrinkage)
     use_parent = group.parent is not None and bool(group.parent_inputs)
     originals = [lin.weight.detach().clone() for lin in group.linears]
     splits = [lin.out_features for lin in group.linears]

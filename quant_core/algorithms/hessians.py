@@ -129,9 +129,12 @@ def hessian_for(block: CalibrationBlock, name: str, group: list[str], hessians: 
         s = config.mlp_out_shrinkage
     else:
         s = config.hessian_shrinkage if "hessian_shrinkage" in ALGORITHM_SETTINGS[config.algorithm] else 0.0
-    if s > 0:
-        h = (1 - s) * h + s * torch.diag(h.diagonal())
-    return h
+    return shrunk(h, s)
+
+
+def shrunk(h: torch.Tensor, s: float) -> torch.Tensor:
+    """``(1 - s) h + s diag(h)``: the channel correlations of the calibration text weighed by ``1 - s``."""
+    return h if s == 0 else (1 - s) * h + s * torch.diag(h.diagonal())
 
 
 def _hessian(hessians: dict[str, Hessian], key: str, x: torch.Tensor, bf16: bool) -> Hessian:

@@ -19,6 +19,7 @@ from ..primitives import group_qparams, grouped, output_error
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, scale_groups
+from .hessians import shrunk
 from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
 
@@ -81,7 +82,7 @@ def train_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig,
             xb = tokens[pick.to(tokens.device)]
             s_in = group.expand(log_s.exp())
             dw = w - fake_quantize_ste(w * s_in, config) / s_in
-            loss = (xb @ dw.T).pow(2).mean() + unseen / stats.n * dw.pow(2).sum() / w.shape[0]
+            loss = batch_error(xb, dw, config.teq_hessian_shrinkage) + unseen / stats.n * dw.pow(2).sum() / w.shape[0]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -100,7 +101,17 @@ def checking_hessian(stats: InputStats, config: QuantConfig) -> torch.Tensor:
     calibration tokens, or with ``teq_scale_check="held_out"`` those TEQ did not train on (the
     sample's rows taken out), so scales that only fit their training rows fall back to RTN's."""
     if config.teq_scale_check == "all":
-        return stats.H
+        return shrunk(stats.H, config.teq_hessian_shrinkage)
     sample = stats.sample.to(stats.H.device)
-    return stats.H - sample.T @ sample
+    return shrunk(stats.H - sample.T @ sample, config.teq_hessian_shrinkage)
+
+
+def batch_error(xb: torch.Tensor, dw: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """Mean squared output error of ``dw`` on the rows ``xb``, their Gram matrix blended with its
+    diagonal by ``shrinkage`` (``hessians.shrunk``): ``trace(dw G dw^T) / (rows * outputs)``."""
+    full = (xb @ dw.T).pow(2).mean()
+    if shrinkage == 0:
+        return full
+    diagonal = (xb.pow(2).sum(0) * dw.pow(2)).sum() / (xb.shape[0] * dw.shape[0])
+    return (1 - shrinkage) * full + shrinkage * diagonal
 
