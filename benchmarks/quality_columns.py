@@ -122,6 +122,8 @@ ROWS = {
     **{f"TEQ Hessian shrinkage {s}": dict(algorithm="teq", teq_hessian_shrinkage=s) for s in (0.5, 1.0)},
     "AWQ no clipping search": dict(algorithm="awq", awq_clip_max_shrink=0.0),
     "AWQ activation-only scales": dict(algorithm="awq", awq_duo_scaling=False),
+    **{f"AWQ activation-only scales calibration seed {i}": dict(algorithm="awq", awq_duo_scaling=False,
+                                                                calibration_seed=i) for i in (1, 2)},
     "AWQ scale ridge 0.3 Hessian shrinkage 0.5": dict(algorithm="awq", awq_scale_ridge=0.3, awq_hessian_shrinkage=0.5),
     "TEQ scale ridge 0.1": dict(algorithm="teq", teq_scale_ridge=0.1),
 }
