@@ -105,10 +105,11 @@ class QuantConfig(BaseModel):
     calibration_batch_size: int = Field(8, gt=0, le=MAX_COUNT, description="Calibration windows per forward pass "
                                         "(8: a third of one window's CPU time per window on SmolLM2).")
     calibration_dtype: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="Precision of the calibration forwards (every algorithm's statistics, AWQ's scale "
+        "auto", description="Precision of the calibration forwards (every algorithm's statistics, AWQ's scale "
         "search, the block outputs): bf16 runs their matmuls in bf16 (autocast; weights, statistics and solvers "
         "stay fp32), about 2x faster where the CPU has bf16 units (quant_core.cpu_features.native_bf16); auto: "
-        "bf16 where the device has them, else fp32.")
+        "bf16 on such a CPU, fp32 elsewhere (GPUs included); perplexity measured equal to fp32's "
+        "(benchmarks/results/quality.md, rows '... bf16 calibration').")
     calibration_skip_tokens: int = Field(0, ge=0, description="Leading tokens of every calibration window left out "
                                          "of the statistics an algorithm fits (the attention-sink token's "
                                          "activations can dominate a layer's Hessian).")

@@ -14,7 +14,7 @@ def _ids(n=4, t=32, vocab=256):
 
 
 def test_only_bf16_turns_autocast_on():
-    with forward_precision(QuantConfig(algorithm="gptq"), "cpu"):
+    with forward_precision(QuantConfig(algorithm="gptq", calibration_dtype="fp32"), "cpu"):
         assert not torch.is_autocast_enabled("cpu")
     with forward_precision(QuantConfig(algorithm="gptq", calibration_dtype="bf16"), "cpu"):
         assert torch.is_autocast_enabled("cpu")

@@ -51,7 +51,8 @@ def test_auto_calibration_dtype_is_bf16_only_where_the_cpu_has_bf16_units(monkey
     assert calibration_dtype_on(cfg, "cpu") == ("bf16" if native else "fp32")
     with forward_precision(cfg, "cpu"):
         assert torch.is_autocast_enabled("cpu") is native
-    assert calibration_dtype_on(QuantConfig(algorithm="gptq"), "cpu") == "fp32"  # the default is unchanged
+    assert calibration_dtype_on(QuantConfig(algorithm="gptq"), "cpu") == ("bf16" if native else "fp32")  # the default
+    assert calibration_dtype_on(QuantConfig(algorithm="gptq"), "cuda") == "fp32"  # GPUs calibrate in fp32
     assert calibration_dtype_on(QuantConfig(algorithm="gptq", calibration_dtype="bf16"), "cpu") == "bf16"
 
 

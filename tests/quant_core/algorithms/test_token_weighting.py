@@ -61,6 +61,7 @@ def _hessians_used(monkeypatch, **config):
     layer = model.model.layers[0]
     ptrs = {n: layer.get_submodule(n).weight.data_ptr()
             for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj")}
+    config = {"calibration_dtype": "fp32", **config}  # compared with fp32 Hessians computed by hand
     quantize(model, QuantConfig(algorithm="gptq", group_size=32, **config), calibration=_batches(),
              progress=False, device="cpu")
     return {n.split(".")[1]: used[p] for n, p in ptrs.items()}
