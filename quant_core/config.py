@@ -6,43 +6,14 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .algorithm_settings import ALGORITHM_SETTINGS, ALGORITHMS
 from .config_compat import intel_fields, peer_fields
+from .config_versions import CONFIG_VERSION, read_saved_version
 from .double_quant import DEFAULT_BLOCK
 from .errors import ConfigError
 from .formats import ALIASES, FORMATS, get_format
 from .kernel_names import KERNELS
 
-# 2: the AWQ and TEQ settings became fields. A version-1 dict lacks them and loads with their
-# defaults, which are the values version 1 ran with; a version-2 dict names them, so an older
-# quantllm refuses it as newer instead of failing on unknown fields.
-# 3: QuantEase's settings (num_iter, outlier_fraction, outlier_structure); a version-3 checkpoint
-# may hold sparse outliers that an older quantllm could not execute.
-# 4: head_weight_dtype (a quantized output head, int8 by default). A saved dict of an earlier version
-# had a float head, so it loads with None; a user's dict without a version gets today's defaults.
-# 5: double quantization (double_quant, double_quant_block): such a checkpoint stores scale codes.
-# 6: token_weighting and mlp_out_shrinkage (GPTQ/QuantEase calibration); earlier checkpoints had neither.
-# 7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
-# 8: hessian_shrinkage (GPTQ, 0.5 by default); earlier GPTQ checkpoints were calibrated without it.
-# 9: awq_hessian_shrinkage and teq_hessian_shrinkage; earlier checkpoints ran with their off values, the defaults.
-CONFIG_VERSION = 9
-HEAD_FIELD_VERSION = 4
-HESSIAN_FIELDS_VERSION = 6
-HESSIAN_SHRINKAGE_VERSION = 8
-_HESSIAN = ("token_weighting", "mlp_out_shrinkage")
-_GPTQ = ("damp_percent", "act_order", "static_groups", "true_sequential", "block_size", *_HESSIAN)
-# Each algorithm's own settings: a setting no chosen algorithm has is refused unless at its default.
-ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
-    "rtn": (),
-    "gptq": (*_GPTQ, "hessian_shrinkage"),
-    "quantease": ("num_iter", "act_order", "true_sequential", "block_size", "outlier_fraction",
-                  "outlier_structure", *_HESSIAN),
-    "gptq_quantease": (*_GPTQ, "num_iter"),
-    "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling",
-            "awq_scale_ridge", "awq_hessian_shrinkage"),
-    "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check",
-            "teq_hessian_shrinkage"),
-}
-ALGORITHMS = tuple(ALGORITHM_SETTINGS)
 COMPUTE_DTYPES = ("auto", "fp32", "bf16", "fp16", "int8")
 SCALE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _COMPUTE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -332,21 +303,8 @@ class QuantConfig(BaseModel):
         if not isinstance(data, dict):
             raise ConfigError(f"a quantization_config must be a JSON object, not {type(data).__name__}")
         data = {k: v for k, v in data.items() if k not in ("quant_method", "layers", "checksums", "input_embedding")}
-        version = data.get("version", CONFIG_VERSION)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ConfigError(f"quantization_config version {version!r} is not one quantllm writes (a whole "
-                              f"number); the config.json is damaged: quantize and save the model again")
-        if version > CONFIG_VERSION:
-            raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
-                              f"understands ({CONFIG_VERSION}); upgrade quantllm")
-        if version < HEAD_FIELD_VERSION:  # saved before the field existed: the head stayed float
-            data.setdefault("head_weight_dtype", None)
-        if version < HESSIAN_FIELDS_VERSION and "token_weighting" in ALGORITHM_SETTINGS.get(data.get("algorithm"), ()):
-            data.setdefault("token_weighting", False)  # calibrated with the plain Hessians
-            data.setdefault("mlp_out_shrinkage", 0.0)
-        if version < HESSIAN_SHRINKAGE_VERSION and data.get("algorithm") == "gptq":
-            data.setdefault("hessian_shrinkage", 0.0)  # calibrated before the field existed
-        return cls(**{**data, "version": CONFIG_VERSION})  # older versions only lack fields
+        data = read_saved_version(data)
+        return cls(**data)
 
     @classmethod
     def coerce(cls, config=None, *, load_in_4bit: bool = False, load_in_8bit: bool = False) -> "QuantConfig | None":

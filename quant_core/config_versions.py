@@ -1,0 +1,47 @@
+"""The versions of a saved ``quantization_config``: what each added, and how an older dict reads today.
+
+1: the first. 2: the AWQ and TEQ settings became fields. A version-1 dict lacks them and loads with their
+defaults, which are the values version 1 ran with; a version-2 dict names them, so an older quantllm
+refuses it as newer instead of failing on unknown fields.
+3: QuantEase's settings (num_iter, outlier_fraction, outlier_structure); a version-3 checkpoint may hold
+sparse outliers that an older quantllm could not execute.
+4: head_weight_dtype (a quantized output head, int8 by default). A saved dict of an earlier version had a
+float head, so it loads with None; a user's dict without a version gets today's defaults.
+5: double quantization (double_quant, double_quant_block): such a checkpoint stores scale codes.
+6: token_weighting and mlp_out_shrinkage (GPTQ/QuantEase calibration); earlier checkpoints had neither.
+7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
+8: hessian_shrinkage (GPTQ, 0.5 by default); earlier GPTQ checkpoints were calibrated without it.
+9: awq_hessian_shrinkage and teq_hessian_shrinkage; earlier checkpoints ran with their off values, the defaults.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .algorithm_settings import ALGORITHM_SETTINGS
+from .errors import ConfigError
+
+CONFIG_VERSION = 9
+HEAD_FIELD_VERSION = 4
+HESSIAN_FIELDS_VERSION = 6
+HESSIAN_SHRINKAGE_VERSION = 8
+
+
+def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved dict as today's fields: refused if damaged or newer; the fields an older version lacked
+    set to what that version ran with where today's default differs; the version set to today's."""
+    version = data.get("version", CONFIG_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"quantization_config version {version!r} is not one quantllm writes (a whole "
+                          f"number); the config.json is damaged: quantize and save the model again")
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"quantization_config version {version} is newer than this quantllm "
+                          f"understands ({CONFIG_VERSION}); upgrade quantllm")
+    data = dict(data)
+    if version < HEAD_FIELD_VERSION:  # saved before the field existed: the head stayed float
+        data.setdefault("head_weight_dtype", None)
+    if version < HESSIAN_FIELDS_VERSION and "token_weighting" in ALGORITHM_SETTINGS.get(data.get("algorithm"), ()):
+        data.setdefault("token_weighting", False)  # calibrated with the plain Hessians
+        data.setdefault("mlp_out_shrinkage", 0.0)
+    if version < HESSIAN_SHRINKAGE_VERSION and data.get("algorithm") == "gptq":
+        data.setdefault("hessian_shrinkage", 0.0)  # calibrated before the field existed
+    return {**data, "version": CONFIG_VERSION}  # older versions only lack fields
