@@ -28,6 +28,7 @@ class InputStats:
         self.sample: torch.Tensor | None = None
         self._gen = torch.Generator().manual_seed(seed)
         self.bf16 = bf16  # H from bf16 inputs by the CPU kernel where it runs (hessians.Hessian says why)
+        self._gram = False  # whether that kernel sums H: known once H is allocated on the inputs' device
 
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
