@@ -46,7 +46,10 @@ def one_variant(variant: str) -> None:
         ref = x.double() @ w_ref.t()
         configs = [CudaConfig(tile, splits) for tile in range(len(TILES)) for splits in ((1, 2) if m <= 64 else (1,))]
         wg = wgmma_candidates(m, n, k, group, kind)  # sm_90: every wgmma tile, row block and split
-        for cfg in configs + gemv_candidates(m, n, k, group) + wg:  # the few-row kernel in every cluster size
+        # the few-row kernel in every cluster size, and K split over 2, 3 and 8 blocks meeting in the workspace
+        gemv = gemv_candidates(m, n, k, group)
+        gemv += [CudaConfig(0, s, cluster=1) for s in (2, 3, 8)] if gemv else []
+        for cfg in configs + gemv + wg:
             out = kern._launch(x, cfg)
             torch.cuda.synchronize()
             err = ((out.double() - ref).norm() / ref.norm()).item()

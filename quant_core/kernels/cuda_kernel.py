@@ -42,6 +42,7 @@ KEPT_MIN_ROWS = 32  # ... or from here when the dequantized weight is kept (DENS
 GEMV_MAX_ROWS = 16  # the few-row kernel takes x as one or two 8-row mma operands
 GEMV_CLUSTERS = (1, 2, 4, 8)  # blocks along K that meet in distributed shared memory (sm_90+; 1 elsewhere)
 GEMV_BLOCKS_PER_SM = 3  # what its 4-warp blocks fit per SM by registers (168 a thread)
+GEMV_WARPS = 4  # warps a block of the few-row kernel (csrc/cuda_gemv.cuh)
 DEFAULTS_FILE = Path(__file__).with_name("cuda_defaults.json")
 SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time every new key
 # "1": the dequantize + cuBLAS path keeps each layer's dequantized weight (N x K x 2 bytes, ~4x the
@@ -56,13 +57,14 @@ class CudaConfig:
     splits: int = 1
     dequant: bool = False
     cluster: int = 0  # > 0: the few-row kernel with this many blocks along K per 64 columns
+    # (the few-row kernel with cluster 1 and splits > 1: that many blocks along K meeting in the workspace)
     mn: int = 0  # > 0: the wgmma kernel (tile indexes WG_TILES), this many rows of x a block
 
     def label(self) -> str:
         if self.dequant:
             return "dequant+mm"
         if self.cluster:
-            return f"gemv:c{self.cluster}"
+            return f"gemv:s{self.splits}" if self.splits > 1 else f"gemv:c{self.cluster}"
         if self.mn:
             bn, bk = WG_TILES[self.tile]
             return f"wg{self.tile}:n{bn}k{bk}m{self.mn}x{self.splits}"
@@ -81,13 +83,20 @@ def _clusters_ok() -> bool:
 
 
 def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
-    """The few-row kernel's configs, the one nearest one full wave of blocks first."""
+    """The few-row kernel's configs, the one nearest one full wave of blocks first: K split over a
+    cluster (sm_90), or over blocks meeting in the workspace (no cluster to co-schedule, any split)."""
     if m > GEMV_MAX_ROWS or k % 16 or (group < k and group < 16) or os.environ.get(GEMV_ENV) == "0":
         return []
     clusters = GEMV_CLUSTERS if _clusters_ok() else (1,)
     wave = GEMV_BLOCKS_PER_SM * sm_count()
     best = max([c for c in clusters if c * (n // 64) <= wave] or [1])
-    return [CudaConfig(0, cluster=c) for c in sorted(clusters, key=lambda c: c != best)]
+    out = [CudaConfig(0, cluster=c) for c in sorted(clusters, key=lambda c: c != best)]
+    # splits that fill one wave, and ~2 blocks an SM; each warp keeps >= 2 bands (the kernel's 4 warps)
+    for per_sm in (GEMV_BLOCKS_PER_SM, 2):
+        s = min(per_sm * sm_count() // (n // 64), k // 16 // (2 * GEMV_WARPS))
+        if s > 1 and CudaConfig(0, s, cluster=1) not in out:
+            out.append(CudaConfig(0, s, cluster=1))
+    return out
 
 
 def _wgmma_ok() -> bool:
@@ -230,11 +239,12 @@ class CudaKernel(Kernel):
         w = self.weight
         bk = WG_TILES[cfg.tile][1] if cfg.mn else TILES[cfg.tile][1]
         per_split = -(-(w.in_features // bk) // cfg.splits) * bk
+        splits = cfg.splits if cfg.cluster else -(-w.in_features // per_split)  # few-row kernel: blocks along K
         ws, counters = self._ws
         zeros = w.zeros.data_ptr() if w.zeros is not None else None
         return cuda_build.QmmArgs(None, w.qweight.data_ptr(), w.scales.data_ptr(), zeros, None, ws.data_ptr(),
                                   counters.data_ptr(), m, w.out_features, w.in_features, w.group, w.group_shift,
-                                  per_split, -(-w.in_features // per_split), (ctypes.c_uint32 * 8)(*w.lut))
+                                  per_split, splits, (ctypes.c_uint32 * 8)(*w.lut))
 
     def _launch(self, x: torch.Tensor, cfg: CudaConfig) -> torch.Tensor:
         """``x``: contiguous, 16-byte aligned ``[M, K]`` in the compute dtype, weight's column order."""

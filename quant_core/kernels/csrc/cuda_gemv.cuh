@@ -73,10 +73,17 @@ __host__ __device__ inline int gemv_group_rows(const Args& a, int cluster) {
   return rows < a.K / a.group ? rows : a.K / a.group;
 }
 template <typename T, int ZM, bool M16>
-__host__ int gemv_smem_bytes(const Args& a, int cluster) {
+__host__ __device__ int gemv_work_bytes(const Args& a, int cluster) {
   const int staged = GEMV_WARPS * gemv_group_rows(a, cluster) * gemv_row_bytes<T, ZM>();
   const int sums = GEMV_WARPS * (M16 ? 16 : 8) * 64 * 4;
   return staged > sums ? staged : sums;
+}
+// Outputs of a cluster's column block that each block sums and writes (its share), and the receive
+// area where the cluster's blocks put their partial sums of them: [cluster][share] fp32.
+__host__ __device__ inline int gemv_share(const Args& a, int cluster) { return (a.M * 64 + cluster - 1) / cluster; }
+template <typename T, int ZM, bool M16>
+__host__ int gemv_smem_bytes(const Args& a, int blocks, int cluster) {
+  return gemv_work_bytes<T, ZM, M16>(a, blocks) + (cluster > 1 ? cluster * gemv_share(a, cluster) * 4 : 0);
 }
 
 // Copies rows [g_lo, g_lo + rows) of this column block's scales (then zeros) into the warp's slot.
@@ -194,35 +201,15 @@ __device__ __forceinline__ void mma_scaled(GemvAcc<M16>& r, uint4 q0, uint4 q1, 
   }
 }
 
-// The block's partial sums [M][64] (fp32, in shared memory) to the output, or, in a cluster, summed
-// with the other blocks' through distributed shared memory, each block writing its share.
-template <typename T>
-__device__ __forceinline__ void gemv_store(float* sums, const Args& a, int cb) {
-  const int outputs = a.M * 64, tid = threadIdx.x;
-  constexpr int THREADS = GEMV_WARPS * 32;
-  if (gridDim.x == 1) {
-    for (int o = tid; o < outputs; o += THREADS)
-      reinterpret_cast<T*>(a.out)[static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64] = static_cast<T>(sums[o]);
-    return;
-  }
 #if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every block's sums are in its shared memory
-  const int rank = static_cast<int>(cluster.block_rank()), blocks = static_cast<int>(gridDim.x);
-  for (int o = rank * THREADS + tid; o < outputs; o += blocks * THREADS) {
-    float v = 0.f;
-    for (int r = 0; r < blocks; ++r) v += cluster.map_shared_rank(sums, r)[o];
-    reinterpret_cast<T*>(a.out)[static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64] = static_cast<T>(v);
-  }
-  cluster.sync();  // no block leaves while another may still read its shared memory
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
 #endif
-}
 
-// This warp's sums to its slot [m][64], then the 4 warps' slots summed in place into slot 0 (each
-// output by one thread, in warp order: deterministic).
+// This warp's sums to its slot [m][64] of `red` (lane (g, t) holds rows 8h + 2t + e, columns 8(2j + f) + g).
 template <bool M16>
-__device__ __forceinline__ float* reduce_warps(const GemvAcc<M16>& r, float* red, const Args& a, int warp, int lane) {
+__device__ __forceinline__ void warp_sums_to(const GemvAcc<M16>& r, float* red, int warp, int lane) {
   constexpr int ROWS = M16 ? 16 : 8;
   const int g = lane >> 2, t = lane & 3;
   float* mine = red + warp * ROWS * 64;
@@ -233,15 +220,82 @@ __device__ __forceinline__ float* reduce_warps(const GemvAcc<M16>& r, float* red
 #pragma unroll
       for (int i = 0; i < 4; ++i)  // i = 2f + e: column 8(2j + f) + g, row 8h + 2t + e
         mine[(8 * h + 2 * t + (i & 1)) * 64 + 8 * (2 * j + (i >> 1)) + g] = r.acc[h][j][i];
-  __syncthreads();
-  for (int o = threadIdx.x; o < a.M * 64; o += GEMV_WARPS * 32) {
-    float v = red[o];
+}
+
+// Output o of this block's four warp slots, in warp order (deterministic).
+template <bool M16>
+__device__ __forceinline__ float warp_total(const float* red, int o) {
+  constexpr int ROWS = M16 ? 16 : 8;
+  float v = red[o];
 #pragma unroll
-    for (int w = 1; w < GEMV_WARPS; ++w) v += red[w * ROWS * 64 + o];
-    red[o] = v;
-  }
+  for (int w = 1; w < GEMV_WARPS; ++w) v += red[w * ROWS * 64 + o];
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_out(const Args& a, int cb, int o, float v) {
+  reinterpret_cast<T*>(a.out)[static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64] = static_cast<T>(v);
+}
+
+// K split over the grid's blocks without a cluster (any GPU; any number of splits): the blocks add
+// their sums into the fp32 workspace at L2, and the last to arrive at this column block writes the
+// output and leaves the workspace and its counter at zero again (as the mma kernel's store_tile).
+template <typename T, bool M16>
+__device__ __forceinline__ void gemv_store_split(const float* red, const Args& a, int cb) {
+  __shared__ int last_arrival;
+  constexpr int THREADS = GEMV_WARPS * 32;
+  const int outputs = a.M * 64, tid = threadIdx.x;
+  for (int o = tid; o < outputs; o += THREADS)
+    red_add(a.ws + static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64, warp_total<M16>(red, o));
+  __threadfence();  // this block's sums are visible in L2 before it counts itself in
   __syncthreads();
-  return red;
+  int* counter = a.counters + cb;
+  if (tid == 0) last_arrival = atomicAdd(counter, 1) == a.splits - 1;
+  __syncthreads();
+  if (!last_arrival) return;
+  for (int o = tid; o < outputs; o += THREADS) {
+    float* p = a.ws + static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64;
+    store_out<T>(a, cb, o, __ldcg(p));
+    __stcg(p, 0.f);
+  }
+  if (tid == 0) *counter = 0;
+}
+
+// The block's sums to the output. In a cluster (blocks along K of one column block), each block owns
+// a share of the outputs: every block writes its partial sums of block q's share into q's receive
+// area (distributed shared memory), one cluster barrier, then each block sums its area in rank order
+// and writes its share. No block reads another's memory after the barrier, so none waits to leave.
+template <typename T, bool M16>
+__device__ __forceinline__ void gemv_store(const GemvAcc<M16>& r, float* red, float* recv, const Args& a, int cb,
+                                           int warp, int lane) {
+  constexpr int THREADS = GEMV_WARPS * 32;
+  const int outputs = a.M * 64, tid = threadIdx.x;
+  warp_sums_to<M16>(r, red, warp, lane);
+  __syncthreads();
+  if (gridDim.x == 1) {
+    for (int o = tid; o < outputs; o += THREADS) store_out<T>(a, cb, o, warp_total<M16>(red, o));
+    return;
+  }
+  if (a.splits > 1) {
+    gemv_store_split<T, M16>(red, a, cb);
+    return;
+  }
+#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank()), blocks = static_cast<int>(gridDim.x);
+  const int share = gemv_share(a, blocks);
+  cluster_wait();  // (pairs with the arrival at entry) every block of the cluster has started
+  for (int o = tid; o < outputs; o += THREADS)
+    cluster.map_shared_rank(recv, o / share)[rank * share + o % share] = warp_total<M16>(red, o);
+  cluster_arrive();  // release: this block's partial sums are in their owners' memory
+  cluster_wait();
+  for (int i = tid; i < share && rank * share + i < outputs; i += THREADS) {
+    float v = 0.f;
+    for (int q = 0; q < blocks; ++q) v += recv[q * share + i];
+    store_out<T>(a, cb, rank * share + i, v);
+  }
+#endif
 }
 
 // One batch of U units of a warp's band range, in registers: codes and the activations' B fragments.
@@ -250,21 +304,32 @@ struct Batch {
   uint4 q0[U], q1[U];
   uint32_t xb[U][4];  // x rows g (k 2t.., 2t + 8..), then rows g + 8
 
-  template <typename T, bool M16>
-  __device__ __forceinline__ void load(const uint8_t* qsrc, size_t qstride, const T* xlo, const T* xhi, int b, int b0,
-                                       int b1, bool has_lo, bool has_hi) {
+  __device__ __forceinline__ void load_codes(const uint8_t* qsrc, size_t qstride, int b, int b0, int b1) {
 #pragma unroll
-    for (int i = 0; i < U; ++i) {  // every load of the batch before any use
+    for (int i = 0; i < U; ++i) {
       const bool in = b + i < b1;
       const uint8_t* p = qsrc + static_cast<size_t>(b - b0 + i) * qstride;
       q0[i] = ld_stream16(p, in);
       q1[i] = FMT == INT8 ? ld_stream16(p + 512, in) : q0[i];
+    }
+  }
+  template <typename T>
+  __device__ __forceinline__ void load_x(const T* xlo, const T* xhi, int b, int b1, bool has_lo, bool has_hi) {
+#pragma unroll
+    for (int i = 0; i < U; ++i) {
+      const bool in = b + i < b1;
       const int k = (b + i) * 16;
       xb[i][0] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k)) : 0u;
       xb[i][1] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k + 8)) : 0u;
       xb[i][2] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k)) : 0u;
       xb[i][3] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k + 8)) : 0u;
     }
+  }
+  template <typename T>
+  __device__ __forceinline__ void load(const uint8_t* qsrc, size_t qstride, const T* xlo, const T* xhi, int b, int b0,
+                                       int b1, bool has_lo, bool has_hi) {
+    load_codes(qsrc, qstride, b, b0, b1);  // every load of the batch before any use
+    load_x<T>(xlo, xhi, b, b1, has_lo, has_hi);
   }
 };
 
@@ -308,6 +373,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
   constexpr int UNIT = FMT == INT8 ? 1024 : 512, U = GEMV_UNROLL / (FMT == INT8 ? 2 : 1) / (M16 ? 2 : 1);
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  pdl_launch();
+#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (gridDim.x > 1) cluster_arrive_relaxed();  // "started": waited on before writing into other blocks
+#endif
   const int cb = blockIdx.y, bands = a.K / 16, units_n = a.N / 64;
   const int bpw = gemv_bands_per_warp(a.K, gridDim.x);
   const int b0 = min(bands, (static_cast<int>(blockIdx.x) * GEMV_WARPS + warp) * bpw), b1 = min(bands, b0 + bpw);
@@ -329,20 +398,23 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
   const bool has_lo = g < a.M, has_hi = M16 && g + 8 < a.M;
   // two batches in flight: the next one's loads are issued before the current one is multiplied
   Batch<FMT, U> even, odd;
-  even.template load<T, M16>(qsrc, qstride, xlo, xhi, b0, b0, b1, has_lo, has_hi);
+  even.load_codes(qsrc, qstride, b0, b0, b1);  // the weight is constant: streamed before the wait
+  pdl_wait();  // x (and the output) only once the previous kernel on the stream is done
+  even.template load_x<T>(xlo, xhi, b0, b1, has_lo, has_hi);
   cp_async_wait<0>();  // this warp's group rows
   __syncwarp();
   for (int b = b0; b < b1; b += 2 * U) {
-    odd.template load<T, M16>(qsrc, qstride, xlo, xhi, b + U, b0, b1, has_lo, has_hi);
+    odd.template load<T>(qsrc, qstride, xlo, xhi, b + U, b0, b1, has_lo, has_hi);
     compute_batch<T, FMT, ZM, M16, U>(r, even, gs, gp, a, b, b1, lane);
-    even.template load<T, M16>(qsrc, qstride, xlo, xhi, b + 2 * U, b0, b1, has_lo, has_hi);
+    even.template load<T>(qsrc, qstride, xlo, xhi, b + 2 * U, b0, b1, has_lo, has_hi);
     compute_batch<T, FMT, ZM, M16, U>(r, odd, gs, gp, a, b + U, b1, lane);
   }
   if constexpr (FMT == INT4) {
     if (gs.cur >= 0) fold_group<T, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), g);
   }
   __syncthreads();  // every warp is done with its staged groups: the space takes the partial sums
-  gemv_store<T>(reduce_warps<M16>(r, reinterpret_cast<float*>(smem), a, warp, lane), a, cb);
+  float* recv = reinterpret_cast<float*>(smem + gemv_work_bytes<T, ZM, M16>(a, gridDim.x));
+  gemv_store<T, M16>(r, reinterpret_cast<float*>(smem), recv, a, cb, warp, lane);
 }
 
 }  // namespace qmm

@@ -72,4 +72,21 @@ __device__ __forceinline__ void red_add(float* p, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
 }
 
+// Programmatic dependent launch (sm_90+; no-ops before). Launched with the PDL attribute (cuda_qmm.cu),
+// a kernel may start while the previous one on the stream finishes: it reads only constant data (the
+// weight, scales) until pdl_wait(), which returns once the previous grid has completed and its writes
+// are visible; x, the output and the split-K workspace are touched only after it. pdl_launch() lets
+// the next launch start early: called at entry, the next kernel's blocks take SM slots only as ours
+// retire (they launch once every block of ours has started), and prefetch their weight meanwhile.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 }  // namespace qmm

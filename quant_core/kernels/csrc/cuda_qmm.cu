@@ -30,6 +30,39 @@ namespace {
 using T = std::conditional<QMM_BF16, __nv_bfloat16, half>::type;
 constexpr int STAGES = 4;
 
+// Programmatic dependent launch (cuda_ptx.cuh pdl_wait): on by default where the kernels were built
+// for sm_90 (the instructions are no-ops before it); qmm_set_pdl(0) turns it off (QUANTLLM_CUDA_PDL=0).
+int pdl_enabled = QMM_CLUSTERS;
+
+// Every kernel launch: `cluster` blocks along x meet in a thread-block cluster when > 1.
+template <typename K>
+cudaError_t launch_ex(K kernel, dim3 grid, int threads, int smem, cudaStream_t stream, const qmm::Args& a,
+                      int cluster = 1) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (pdl_enabled) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
 // Launch shapes (BN, BK, warps), indexed by the tuner's `tile`; keep in step with cuda_kernel.TILES.
 template <int TILE> struct Shape;
 template <> struct Shape<0> { static constexpr int BN = 128, BK = 128, WARPS = 8; };
@@ -54,9 +87,7 @@ cudaError_t launch(const qmm::Args& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     raised = smem;
   }
-  const dim3 grid((a.M + C::MROWS - 1) / C::MROWS, a.N / S::BN, a.splits);
-  kernel<<<grid, C::THREADS, smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_ex(kernel, dim3((a.M + C::MROWS - 1) / C::MROWS, a.N / S::BN, a.splits), C::THREADS, smem, stream, a);
 }
 
 template <int TILE, int MT>
@@ -72,34 +103,24 @@ cudaError_t launch_rows(const qmm::Args& a, cudaStream_t stream) {
 }
 
 // The few-row kernel (cuda_gemv.cuh): grid (cluster, N / 64), `cluster` blocks along K meeting in
-// distributed shared memory (cluster > 1 needs sm_90).
+// distributed shared memory (cluster > 1 needs sm_90); or, with a.splits > 1 (and cluster 1), grid
+// (a.splits, N / 64), the blocks along K meeting in the split-K workspace.
 template <bool M16>
 cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
   auto kernel = qmm::gemv_kernel<T, QMM_FMT, QMM_ZM, M16>;
   if (a.M < 1 || a.M > (M16 ? 16 : 8) || a.N % 64 || a.K % 16 || cluster < 1 || cluster > 8 ||
-      (a.group < a.K && (a.group < 16 || (1 << a.group_shift) != a.group)) || (!QMM_CLUSTERS && cluster > 1))
+      (a.group < a.K && (a.group < 16 || (1 << a.group_shift) != a.group)) || (!QMM_CLUSTERS && cluster > 1) ||
+      (a.splits > 1 && cluster > 1) || a.splits < 1 || a.splits > a.K / 16)
     return cudaErrorInvalidValue;
-  const int smem = qmm::gemv_smem_bytes<T, QMM_ZM, M16>(a, cluster);
+  const int blocks = a.splits > 1 ? a.splits : cluster;
+  const int smem = qmm::gemv_smem_bytes<T, QMM_ZM, M16>(a, blocks, cluster);
   static int raised = 48 * 1024;
   if (smem > raised) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     raised = smem;
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(cluster, a.N / 64, 1);
-  cfg.blockDim = dim3(qmm::GEMV_WARPS * 32, 1, 1);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = cluster > 1 ? 1 : 0;
-  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a);
-  return err != cudaSuccess ? err : cudaGetLastError();
+  return launch_ex(kernel, dim3(blocks, a.N / 64, 1), qmm::GEMV_WARPS * 32, smem, stream, a, cluster);
 }
 #if QMM_WGMMA && QMM_FMT != 2
 // The wgmma kernel (cuda_wgk.cuh): (warpgroups, BK) by the tuner's `tile`; keep in step with
@@ -132,9 +153,7 @@ cudaError_t launch_wg(const qmm::Args& a, cudaStream_t stream) {
       if (err != cudaSuccess) return err;
       raised = smem;
     }
-    const dim3 grid((a.M + MN - 1) / MN, a.N / C::BN, a.splits);
-    kernel<<<grid, C::THREADS, smem, stream>>>(a);
-    return cudaGetLastError();
+    return launch_ex(kernel, dim3((a.M + MN - 1) / MN, a.N / C::BN, a.splits), C::THREADS, smem, stream, a);
   }
 }
 
@@ -206,6 +225,13 @@ int qmm_dequant(const qmm::Args* a, void* w, void* stream) {
 }
 
 int qmm_set_device(int device) { return cudaSetDevice(device); }
+
+// 0 / 1: launch without / with programmatic dependent launch (where built for sm_90); returns the old value.
+int qmm_set_pdl(int on) {
+  const int old = pdl_enabled;
+  pdl_enabled = on && QMM_CLUSTERS;
+  return old;
+}
 
 const char* qmm_error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
 }

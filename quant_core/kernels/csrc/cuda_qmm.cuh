@@ -111,17 +111,24 @@ struct LoadPlan {
 
   // Stage `it` of this block's K range into the shared-memory slot at `base` (cp.async, not waited on).
   __device__ __forceinline__ void load(uint8_t* base, int it, const Args& a) const {
-    constexpr int BN = C::BN_, BK = C::BK_, ZM = C::ZM_;
-    const uint8_t* wsrc = b_src + static_cast<size_t>(it) * C::ROWS * wrow;
-#pragma unroll
-    for (int i = 0; i < B_PER; ++i) cp_async16(base + (tid + i * C::THREADS) * 16, wsrc + i * b_band);
+    load_weight(base, it, a);
+    load_x(base, it, a);
+  }
+  __device__ __forceinline__ void load_x(uint8_t* base, int it, const Args& a) const {
     T* as = reinterpret_cast<T*>(base + C::B_BYTES);
 #pragma unroll
     for (int i = 0; i < A_PER; ++i) {
       const int row = a_row + i * A_ROWS;
       if (row < rows)
-        cp_async16(as + row * C::A_STRIDE + (tid % AC) * 8, a_src + static_cast<size_t>(i) * A_ROWS * a.K + it * BK);
+        cp_async16(as + row * C::A_STRIDE + (tid % AC) * 8, a_src + static_cast<size_t>(i) * A_ROWS * a.K + it * C::BK_);
     }
+  }
+  // The stage's weight codes, scales and zeros: constant, so they may load before pdl_wait().
+  __device__ __forceinline__ void load_weight(uint8_t* base, int it, const Args& a) const {
+    constexpr int BN = C::BN_, BK = C::BK_, ZM = C::ZM_;
+    const uint8_t* wsrc = b_src + static_cast<size_t>(it) * C::ROWS * wrow;
+#pragma unroll
+    for (int i = 0; i < B_PER; ++i) cp_async16(base + (tid + i * C::THREADS) * 16, wsrc + i * b_band);
     if (s_row < sg) {
       const int k0 = k_begin + it * BK;
       const int g = (per_channel ? 0 : k0 >> a.group_shift) + s_row;
@@ -271,9 +278,16 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 1) qmm_kernel(const 
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][s][i] = 0.f;
 
+  // The first stages' weight before the wait (it overlaps the previous kernel's tail), their x after;
+  // commit group 0 holds all of that weight, so "stage s landed" (group s) still means what it did.
+  pdl_launch();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s)
+    if (s < iters) plan.load_weight(smem + s * stage_bytes, s, a);
+  pdl_wait();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < iters) plan.load(smem + s * stage_bytes, s, a);
+    if (s < iters) plan.load_x(smem + s * stage_bytes, s, a);
     cp_async_commit();
   }
   GroupRegs<T, FMT, ZM> gp;

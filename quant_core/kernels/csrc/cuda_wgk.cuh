@@ -86,11 +86,18 @@ struct WgPlan {
 
   // Stage `it` into the slot at `base` (cp.async, not waited on).
   __device__ __forceinline__ void load(uint8_t* base, int it, const Args& a) const {
-    constexpr int BN = C::BN;
+    load_x(base, it, a);
+    load_weight(base, it, a);
+  }
+  __device__ __forceinline__ void load_x(uint8_t* base, int it, const Args& a) const {
 #pragma unroll
     for (int i = 0; i < X_PER; ++i)
       if (x_row + i * XR < rows)
         cp_async16(base + x_dst + i * XR * 128, x_src + static_cast<size_t>(i) * XR * a.K + it * BK);
+  }
+  // The stage's weight codes, scales and zeros: constant, so they may load before pdl_wait().
+  __device__ __forceinline__ void load_weight(uint8_t* base, int it, const Args& a) const {
+    constexpr int BN = C::BN;
     const uint8_t* wsrc = w_src + static_cast<size_t>(it) * (C::ROWS / 4) * w_round;
     uint8_t* ws = base + C::X_BYTES;
 #pragma unroll
@@ -177,9 +184,16 @@ __global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
 #pragma unroll
     for (int i = 0; i < MN / 2; ++i) acc[j][i] = 0.f;
 
+  // The first stages' weight before the wait (it overlaps the previous kernel's tail), their x after;
+  // commit group 0 holds all of that weight, so "stage s landed" (group s) still means what it did.
+  pdl_launch();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s)
+    if (s < iters) plan.load_weight(smem + s * stage_bytes, s, a);
+  pdl_wait();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < iters) plan.load(smem + s * stage_bytes, s, a);
+    if (s < iters) plan.load_x(smem + s * stage_bytes, s, a);
     cp_async_commit();
   }
   cp_async_wait<STAGES - 2>();

@@ -91,7 +91,22 @@ def test_few_row_kernel_leads_to_16_rows_with_one_wave_of_blocks(fake_gpu, monke
     assert not any(c.cluster for c in candidates(17, 4096, 4096, 128))
     assert {c.cluster for c in candidates(1, 4096, 4096, 128)} >= {1, 2, 4, 8}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))  # no clusters before sm_90
-    assert [c.cluster for c in candidates(1, 4096, 4096, 128) if c.cluster] == [1]
+    assert {c.cluster for c in candidates(1, 4096, 4096, 128) if c.cluster} == {1}  # workspace splits stay
+
+
+@pytest.mark.parametrize("k, n", [(4096, 4096), (14336, 4096), (4096, 14336), (4096, 128256), (512, 256)])
+def test_few_row_splits_over_the_workspace_fill_one_wave_at_most(fake_gpu, monkeypatch, k, n):
+    """Besides clusters, the few-row kernel may split K over blocks that meet in the split-K workspace:
+    only where the column blocks alone leave SMs idle, never more blocks than one wave (3 a SM), and
+    every warp keeps at least two 16-row bands."""
+    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
+    splits = [c for c in candidates(1, n, k, 128) if c.cluster == 1 and c.splits > 1]
+    assert bool(splits) == (2 * (n // 64) <= 3 * 132)
+    for c in splits:
+        assert c.splits * (n // 64) <= 3 * 132 and k // 16 >= 2 * cuda_kernel.GEMV_WARPS * c.splits
+        assert c.label() == f"gemv:s{c.splits}"
+    if k == 4096 and n == 4096:
+        assert {c.splits for c in splits} == {6, 4}  # 6 x 64 blocks: one wave; 4 x 64: two a SM
 
 
 def test_kept_weights_and_the_gemv_switch_change_the_candidates(monkeypatch):
