@@ -124,7 +124,7 @@ def check_case(label, fmt, group, zero_mode, act_order, dtype_name, k, n) -> Non
 SPEED_FORMATS = (("int4 g128", "int4", 128), ("nf4 g128", "nf4", 128), ("int8 per-ch", "int8", -1))
 
 
-def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4", "int8")) -> None:
+def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4", "int8"), sweep_on=True) -> None:
     print("\n| K×N | fmt | M | bf16 min(eager,graph) µs | cuda µs (×) | triton µs (×) | cuda BW | cuda config "
           "| same, no PDL µs |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -151,7 +151,7 @@ def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4"
                 cks[0].lib.qmm_set_pdl(was)
                 print(f"| {k}×{n} | {label} | {m} | {base:.1f} | {c:.1f} ({base / c:.2f}×) | {t:.1f} ({base / t:.2f}×) "
                       f"| {bw:.2f} TB/s ({100 * bw / copy_tbs:.0f}%) | {cfg.label()} | {off:.1f} |", flush=True)
-            if label == "int4 g128":
+            if label == "int4 g128" and sweep_on:
                 sweep(cks, k, n, ps[0].nbytes(), rows_list)
             del cks, tks, ps
             torch.cuda.empty_cache()
@@ -196,6 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-correctness", action="store_true", help="only the timing (after a separate check run)")
+    ap.add_argument("--no-sweep", action="store_true", help="time the tuned pick only, not every int4 candidate")
     ap.add_argument("--shapes", nargs="+", default=["4096x4096", "4096x14336"], metavar="KxN")
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 16, 64])
     ap.add_argument("--triton", action="store_true", help="also time our Triton kernel (compiles: minutes)")
@@ -229,7 +230,8 @@ def main() -> None:
     if not args.skip_timing:
         copy_tbs = copy_bandwidth()
         print(f"copy bandwidth {copy_tbs:.2f} TB/s")
-        speed([tuple(map(int, s.split("x"))) for s in args.shapes], args.rows, copy_tbs, args.triton, args.formats)
+        speed([tuple(map(int, s.split("x"))) for s in args.shapes], args.rows, copy_tbs, args.triton, args.formats,
+              not args.no_sweep)
     sys.exit(1 if FAILS else 0)
 
 
