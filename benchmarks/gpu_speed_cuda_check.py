@@ -126,7 +126,7 @@ SPEED_FORMATS = (("int4 g128", "int4", 128), ("nf4 g128", "nf4", 128), ("int8 pe
 
 def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4", "int8"), sweep_on=True) -> None:
     print("\n| K×N | fmt | M | bf16 min(eager,graph) µs | cuda µs (×) | triton µs (×) | cuda BW | cuda config "
-          "| same, no PDL µs |")
+          "| same, PDL flipped µs |")
     print("|---|---|---|---|---|---|---|---|---|")
     import torch.nn.functional as F
     for k, n in shapes:
@@ -146,7 +146,10 @@ def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4"
                 c = timed([lambda kk=kk: kk.forward(x) for kk in cks], True)
                 t = timed([lambda kk=kk: kk.forward(x) for kk in tks], True) if tks else float("nan")
                 bw = ps[0].nbytes() / c / 1e6
-                was = cks[0].lib.qmm_set_pdl(0)  # the same launches without programmatic dependent launch
+                # the same launches with programmatic dependent launch flipped (off by default: QUANTLLM_CUDA_PDL=1
+                # times the pick with it, this column without); the few-row kernel never uses it
+                was = cks[0].lib.qmm_set_pdl(1)
+                cks[0].lib.qmm_set_pdl(1 - was)
                 off = timed([lambda kk=kk: kk.forward(x) for kk in cks], True)
                 cks[0].lib.qmm_set_pdl(was)
                 print(f"| {k}×{n} | {label} | {m} | {base:.1f} | {c:.1f} ({base / c:.2f}×) | {t:.1f} ({base / t:.2f}×) "

@@ -313,19 +313,18 @@ struct Batch {
       q1[i] = FMT == INT8 ? ld_stream16(p + 512, in) : q0[i];
     }
   }
-  // x through L2 only (ld.global.cg), never the read-only path (__ldg): under programmatic dependent
-  // launch the previous kernel may still be writing x while this one runs, so x is not read-only for
-  // this kernel's lifetime, and .nc loads returned stale values (device check: int4 M=1 graph chains).
+  // x through the read-only path (__ldg): right only because this kernel is never launched with
+  // programmatic dependent launch (cuda_qmm.cu launch_gemv says why).
   template <typename T>
   __device__ __forceinline__ void load_x(const T* xlo, const T* xhi, int b, int b1, bool has_lo, bool has_hi) {
 #pragma unroll
     for (int i = 0; i < U; ++i) {
       const bool in = b + i < b1;
       const int k = (b + i) * 16;
-      xb[i][0] = in && has_lo ? __ldcg(reinterpret_cast<const unsigned int*>(xlo + k)) : 0u;
-      xb[i][1] = in && has_lo ? __ldcg(reinterpret_cast<const unsigned int*>(xlo + k + 8)) : 0u;
-      xb[i][2] = in && has_hi ? __ldcg(reinterpret_cast<const unsigned int*>(xhi + k)) : 0u;
-      xb[i][3] = in && has_hi ? __ldcg(reinterpret_cast<const unsigned int*>(xhi + k + 8)) : 0u;
+      xb[i][0] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k)) : 0u;
+      xb[i][1] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k + 8)) : 0u;
+      xb[i][2] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k)) : 0u;
+      xb[i][3] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k + 8)) : 0u;
     }
   }
   template <typename T>

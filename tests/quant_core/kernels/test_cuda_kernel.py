@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,3 +228,15 @@ def test_device_decoder_reproduces_the_reference_weight():
     kern = CudaKernel(packed, LayerSpec.of(packed, "fp16", "cuda"))
     want = packed.dequantize(torch.float32)
     assert (kern.dequantize().float() - want).abs().max() <= 1e-3 * want.abs().max()
+
+
+def test_programmatic_dependent_launch_is_opt_in_and_never_for_the_few_row_kernel():
+    """PDL was checked correct on the device for the mma and wgmma kernels only (graph chains vs eager),
+    and its speed is unmeasured: the library starts with it off, QUANTLLM_CUDA_PDL=1 turns it on, and
+    the few-row kernel's launch never asks for it."""
+    src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
+    assert "int pdl_enabled = 0;" in src
+    gemv_launch = src[src.index("cudaError_t launch_gemv("):src.index("#if QMM_WGMMA && QMM_FMT != 2")]
+    assert "smem, stream, a, cluster, false);" in gemv_launch
+    build_src = Path(cuda_build.__file__).read_text()
+    assert 'lib.qmm_set_pdl(int(os.environ.get(PDL_ENV) == "1"))' in build_src
