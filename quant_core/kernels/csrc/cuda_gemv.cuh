@@ -24,11 +24,8 @@
 // Each warp's group rows (scales, zeros) are staged by cp.async into its own shared memory at
 // start, so a new group never waits on a global load.
 #pragma once
+#include "cuda_gemv_store.cuh"
 #include "cuda_qmm.cuh"
-
-#if QMM_CLUSTERS
-#include <cooperative_groups.h>
-#endif
 
 namespace qmm {
 
@@ -78,9 +75,7 @@ __host__ __device__ int gemv_work_bytes(const Args& a, int cluster) {
   const int sums = GEMV_WARPS * (M16 ? 16 : 8) * 64 * 4;
   return staged > sums ? staged : sums;
 }
-// Outputs of a cluster's column block that each block sums and writes (its share), and the receive
-// area where the cluster's blocks put their partial sums of them: [cluster][share] fp32.
-__host__ __device__ inline int gemv_share(const Args& a, int cluster) { return (a.M * 64 + cluster - 1) / cluster; }
+// Shared memory: the work area, then (clusters) the receive area of cuda_gemv_store.cuh, [cluster][share] fp32.
 template <typename T, int ZM, bool M16>
 __host__ int gemv_smem_bytes(const Args& a, int blocks, int cluster) {
   return gemv_work_bytes<T, ZM, M16>(a, blocks) + (cluster > 1 ? cluster * gemv_share(a, cluster) * 4 : 0);
@@ -201,12 +196,6 @@ __device__ __forceinline__ void mma_scaled(GemvAcc<M16>& r, uint4 q0, uint4 q1, 
   }
 }
 
-#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); }
-#endif
-
 // This warp's sums to its slot [m][64] of `red` (lane (g, t) holds rows 8h + 2t + e, columns 8(2j + f) + g).
 template <bool M16>
 __device__ __forceinline__ void warp_sums_to(const GemvAcc<M16>& r, float* red, int warp, int lane) {
@@ -222,80 +211,13 @@ __device__ __forceinline__ void warp_sums_to(const GemvAcc<M16>& r, float* red, 
         mine[(8 * h + 2 * t + (i & 1)) * 64 + 8 * (2 * j + (i >> 1)) + g] = r.acc[h][j][i];
 }
 
-// Output o of this block's four warp slots, in warp order (deterministic).
-template <bool M16>
-__device__ __forceinline__ float warp_total(const float* red, int o) {
-  constexpr int ROWS = M16 ? 16 : 8;
-  float v = red[o];
-#pragma unroll
-  for (int w = 1; w < GEMV_WARPS; ++w) v += red[w * ROWS * 64 + o];
-  return v;
-}
-
-template <typename T>
-__device__ __forceinline__ void store_out(const Args& a, int cb, int o, float v) {
-  reinterpret_cast<T*>(a.out)[static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64] = static_cast<T>(v);
-}
-
-// K split over the grid's blocks without a cluster (any GPU; any number of splits): the blocks add
-// their sums into the fp32 workspace at L2, and the last to arrive at this column block writes the
-// output and leaves the workspace and its counter at zero again (as the mma kernel's store_tile).
-template <typename T, bool M16>
-__device__ __forceinline__ void gemv_store_split(const float* red, const Args& a, int cb) {
-  __shared__ int last_arrival;
-  constexpr int THREADS = GEMV_WARPS * 32;
-  const int outputs = a.M * 64, tid = threadIdx.x;
-  for (int o = tid; o < outputs; o += THREADS)
-    red_add(a.ws + static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64, warp_total<M16>(red, o));
-  __threadfence();  // this block's sums are visible in L2 before it counts itself in
-  __syncthreads();
-  int* counter = a.counters + cb;
-  if (tid == 0) last_arrival = atomicAdd(counter, 1) == a.splits - 1;
-  __syncthreads();
-  if (!last_arrival) return;
-  for (int o = tid; o < outputs; o += THREADS) {
-    float* p = a.ws + static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64;
-    store_out<T>(a, cb, o, __ldcg(p));
-    __stcg(p, 0.f);
-  }
-  if (tid == 0) *counter = 0;
-}
-
-// The block's sums to the output. In a cluster (blocks along K of one column block), each block owns
-// a share of the outputs: every block writes its partial sums of block q's share into q's receive
-// area (distributed shared memory), one cluster barrier, then each block sums its area in rank order
-// and writes its share. No block reads another's memory after the barrier, so none waits to leave.
+// The block's sums to the output (cuda_gemv_store.cuh): this warp's into its slot, then the block's.
 template <typename T, bool M16>
 __device__ __forceinline__ void gemv_store(const GemvAcc<M16>& r, float* red, float* recv, const Args& a, int cb,
                                            int warp, int lane) {
-  constexpr int THREADS = GEMV_WARPS * 32;
-  const int outputs = a.M * 64, tid = threadIdx.x;
   warp_sums_to<M16>(r, red, warp, lane);
   __syncthreads();
-  if (gridDim.x == 1) {
-    for (int o = tid; o < outputs; o += THREADS) store_out<T>(a, cb, o, warp_total<M16>(red, o));
-    return;
-  }
-  if (a.splits > 1) {
-    gemv_store_split<T, M16>(red, a, cb);
-    return;
-  }
-#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int rank = static_cast<int>(cluster.block_rank()), blocks = static_cast<int>(gridDim.x);
-  const int share = gemv_share(a, blocks);
-  cluster_wait();  // (pairs with the arrival at entry) every block of the cluster has started
-  for (int o = tid; o < outputs; o += THREADS)
-    cluster.map_shared_rank(recv, o / share)[rank * share + o % share] = warp_total<M16>(red, o);
-  cluster_arrive();  // release: this block's partial sums are in their owners' memory
-  cluster_wait();
-  for (int i = tid; i < share && rank * share + i < outputs; i += THREADS) {
-    float v = 0.f;
-    for (int q = 0; q < blocks; ++q) v += recv[q * share + i];
-    store_out<T>(a, cb, rank * share + i, v);
-  }
-#endif
+  store_sums<T, GEMV_WARPS, M16 ? 16 : 8>(red, recv, a, cb);
 }
 
 // One batch of U units of a warp's band range, in registers: codes and the activations' B fragments.
