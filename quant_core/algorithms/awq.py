@@ -30,6 +30,7 @@ from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, normalized_scales, scale_groups
 from .hessians import shrunk
 from .input_stats import InputStats, collect_input_stats
+from .pruned_argmin import pruned_argmin
 from .rounding import fake_quantize, quantize_clipped
 
 
@@ -65,13 +66,11 @@ def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
     return rel.mean(0)
 
 
-def _parent_outputs(group: ScaleGroup, config: QuantConfig) -> list[torch.Tensor]:
-    outs = []
-    for args, kwargs in group.parent_inputs:
-        with forward_precision(config, group.linears[0].weight.device):  # the search's forwards: bf16 if asked
-            out = group.parent(*args, **kwargs)
-        outs.append(out[0] if isinstance(out, (tuple, list)) else out)
-    return outs
+def _parent_output(group: ScaleGroup, batch: int, config: QuantConfig) -> torch.Tensor:
+    args, kwargs = group.parent_inputs[batch]
+    with forward_precision(config, group.linears[0].weight.device):  # the search's forwards: bf16 if asked
+        out = group.parent(*args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @torch.no_grad()
@@ -79,8 +78,10 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     """Best per-channel scales (``group.n_scales`` entries) and the error of every ratio tried.
 
     The error is the parent module's output error (attention, MLP: as AutoAWQ, so softmax
-    and activations weigh the linears' errors) when the group has recorded parent inputs,
-    else the linears' exact output error over all calibration tokens.
+    and activations weigh the linears' errors) summed over its recorded calibration batches when
+    the group has them, else the linears' exact output error over all calibration tokens. The
+    parent's sum stops early for a ratio that can no longer win (``pruned_argmin``: same choice);
+    such a ratio's error is then its partial sum, already larger than the winner's.
     """
     w = group.weight()
     x_mean = group.reduce_mean(stats.abs_mean)
@@ -89,39 +90,46 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     use_parent = group.parent is not None and bool(group.parent_inputs)
     originals = [lin.weight.detach().clone() for lin in group.linears]
     splits = [lin.out_features for lin in group.linears]
-    ref = _parent_outputs(group, config) if use_parent else None
     skip = config.calibration_skip_tokens
 
-    def calibration_error(w_eff: torch.Tensor) -> float:
+    def scales(key: int) -> torch.Tensor:  # key n_grid: plain RTN (s = 1)
+        if key == config.awq_n_grid:
+            return torch.ones(group.n_scales, device=w.device)
+        r = key / config.awq_n_grid
+        s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if config.awq_duo_scaling else x_mean.pow(r)
+        return normalized_scales(s)
+
+    def effective(key: int) -> torch.Tensor:
+        if key == config.awq_n_grid:
+            return fake_quantize(w, config)
+        s_in = group.expand(scales(key))
+        return fake_quantize(w * s_in, config) / s_in
+
+    loaded = [None]
+    ref = [_parent_output(group, b, config) for b in range(len(group.parent_inputs))] if use_parent else []
+
+    def part_cost(key: int, batch: int) -> float:
         if not use_parent:
-            return output_error(w - w_eff, H).item()
-        for lin, part in zip(group.linears, w_eff.split(splits)):
-            lin.weight.copy_(part.to(lin.weight.dtype))
-        return sum(statistics_rows(o.float() - r.float(), skip).pow(2).sum().item()
-                   for o, r in zip(_parent_outputs(group, config), ref))
+            return output_error(w - effective(key), H).item()
+        if loaded[0] != key:
+            for lin, part in zip(group.linears, effective(key).split(splits)):
+                lin.weight.copy_(part.to(lin.weight.dtype))
+            loaded[0] = key
+        out = _parent_output(group, batch, config)
+        return statistics_rows(out.float() - ref[batch].float(), skip).pow(2).sum().item()
 
-    def error(w_eff: torch.Tensor) -> float:
-        if config.awq_scale_ridge == 0:  # factor 1: skip its weight-sized difference
-            return calibration_error(w_eff)
-        return calibration_error(w_eff) * unseen_input_factor(w - w_eff, H, config.awq_scale_ridge)
+    def factor(key: int) -> float:  # awq_scale_ridge 0: factor 1, skip its weight-sized difference
+        if config.awq_scale_ridge == 0:
+            return 1.0
+        return unseen_input_factor(w - effective(key), H, config.awq_scale_ridge)
 
-    best_err, best_s, errors = float("inf"), None, []
+    keys = [config.awq_n_grid, *range(config.awq_n_grid)]  # ties: RTN first, then the lower ratio (as a loop would)
     try:
-        for i in range(config.awq_n_grid):
-            r = i / config.awq_n_grid
-            s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if config.awq_duo_scaling else x_mean.pow(r)
-            s = normalized_scales(s)
-            s_in = group.expand(s)
-            err = error(fake_quantize(w * s_in, config) / s_in)
-            errors.append(err)
-            if err < best_err:
-                best_err, best_s = err, s
-        if error(fake_quantize(w, config)) <= best_err:  # duo scaling's r = 0 is not s = 1: keep RTN if better
-            best_s = torch.ones(group.n_scales, device=w.device)
+        best, costs = pruned_argmin(keys, len(ref) if use_parent else 1, part_cost, factor)
     finally:
         for lin, original in zip(group.linears, originals):
             lin.weight.copy_(original)
-    return best_s, errors
+    return scales(best), [costs[i] for i in range(config.awq_n_grid)]
 
 
 def unseen_input_factor(dw: torch.Tensor, H: torch.Tensor, ridge: float) -> float:
