@@ -27,6 +27,7 @@ from torch import nn
 from ..blocks import Architecture, BlockInputs, architecture_of, run_blockwise
 from ..calibration import forward_precision, resolve_calibration
 from ..config import QuantConfig
+from ..freed_memory import release_freed_memory
 from ..model_surgery import quantizable_linears, replace_linear
 from ..packed import PackedWeight
 from ..quantize import register_algorithm
@@ -61,9 +62,12 @@ class CalibrationBlock:
                                               self.module.get_submodule(projection) if projection else None)
 
     def finish(self) -> None:
-        """After the block's outputs: stop replaying, swap installed linears for ``QuantLinear``s."""
+        """After the block's outputs: stop replaying, swap installed linears for ``QuantLinear``s,
+        hand the block's freed memory back to the OS (``freed_memory.py``: else the resident size
+        grows block after block)."""
         self.stop_replay()
         self.replace_installed()
+        release_freed_memory()
 
     def stop_replay(self) -> None:
         for replay in self.replays.values():
