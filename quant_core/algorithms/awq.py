@@ -73,6 +73,21 @@ def _parent_output(group: ScaleGroup, batch: int, config: QuantConfig) -> torch.
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _candidate_scales(key: int, x_mean: torch.Tensor, w_mean: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """The scales of ratio ``key / awq_n_grid``; ``key == awq_n_grid``: plain RTN (s = 1)."""
+    if key == config.awq_n_grid:
+        return torch.ones_like(x_mean)
+    r = key / config.awq_n_grid
+    s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if config.awq_duo_scaling else x_mean.pow(r)
+    return normalized_scales(s)
+
+
+def _effective_weight(w: torch.Tensor, group: ScaleGroup, s: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """What the linears compute with under scales ``s``: quantized scaled, then unscaled."""
+    s_in = group.expand(s)
+    return fake_quantize(w * s_in, config) / s_in
+
+
 @torch.no_grad()
 def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> tuple[torch.Tensor, list[float]]:
     """Best per-channel scales (``group.n_scales`` entries) and the error of every ratio tried.
@@ -92,19 +107,8 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     splits = [lin.out_features for lin in group.linears]
     skip = config.calibration_skip_tokens
 
-    def scales(key: int) -> torch.Tensor:  # key n_grid: plain RTN (s = 1)
-        if key == config.awq_n_grid:
-            return torch.ones(group.n_scales, device=w.device)
-        r = key / config.awq_n_grid
-        s = x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4) if config.awq_duo_scaling else x_mean.pow(r)
-        return normalized_scales(s)
-
-    def effective(key: int) -> torch.Tensor:
-        if key == config.awq_n_grid:
-            return fake_quantize(w, config)
-        s_in = group.expand(scales(key))
-        return fake_quantize(w * s_in, config) / s_in
-
+    scales = lambda key: _candidate_scales(key, x_mean, w_mean, config)  # noqa: E731
+    effective = lambda key: _effective_weight(w, group, scales(key), config)  # noqa: E731
     loaded = [None]
     ref = [_parent_output(group, b, config) for b in range(len(group.parent_inputs))] if use_parent else []
 
