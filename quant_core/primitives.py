@@ -181,6 +181,11 @@ def output_error(dw: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     return ((dw @ H) * dw).sum()
 
 
+def shrunk(h: torch.Tensor, s: float) -> torch.Tensor:
+    """``(1 - s) h + s diag(h)``: the channel correlations of the calibration text weighed by ``1 - s``."""
+    return h if s == 0 else (1 - s) * h + s * torch.diag(h.diagonal())
+
+
 def dequantize_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
                       fmt: WeightFormat, g_idx: torch.Tensor, zero_is_min: bool = False) -> torch.Tensor:
     """Codes ``[N, K]`` -> float32 ``[N, K]``, each column using its group's qparams.

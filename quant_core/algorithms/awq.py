@@ -24,11 +24,10 @@ import torch
 
 from ..calibration import forward_precision, statistics_rows
 from ..config import QuantConfig
-from ..primitives import grouped, group_width, n_groups, output_error, round_trip_groups, stored_qparams
+from ..primitives import grouped, group_width, n_groups, output_error, round_trip_groups, shrunk, stored_qparams
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, normalized_scales, scale_groups
-from .hessians import shrunk
 from .input_stats import InputStats, collect_input_stats
 from .pruned_argmin import pruned_argmin
 from .rounding import fake_quantize, quantize_clipped

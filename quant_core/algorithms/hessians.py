@@ -30,6 +30,7 @@ from ..blocks import record_inputs
 from ..calibration import calibration_dtype_on, forward_precision, statistics_rows
 from ..config import ALGORITHM_SETTINGS
 from ..kernels.cpu_gram import accumulate_gram, gram_kernel_reason
+from ..primitives import shrunk
 from .attention_mass import recording_attention_mass
 from .driver import CalibrationBlock
 
@@ -130,11 +131,6 @@ def hessian_for(block: CalibrationBlock, name: str, group: list[str], hessians: 
     else:
         s = config.hessian_shrinkage if "hessian_shrinkage" in ALGORITHM_SETTINGS[config.algorithm] else 0.0
     return shrunk(h, s)
-
-
-def shrunk(h: torch.Tensor, s: float) -> torch.Tensor:
-    """``(1 - s) h + s diag(h)``: the channel correlations of the calibration text weighed by ``1 - s``."""
-    return h if s == 0 else (1 - s) * h + s * torch.diag(h.diagonal())
 
 
 def _hessian(hessians: dict[str, Hessian], key: str, x: torch.Tensor, bf16: bool) -> Hessian:

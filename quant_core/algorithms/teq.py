@@ -15,11 +15,10 @@ from __future__ import annotations
 import torch
 
 from ..config import QuantConfig
-from ..primitives import group_qparams, grouped, output_error
+from ..primitives import group_qparams, grouped, output_error, shrunk
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, scale_groups
-from .hessians import shrunk
 from .input_stats import InputStats, collect_input_stats
 from .rounding import fake_quantize, quantize_clipped
 
@@ -108,7 +107,7 @@ def checking_hessian(stats: InputStats, config: QuantConfig) -> torch.Tensor:
 
 def batch_error(xb: torch.Tensor, dw: torch.Tensor, shrinkage: float) -> torch.Tensor:
     """Mean squared output error of ``dw`` on the rows ``xb``, their Gram matrix blended with its
-    diagonal by ``shrinkage`` (``hessians.shrunk``): ``trace(dw G dw^T) / (rows * outputs)``."""
+    diagonal by ``shrinkage`` (``primitives.shrunk``): ``trace(dw G dw^T) / (rows * outputs)``."""
     full = (xb @ dw.T).pow(2).mean()
     if shrinkage == 0:
         return full

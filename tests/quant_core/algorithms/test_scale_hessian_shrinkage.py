@@ -7,7 +7,7 @@ from torch import nn
 from quant_core import QuantConfig
 from quant_core.algorithms import awq
 from quant_core.algorithms.equalize import ScaleGroup
-from quant_core.algorithms.hessians import shrunk
+from quant_core.primitives import shrunk
 from quant_core.algorithms.input_stats import InputStats
 from quant_core.algorithms.teq import batch_error, checking_hessian
 from quant_core.primitives import output_error
