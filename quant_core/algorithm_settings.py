@@ -17,6 +17,6 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "awq": ("awq_n_grid", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches", "awq_duo_scaling",
             "awq_scale_ridge", "awq_hessian_shrinkage"),
     "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check",
-            "teq_hessian_shrinkage"),
+            "teq_hessian_shrinkage", "teq_clip_search"),
 }
 ALGORITHMS = tuple(ALGORITHM_SETTINGS)

@@ -146,6 +146,8 @@ class QuantConfig(BaseModel):
     teq_hessian_shrinkage: float = Field(0.0, ge=0, le=1, description="TEQ: training and the check against s = 1 "
                                          "count each input's channel correlations by 1 - s (s diag(H) stands for "
                                          "the rest), as GPTQ's hessian_shrinkage (0: off).")
+    teq_clip_search: bool = Field(False, description="TEQ: after folding its scales, narrow each group's range "
+                                  "by AWQ's clipping search (awq_clip_grid / awq_clip_max_shrink at their defaults).")
 
     def __init__(self, **data):
         try:

@@ -12,6 +12,7 @@ float head, so it loads with None; a user's dict without a version gets today's 
 7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
 8: hessian_shrinkage (GPTQ, 0.5 by default); earlier GPTQ checkpoints were calibrated without it.
 9: awq_hessian_shrinkage and teq_hessian_shrinkage; earlier checkpoints ran with their off values, the defaults.
+10: teq_clip_search; earlier TEQ checkpoints ran without it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 from .algorithm_settings import ALGORITHM_SETTINGS
 from .errors import ConfigError
 
-CONFIG_VERSION = 9
+CONFIG_VERSION = 10
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8

@@ -6,7 +6,8 @@ calibration tokens: mini-batches of token rows recorded at the group's input, Ad
 ``log s`` (so scales stay positive), rounding passed straight through (STE), starting
 from ``s = 1`` (plain RTN). The trained scales are kept only if their exact output
 error over all calibration tokens (``trace(dW H dW^T)``) beats ``s = 1``, then folded
-like AWQ's (``equalize.fold_scales``) and the weights quantized by round-to-nearest.
+like AWQ's (``equalize.fold_scales``) and the weights quantized by round-to-nearest, their ranges
+narrowed first by AWQ's clipping search with ``teq_clip_search``.
 This trains each group on its own output error, block by block, rather than Intel's
 whole-model objective: a few hundred steps cost seconds per block on a CPU.
 """
@@ -17,6 +18,7 @@ import torch
 from ..config import QuantConfig
 from ..primitives import group_qparams, grouped, output_error, shrunk
 from .base import QuantResult
+from .clip_search import search_clip
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, scale_groups
 from .input_stats import InputStats, collect_input_stats
@@ -34,8 +36,19 @@ def teq_step(block: CalibrationBlock) -> None:
 def teq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:
     """Train, fold and quantize every linear of one block (consumer-first: ``equalize.equalize_block``)."""
     equalize_block(groups, stats, lambda group, i: train_scales(group, stats[group.names[0]], config, seed=i)[0])
-    return {name: quantize_clipped(lin.weight.detach().float(), config)
-            for group in groups for name, lin in zip(group.names, group.linears)}
+    results = {}
+    for group in groups:
+        for name, lin in zip(group.names, group.linears):
+            w = lin.weight.detach().float()
+            results[name] = quantize_clipped(w, config, clip_ratios(w, stats[name], config))
+    return results
+
+
+def clip_ratios(w: torch.Tensor, stats: InputStats, config: QuantConfig) -> torch.Tensor | float:
+    """Per ``[row, group]`` range ratios by AWQ's clipping search on the folded weights, or 1 (no search)."""
+    if not config.teq_clip_search:
+        return 1.0
+    return search_clip(w, shrunk(stats.H.to(w.device), config.teq_hessian_shrinkage), config)
 
 
 def _ste(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
