@@ -126,6 +126,14 @@ ROWS = {
                                                                 calibration_seed=i) for i in (1, 2)},
     "AWQ scale ridge 0.3 Hessian shrinkage 0.5": dict(algorithm="awq", awq_scale_ridge=0.3, awq_hessian_shrinkage=0.5),
     "TEQ scale ridge 0.1": dict(algorithm="teq", teq_scale_ridge=0.1),
+    # session 8 (issues 16, 19): TEQ with AWQ's clipping search; AWQ's scale search on each linear's own
+    # output error over all calibration tokens (awq_parent_batches=0: no parent forwards, minutes faster)
+    "TEQ clipping search": dict(algorithm="teq", teq_clip_search=True),
+    "TEQ clipping search scale ridge 0.3": dict(algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.3),
+    "AWQ linear-output search": dict(algorithm="awq", awq_parent_batches=0),
+    "AWQ activation-only linear-output search": dict(algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False),
+    "AWQ activation-only linear-output search Hessian shrinkage 0.5": dict(
+        algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_hessian_shrinkage=0.5),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 
