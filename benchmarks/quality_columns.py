@@ -132,6 +132,12 @@ ROWS = {
     "TEQ clipping search scale ridge 0.3": dict(algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.3),
     "AWQ linear-output search": dict(algorithm="awq", awq_parent_batches=0),
     "AWQ activation-only linear-output search": dict(algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False),
+    **{f"TEQ clipping search scale ridge 0.3 calibration seed {i}": dict(
+        algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.3, calibration_seed=i) for i in (1, 2)},
+    **{f"AWQ linear-output search calibration seed {i}": dict(algorithm="awq", awq_parent_batches=0,
+                                                              calibration_seed=i) for i in (1, 2)},
+    **{f"AWQ activation-only linear-output search calibration seed {i}": dict(
+        algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, calibration_seed=i) for i in (1, 2)},
     "AWQ activation-only linear-output search Hessian shrinkage 0.5": dict(
         algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_hessian_shrinkage=0.5),
 }
