@@ -67,6 +67,8 @@ ROWS = {
                                hessian_shrinkage=0.0),
     "AWQ": dict(algorithm="awq"),
     "TEQ": dict(algorithm="teq"),
+    # TEQ's defaults before session 8 (issue 16): no clipping search, no ridge
+    "TEQ before session 8": dict(algorithm="teq", teq_clip_search=False, teq_scale_ridge=0.0),
     # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
     "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True, hessian_shrinkage=0.0),
     "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0),
@@ -94,14 +96,18 @@ ROWS = {
     "AWQ calibration seed 2": dict(algorithm="awq", calibration_seed=2),
     "TEQ calibration seed 1": dict(algorithm="teq", calibration_seed=1),
     "TEQ calibration seed 2": dict(algorithm="teq", calibration_seed=2),
+    **{f"TEQ before session 8 calibration seed {i}": dict(algorithm="teq", teq_clip_search=False, teq_scale_ridge=0.0, calibration_seed=i)
+       for i in (1, 2)},
     # issue 16's options against scales that fit only the calibration text (off by default)
-    "TEQ scale ridge 0.3": dict(algorithm="teq", teq_scale_ridge=0.3),
-    "TEQ held-out scale check": dict(algorithm="teq", teq_scale_check="held_out"),
+    "TEQ scale ridge 0.3": dict(algorithm="teq", teq_scale_ridge=0.3, teq_clip_search=False),
+    "TEQ held-out scale check": dict(algorithm="teq", teq_scale_check="held_out", teq_clip_search=False, teq_scale_ridge=0.0),
     "AWQ scale ridge 0.3": dict(algorithm="awq", awq_scale_ridge=0.3),
     "AWQ scale ridge 0.3 calibration seed 1": dict(algorithm="awq", awq_scale_ridge=0.3, calibration_seed=1),
     "AWQ scale ridge 0.3 calibration seed 2": dict(algorithm="awq", awq_scale_ridge=0.3, calibration_seed=2),
-    "TEQ scale ridge 0.3 calibration seed 1": dict(algorithm="teq", teq_scale_ridge=0.3, calibration_seed=1),
-    "TEQ scale ridge 0.3 calibration seed 2": dict(algorithm="teq", teq_scale_ridge=0.3, calibration_seed=2),
+    "TEQ scale ridge 0.3 calibration seed 1": dict(algorithm="teq", teq_scale_ridge=0.3, teq_clip_search=False,
+                                                   calibration_seed=1),
+    "TEQ scale ridge 0.3 calibration seed 2": dict(algorithm="teq", teq_scale_ridge=0.3, teq_clip_search=False,
+                                                   calibration_seed=2),
     # GPTQ's spread and ablations at the previous default (session 6): what hessian_shrinkage was chosen against
     **{f"GPTQ no Hessian shrinkage calibration seed {i}": dict(algorithm="gptq", act_order=False, hessian_shrinkage=0.0,
                                                                calibration_seed=i) for i in (1, 2, 3)},
@@ -119,21 +125,19 @@ ROWS = {
     # session 7 (issue 16): AWQ and TEQ fitted with Hessians blended with their diagonal, as GPTQ's fix;
     # AWQ without its clipping search, to tell whether the clipping or the scales lose out of domain
     **{f"AWQ Hessian shrinkage {s}": dict(algorithm="awq", awq_hessian_shrinkage=s) for s in (0.5, 1.0)},
-    **{f"TEQ Hessian shrinkage {s}": dict(algorithm="teq", teq_hessian_shrinkage=s) for s in (0.5, 1.0)},
+    **{f"TEQ Hessian shrinkage {s}": dict(algorithm="teq", teq_hessian_shrinkage=s, teq_clip_search=False, teq_scale_ridge=0.0)
+       for s in (0.5, 1.0)},
     "AWQ no clipping search": dict(algorithm="awq", awq_clip_max_shrink=0.0),
     "AWQ activation-only scales": dict(algorithm="awq", awq_duo_scaling=False),
     **{f"AWQ activation-only scales calibration seed {i}": dict(algorithm="awq", awq_duo_scaling=False,
                                                                 calibration_seed=i) for i in (1, 2)},
     "AWQ scale ridge 0.3 Hessian shrinkage 0.5": dict(algorithm="awq", awq_scale_ridge=0.3, awq_hessian_shrinkage=0.5),
-    "TEQ scale ridge 0.1": dict(algorithm="teq", teq_scale_ridge=0.1),
-    # session 8 (issues 16, 19): TEQ with AWQ's clipping search; AWQ's scale search on each linear's own
+    "TEQ scale ridge 0.1": dict(algorithm="teq", teq_scale_ridge=0.1, teq_clip_search=False),
+    # session 8 (issues 16, 19): TEQ with AWQ's clipping search (with ridge 0.3: row TEQ, the default since); AWQ's scale search on each linear's own
     # output error over all calibration tokens (awq_parent_batches=0: no parent forwards, minutes faster)
-    "TEQ clipping search": dict(algorithm="teq", teq_clip_search=True),
-    "TEQ clipping search scale ridge 0.3": dict(algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.3),
+    "TEQ clipping search": dict(algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.0),
     "AWQ linear-output search": dict(algorithm="awq", awq_parent_batches=0),
     "AWQ activation-only linear-output search": dict(algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False),
-    **{f"TEQ clipping search scale ridge 0.3 calibration seed {i}": dict(
-        algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.3, calibration_seed=i) for i in (1, 2)},
     **{f"AWQ linear-output search calibration seed {i}": dict(algorithm="awq", awq_parent_batches=0,
                                                               calibration_seed=i) for i in (1, 2)},
     **{f"AWQ activation-only linear-output search calibration seed {i}": dict(

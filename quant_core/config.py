@@ -137,17 +137,18 @@ class QuantConfig(BaseModel):
     teq_batch_tokens: int = Field(256, gt=0, le=MAX_CALIBRATION_TOKENS, description="TEQ: token rows per training step.")
     teq_keep_tokens: int = Field(4096, gt=0, le=MAX_CALIBRATION_TOKENS, description="TEQ: token rows kept per group (a uniform sample "
                                                          "of all calibration tokens) to train on.")
-    teq_scale_ridge: float = Field(0.0, ge=0, le=1e6, description="TEQ: training and the check against s = 1 also "
+    teq_scale_ridge: float = Field(0.3, ge=0, le=1e6, description="TEQ: training and the check against s = 1 also "
                                    "count an isotropic input ridge * trace(H) / K (inputs the calibration text never "
-                                   "showed, as awq_scale_ridge): larger values keep scales nearer 1 (0: off).")
+                                   "showed, as awq_scale_ridge): larger values keep scales nearer 1 (0: off; 0.3 since session 8, issue 16).")
     teq_scale_check: Literal["all", "held_out"] = Field(
         "all", description="TEQ: trained scales are kept only if they beat s = 1 on all calibration tokens, or "
                            "(held_out) on those it did not train on.")
     teq_hessian_shrinkage: float = Field(0.0, ge=0, le=1, description="TEQ: training and the check against s = 1 "
                                          "count each input's channel correlations by 1 - s (s diag(H) stands for "
                                          "the rest), as GPTQ's hessian_shrinkage (0: off).")
-    teq_clip_search: bool = Field(False, description="TEQ: after folding its scales, narrow each group's range "
-                                  "by AWQ's clipping search (awq_clip_grid / awq_clip_max_shrink at their defaults).")
+    teq_clip_search: bool = Field(True, description="TEQ: after folding its scales, narrow each group's range "
+                                  "by AWQ's clipping search (awq_clip_grid / awq_clip_max_shrink at their defaults; "
+                                  "on since session 8, issue 16).")
 
     def __init__(self, **data):
         try:

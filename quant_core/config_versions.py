@@ -12,7 +12,8 @@ float head, so it loads with None; a user's dict without a version gets today's 
 7: awq_scale_ridge and teq_scale_check (issue 16); earlier checkpoints ran with their off values, the defaults.
 8: hessian_shrinkage (GPTQ, 0.5 by default); earlier GPTQ checkpoints were calibrated without it.
 9: awq_hessian_shrinkage and teq_hessian_shrinkage; earlier checkpoints ran with their off values, the defaults.
-10: teq_clip_search; earlier TEQ checkpoints ran without it.
+10: teq_clip_search, and TEQ's defaults teq_clip_search=True, teq_scale_ridge=0.3 (issue 16: TEQ had been worse
+than RTN out of domain); earlier TEQ checkpoints ran with neither.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ CONFIG_VERSION = 10
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8
+TEQ_DEFAULTS_VERSION = 10
 
 
 def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
@@ -45,4 +47,7 @@ def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("mlp_out_shrinkage", 0.0)
     if version < HESSIAN_SHRINKAGE_VERSION and data.get("algorithm") == "gptq":
         data.setdefault("hessian_shrinkage", 0.0)  # calibrated before the field existed
+    if version < TEQ_DEFAULTS_VERSION and data.get("algorithm") == "teq":
+        data.setdefault("teq_clip_search", False)  # calibrated with the earlier defaults
+        data.setdefault("teq_scale_ridge", 0.0)
     return {**data, "version": CONFIG_VERSION}  # older versions only lack fields

@@ -47,7 +47,8 @@ def test_scales_fitted_to_the_sample_alone_fall_back_to_rtn_under_the_held_out_c
     # trained on rows loud in channels 0-5 and silent in 8-13 (whose scales it may then shrink for free);
     # the other calibration rows are loud in 8-13
     group, stats = group_and_stats(loud(512, slice(0, 6), 1, quiet=slice(8, 14)), loud(128, slice(8, 14), 2))
-    base = dict(algorithm="teq", weight_dtype="int4", group_size=32, scale_dtype="fp32", teq_steps=80, teq_lr=3e-2)
+    base = dict(algorithm="teq", weight_dtype="int4", group_size=32, scale_dtype="fp32", teq_steps=80, teq_lr=3e-2,
+                teq_scale_ridge=0.0)  # the check alone decides here
     s_all, info_all = train_scales(group, stats, QuantConfig(**base))
     s_held, info_held = train_scales(group, stats, QuantConfig(**base, teq_scale_check="held_out"))
     assert not torch.allclose(s_all, torch.ones_like(s_all))  # all tokens: the trained scales win
@@ -72,9 +73,9 @@ def test_the_ridge_is_counted_in_the_check_and_keeps_scales_nearer_one():
     assert spread[3.0] < spread[0.0], spread
 
 
-def test_the_defaults_are_the_previous_behaviour_and_the_fields_are_teqs_own():
+def test_the_defaults_and_the_fields_are_teqs_own():
     config = QuantConfig()
-    assert config.teq_scale_ridge == 0.0 and config.teq_scale_check == "all"
+    assert config.teq_scale_ridge == 0.3 and config.teq_scale_check == "all"  # ridge 0.3 since session 8
     with pytest.raises(ValueError, match="teq_scale_check"):
         QuantConfig(algorithm="awq", teq_scale_check="held_out")
     with pytest.raises(ValueError):
