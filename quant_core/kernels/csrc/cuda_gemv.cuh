@@ -226,27 +226,31 @@ struct Batch {
   uint4 q0[U], q1[U];
   uint32_t xb[U][4];  // x rows g (k 2t.., 2t + 8..), then rows g + 8
 
+  // EARLY: the first batch, issued before pdl_wait() so that it streams during the previous kernel's
+  // tail; through ld_early16, which ptxas keeps there (it would sink a read-only load below the wait).
+  template <bool EARLY = false>
   __device__ __forceinline__ void load_codes(const uint8_t* qsrc, size_t qstride, int b, int b0, int b1) {
 #pragma unroll
     for (int i = 0; i < U; ++i) {
       const bool in = b + i < b1;
       const uint8_t* p = qsrc + static_cast<size_t>(b - b0 + i) * qstride;
-      q0[i] = ld_stream16(p, in);
-      q1[i] = FMT == INT8 ? ld_stream16(p + 512, in) : q0[i];
+      q0[i] = EARLY ? ld_early16(p, in) : ld_stream16(p, in);
+      q1[i] = FMT != INT8 ? q0[i] : EARLY ? ld_early16(p + 512, in) : ld_stream16(p + 512, in);
     }
   }
-  // x through the read-only path (__ldg): right only because this kernel is never launched with
-  // programmatic dependent launch (cuda_qmm.cu launch_gemv says why).
+  // x may be the previous kernel's output (programmatic dependent launch): coherent loads that stay
+  // below pdl_wait(). Through the read-only path (__ldg), ptxas hoisted one above the wait, and graph
+  // chains with PDL on differed from eager ones (session 7, int4 M=1).
   template <typename T>
   __device__ __forceinline__ void load_x(const T* xlo, const T* xhi, int b, int b1, bool has_lo, bool has_hi) {
 #pragma unroll
     for (int i = 0; i < U; ++i) {
       const bool in = b + i < b1;
       const int k = (b + i) * 16;
-      xb[i][0] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k)) : 0u;
-      xb[i][1] = in && has_lo ? __ldg(reinterpret_cast<const unsigned int*>(xlo + k + 8)) : 0u;
-      xb[i][2] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k)) : 0u;
-      xb[i][3] = in && has_hi ? __ldg(reinterpret_cast<const unsigned int*>(xhi + k + 8)) : 0u;
+      xb[i][0] = in && has_lo ? ld_after_wait32(xlo + k) : 0u;
+      xb[i][1] = in && has_lo ? ld_after_wait32(xlo + k + 8) : 0u;
+      xb[i][2] = in && has_hi ? ld_after_wait32(xhi + k) : 0u;
+      xb[i][3] = in && has_hi ? ld_after_wait32(xhi + k + 8) : 0u;
     }
   }
   template <typename T>
@@ -322,7 +326,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
   const bool has_lo = g < a.M, has_hi = M16 && g + 8 < a.M;
   // two batches in flight: the next one's loads are issued before the current one is multiplied
   Batch<FMT, U> even, odd;
-  even.load_codes(qsrc, qstride, b0, b0, b1);  // the weight is constant: streamed before the wait
+  even.template load_codes<true>(qsrc, qstride, b0, b0, b1);  // the weight is constant: streamed before the wait
   pdl_wait();  // x (and the output) only once the previous kernel on the stream is done
   even.template load_x<T>(xlo, xhi, b0, b1, has_lo, has_hi);
   cp_async_wait<0>();  // this warp's group rows

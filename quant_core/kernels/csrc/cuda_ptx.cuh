@@ -67,6 +67,28 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p, bool pred) {
   return v;
 }
 
+// The same 16 bytes through L2 only (.cg, not .nc): ptxas keeps a coherent load on its side of
+// griddepcontrol.wait, while it moves read-only (.nc) loads across it freely, both ways (seen in the
+// few-row kernel's SASS: the weight prefetch sank below the wait and an x load rose above it).
+// For the loads that must be issued before pdl_wait() to overlap the previous kernel's tail.
+__device__ __forceinline__ uint4 ld_early16(const void* p, bool pred) {
+  uint4 v;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n"
+      " mov.b32 %3, 0;\n @p ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];\n}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(static_cast<int>(pred)));
+  return v;
+}
+
+// 4 bytes that the previous kernel on the stream may have written (x under PDL): coherent, at L2
+// (.cg), and volatile so neither the compiler nor ptxas hoists it above pdl_wait().
+__device__ __forceinline__ uint32_t ld_after_wait32(const void* p) {
+  uint32_t v;
+  asm volatile("ld.global.cg.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  return v;
+}
+
 // fp32 add performed at L2, no return value (split-K partial sums).
 __device__ __forceinline__ void red_add(float* p, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
@@ -78,6 +100,9 @@ __device__ __forceinline__ void red_add(float* p, float v) {
 // are visible; x, the output and the split-K workspace are touched only after it. pdl_launch() lets
 // the next launch start early: called at entry, the next kernel's blocks take SM slots only as ours
 // retire (they launch once every block of ours has started), and prefetch their weight meanwhile.
+// ptxas moves read-only (.nc) loads across griddepcontrol.wait, both ways: a load that must stay on
+// one side of it is coherent (ld_early16, ld_after_wait32, cp.async); tests/.../test_cuda_pdl_order.py
+// reads the few-row kernel's SASS for it.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -30,16 +30,14 @@ namespace {
 using T = std::conditional<QMM_BF16, __nv_bfloat16, half>::type;
 constexpr int STAGES = 4;
 
-// Programmatic dependent launch (cuda_ptx.cuh pdl_wait) for the mma and wgmma kernels: off unless
-// qmm_set_pdl(1) (QUANTLLM_CUDA_PDL=1) where the kernels were built for sm_90. Opt-in because only its
-// correctness was checked on the device (graph chains equal eager ones), not yet its speed.
+// Programmatic dependent launch (cuda_ptx.cuh pdl_wait) for every fused kernel where they were built for
+// sm_90, while qmm_set_pdl(1) (cuda_build.py sets it from QUANTLLM_CUDA_PDL).
 int pdl_enabled = 0;
 
-// Every kernel launch: `cluster` blocks along x meet in a thread-block cluster when > 1; `pdl`: may
-// use programmatic dependent launch when it is enabled.
+// Every kernel launch: `cluster` blocks along x meet in a thread-block cluster when > 1; with PDL when enabled.
 template <typename K>
 cudaError_t launch_ex(K kernel, dim3 grid, int threads, int smem, cudaStream_t stream, const qmm::Args& a,
-                      int cluster = 1, bool pdl = true) {
+                      int cluster = 1) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads, 1, 1);
@@ -54,7 +52,7 @@ cudaError_t launch_ex(K kernel, dim3 grid, int threads, int smem, cudaStream_t s
     attr[n].val.clusterDim.z = 1;
     ++n;
   }
-  if (pdl_enabled && pdl) {
+  if (pdl_enabled) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
     ++n;
@@ -122,11 +120,10 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     raised = smem;
   }
-  // Never with PDL: launched so, its int4 M=1 results differed from eager ones in graph chains on the
-  // H200 (every cluster and split; rel diff up to 1.1) while nf4, int8 and 16 rows passed. Suspect: x
-  // read through the read-only path (__ldg) while the previous kernel may still write it; reading it
-  // with ld.global.cg instead is the untested fix. Its pdl_launch() still lets a following mma kernel start.
-  return launch_ex(kernel, dim3(blocks, a.N / 64, 1), qmm::GEMV_WARPS * 32, smem, stream, a, cluster, false);
+  // With PDL as the other kernels: its first batch of weight loads is issued before pdl_wait(), x is read
+  // after it through coherent loads (cuda_gemv.cuh Batch::load_x says why; session 7 found int4 M=1 wrong
+  // in graph chains while x went through the read-only path, which ptxas hoisted above the wait).
+  return launch_ex(kernel, dim3(blocks, a.N / 64, 1), qmm::GEMV_WARPS * 32, smem, stream, a, cluster);
 }
 #if QMM_WGMMA && QMM_FMT != 2
 // The wgmma kernel (cuda_wgk.cuh): (warpgroups, BK) by the tuner's `tile`; keep in step with

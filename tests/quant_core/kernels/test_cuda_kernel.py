@@ -230,13 +230,13 @@ def test_device_decoder_reproduces_the_reference_weight():
     assert (kern.dequantize().float() - want).abs().max() <= 1e-3 * want.abs().max()
 
 
-def test_programmatic_dependent_launch_is_opt_in_and_never_for_the_few_row_kernel():
-    """PDL was checked correct on the device for the mma and wgmma kernels only (graph chains vs eager),
-    and its speed is unmeasured: the library starts with it off, QUANTLLM_CUDA_PDL=1 turns it on, and
-    the few-row kernel's launch never asks for it."""
+def test_programmatic_dependent_launch_covers_every_fused_kernel_and_is_opt_in():
+    """Every fused kernel (few-row included, since its x loads stay below the wait: test_cuda_pdl_order.py)
+    launches through launch_ex, which asks for PDL while it is enabled; the library starts with it off and
+    QUANTLLM_CUDA_PDL=1 turns it on."""
     src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
-    assert "int pdl_enabled = 0;" in src
+    assert "int pdl_enabled = 0;" in src and "if (pdl_enabled) {" in src
     gemv_launch = src[src.index("cudaError_t launch_gemv("):src.index("#if QMM_WGMMA && QMM_FMT != 2")]
-    assert "smem, stream, a, cluster, false);" in gemv_launch
+    assert "smem, stream, a, cluster);" in gemv_launch
     build_src = Path(cuda_build.__file__).read_text()
     assert 'lib.qmm_set_pdl(int(os.environ.get(PDL_ENV) == "1"))' in build_src
