@@ -146,8 +146,8 @@ def speed(shapes, rows_list, copy_tbs, with_triton: bool, formats=("int4", "nf4"
                 c = timed([lambda kk=kk: kk.forward(x) for kk in cks], True)
                 t = timed([lambda kk=kk: kk.forward(x) for kk in tks], True) if tks else float("nan")
                 bw = ps[0].nbytes() / c / 1e6
-                # the same launches with programmatic dependent launch flipped (off by default: QUANTLLM_CUDA_PDL=1
-                # times the pick with it, this column without); the few-row kernel never uses it
+                # the same launches with programmatic dependent launch flipped (on by default, so this column is
+                # without it; with QUANTLLM_CUDA_PDL=0 the main column is without and this one with)
                 was = cks[0].lib.qmm_set_pdl(1)
                 cks[0].lib.qmm_set_pdl(1 - was)
                 off = timed([lambda kk=kk: kk.forward(x) for kk in cks], True)

@@ -27,9 +27,9 @@ from ..errors import BuildError
 CSRC = Path(__file__).parent / "csrc"
 SOURCE = CSRC / "cuda_qmm.cu"
 NVCC_ENV = "QUANTLLM_NVCC"
-# "1": the mma and wgmma kernels use programmatic dependent launch on sm_90 (their first stages' weight
-# loads overlap the previous kernel's tail; csrc/cuda_ptx.cuh pdl_wait). Off by default: checked
-# correct on the device, speed not yet measured
+# Programmatic dependent launch on sm_90 (each fused kernel's first weight loads overlap the previous
+# kernel's tail; csrc/cuda_ptx.cuh pdl_wait): on unless this is "0". Measured on the H200 (gpu_speed.md,
+# session 8): graph chains equal eager ones for every kernel and config; back-to-back calls 2-2.5 us faster.
 PDL_ENV = "QUANTLLM_CUDA_PDL"
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-lineinfo"]
 FORMATS = {"int4": 0, "cb4": 1, "int8": 2}
@@ -62,6 +62,11 @@ def _nvcc_version(path: str) -> str:
     except Exception as exc:
         raise BuildError(f"nvcc at {path!r} does not run: {exc}") from exc
     return out.strip().splitlines()[-1] if out.strip() else "unknown"
+
+
+def pdl_from_env() -> int:
+    """1 (PDL on, the default) unless $QUANTLLM_CUDA_PDL is "0"."""
+    return int(os.environ.get(PDL_ENV, "1").strip() != "0")
 
 
 def variant_defines(bf16: bool, fmt: str, zero_mode: str) -> list[str]:
@@ -127,7 +132,7 @@ def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str) -> ctypes.CDLL
     lib.qmm_set_device.restype = ctypes.c_int
     lib.qmm_set_pdl.argtypes = [ctypes.c_int]
     lib.qmm_set_pdl.restype = ctypes.c_int
-    lib.qmm_set_pdl(int(os.environ.get(PDL_ENV) == "1"))
+    lib.qmm_set_pdl(pdl_from_env())
     lib.qmm_error_string.argtypes = [ctypes.c_int]
     lib.qmm_error_string.restype = ctypes.c_char_p
     want = int(bf16) * 100 + FORMATS[fmt] * 10 + ZERO_MODES[zero_mode]

@@ -230,13 +230,19 @@ def test_device_decoder_reproduces_the_reference_weight():
     assert (kern.dequantize().float() - want).abs().max() <= 1e-3 * want.abs().max()
 
 
-def test_programmatic_dependent_launch_covers_every_fused_kernel_and_is_opt_in():
+def test_programmatic_dependent_launch_covers_every_fused_kernel():
     """Every fused kernel (few-row included, since its x loads stay below the wait: test_cuda_pdl_order.py)
-    launches through launch_ex, which asks for PDL while it is enabled; the library starts with it off and
-    QUANTLLM_CUDA_PDL=1 turns it on."""
+    launches through launch_ex, which asks for PDL while the library has it enabled."""
     src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
-    assert "int pdl_enabled = 0;" in src and "if (pdl_enabled) {" in src
+    assert "if (pdl_enabled) {" in src
     gemv_launch = src[src.index("cudaError_t launch_gemv("):src.index("#if QMM_WGMMA && QMM_FMT != 2")]
     assert "smem, stream, a, cluster);" in gemv_launch
-    build_src = Path(cuda_build.__file__).read_text()
-    assert 'lib.qmm_set_pdl(int(os.environ.get(PDL_ENV) == "1"))' in build_src
+
+
+@pytest.mark.parametrize("value, on", [(None, 1), ("1", 1), ("0", 0), (" 0 ", 0), ("yes", 1)])
+def test_programmatic_dependent_launch_is_on_unless_switched_off(monkeypatch, value, on):
+    if value is None:
+        monkeypatch.delenv(cuda_build.PDL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cuda_build.PDL_ENV, value)
+    assert cuda_build.pdl_from_env() == on
