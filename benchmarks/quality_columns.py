@@ -142,6 +142,9 @@ ROWS = {
                                                               calibration_seed=i) for i in (1, 2)},
     **{f"AWQ activation-only linear-output search calibration seed {i}": dict(
         algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, calibration_seed=i) for i in (1, 2)},
+    "AWQ linear-output search scale ridge 0.3": dict(algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.3),
+    **{f"AWQ linear-output search scale ridge 0.3 calibration seed {i}": dict(
+        algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.3, calibration_seed=i) for i in (1, 2)},
     "AWQ activation-only linear-output search Hessian shrinkage 0.5": dict(
         algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_hessian_shrinkage=0.5),
 }
