@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("model", nargs="?", help=MODEL_HELP)
     q.add_argument("-o", "--output", required=True, help="directory to write (must not exist unless --overwrite)")
-    q.add_argument("--algorithm", default="rtn", help="rtn | gptq | awq | teq | quantease | gptq_quantease (default: rtn)")
+    q.add_argument("--algorithm", default="rtn", help="rtn | gptq | awq | teq | quantease | gptq_quantease | signround (default: rtn)")
     q.add_argument("--weight-dtype", default="int4_fullrange",
                    help="int8, int4_clip, int4_fullrange (int4), nf4, fp4_e2m1 (fp4), int3, int2")
     q.add_argument("--group-size", type=int, default=128, help="columns per scale; -1 = per channel (default 128)")

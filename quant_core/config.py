@@ -45,7 +45,7 @@ class QuantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     version: int = Field(CONFIG_VERSION, description="Format version of this config, set by quantllm.")
-    algorithm: str = Field("rtn", description="rtn | gptq | awq | teq | quantease | gptq_quantease")
+    algorithm: str = Field("rtn", description="rtn | gptq | awq | teq | quantease | gptq_quantease | signround")
     weight_dtype: str = Field("int4_fullrange", description="Weight format; see quant_core.formats.FORMATS.")
     compute_dtype: str = Field("auto", description="auto | fp32 | bf16 | fp16 (GPU) | int8 (activations quantized per token).")
     group_size: int = Field(128, description="Input columns per scale; -1 for one scale per output channel.")
@@ -149,6 +149,14 @@ class QuantConfig(BaseModel):
     teq_clip_search: bool = Field(True, description="TEQ: after folding its scales, narrow each group's range "
                                   "by AWQ's clipping search (awq_clip_grid / awq_clip_max_shrink at their defaults; "
                                   "on since session 8, issue 16).")
+
+    # SignRound (quant_core/algorithms/signround.py).
+    signround_steps: int = Field(200, gt=0, le=100_000, description="SignRound: signed-gradient steps per block.")
+    signround_lr: float | None = Field(None, gt=0, le=1, description="SignRound: the first step's size (each "
+                                       "parameter moves by lr * sign(gradient), decaying linearly to 0); None: "
+                                       "1 / signround_steps.")
+    signround_batch_windows: int = Field(8, gt=0, le=MAX_COUNT, description="SignRound: calibration windows per "
+                                         "step (taken from one calibration batch, so at most calibration_batch_size).")
 
     def __init__(self, **data):
         try:
@@ -259,6 +267,14 @@ class QuantConfig(BaseModel):
         if fmt.is_codebook and self.scheme == "asym":
             raise ValueError(f"{fmt.name} is a codebook format and has no zero point: use scheme='sym', "
                              f"or an int format ({', '.join(n for n, f in FORMATS.items() if not f.is_codebook)}) for asym")
+        return self
+
+    @model_validator(mode="after")
+    def _signround_formats(self):
+        if self.algorithm == "signround" and self.format.is_codebook:
+            raise ValueError(f"algorithm='signround' learns offsets on an integer grid and does not run "
+                             f"{self.format.name}; use an int format (int4_fullrange, int3, ...) or "
+                             f"algorithm='gptq' / 'quantease' for {self.format.name}")
         return self
 
     @model_validator(mode="after")

@@ -14,6 +14,8 @@ float head, so it loads with None; a user's dict without a version gets today's 
 9: awq_hessian_shrinkage and teq_hessian_shrinkage; earlier checkpoints ran with their off values, the defaults.
 10: teq_clip_search, and TEQ's defaults teq_clip_search=True, teq_scale_ridge=0.3 (issue 16: TEQ had been worse
 than RTN out of domain); earlier TEQ checkpoints ran with neither.
+11: SignRound's settings (signround_steps, signround_lr, signround_batch_windows, signround_target,
+signround_token_weighting); an older quantllm would refuse them as unknown fields.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 from .algorithm_settings import ALGORITHM_SETTINGS
 from .errors import ConfigError
 
-CONFIG_VERSION = 10
+CONFIG_VERSION = 11
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8

@@ -1,0 +1,201 @@
+"""SignRound (Cheng et al. 2023, arXiv 2309.05516): learned rounding by signed gradient descent.
+
+Per decoder block, every quantized linear gets a rounding offset ``V`` in [-0.5, 0.5] per weight
+and range factors in [0.5, 1] per group (symmetric: one factor on the group's largest magnitude;
+asymmetric: one on its maximum and one on its minimum), so a weight computes as
+``s * (round(W / s + V) + z - z)`` with ``s, z`` from the narrowed range. They are trained for
+``config.signround_steps`` steps on the mean squared error between the block's outputs and the
+float block's on the same inputs (the driver's: the outputs of the quantized blocks before it),
+one random mini-batch of ``signround_batch_windows`` windows per step, rounding passed straight
+through (STE). Each step moves every parameter by ``lr * sign(gradient)`` (the gradient's size
+says little once rounding is in the loss), the rate decaying linearly from ``signround_lr``
+(``1 / steps`` by default: ``V`` can cross a whole code over the run) to 0.
+
+The parameters of the step with the lowest mini-batch loss are kept and rounded once, scales to
+their stored dtype; they replace RTN's only if the block's error over all calibration windows is
+lower, so no block ends worse than RTN on its calibration inputs. Forwards run in the calibration
+precision (bf16 autocast where ``calibration_dtype`` resolves to it); parameters and gradients are
+fp32. Integer formats only: ``QuantConfig`` refuses codebook formats (nf4, fp4) for SignRound.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from ..calibration import forward_precision
+from ..config import QuantConfig
+from ..primitives import group_qparams, grouped, stored_scale
+from .base import QuantResult
+from .driver import CalibrationBlock, calibrated_algorithm
+from .rtn import rtn
+
+log = logging.getLogger("quant_core")
+
+RANGE_MIN = 0.5  # the narrowest range factor (the paper's [0.5, 1])
+OFFSET_MAX = 0.5  # |V|: half a code either way, so any weight can reach both neighbouring codes
+
+
+def _ste(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Value of ``target``, gradient of ``x`` (straight-through estimator)."""
+    return x + (target - x).detach()
+
+
+class LearnedRounding:
+    """One linear's trainable rounding: offsets ``[N, G, gs]`` and range factors ``[N, G]``."""
+
+    def __init__(self, weight: torch.Tensor, config: QuantConfig):
+        self.config = config
+        self.shape = weight.shape
+        self.groups = grouped(weight.detach().float(), config.group_size)  # [N, G, gs], zero-padded
+        n, g, _ = self.groups.shape
+        self.offset = torch.zeros_like(self.groups, requires_grad=True)
+        self.top = torch.ones(n, g, device=weight.device, requires_grad=True)
+        self.bottom = None if config.sym else torch.ones(n, g, device=weight.device, requires_grad=True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for p in (self.offset, self.top, self.bottom) if p is not None]
+
+    def qparams(self):
+        """Scale and zero point ``[N, G]`` of the narrowed ranges (differentiable)."""
+        fmt = self.config.format
+        if self.bottom is None:
+            return group_qparams(self.groups, fmt, True, shrink=self.top)
+        wmax = (self.groups.amax(-1) * self.top).clamp_min(0)
+        wmin = (self.groups.amin(-1) * self.bottom).clamp_max(0)
+        scale = ((wmax - wmin) / fmt.max_code).clamp_min(1e-10)
+        zero = _ste(-wmin / scale, torch.round(-wmin / scale)).clamp(0, fmt.max_code)
+        return scale, zero
+
+    def fake_weight(self) -> torch.Tensor:
+        """The ``[N, K]`` weight the linear computes with, differentiable in the parameters."""
+        scale, zero = self.qparams()
+        fmt = self.config.format
+        x = self.groups / scale.unsqueeze(-1) + self.offset
+        z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
+        q = torch.clamp(_ste(x, torch.round(x)) + z, 0, fmt.max_code)
+        return ((q - z) * scale.unsqueeze(-1)).reshape(self.shape[0], -1)[:, :self.shape[1]]
+
+    @torch.no_grad()
+    def descend(self, grads: list[torch.Tensor], lr: float) -> None:
+        """One signed-gradient step, each parameter kept in its range."""
+        for p, g in zip(self.parameters(), grads):
+            p.sub_(lr * g.sign())
+        self.offset.clamp_(-OFFSET_MAX, OFFSET_MAX)
+        self.top.clamp_(RANGE_MIN, 1.0)
+        if self.bottom is not None:
+            self.bottom.clamp_(RANGE_MIN, 1.0)
+
+    @torch.no_grad()
+    def result(self) -> QuantResult:
+        """Codes with the learned offsets, on scales rounded to their stored dtype."""
+        scale, zero = self.qparams()
+        scale = stored_scale(scale, self.config.torch_scale_dtype)
+        fmt = self.config.format
+        z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
+        codes = torch.clamp(torch.round(self.groups / scale.unsqueeze(-1) + self.offset) + z, 0, fmt.max_code)
+        codes = codes.to(torch.uint8).reshape(self.shape[0], -1)[:, :self.shape[1]]
+        return QuantResult(codes, scale, None if zero is None else zero.detach().clone())
+
+
+def _rows_of(value, rows: torch.Tensor, batch: int):
+    """``value`` (a block argument) for the windows ``rows`` of a batch of ``batch``: tensors whose
+    leading dimension is the batch are sliced (masks, per-window rotary tables); others kept."""
+    if isinstance(value, torch.Tensor):
+        return value[rows] if value.dim() >= 2 and value.shape[0] == batch and batch > 1 else value
+    if isinstance(value, tuple):
+        return tuple(_rows_of(v, rows, batch) for v in value)
+    if isinstance(value, list):
+        return [_rows_of(v, rows, batch) for v in value]
+    if isinstance(value, dict):
+        return {k: _rows_of(v, rows, batch) for k, v in value.items()}
+    return value
+
+
+def _minibatch(block: CalibrationBlock, targets: list[torch.Tensor], windows: int, gen: torch.Generator):
+    """(hidden, args, kwargs, target) of ``windows`` random windows of one random calibration batch."""
+    i = int(torch.randint(len(targets), (1,), generator=gen))
+    hidden = block.inputs.hidden[i]
+    batch = hidden.shape[0]
+    if windows >= batch:
+        return hidden, block.inputs.args[i], block.inputs.kwargs[i], targets[i]
+    rows = torch.randperm(batch, generator=gen)[:windows].sort().values.to(hidden.device)
+    return (hidden[rows], _rows_of(block.inputs.args[i], rows, batch), _rows_of(block.inputs.kwargs[i], rows, batch),
+            targets[i][rows])
+
+
+def _block_output(block: CalibrationBlock, weights: dict[str, torch.Tensor], hidden, args, kwargs) -> torch.Tensor:
+    """The block's first output with the named linears computing with ``weights``."""
+    out = functional_call(block.module, {f"{name}.weight": w for name, w in weights.items()},
+                          (hidden, *args), kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def block_error(block: CalibrationBlock, weights: dict[str, torch.Tensor], targets: list[torch.Tensor]) -> float:
+    """Mean squared error of the block's outputs over every calibration window, against ``targets``."""
+    total, count = 0.0, 0
+    with forward_precision(block.config, block.inputs.hidden[0].device):
+        for hidden, args, kwargs, target in zip(block.inputs.hidden, block.inputs.args, block.inputs.kwargs, targets):
+            out = _block_output(block, weights, hidden, args, kwargs).float()
+            total += (out - target).pow(2).sum().item()
+            count += target.numel()
+    return total / count
+
+
+def train(block: CalibrationBlock, roundings: dict[str, LearnedRounding], targets: list[torch.Tensor]) -> float:
+    """Signed gradient descent on every rounding of the block (module docstring); leaves each at its
+    best mini-batch step and returns that step's loss."""
+    config = block.config
+    steps = config.signround_steps
+    lr0 = config.signround_lr or 1.0 / steps
+    params = [p for r in roundings.values() for p in r.parameters()]
+    gen = torch.Generator().manual_seed(block.index)
+    best_loss, best = math.inf, [p.detach().clone() for p in params]
+    device = block.inputs.hidden[0].device
+    for step in tqdm(range(steps), desc=f"SignRound block {block.index}", unit="step", leave=False):
+        hidden, args, kwargs, target = _minibatch(block, targets, config.signround_batch_windows, gen)
+        with torch.enable_grad(), forward_precision(config, device):
+            weights = {name: r.fake_weight() for name, r in roundings.items()}
+            loss = (_block_output(block, weights, hidden, args, kwargs).float() - target).pow(2).mean()
+        grads = torch.autograd.grad(loss, params)
+        if loss.item() < best_loss:  # the parameters this loss was measured with, before the step
+            best_loss, best = loss.item(), [p.detach().clone() for p in params]
+        lr = lr0 * (1 - step / steps)
+        at = 0
+        for r in roundings.values():
+            count = len(r.parameters())
+            r.descend(list(grads[at:at + count]), lr)
+            at += count
+    with torch.no_grad():
+        for p, kept in zip(params, best):
+            p.copy_(kept)
+    return best_loss
+
+
+def signround_block(block: CalibrationBlock) -> tuple[dict[str, QuantResult], dict[str, float]]:
+    """The codes of every linear of one block, and the block's output MSE with RTN's and with the
+    trained codes (``{"rtn": ..., "signround": ...}``) over all its calibration windows."""
+    config = block.config
+    names = [name for group in block.linear_groups() for name in group]
+    linears = {name: block.module.get_submodule(name) for name in names}
+    with torch.no_grad(), forward_precision(config, block.inputs.hidden[0].device):
+        targets = [out.float() for out in block.inputs.forward(block.module)]  # the float block's outputs
+    roundings = {name: LearnedRounding(lin.weight, config) for name, lin in linears.items()}
+    train(block, roundings, targets)
+    trained = {name: r.result() for name, r in roundings.items()}
+    plain = {name: rtn(lin.weight, config) for name, lin in linears.items()}
+    errors = {label: block_error(block, {n: r.pack(config).dequantize(linears[n].weight.dtype)
+                                         for n, r in results.items()}, targets)
+              for label, results in (("rtn", plain), ("signround", trained))}
+    log.info("SignRound block %d: output MSE %.4g (RTN %.4g)", block.index, errors["signround"], errors["rtn"])
+    return (trained if errors["signround"] <= errors["rtn"] else plain), errors
+
+
+@calibrated_algorithm("signround")
+def signround_step(block: CalibrationBlock) -> None:
+    results, _ = signround_block(block)
+    block.install(results)

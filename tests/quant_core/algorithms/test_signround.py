@@ -1,0 +1,175 @@
+"""SignRound: the untrained start is RTN bit for bit, the trained codes compute what was trained, a
+block's output error ends at or below RTN's (well below where rounding matters), codes stay in
+range, mini-batches of fewer windows than a batch see the same block, checkpoints reload to the
+same logits, bad settings fail at the config, and the command line runs it."""
+import copy
+from collections import Counter
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from quant_core import QuantConfig, QuantLinear, quantize
+from quant_core.algorithms import signround
+from quant_core.algorithms.driver import CalibrationBlock
+from quant_core.algorithms.rtn import rtn
+from quant_core.algorithms.signround import LearnedRounding, _block_output, _rows_of, signround_block
+from quant_core.blocks import architecture_of, capture_first_block_inputs, decoder_layers
+from quant_core.calibration import DEFAULT_CALIBRATION_FILE
+from quant_core.cli import build_parser, main
+from quant_core.errors import ConfigError
+from quant_core.serialization import load_quantized, save_quantized
+
+FORMATS = [("int4_fullrange", "sym", 32), ("int4_fullrange", "asym", 32), ("int4_clip", "sym", -1),
+           ("int3", "asym", 32), ("int3", "sym", 32), ("int2", "asym", 32), ("int8", "sym", 32),
+           ("int8", "asym", -1)]
+
+
+def tiny() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                        max_position_embeddings=256, tie_word_embeddings=True)).eval()
+
+
+def ids(n=8, t=32, seed=1) -> torch.Tensor:
+    return torch.randint(3, 256, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model_and_inputs():
+    model = tiny()
+    return model, capture_first_block_inputs(model, list(ids().split(4)), "cpu")  # 2 batches of 4 windows
+
+
+def first_block(model, inputs, config) -> CalibrationBlock:
+    return CalibrationBlock(decoder_layers(model)[0], inputs, 0, "model.layers.0", architecture_of(model), config,
+                            model.config)
+
+
+def signround_config(dtype="int4_fullrange", scheme="sym", group_size=32, **settings) -> QuantConfig:
+    settings = {"signround_steps": 40, "signround_batch_windows": 2, **settings}
+    return QuantConfig(algorithm="signround", weight_dtype=dtype, scheme=scheme, group_size=group_size, **settings)
+
+
+@pytest.mark.parametrize("dtype,scheme,group_size", FORMATS)
+def test_the_untrained_start_is_rtn_bit_for_bit(dtype, scheme, group_size):
+    w = torch.randn(24, 80, generator=torch.Generator().manual_seed(2))  # 80 = 2 groups of 32 and a partial one
+    config = signround_config(dtype, scheme, group_size)
+    start, plain = LearnedRounding(w, config).result(), rtn(w, config)
+    assert torch.equal(start.codes, plain.codes) and torch.equal(start.scales, plain.scales)
+    assert (start.zeros is None) == (plain.zeros is None)
+    if plain.zeros is not None:
+        assert torch.equal(start.zeros, plain.zeros)
+
+
+@pytest.mark.parametrize("dtype,scheme,group_size", FORMATS)
+def test_trained_codes_compute_the_trained_weight_and_stay_in_range(dtype, scheme, group_size):
+    w = torch.randn(24, 80, generator=torch.Generator().manual_seed(3))
+    config = signround_config(dtype, scheme, group_size, scale_dtype="fp32")
+    rounding = LearnedRounding(w, config)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # a trained-looking state: offsets and range factors anywhere in their ranges
+        rounding.offset.copy_(torch.rand(rounding.offset.shape, generator=g) - 0.5)
+        for factor in rounding.parameters()[1:]:
+            factor.copy_(0.5 + 0.5 * torch.rand(factor.shape, generator=g))
+    result = rounding.result()
+    assert result.codes.dtype == torch.uint8 and int(result.codes.max()) <= config.format.max_code
+    assert result.codes.shape == w.shape and result.scales.shape == rtn(w, config).scales.shape
+    if result.zeros is not None:
+        assert bool(((result.zeros >= 0) & (result.zeros <= config.format.max_code)).all())
+        assert torch.equal(result.zeros, result.zeros.round())
+    with torch.no_grad():
+        torch.testing.assert_close(result.pack(config).dequantize(), rounding.fake_weight(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,scheme,group_size", FORMATS)
+def test_a_trained_block_ends_at_or_below_rtns_output_error(model_and_inputs, dtype, scheme, group_size):
+    model, inputs = model_and_inputs
+    results, errors = signround_block(first_block(model, inputs, signround_config(dtype, scheme, group_size)))
+    assert errors["signround"] <= errors["rtn"], errors
+    assert set(results) == set(architecture_of(model).linear_names())
+    if dtype in ("int3", "int2"):  # coarse grids, where the rounding decides the error: well below RTN
+        assert errors["signround"] < 0.7 * errors["rtn"], errors
+
+
+def test_a_block_never_installs_codes_worse_than_rtn(model_and_inputs, monkeypatch):
+    """Training that ends somewhere bad (here: offsets pushed to the far edge) leaves RTN's codes in place."""
+    def train_badly(_block, roundings, _targets):
+        with torch.no_grad():
+            for rounding in roundings.values():
+                rounding.offset.fill_(0.5)
+        return 0.0
+
+    monkeypatch.setattr(signround, "train", train_badly)
+    model, inputs = model_and_inputs
+    config = signround_config("int4_fullrange", "sym", 32)
+    block = first_block(model, inputs, config)
+    results, errors = signround_block(block)
+    assert errors["signround"] > errors["rtn"], errors
+    for name, result in results.items():
+        assert torch.equal(result.codes, rtn(block.module.get_submodule(name).weight, config).codes)
+
+
+def test_a_minibatch_of_some_windows_is_those_windows_of_the_whole_batch(model_and_inputs):
+    model, inputs = model_and_inputs
+    block = first_block(model, inputs, signround_config())
+    hidden, args, kwargs = inputs.hidden[0], inputs.args[0], inputs.kwargs[0]
+    rows = torch.tensor([1, 3])
+    with torch.no_grad():
+        whole = _block_output(block, {}, hidden, args, kwargs)
+        part = _block_output(block, {}, hidden[rows], _rows_of(args, rows, 4), _rows_of(kwargs, rows, 4))
+    torch.testing.assert_close(part, whole[rows], atol=1e-5, rtol=1e-5)
+
+
+def test_quantize_save_and_reload_give_the_same_logits(tmp_path):
+    calib, held_out = ids(8, 32, seed=1), ids(2, 32, seed=2)
+    float_model = tiny()
+    with torch.no_grad():
+        reference = float_model(held_out).logits
+    errors = {}
+    for algorithm, settings in (("rtn", {}), ("signround", {"signround_steps": 40, "signround_batch_windows": 4})):
+        config = QuantConfig(algorithm=algorithm, weight_dtype="int3", scheme="asym", group_size=32,
+                             head_weight_dtype=None, **settings)
+        model = quantize(copy.deepcopy(float_model), config, calibration=calib, progress=False)
+        with torch.no_grad():
+            errors[algorithm] = (model(held_out).logits - reference).pow(2).mean().item()
+    assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
+    assert errors["signround"] < errors["rtn"], errors
+    save_quantized(model, None, tmp_path / "q")
+    again, _ = load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(again(held_out).logits, model(held_out).logits)
+    assert again.config.quantization_config["signround_steps"] == 40
+
+
+@pytest.mark.parametrize("settings,says", [
+    (dict(algorithm="signround", weight_dtype="nf4"), "int format"),
+    (dict(algorithm="signround", weight_dtype="fp4_e2m1"), "int format"),
+    (dict(algorithm="signround", signround_steps=0), "signround_steps"),
+    (dict(algorithm="signround", signround_lr=0.0), "signround_lr"),
+    (dict(algorithm="signround", signround_batch_windows=0), "signround_batch_windows"),
+    (dict(algorithm="gptq", signround_steps=50), "setting of algorithm='signround'"),
+])
+def test_bad_settings_fail_at_the_config(settings, says):
+    with pytest.raises(ConfigError, match=says):
+        QuantConfig(**settings)
+
+
+def test_cli_quantize_signround_with_the_shipped_calibration_text(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers  # optional: only the tokenizer build needs them
+    from transformers import PreTrainedTokenizerFast
+
+    assert "signround" in build_parser()._subparsers._group_actions[0].choices["quantize"].format_help()
+    words = Counter(DEFAULT_CALIBRATION_FILE.read_text(encoding="utf-8").split()).most_common(250)
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, (w, _) in enumerate(words)}}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    src = tmp_path / "tiny"
+    tiny().save_pretrained(src)
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(src)
+    rc = main(["quantize", str(src), "-o", str(tmp_path / "q"), "--algorithm", "signround", "--group-size", "32",
+               "--option", "n_samples=4", "--option", "seqlen=32", "--option", "signround_steps=3"])
+    assert rc in (0, None)
+    model, _ = load_quantized(tmp_path / "q")
+    assert model.config.quantization_config["algorithm"] == "signround"
+    assert model.config.quantization_config["signround_steps"] == 3
