@@ -147,8 +147,19 @@ ROWS = {
         algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.3, calibration_seed=i) for i in (1, 2)},
     "AWQ activation-only linear-output search Hessian shrinkage 0.5": dict(
         algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_hessian_shrinkage=0.5),
+    # SignRound (issue 19, session 8): learned rounding at its defaults (200 steps, 8 windows a step, trained
+    # towards the float block on the quantized inputs); trained towards the float model's hidden states as
+    # AutoRound does; and longer runs (AutoRound's "best" recipe takes 1000 steps)
+    "SignRound": dict(algorithm="signround"),
+    "SignRound float-model target": dict(algorithm="signround", signround_target="float_model"),
+    "SignRound 400 steps": dict(algorithm="signround", signround_steps=400),
+    "SignRound float-model target 1000 steps": dict(algorithm="signround", signround_target="float_model",
+                                                    signround_steps=1000),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
+# The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
+SIGNROUND_ROWS = tuple(row for row in ROWS if row.startswith("SignRound"))
+SIGNROUND_COLUMNS = ("int4_g128_sym", "int4_g128_asym", "int3_g128_asym")
 
 EVAL_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-test.txt")
 SEQLEN = 512

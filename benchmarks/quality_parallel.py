@@ -44,12 +44,16 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            "AWQ bf16 calibration 8 search windows": 40, "QuantEase bf16 calibration": 250,
            "QuantEase +1% outliers (previous text)": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50,
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,
-           "TEQ held-out scale check": 110}
+           "TEQ held-out scale check": 110,
+           # SignRound: 200 block forwards and backwards on 8 windows per block (estimated from TEQ's 200 steps
+           # on one linear group's rows and GPTQ's forwards; not yet measured on the GPU), then by steps
+           "SignRound": 200, "SignRound float-model target": 200, "SignRound 400 steps": 380,
+           "SignRound float-model target 1000 steps": 900}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
 BY_ALGORITHM = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "teq": "TEQ", "quantease": "QuantEase",
-                "gptq_quantease": "GPTQ->QuantEase"}
+                "gptq_quantease": "GPTQ->QuantEase", "signround": "SignRound"}
 
 
 def seconds(row: str) -> float:

@@ -157,6 +157,10 @@ class QuantConfig(BaseModel):
                                        "1 / signround_steps.")
     signround_batch_windows: int = Field(8, gt=0, le=MAX_COUNT, description="SignRound: calibration windows per "
                                          "step (taken from one calibration batch, so at most calibration_batch_size).")
+    signround_target: Literal["float_block", "float_model"] = Field(
+        "float_block", description="SignRound: what a block's outputs are trained towards: the float block's on "
+        "the same (quantized) inputs, or the float model's own hidden states there (AutoRound's), which also "
+        "asks each block to undo the error of the blocks before it.")
 
     def __init__(self, **data):
         try:

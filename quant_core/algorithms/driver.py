@@ -50,6 +50,9 @@ class CalibrationBlock:
     model_config: Any  # the model's transformers config (head counts, fused layouts)
     installed: dict[str, PackedWeight] = field(default_factory=dict)
     replays: dict[str, ModuleReplay] = field(default_factory=dict)  # sub-module -> its recorded outputs
+    # One dict shared by every block of a run, for what a step carries from block to block (SignRound:
+    # the float model's hidden states, which the driver's quantized inputs no longer show).
+    run_state: dict[str, Any] = field(default_factory=dict)
 
     def replay_module(self, name: str, projection: str | None = None) -> None:
         """From now until the block's outputs are computed, the forwards take sub-module ``name``'s
@@ -119,10 +122,11 @@ def calibrate(model: nn.Module, config: QuantConfig, step: Step, calibration=Non
     arch = architecture_of(model)  # unsupported architectures fail here, before any work
     batches = resolve_calibration(config, calibration, tokenizer)
     current: list[CalibrationBlock] = []
+    run_state: dict[str, Any] = {}
 
     def per_block(module: nn.Module, inputs: BlockInputs, index: int) -> None:
         current[:] = [CalibrationBlock(module, inputs, index, f"{arch.layers}.{index}", arch, config,
-                                       getattr(model, "config", None))]
+                                       getattr(model, "config", None), run_state=run_state)]
         step(current[0])
 
     try:

@@ -3,13 +3,14 @@
 Per decoder block, every quantized linear gets a rounding offset ``V`` in [-0.5, 0.5] per weight
 and range factors in [0.5, 1] per group (symmetric: one factor on the group's largest magnitude;
 asymmetric: one on its maximum and one on its minimum), so a weight computes as
-``s * (round(W / s + V) + z - z)`` with ``s, z`` from the narrowed range. They are trained for
+``s * (clamp(round(W / s + V) + z) - z)`` with ``s, z`` from the narrowed range. They are trained for
 ``config.signround_steps`` steps on the mean squared error between the block's outputs and the
-float block's on the same inputs (the driver's: the outputs of the quantized blocks before it),
+float block's on the same inputs (the driver's: the outputs of the quantized blocks before it) or,
+with ``signround_target="float_model"``, the float model's own hidden states there (AutoRound's),
 one random mini-batch of ``signround_batch_windows`` windows per step, rounding passed straight
 through (STE). Each step moves every parameter by ``lr * sign(gradient)`` (the gradient's size
 says little once rounding is in the loss), the rate decaying linearly from ``signround_lr``
-(``1 / steps`` by default: ``V`` can cross a whole code over the run) to 0.
+(``1 / steps`` by default: over the run an offset moves by up to half a code) to 0.
 
 The parameters of the step with the lowest mini-batch loss are kept and rounded once, scales to
 their stored dtype; they replace RTN's only if the block's error over all calibration windows is
@@ -176,14 +177,32 @@ def train(block: CalibrationBlock, roundings: dict[str, LearnedRounding], target
     return best_loss
 
 
+FLOAT_HIDDEN = "signround_float_hidden"  # run_state key: the float model's inputs of the next block
+
+
+@torch.no_grad()
+def float_targets(block: CalibrationBlock) -> list[torch.Tensor]:
+    """What the block's outputs are trained towards (``config.signround_target``): the float block's
+    outputs on the driver's inputs, or on the float model's own inputs of this block (carried from
+    block to block in ``run_state``; block 0's inputs are the same for both, nothing before it is
+    quantized)."""
+    hidden = None
+    if block.config.signround_target == "float_model" and block.index > 0:
+        hidden = block.run_state[FLOAT_HIDDEN]
+    with forward_precision(block.config, block.inputs.hidden[0].device):
+        targets = [out.float() for out in block.inputs.forward(block.module, hidden=hidden)]
+    if block.config.signround_target == "float_model":
+        block.run_state[FLOAT_HIDDEN] = [t.to(h.dtype) for t, h in zip(targets, block.inputs.hidden)]
+    return targets
+
+
 def signround_block(block: CalibrationBlock) -> tuple[dict[str, QuantResult], dict[str, float]]:
     """The codes of every linear of one block, and the block's output MSE with RTN's and with the
     trained codes (``{"rtn": ..., "signround": ...}``) over all its calibration windows."""
     config = block.config
     names = [name for group in block.linear_groups() for name in group]
     linears = {name: block.module.get_submodule(name) for name in names}
-    with torch.no_grad(), forward_precision(config, block.inputs.hidden[0].device):
-        targets = [out.float() for out in block.inputs.forward(block.module)]  # the float block's outputs
+    targets = float_targets(block)
     roundings = {name: LearnedRounding(lin.weight, config) for name, lin in linears.items()}
     train(block, roundings, targets)
     trained = {name: r.result() for name, r in roundings.items()}

@@ -25,9 +25,9 @@ FORMATS = [("int4_fullrange", "sym", 32), ("int4_fullrange", "asym", 32), ("int4
            ("int8", "asym", -1)]
 
 
-def tiny() -> LlamaForCausalLM:
+def tiny(layers=2) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+    return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
                                         max_position_embeddings=256, tie_word_embeddings=True)).eval()
 
@@ -122,6 +122,28 @@ def test_a_minibatch_of_some_windows_is_those_windows_of_the_whole_batch(model_a
     torch.testing.assert_close(part, whole[rows], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("target", ["float_block", "float_model"])
+def test_the_float_model_target_is_the_float_models_hidden_state(monkeypatch, target):
+    """Block 1's targets: the float model's hidden state after it (AutoRound's), or the float block's
+    output on block 1's quantized inputs, which differs."""
+    captured, original = {}, signround.float_targets
+
+    def capture(block):
+        captured[block.index] = original(block)
+        return captured[block.index]
+
+    monkeypatch.setattr(signround, "float_targets", capture)
+    model = tiny(layers=3)
+    calib = ids(4, 32)
+    with torch.no_grad():
+        after_block_1 = model(calib, output_hidden_states=True).hidden_states[2]  # not the last: no final norm
+    config = signround_config("int2", "asym", 32, signround_steps=2, signround_target=target, calibration_dtype="fp32",
+                              head_weight_dtype=None)
+    quantize(copy.deepcopy(model), config, calibration=[calib], progress=False)
+    close = torch.allclose(captured[1][0], after_block_1, atol=1e-5, rtol=1e-5)
+    assert close == (target == "float_model")
+
+
 def test_quantize_save_and_reload_give_the_same_logits(tmp_path):
     calib, held_out = ids(8, 32, seed=1), ids(2, 32, seed=2)
     float_model = tiny()
@@ -149,6 +171,7 @@ def test_quantize_save_and_reload_give_the_same_logits(tmp_path):
     (dict(algorithm="signround", signround_steps=0), "signround_steps"),
     (dict(algorithm="signround", signround_lr=0.0), "signround_lr"),
     (dict(algorithm="signround", signround_batch_windows=0), "signround_batch_windows"),
+    (dict(algorithm="signround", signround_target="float"), "signround_target"),
     (dict(algorithm="gptq", signround_steps=50), "setting of algorithm='signround'"),
 ])
 def test_bad_settings_fail_at_the_config(settings, says):
