@@ -53,6 +53,7 @@ class CalibrationBlock:
     # One dict shared by every block of a run, for what a step carries from block to block (SignRound:
     # the float model's hidden states, which the driver's quantized inputs no longer show).
     run_state: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True  # whether a step may show its own progress bar (quantize(progress=...))
 
     def replay_module(self, name: str, projection: str | None = None) -> None:
         """From now until the block's outputs are computed, the forwards take sub-module ``name``'s
@@ -126,7 +127,8 @@ def calibrate(model: nn.Module, config: QuantConfig, step: Step, calibration=Non
 
     def per_block(module: nn.Module, inputs: BlockInputs, index: int) -> None:
         current[:] = [CalibrationBlock(module, inputs, index, f"{arch.layers}.{index}", arch, config,
-                                       getattr(model, "config", None), run_state=run_state)]
+                                       getattr(model, "config", None), run_state=run_state,
+                                       progress=progress)]
         step(current[0])
 
     try:

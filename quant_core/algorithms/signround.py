@@ -157,7 +157,8 @@ def train(block: CalibrationBlock, roundings: dict[str, LearnedRounding], target
     gen = torch.Generator().manual_seed(block.index)
     best_loss, best = math.inf, [p.detach().clone() for p in params]
     device = block.inputs.hidden[0].device
-    for step in tqdm(range(steps), desc=f"SignRound block {block.index}", unit="step", leave=False):
+    for step in tqdm(range(steps), desc=f"SignRound block {block.index}", unit="step", leave=False,
+                     disable=not block.progress):
         hidden, args, kwargs, target = _minibatch(block, targets, config.signround_batch_windows, gen)
         with torch.enable_grad(), forward_precision(config, device):
             weights = {name: r.fake_weight() for name, r in roundings.items()}
