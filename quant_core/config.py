@@ -178,7 +178,7 @@ class QuantConfig(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, v, info):
         # pydantic reads True as 1: n_samples=True would calibrate on one window
-        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, float | None):
             raise ValueError(f"must be a number, not a bool ({v})")
         return v
 

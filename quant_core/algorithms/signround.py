@@ -50,7 +50,7 @@ class LearnedRounding:
 
     def __init__(self, weight: torch.Tensor, config: QuantConfig):
         self.config = config
-        self.shape = weight.shape
+        self.shape, self.dtype = weight.shape, weight.dtype
         self.groups = grouped(weight.detach().float(), config.group_size)  # [N, G, gs], zero-padded
         n, g, _ = self.groups.shape
         self.offset = torch.zeros_like(self.groups, requires_grad=True)
@@ -72,13 +72,13 @@ class LearnedRounding:
         return scale, zero
 
     def fake_weight(self) -> torch.Tensor:
-        """The ``[N, K]`` weight the linear computes with, differentiable in the parameters."""
+        """The ``[N, K]`` weight the linear computes with (in its dtype), differentiable in the parameters."""
         scale, zero = self.qparams()
         fmt = self.config.format
         x = self.groups / scale.unsqueeze(-1) + self.offset
         z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
         q = torch.clamp(_ste(x, torch.round(x)) + z, 0, fmt.max_code)
-        return ((q - z) * scale.unsqueeze(-1)).reshape(self.shape[0], -1)[:, :self.shape[1]]
+        return ((q - z) * scale.unsqueeze(-1)).reshape(self.shape[0], -1)[:, :self.shape[1]].to(self.dtype)
 
     @torch.no_grad()
     def descend(self, grads: list[torch.Tensor], lr: float) -> None:

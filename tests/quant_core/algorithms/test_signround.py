@@ -170,6 +170,7 @@ def test_quantize_save_and_reload_give_the_same_logits(tmp_path):
     (dict(algorithm="signround", weight_dtype="fp4_e2m1"), "int format"),
     (dict(algorithm="signround", signround_steps=0), "signround_steps"),
     (dict(algorithm="signround", signround_lr=0.0), "signround_lr"),
+    (dict(algorithm="signround", signround_lr=True), "not a bool"),
     (dict(algorithm="signround", signround_batch_windows=0), "signround_batch_windows"),
     (dict(algorithm="signround", signround_target="float"), "signround_target"),
     (dict(algorithm="gptq", signround_steps=50), "setting of algorithm='signround'"),
