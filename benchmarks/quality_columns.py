@@ -155,6 +155,10 @@ ROWS = {
     "SignRound 400 steps": dict(algorithm="signround", signround_steps=400),
     "SignRound float-model target 1000 steps": dict(algorithm="signround", signround_target="float_model",
                                                     signround_steps=1000),
+    # each token's error weighed as the next RMSNorm scales it (the attention sink no longer decides the fit)
+    "SignRound token-weighted": dict(algorithm="signround", signround_token_weighting=True),
+    "SignRound float-model target token-weighted": dict(algorithm="signround", signround_target="float_model",
+                                                        signround_token_weighting=True),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

@@ -48,7 +48,8 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            # SignRound: 200 block forwards and backwards on 8 windows per block (estimated from TEQ's 200 steps
            # on one linear group's rows and GPTQ's forwards; not yet measured on the GPU), then by steps
            "SignRound": 200, "SignRound float-model target": 200, "SignRound 400 steps": 380,
-           "SignRound float-model target 1000 steps": 900}
+           "SignRound float-model target 1000 steps": 900, "SignRound token-weighted": 200,
+           "SignRound float-model target token-weighted": 200}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.

@@ -10,6 +10,8 @@ records, on the block's own (quantized-predecessor) calibration inputs:
 * ``local``: the mean squared error of the quantized block's outputs against the float block's on the
   same inputs (what GPTQ and SignRound's default minimise);
 * ``model``: against the float model's hidden states after that block (the error carried so far);
+* ``model_weighted``: the same with each token's error divided by its float hidden state's mean square
+  (what the next RMSNorm sees; ``signround_token_weighting``);
 * ``seconds``: wall time of the step (statistics, solving, installing; not these measurements).
 
 The outputs are read where the driver computes them (the next block's inputs), so a step's replayed
@@ -34,7 +36,7 @@ from quant_core.algorithms.driver import calibrate  # noqa: E402
 from quant_core.algorithms.gptq import gptq_step  # noqa: E402
 from quant_core.algorithms.quantease import quantease_step  # noqa: E402
 from quant_core.algorithms.rtn import rtn  # noqa: E402
-from quant_core.algorithms.signround import signround_step  # noqa: E402
+from quant_core.algorithms.signround import output_loss, signround_step  # noqa: E402
 from quant_core.calibration import forward_precision  # noqa: E402
 from quant_core.loading import load_model  # noqa: E402
 
@@ -47,11 +49,14 @@ def rtn_step(block) -> None:
 ROWS = {"RTN": (rtn_step, dict(algorithm="rtn")), "GPTQ": (gptq_step, dict(algorithm="gptq")),
         "QuantEase": (quantease_step, dict(algorithm="quantease")),
         "SignRound": (signround_step, dict(algorithm="signround")),
-        "SignRound float-model target": (signround_step, dict(algorithm="signround", signround_target="float_model"))}
+        "SignRound float-model target": (signround_step, dict(algorithm="signround", signround_target="float_model")),
+        "SignRound token-weighted": (signround_step, dict(algorithm="signround", signround_token_weighting=True)),
+        "SignRound float-model target token-weighted": (signround_step, dict(
+            algorithm="signround", signround_target="float_model", signround_token_weighting=True))}
 
 
-def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    total = sum((o.float() - t).pow(2).sum().item() for o, t in zip(outputs, targets))
+def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor], token_weighting: bool = False) -> float:
+    total = sum(output_loss(o, t, token_weighting).item() * t.numel() for o, t in zip(outputs, targets))
     return total / sum(t.numel() for t in targets)
 
 
@@ -61,8 +66,10 @@ def measured(step, blocks: int, records: list[dict]):
 
     def wrapped(block) -> None:
         if pending:  # this block's inputs are the previous block's quantized outputs
-            records.append({"block": block.index - 1, "local": mse(block.inputs.hidden, pending["local"]),
-                            "model": mse(block.inputs.hidden, pending["model"]), "seconds": pending["seconds"]})
+            out = block.inputs.hidden
+            records.append({"block": block.index - 1, "local": mse(out, pending["local"]),
+                            "model": mse(out, pending["model"]), "model_weighted": mse(out, pending["model"], True),
+                            "seconds": pending["seconds"]})
             pending.clear()
         if block.index >= blocks:  # the extra block only delivers the last measured block's outputs
             return
@@ -104,8 +111,8 @@ def main(argv=None) -> None:
             records = run(model, tok, row, column, args)
             print(json.dumps({"row": row, "column": column, "blocks": records}), flush=True)
             for r in records:
-                print(f"| {row} | {column} | {r['block']} | {r['local']:.4g} | {r['model']:.4g} | {r['seconds']:.1f} |",
-                      flush=True)
+                print(f"| {row} | {column} | {r['block']} | {r['local']:.4g} | {r['model']:.4g} | "
+                      f"{r['model_weighted']:.4g} | {r['seconds']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,10 @@ class QuantConfig(BaseModel):
         "float_block", description="SignRound: what a block's outputs are trained towards: the float block's on "
         "the same (quantized) inputs, or the float model's own hidden states there (AutoRound's), which also "
         "asks each block to undo the error of the blocks before it.")
+    signround_token_weighting: bool = Field(False, description="SignRound: weigh each token's squared output "
+                                            "error by 1/mean(target^2), the scale the next RMSNorm divides it by, "
+                                            "so the attention-sink token's huge hidden state does not decide the "
+                                            "fit (as GPTQ's token_weighting for down_proj); False: plain MSE.")
 
     def __init__(self, **data):
         try:

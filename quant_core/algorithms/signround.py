@@ -7,8 +7,9 @@ asymmetric: one on its maximum and one on its minimum), so a weight computes as
 ``config.signround_steps`` steps on the mean squared error between the block's outputs and the
 float block's on the same inputs (the driver's: the outputs of the quantized blocks before it) or,
 with ``signround_target="float_model"``, the float model's own hidden states there (AutoRound's),
-one random mini-batch of ``signround_batch_windows`` windows per step, rounding passed straight
-through (STE). Each step moves every parameter by ``lr * sign(gradient)`` (the gradient's size
+one random mini-batch of ``signround_batch_windows`` windows per step (with
+``signround_token_weighting`` each token's error weighed as the next RMSNorm will scale it), rounding
+passed straight through (STE). Each step moves every parameter by ``lr * sign(gradient)`` (the gradient's size
 says little once rounding is in the loss), the rate decaying linearly from ``signround_lr``
 (``1 / steps`` by default: over the run an offset moves by up to half a code) to 0.
 
@@ -135,14 +136,24 @@ def _block_output(block: CalibrationBlock, weights: dict[str, torch.Tensor], hid
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def output_loss(out: torch.Tensor, target: torch.Tensor, token_weighting: bool) -> torch.Tensor:
+    """Mean squared error of ``out`` against ``target`` ``[..., hidden]``; with ``token_weighting`` each
+    token's error divided by its target's mean square, as the next RMSNorm will scale it (the
+    attention-sink token's hidden state is hundreds of times larger than the others')."""
+    err = (out.float() - target).pow(2)
+    if token_weighting:
+        err = err / target.pow(2).mean(-1, keepdim=True).clamp_min(1e-12)
+    return err.mean()
+
+
 @torch.no_grad()
 def block_error(block: CalibrationBlock, weights: dict[str, torch.Tensor], targets: list[torch.Tensor]) -> float:
-    """Mean squared error of the block's outputs over every calibration window, against ``targets``."""
+    """``output_loss`` of the block's outputs over every calibration window, against ``targets``."""
     total, count = 0.0, 0
     with forward_precision(block.config, block.inputs.hidden[0].device):
         for hidden, args, kwargs, target in zip(block.inputs.hidden, block.inputs.args, block.inputs.kwargs, targets):
-            out = _block_output(block, weights, hidden, args, kwargs).float()
-            total += (out - target).pow(2).sum().item()
+            out = _block_output(block, weights, hidden, args, kwargs)
+            total += output_loss(out, target, block.config.signround_token_weighting).item() * target.numel()
             count += target.numel()
     return total / count
 
@@ -162,7 +173,8 @@ def train(block: CalibrationBlock, roundings: dict[str, LearnedRounding], target
         hidden, args, kwargs, target = _minibatch(block, targets, config.signround_batch_windows, gen)
         with torch.enable_grad(), forward_precision(config, device):
             weights = {name: r.fake_weight() for name, r in roundings.items()}
-            loss = (_block_output(block, weights, hidden, args, kwargs).float() - target).pow(2).mean()
+            loss = output_loss(_block_output(block, weights, hidden, args, kwargs), target,
+                               config.signround_token_weighting)
         grads = torch.autograd.grad(loss, params)
         if loss.item() < best_loss:  # the parameters this loss was measured with, before the step
             best_loss, best = loss.item(), [p.detach().clone() for p in params]
@@ -198,8 +210,8 @@ def float_targets(block: CalibrationBlock) -> list[torch.Tensor]:
 
 
 def signround_block(block: CalibrationBlock) -> tuple[dict[str, QuantResult], dict[str, float]]:
-    """The codes of every linear of one block, and the block's output MSE with RTN's and with the
-    trained codes (``{"rtn": ..., "signround": ...}``) over all its calibration windows."""
+    """The codes of every linear of one block, and the block's output loss (``output_loss``) with RTN's
+    and with the trained codes (``{"rtn": ..., "signround": ...}``) over all its calibration windows."""
     config = block.config
     names = [name for group in block.linear_groups() for name in group]
     linears = {name: block.module.get_submodule(name) for name in names}

@@ -93,6 +93,21 @@ def test_a_trained_block_ends_at_or_below_rtns_output_error(model_and_inputs, dt
         assert errors["signround"] < 0.7 * errors["rtn"], errors
 
 
+def test_token_weighting_counts_each_tokens_error_relative_to_its_size():
+    target = torch.tensor([[[1.0, -1.0], [100.0, -100.0]]])  # a small token and a sink-like one
+    out = target * 1.1  # 10 % error on both
+    assert signround.output_loss(out, target, True).item() == pytest.approx(0.01, rel=1e-5)
+    assert signround.output_loss(out, target, False).item() == pytest.approx((0.01 + 100.0) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("target", ["float_block", "float_model"])
+def test_token_weighted_training_ends_at_or_below_rtn_in_its_own_loss(model_and_inputs, target):
+    model, inputs = model_and_inputs
+    config = signround_config("int3", "asym", 32, signround_token_weighting=True, signround_target=target)
+    _, errors = signround_block(first_block(model, inputs, config))
+    assert errors["signround"] < 0.7 * errors["rtn"], errors
+
+
 def test_a_block_never_installs_codes_worse_than_rtn(model_and_inputs, monkeypatch):
     """Training that ends somewhere bad (here: offsets pushed to the far edge) leaves RTN's codes in place."""
     def train_badly(_block, roundings, _targets):
