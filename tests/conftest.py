@@ -1,8 +1,17 @@
 """Shared fixtures: a tiny random Llama for unit tests, the real SmolLM2 for slow integration tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton decides interpreted-or-compiled for its own helpers (tl.cdiv, ...) when it is first imported, and
+# a test module may import it indirectly while being collected (transformers' masking_utils pulls in
+# torch._dynamo, which imports triton): without a GPU every Triton kernel test needs the interpreter, so
+# the variable is set before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
