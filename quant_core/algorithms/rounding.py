@@ -19,3 +19,8 @@ def quantize_clipped(w: torch.Tensor, config: QuantConfig, shrink: torch.Tensor 
     """Codes of ``[N, K]`` with each group's range narrowed by ``shrink`` (no search of its own)."""
     return QuantResult(*quantize_weight(w, config.format, config.group_size, config.sym,
                                         scale_dtype=config.torch_scale_dtype, shrink=shrink))
+
+
+def straight_through(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Value of ``target``, gradient of ``x`` (the straight-through estimator TEQ and SignRound train with)."""
+    return x + (target - x).detach()

@@ -33,17 +33,13 @@ from ..config import QuantConfig
 from ..primitives import group_qparams, grouped, stored_scale
 from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
+from .rounding import straight_through
 from .rtn import rtn
 
 log = logging.getLogger("quant_core")
 
 RANGE_MIN = 0.5  # the narrowest range factor (the paper's [0.5, 1])
 OFFSET_MAX = 0.5  # |V|: half a code either way, so any weight can reach both neighbouring codes
-
-
-def _ste(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Value of ``target``, gradient of ``x`` (straight-through estimator)."""
-    return x + (target - x).detach()
 
 
 class LearnedRounding:
@@ -69,7 +65,7 @@ class LearnedRounding:
         wmax = (self.groups.amax(-1) * self.top).clamp_min(0)
         wmin = (self.groups.amin(-1) * self.bottom).clamp_max(0)
         scale = ((wmax - wmin) / fmt.max_code).clamp_min(1e-10)
-        zero = _ste(-wmin / scale, torch.round(-wmin / scale)).clamp(0, fmt.max_code)
+        zero = straight_through(-wmin / scale, torch.round(-wmin / scale)).clamp(0, fmt.max_code)
         return scale, zero
 
     def fake_weight(self) -> torch.Tensor:
@@ -78,7 +74,7 @@ class LearnedRounding:
         fmt = self.config.format
         x = self.groups / scale.unsqueeze(-1) + self.offset
         z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
-        q = torch.clamp(_ste(x, torch.round(x)) + z, 0, fmt.max_code)
+        q = torch.clamp(straight_through(x, torch.round(x)) + z, 0, fmt.max_code)
         return ((q - z) * scale.unsqueeze(-1)).reshape(self.shape[0], -1)[:, :self.shape[1]].to(self.dtype)
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from .clip_search import search_clip
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, scale_groups
 from .input_stats import InputStats, collect_input_stats
-from .rounding import fake_quantize, quantize_clipped
+from .rounding import fake_quantize, quantize_clipped, straight_through
 
 
 @calibrated_algorithm("teq")
@@ -51,11 +51,6 @@ def clip_ratios(w: torch.Tensor, stats: InputStats, config: QuantConfig) -> torc
     return search_clip(w, shrunk(stats.H.to(w.device), config.teq_hessian_shrinkage), config)
 
 
-def _ste(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Value of ``target``, gradient of ``x`` (straight-through estimator)."""
-    return x + (target - x).detach()
-
-
 def fake_quantize_ste(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """Differentiable quantize-dequantize of ``[N, K]``: group ranges get gradients, rounding is STE."""
     n, k = w.shape
@@ -66,10 +61,10 @@ def fake_quantize_ste(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     if fmt.is_codebook:
         levels = fmt.codebook(device=w.device)
         nearest = levels[(x.detach().unsqueeze(-1) - levels).abs().argmin(-1)]
-        deq = _ste(x, nearest) * scale.unsqueeze(-1)
+        deq = straight_through(x, nearest) * scale.unsqueeze(-1)
     else:
         z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
-        q = torch.clamp(_ste(x, torch.round(x)) + z, 0, fmt.max_code)
+        q = torch.clamp(straight_through(x, torch.round(x)) + z, 0, fmt.max_code)
         deq = (q - z) * scale.unsqueeze(-1)
     return deq.reshape(n, -1)[:, :k]
 
