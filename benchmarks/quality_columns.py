@@ -66,6 +66,8 @@ ROWS = {
     "GPTQ plain Hessian": dict(algorithm="gptq", act_order=False, token_weighting=False, mlp_out_shrinkage=0.0,
                                hessian_shrinkage=0.0),
     "AWQ": dict(algorithm="awq"),
+    # AWQ's defaults before session 9 (issue 16): no scale ridge
+    "AWQ no scale ridge": dict(algorithm="awq", awq_scale_ridge=0.0),
     "TEQ": dict(algorithm="teq"),
     # TEQ's defaults before session 8 (issue 16): no clipping search, no ridge
     "TEQ before session 8": dict(algorithm="teq", teq_clip_search=False, teq_scale_ridge=0.0),
@@ -82,9 +84,11 @@ ROWS = {
     "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16"),
     "GPTQ no Hessian shrinkage bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16",
                                                        hessian_shrinkage=0.0),
-    "AWQ bf16 calibration": dict(algorithm="awq", calibration_dtype="bf16"),
-    "AWQ bf16 calibration 16 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=2),
-    "AWQ bf16 calibration 8 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=1),
+    "AWQ bf16 calibration": dict(algorithm="awq", calibration_dtype="bf16", awq_scale_ridge=0.0),
+    "AWQ bf16 calibration 16 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=2,
+                                                     awq_scale_ridge=0.0),
+    "AWQ bf16 calibration 8 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=1,
+                                                    awq_scale_ridge=0.0),
     "QuantEase bf16 calibration": dict(algorithm="quantease", calibration_dtype="bf16"),
     # issue 19's outlier target is stated on "the same calibration as the existing table": the text shipped
     # before issue 16's (8 tokenized WikiText-2 valid articles, kept in benchmarks/data for this row)
@@ -92,8 +96,9 @@ ROWS = {
                                                   outlier_structure="unstructured",
                                                   calibration_dataset="benchmarks/data/calibration_previous.txt"),
     # the spread of one quantization: the same settings on other calibration windows (issue 16)
-    "AWQ calibration seed 1": dict(algorithm="awq", calibration_seed=1),
-    "AWQ calibration seed 2": dict(algorithm="awq", calibration_seed=2),
+    **{f"AWQ calibration seed {i}": dict(algorithm="awq", calibration_seed=i) for i in (1, 2)},
+    **{f"AWQ no scale ridge calibration seed {i}": dict(algorithm="awq", awq_scale_ridge=0.0, calibration_seed=i)
+       for i in (1, 2)},
     "TEQ calibration seed 1": dict(algorithm="teq", calibration_seed=1),
     "TEQ calibration seed 2": dict(algorithm="teq", calibration_seed=2),
     **{f"TEQ before session 8 calibration seed {i}": dict(algorithm="teq", teq_clip_search=False, teq_scale_ridge=0.0, calibration_seed=i)
@@ -101,9 +106,6 @@ ROWS = {
     # issue 16's options against scales that fit only the calibration text (off by default)
     "TEQ scale ridge 0.3": dict(algorithm="teq", teq_scale_ridge=0.3, teq_clip_search=False),
     "TEQ held-out scale check": dict(algorithm="teq", teq_scale_check="held_out", teq_clip_search=False, teq_scale_ridge=0.0),
-    "AWQ scale ridge 0.3": dict(algorithm="awq", awq_scale_ridge=0.3),
-    "AWQ scale ridge 0.3 calibration seed 1": dict(algorithm="awq", awq_scale_ridge=0.3, calibration_seed=1),
-    "AWQ scale ridge 0.3 calibration seed 2": dict(algorithm="awq", awq_scale_ridge=0.3, calibration_seed=2),
     "TEQ scale ridge 0.3 calibration seed 1": dict(algorithm="teq", teq_scale_ridge=0.3, teq_clip_search=False,
                                                    calibration_seed=1),
     "TEQ scale ridge 0.3 calibration seed 2": dict(algorithm="teq", teq_scale_ridge=0.3, teq_clip_search=False,
@@ -124,41 +126,40 @@ ROWS = {
     **{f"GPTQ calibration seed {i}": dict(algorithm="gptq", act_order=False, calibration_seed=i) for i in (1, 2)},
     # session 7 (issue 16): AWQ and TEQ fitted with Hessians blended with their diagonal, as GPTQ's fix;
     # AWQ without its clipping search, to tell whether the clipping or the scales lose out of domain
-    **{f"AWQ Hessian shrinkage {s}": dict(algorithm="awq", awq_hessian_shrinkage=s) for s in (0.5, 1.0)},
+    **{f"AWQ Hessian shrinkage {s}": dict(algorithm="awq", awq_hessian_shrinkage=s, awq_scale_ridge=0.0) for s in (0.5, 1.0)},
     **{f"TEQ Hessian shrinkage {s}": dict(algorithm="teq", teq_hessian_shrinkage=s, teq_clip_search=False, teq_scale_ridge=0.0)
        for s in (0.5, 1.0)},
-    "AWQ no clipping search": dict(algorithm="awq", awq_clip_max_shrink=0.0),
-    "AWQ activation-only scales": dict(algorithm="awq", awq_duo_scaling=False),
-    **{f"AWQ activation-only scales calibration seed {i}": dict(algorithm="awq", awq_duo_scaling=False,
+    "AWQ no clipping search": dict(algorithm="awq", awq_clip_max_shrink=0.0, awq_scale_ridge=0.0),
+    "AWQ activation-only scales": dict(algorithm="awq", awq_duo_scaling=False, awq_scale_ridge=0.0),
+    **{f"AWQ activation-only scales calibration seed {i}": dict(algorithm="awq", awq_duo_scaling=False, awq_scale_ridge=0.0,
                                                                 calibration_seed=i) for i in (1, 2)},
-    "AWQ scale ridge 0.3 Hessian shrinkage 0.5": dict(algorithm="awq", awq_scale_ridge=0.3, awq_hessian_shrinkage=0.5),
+    "AWQ Hessian shrinkage 0.5 with ridge": dict(algorithm="awq", awq_hessian_shrinkage=0.5),
     "TEQ scale ridge 0.1": dict(algorithm="teq", teq_scale_ridge=0.1, teq_clip_search=False),
     # session 8 (issues 16, 19): TEQ with AWQ's clipping search (with ridge 0.3: row TEQ, the default since); AWQ's scale search on each linear's own
     # output error over all calibration tokens (awq_parent_batches=0: no parent forwards, minutes faster)
     "TEQ clipping search": dict(algorithm="teq", teq_clip_search=True, teq_scale_ridge=0.0),
-    "AWQ linear-output search": dict(algorithm="awq", awq_parent_batches=0),
-    "AWQ activation-only linear-output search": dict(algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False),
-    **{f"AWQ linear-output search calibration seed {i}": dict(algorithm="awq", awq_parent_batches=0,
+    "AWQ linear-output search": dict(algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.0),
+    "AWQ activation-only linear-output search": dict(algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False,
+                                                      awq_scale_ridge=0.0),
+    **{f"AWQ linear-output search calibration seed {i}": dict(algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.0,
                                                               calibration_seed=i) for i in (1, 2)},
     **{f"AWQ activation-only linear-output search calibration seed {i}": dict(
-        algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, calibration_seed=i) for i in (1, 2)},
-    "AWQ linear-output search scale ridge 0.3": dict(algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.3),
-    **{f"AWQ linear-output search scale ridge 0.3 calibration seed {i}": dict(
-        algorithm="awq", awq_parent_batches=0, awq_scale_ridge=0.3, calibration_seed=i) for i in (1, 2)},
+        algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_scale_ridge=0.0, calibration_seed=i)
+       for i in (1, 2)},
+    "AWQ linear-output search with ridge": dict(algorithm="awq", awq_parent_batches=0),
+    **{f"AWQ linear-output search with ridge calibration seed {i}": dict(
+        algorithm="awq", awq_parent_batches=0, calibration_seed=i) for i in (1, 2)},
     "AWQ activation-only linear-output search Hessian shrinkage 0.5": dict(
-        algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_hessian_shrinkage=0.5),
-    # SignRound (issue 19, session 8): learned rounding at its defaults (200 steps, 8 windows a step, trained
-    # towards the float block on the quantized inputs); trained towards the float model's hidden states as
-    # AutoRound does; and longer runs (AutoRound's "best" recipe takes 1000 steps)
+        algorithm="awq", awq_parent_batches=0, awq_duo_scaling=False, awq_hessian_shrinkage=0.5, awq_scale_ridge=0.0),
+    # SignRound (issue 19): learned rounding at its defaults (200 steps, 8 windows a step, trained towards the
+    # float model's hidden states as AutoRound does: the default since session 9); its session-8 default,
+    # trained towards the float block on the quantized inputs; and longer runs (AutoRound's "best" recipe: 1000)
     "SignRound": dict(algorithm="signround"),
-    "SignRound float-model target": dict(algorithm="signround", signround_target="float_model"),
+    "SignRound float-block target": dict(algorithm="signround", signround_target="float_block"),
     "SignRound 400 steps": dict(algorithm="signround", signround_steps=400),
-    "SignRound float-model target 1000 steps": dict(algorithm="signround", signround_target="float_model",
-                                                    signround_steps=1000),
+    "SignRound 1000 steps": dict(algorithm="signround", signround_steps=1000),
     # each token's error weighed as the next RMSNorm scales it (the attention sink no longer decides the fit)
     "SignRound token-weighted": dict(algorithm="signround", signround_token_weighting=True),
-    "SignRound float-model target token-weighted": dict(algorithm="signround", signround_target="float_model",
-                                                        signround_token_weighting=True),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

@@ -42,14 +42,14 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            # calibration-speed rows (issue 19 part 5): as their fp32 rows; AWQ's search on fewer windows is shorter
            "GPTQ bf16 calibration": 60, "GPTQ no Hessian shrinkage bf16 calibration": 60, "AWQ bf16 calibration": 50, "AWQ bf16 calibration 16 search windows": 40,
            "AWQ bf16 calibration 8 search windows": 40, "QuantEase bf16 calibration": 250,
-           "QuantEase +1% outliers (previous text)": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50,
+           "QuantEase +1% outliers (previous text)": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50, "AWQ no scale ridge": 50,
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,
            "TEQ held-out scale check": 110,
            # SignRound: 200 block forwards and backwards on 8 windows per block (estimated from TEQ's 200 steps
            # on one linear group's rows and GPTQ's forwards; not yet measured on the GPU), then by steps
-           "SignRound": 200, "SignRound float-model target": 200, "SignRound 400 steps": 380,
-           "SignRound float-model target 1000 steps": 900, "SignRound token-weighted": 200,
-           "SignRound float-model target token-weighted": 200}
+           # (measured since: 100-240 s a cell with 4-6 cells on one H200)
+           "SignRound": 200, "SignRound float-block target": 200, "SignRound 400 steps": 380,
+           "SignRound 1000 steps": 900, "SignRound token-weighted": 200}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.

@@ -48,11 +48,11 @@ def rtn_step(block) -> None:
 
 ROWS = {"RTN": (rtn_step, dict(algorithm="rtn")), "GPTQ": (gptq_step, dict(algorithm="gptq")),
         "QuantEase": (quantease_step, dict(algorithm="quantease")),
-        "SignRound": (signround_step, dict(algorithm="signround")),
-        "SignRound float-model target": (signround_step, dict(algorithm="signround", signround_target="float_model")),
+        "SignRound": (signround_step, dict(algorithm="signround")),  # float-model target since session 9
+        "SignRound float-block target": (signround_step, dict(algorithm="signround", signround_target="float_block")),
         "SignRound token-weighted": (signround_step, dict(algorithm="signround", signround_token_weighting=True)),
-        "SignRound float-model target token-weighted": (signround_step, dict(
-            algorithm="signround", signround_target="float_model", signround_token_weighting=True))}
+        "SignRound float-block target token-weighted": (signround_step, dict(
+            algorithm="signround", signround_target="float_block", signround_token_weighting=True))}
 
 
 def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor], token_weighting: bool = False) -> float:
@@ -98,7 +98,7 @@ def run(model, tok, row: str, column: str, args) -> list[dict]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", default="RTN,GPTQ,SignRound,SignRound float-model target")
+    p.add_argument("--rows", default="RTN,GPTQ,SignRound float-block target,SignRound")
     p.add_argument("--columns", default="int4_g128_sym,int3_g128_asym")
     p.add_argument("--blocks", type=int, default=3)
     p.add_argument("--n-samples", type=int, default=32)

@@ -123,10 +123,10 @@ class QuantConfig(BaseModel):
                                                           "the scale search compares (0: each linear's own output).")
     awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
                                                     "scaling); False: from activations alone.")
-    awq_scale_ridge: float = Field(0.0, ge=0, le=1e6, description="AWQ: the scale search also counts inputs the "
+    awq_scale_ridge: float = Field(0.3, ge=0, le=1e6, description="AWQ: the scale search also counts inputs the "
                                    "calibration text never showed, as an isotropic part ridge * trace(H) / K of each "
                                    "input's Hessian H (K channels): larger values keep scales nearer RTN's "
-                                   "(0: off; issue 16).")
+                                   "(0: off; 0.3 since session 9, issue 16).")
     awq_hessian_shrinkage: float = Field(0.0, ge=0, le=1, description="AWQ: the clipping search and a lone "
                                          "linear's scale search measure error with (1-s)H + s diag(H), as GPTQ's "
                                          "hessian_shrinkage, so they lean less on the calibration text's channel "
@@ -158,9 +158,10 @@ class QuantConfig(BaseModel):
     signround_batch_windows: int = Field(8, gt=0, le=MAX_COUNT, description="SignRound: calibration windows per "
                                          "step (taken from one calibration batch, so at most calibration_batch_size).")
     signround_target: Literal["float_block", "float_model"] = Field(
-        "float_block", description="SignRound: what a block's outputs are trained towards: the float block's on "
-        "the same (quantized) inputs, or the float model's own hidden states there (AutoRound's), which also "
-        "asks each block to undo the error of the blocks before it.")
+        "float_model", description="SignRound: what a block's outputs are trained towards: the float model's own "
+        "hidden states there (AutoRound's; the default since session 9, better in every column measured), which "
+        "also asks each block to undo the error of the blocks before it, or the float block's on the same "
+        "(quantized) inputs.")
     signround_token_weighting: bool = Field(False, description="SignRound: weigh each token's squared output "
                                             "error by 1/mean(target^2), the scale the next RMSNorm divides it by, "
                                             "so the attention-sink token's huge hidden state does not decide the "

@@ -83,7 +83,7 @@ def test_awq_scales_fold_without_changing_the_float_model_output(model_type):
     assert nontrivial >= folded // 2  # the check below is not vacuous
     with torch.no_grad():
         after = model(x).logits
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=2e-5)  # exact folding; fp32 rounding of logits ~1
 
 
 @pytest.mark.parametrize("weight_dtype,group_size,scheme", [("int4", 32, "sym"), ("int3", 32, "asym"),

@@ -71,8 +71,8 @@ def test_the_factor_is_one_when_off_and_counts_the_isotropic_part():
     assert unseen_input_factor(torch.zeros(4, 16), H, 0.5) == 1.0  # no change, no error either way
 
 
-def test_off_is_the_default_and_the_field_is_awqs_own():
-    assert QuantConfig().awq_scale_ridge == 0.0
+def test_the_default_is_0_3_and_the_field_is_awqs_own():
+    assert QuantConfig().awq_scale_ridge == 0.3  # session 9: below RTN out of domain in every column measured
     with pytest.raises(ValueError, match="awq_scale_ridge"):
         QuantConfig(algorithm="gptq", awq_scale_ridge=1.0)
     with pytest.raises(ValueError):
@@ -84,3 +84,9 @@ def test_a_version_6_checkpoint_loads_with_the_options_off_as_it_ran():
     teq = QuantConfig.from_dict({"version": 6, "algorithm": "teq"})
     assert awq.awq_scale_ridge == 0.0
     assert (teq.teq_scale_ridge, teq.teq_scale_check) == (0.0, "all")
+
+
+def test_a_version_11_awq_checkpoint_loads_with_the_ridge_it_ran_with():
+    assert QuantConfig.from_dict({"version": 11, "algorithm": "awq"}).awq_scale_ridge == 0.0
+    assert QuantConfig.from_dict({"version": 12, "algorithm": "awq"}).awq_scale_ridge == 0.3
+    assert QuantConfig.from_dict({"version": 11, "algorithm": "awq", "awq_scale_ridge": 0.1}).awq_scale_ridge == 0.1

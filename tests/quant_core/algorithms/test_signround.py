@@ -212,3 +212,9 @@ def test_cli_quantize_signround_with_the_shipped_calibration_text(tmp_path):
     model, _ = load_quantized(tmp_path / "q")
     assert model.config.quantization_config["algorithm"] == "signround"
     assert model.config.quantization_config["signround_steps"] == 3
+
+
+def test_the_float_model_target_is_the_default_and_version_11_checkpoints_keep_theirs():
+    assert QuantConfig(algorithm="signround").signround_target == "float_model"
+    assert QuantConfig.from_dict({"version": 11, "algorithm": "signround"}).signround_target == "float_block"
+    assert QuantConfig.from_dict({"version": 12, "algorithm": "signround"}).signround_target == "float_model"
