@@ -46,6 +46,7 @@ import report  # noqa: E402 - same folder
 from gpu_peers import PEERS, probe, short_reason  # noqa: E402 - same folder; imports only torch
 from gpu_speed_model import decode_section, gptq_section  # noqa: E402 - same folder
 from gpu_speed_report import NAME, write_report  # noqa: E402 - same folder
+from gpu_speed_targets import run_targets  # noqa: E402 - same folder
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]  # (K in, N out)
 ROWS = [1, 16, 64, 256]
@@ -65,6 +66,10 @@ OURS = [("cuda int4 g128", "int4", 128, CudaKernel), ("cuda nf4 g128", "nf4", 12
         ("cuda int8 per-ch", "int8", -1, CudaKernel), ("triton int4 g128", "int4", 128, TritonKernel),
         ("cuda int4 g128, dequantized weight kept", "int4", 128, CudaKeptKernel)]
 TRITON_UNTUNED = "triton int4 g128 (heuristic config, untuned)"
+# --skip-columns: our optional columns, by the kernel class they time (neither is one of issue 18's targets
+# bar the kept copy's M=256 fallback; the kept column tunes every row count on first use: no shipped picks)
+OPTIONAL = {"triton": TritonKernel, "kept": CudaKeptKernel}
+TARGET_TITLE = "Targets (issue 18), shapes 4096×4096 / 4096×14336 / 14336×4096 / 4096×128256, this run"
 DEV = "cuda"
 BF16, TINYGEMM = "bf16 cuBLAS", "tinygemm int4 g128"  # column names of the layer table in gpu_speed.json
 
@@ -254,6 +259,8 @@ def main() -> None:
                     "(the file then says it is stitched from several runs)")
     ap.add_argument("--run-id", help="name of this run in the file (default: date and commit)")
     ap.add_argument("--out-dir", help="folder for gpu_speed.json/.md (default: benchmarks/results)")
+    ap.add_argument("--skip-columns", nargs="+", choices=sorted(OPTIONAL), default=[],
+                    help="leave out our Triton column and/or the kept-dequantized-weight column")
     ap.add_argument("--triton-untuned", action="store_true",
                     help="Triton column with its heuristic default config (tuning compiles for minutes)")
     args = ap.parse_args()
@@ -277,7 +284,9 @@ def main() -> None:
     if args.triton_untuned:  # the Triton tuner's cache answers its first candidate; the CUDA tuner is separate
         from quant_core.kernels import triton_tuning
         triton_tuning.CACHE.choose = lambda key, candidates, run, tune: candidates[0]
-        OURS[3] = (OURS[3][0].replace("triton int4 g128", TRITON_UNTUNED),) + OURS[3][1:]
+        OURS[:] = [(o[0].replace("triton int4 g128", TRITON_UNTUNED), *o[1:]) if o[3] is TritonKernel else o
+                   for o in OURS]
+    OURS[:] = [o for o in OURS if o[3] not in [OPTIONAL[c] for c in args.skip_columns]]
     if not args.skip_layers:
         shapes = [tuple(map(int, s.lower().split("x"))) for s in args.shapes] if args.shapes else \
             SHAPES[:2] + SHAPES[-1:] if args.quick else SHAPES
@@ -293,6 +302,10 @@ def main() -> None:
         save(data)
     if args.gptq:
         data["gptq"].append(gptq_section(run_id, args.decode_layers))
+    if not args.merge:  # a fresh file: its targets from this run's rows (a person adds correctness after)
+        data.update(targets=run_targets(data, run_id), target_title=TARGET_TITLE,
+                    target_header=["target", "measured (graph-replayed, × bf16 = faster of its eager and graph)",
+                                   "status"])
     print(f"wrote {save(data)}")
 
 
