@@ -49,8 +49,9 @@ SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time 
 # int4 layer) after its first use, so many-row calls cost what bf16 costs; off by default
 DENSE_CACHE_ENV = "QUANTLLM_CUDA_DENSE_CACHE"
 GEMV_ENV = "QUANTLLM_CUDA_GEMV"  # "0": leave the few-row kernel out (the mma kernel takes every row count)
-# "1": also offer the few-row kernel's stream-K schedule (csrc/cuda_gemv_stream.cuh), a prototype not yet
-# run on a GPU: off until the device checks pass and the sweep shows where it wins
+# "1": also offer the few-row kernel's stream-K schedule (csrc/cuda_gemv_stream.cuh). Measured on an H200
+# (session 9): correct, but slower than the best other candidate on every 8B shape at 1 and 16 rows (int4 M=1
+# 4096x14336 20.7 vs 15.8 us), so the registry does not offer it by default
 GEMV_STREAM_ENV = "QUANTLLM_CUDA_GEMV_STREAM"
 
 

@@ -1,5 +1,5 @@
-// Few-row kernel, stream-K schedule (UNMEASURED prototype: the registry offers it only with
-// QUANTLLM_CUDA_GEMV_STREAM=1). The plain few-row kernel gives each 64-column block's K to whole
+// Few-row kernel, stream-K schedule (opt-in prototype: the registry offers it only with
+// QUANTLLM_CUDA_GEMV_STREAM=1; on an H200 correct but never the fastest candidate, see gpu_speed.md). The plain few-row kernel gives each 64-column block's K to whole
 // blocks, so 4096x14336 (224 column blocks) on 132 SMs leaves 40 SMs with half the work of the
 // others. Here one full wave of blocks (grid = blocks an SM holds x SMs) splits the weight's units,
 // flattened (column block, band) with bands inner, into equal contiguous ranges, one per warp

@@ -120,8 +120,8 @@ def test_kept_weights_and_the_gemv_switch_change_the_candidates(monkeypatch):
 
 
 def test_the_stream_k_schedule_is_offered_only_when_asked(fake_gpu, monkeypatch):
-    """The few-row kernel's stream-K schedule has not run on a GPU yet: the tuner may time it (and so
-    pick it) only with QUANTLLM_CUDA_GEMV_STREAM=1, for the few-row kernel's row counts."""
+    """The few-row kernel's stream-K schedule never won on the H200 (gpu_speed.md, session 9): the tuner
+    may time it (and so pick it) only with QUANTLLM_CUDA_GEMV_STREAM=1, for the few-row kernel's row counts."""
     monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
     monkeypatch.delenv(cuda_kernel.GEMV_STREAM_ENV, raising=False)
     assert not any(c.stream for c in candidates(1, 4096, 14336, 128))
