@@ -23,10 +23,9 @@ from gpu_speed import copies_for, copy_bandwidth, random_packed, timed  # noqa: 
 from quant_core.formats import get_format, pack_codes  # noqa: E402
 from quant_core.kernels import cuda_build  # noqa: E402
 from quant_core.kernels.base import LayerSpec  # noqa: E402
-from quant_core.kernels.cuda_kernel import (GEMV_MAX_ROWS, GEMV_STREAM_ENV, CudaConfig, CudaKernel, _arch,  # noqa: E402
-                                            candidates)
+from quant_core.kernels.cuda_kernel import CudaKernel, _arch, candidates  # noqa: E402
 from quant_core.kernels.triton_kernel import TritonKernel  # noqa: E402
-from quant_core.kernels.triton_tuning import TUNE_ENV, sm_count  # noqa: E402
+from quant_core.kernels.triton_tuning import TUNE_ENV  # noqa: E402
 from quant_core.packed import PackedWeight  # noqa: E402
 
 DEV = "cuda"
@@ -167,10 +166,7 @@ def sweep(cks, k, n, nbytes, rows) -> None:
     for m in rows:
         x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
         cells = []
-        # stream-K (where offered) also with one and two blocks an SM, beside the tuner's one full wave
-        more = [CudaConfig(0, cluster=1, stream=True, blocks=b * sm_count()) for b in (1, 2)] \
-            if os.environ.get(GEMV_STREAM_ENV) == "1" and m <= GEMV_MAX_ROWS else []
-        for cfg in candidates(m, n, k, 128, kept=m >= 32) + more:
+        for cfg in candidates(m, n, k, 128, kept=m >= 32):
             try:
                 us = timed([lambda kk=kk: kk._launch(x, cfg) for kk in cks], True)
                 cells.append(f"{cfg.label()} {us:.1f} ({nbytes / us / 1e6:.2f} TB/s)")
@@ -190,6 +186,7 @@ def profile_target(spec: str) -> None:
     """``KxN,M,TILE,SPLITS``: 20 launches of one int4 g128 bf16 config, for ncu (no tuning, no checks)."""
     shape, m, tile, splits = spec.split(",")
     k, n = map(int, shape.split("x"))
+    from quant_core.kernels.cuda_kernel import CudaConfig
     ps = [random_packed("int4", k, n, 128) for _ in range(copies_for(k * n // 2))]
     kerns = [CudaKernel(p, LayerSpec.of(p, "bf16", "cuda")) for p in ps]
     x = torch.randn(int(m), k, device=DEV, dtype=torch.bfloat16)

@@ -49,9 +49,6 @@ def one_variant(variant: str) -> None:
         # the few-row kernel in every cluster size, and K split over 2, 3 and 8 blocks meeting in the workspace
         gemv = gemv_candidates(m, n, k, group)
         gemv += [CudaConfig(0, s, cluster=1) for s in (2, 3, 8)] if gemv else []
-        # stream-K (where offered, QUANTLLM_CUDA_GEMV_STREAM=1) also with 1 block (each warp a whole column
-        # block: direct stores) and 3 (ranges across column blocks, meeting in the workspace)
-        gemv += [CudaConfig(0, cluster=1, stream=True, blocks=b) for b in (1, 3)] if any(c.stream for c in gemv) else []
         for cfg in configs + gemv + wg:
             out = kern._launch(x, cfg)
             torch.cuda.synchronize()

@@ -124,8 +124,6 @@ def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str) -> ctypes.CDLL
     lib.qmm_run.restype = ctypes.c_int
     lib.qmm_gemv.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
     lib.qmm_gemv.restype = ctypes.c_int
-    lib.qmm_gemv_stream.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
-    lib.qmm_gemv_stream.restype = ctypes.c_int
     lib.qmm_wgmma.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, ctypes.c_int, p]
     lib.qmm_wgmma.restype = ctypes.c_int
     lib.qmm_dequant.argtypes = [ctypes.POINTER(QmmArgs), p, p]

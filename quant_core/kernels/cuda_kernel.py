@@ -49,10 +49,6 @@ SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time 
 # int4 layer) after its first use, so many-row calls cost what bf16 costs; off by default
 DENSE_CACHE_ENV = "QUANTLLM_CUDA_DENSE_CACHE"
 GEMV_ENV = "QUANTLLM_CUDA_GEMV"  # "0": leave the few-row kernel out (the mma kernel takes every row count)
-# "1": also offer the few-row kernel's stream-K schedule (csrc/cuda_gemv_stream.cuh). Measured on an H200
-# (session 9): correct, but slower than the best other candidate on every 8B shape at 1 and 16 rows (int4 M=1
-# 4096x14336 20.7 vs 15.8 us), so the registry does not offer it by default
-GEMV_STREAM_ENV = "QUANTLLM_CUDA_GEMV_STREAM"
 
 
 @dataclass(frozen=True)
@@ -63,14 +59,10 @@ class CudaConfig:
     cluster: int = 0  # > 0: the few-row kernel with this many blocks along K per 64 columns
     # (the few-row kernel with cluster 1 and splits > 1: that many blocks along K meeting in the workspace)
     mn: int = 0  # > 0: the wgmma kernel (tile indexes WG_TILES), this many rows of x a block
-    stream: bool = False  # the few-row kernel's stream-K schedule (units split evenly by warp)
-    blocks: int = 0  # stream-K: blocks in its grid (0: one full wave, as the tuner's candidate)
 
     def label(self) -> str:
         if self.dequant:
             return "dequant+mm"
-        if self.stream:
-            return f"gemv:k{self.blocks}" if self.blocks else "gemv:k"
         if self.cluster:
             return f"gemv:s{self.splits}" if self.splits > 1 else f"gemv:c{self.cluster}"
         if self.mn:
@@ -104,8 +96,6 @@ def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
         s = min(per_sm * sm_count() // (n // 64), k // 16 // (2 * GEMV_WARPS))
         if s > 1 and CudaConfig(0, s, cluster=1) not in out:
             out.append(CudaConfig(0, s, cluster=1))
-    if os.environ.get(GEMV_STREAM_ENV) == "1":
-        out.append(CudaConfig(0, cluster=1, stream=True))
     return out
 
 
@@ -276,10 +266,7 @@ class CudaKernel(Kernel):
             return F.linear(x, wd)
         out = torch.empty((m, w.out_features), device=x.device, dtype=self.dtype)
         args.x, args.out = x.data_ptr(), out.data_ptr()
-        if cfg.stream:  # by default one full wave of the few-row kernel's blocks
-            blocks = cfg.blocks or GEMV_BLOCKS_PER_SM * sm_count()
-            self._check(self.lib.qmm_gemv_stream(ctypes.byref(args), blocks, stream))
-        elif cfg.cluster:
+        if cfg.cluster:
             self._check(self.lib.qmm_gemv(ctypes.byref(args), cfg.cluster, stream))
         elif cfg.mn:
             self._check(self.lib.qmm_wgmma(ctypes.byref(args), cfg.tile, cfg.mn, stream))

@@ -274,9 +274,8 @@ struct Groups {
   __device__ __forceinline__ const uint8_t* zeros(int grp) const { return zrows + (grp - g_lo) * ZROW; }
 };
 
-// G: Groups (the warp's staged rows) or StreamGroups (cuda_gemv_stream.cuh: rows read from global memory).
-template <typename T, int FMT, int ZM, bool M16, int U, typename G>
-__device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, U>& bt, G& gs,
+template <typename T, int FMT, int ZM, bool M16, int U>
+__device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, U>& bt, Groups<T, ZM>& gs,
                                               GroupRegs<T, FMT, ZM>& gp, const Args& a, int b, int b1, int lane) {
 #pragma unroll
   for (int i = 0; i < U; ++i) {

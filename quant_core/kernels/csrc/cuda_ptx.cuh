@@ -89,17 +89,6 @@ __device__ __forceinline__ uint32_t ld_after_wait32(const void* p) {
   return v;
 }
 
-// `bytes` (a multiple of 16) of global memory into L2, no registers, nothing waited on (sm_90 bulk
-// prefetch; one line's prefetch before). For weight that a kernel streams right after pdl_wait().
-__device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#else
-  (void)bytes;
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-#endif
-}
-
 // fp32 add performed at L2, no return value (split-K partial sums).
 __device__ __forceinline__ void red_add(float* p, float v) {
   asm volatile("red.global.add.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");

@@ -13,7 +13,6 @@
 #endif
 
 #include "cuda_gemv.cuh"
-#include "cuda_gemv_stream.cuh"
 #include "cuda_qmm.cuh"
 #include "cuda_wgk.cuh"
 
@@ -126,17 +125,6 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
   // in graph chains while x went through the read-only path, which ptxas hoisted above the wait).
   return launch_ex(kernel, dim3(blocks, a.N / 64, 1), qmm::GEMV_WARPS * 32, smem, stream, a, cluster);
 }
-// The few-row kernel's stream-K schedule (cuda_gemv_stream.cuh): `blocks` blocks share the weight's
-// units evenly, warp by warp; the workspace takes the column blocks whose K several warps share.
-template <bool M16>
-cudaError_t launch_gemv_stream(const qmm::Args& a, int blocks, cudaStream_t stream) {
-  if (a.M < 1 || a.M > (M16 ? 16 : 8) || a.N % 64 || a.K % 16 || blocks < 1 ||
-      (a.group < a.K && (a.group < 16 || (1 << a.group_shift) != a.group)))
-    return cudaErrorInvalidValue;
-  return launch_ex(qmm::gemv_stream_kernel<T, QMM_FMT, QMM_ZM, M16>, dim3(blocks, 1, 1), qmm::GEMV_WARPS * 32, 0,
-                   stream, a);
-}
-
 #if QMM_WGMMA && QMM_FMT != 2
 // The wgmma kernel (cuda_wgk.cuh): (warpgroups, BK) by the tuner's `tile`; keep in step with
 // cuda_kernel.WG_TILES. MN (16..256) is the rows of x one block multiplies.
@@ -212,11 +200,6 @@ int qmm_run(const qmm::Args* a, int tile, void* stream) {
 int qmm_gemv(const qmm::Args* a, int cluster, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   return a->M <= 8 ? launch_gemv<false>(*a, cluster, s) : launch_gemv<true>(*a, cluster, s);
-}
-
-int qmm_gemv_stream(const qmm::Args* a, int blocks, void* stream) {
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return a->M <= 8 ? launch_gemv_stream<false>(*a, blocks, s) : launch_gemv_stream<true>(*a, blocks, s);
 }
 
 // The wgmma kernel with `mn` rows of x a block; cudaErrorNotSupported where the library was built

@@ -119,19 +119,6 @@ def test_kept_weights_and_the_gemv_switch_change_the_candidates(monkeypatch):
     assert candidates(1, 4096, 4096, 128) and not any(c.cluster for c in candidates(1, 4096, 4096, 128))
 
 
-def test_the_stream_k_schedule_is_offered_only_when_asked(fake_gpu, monkeypatch):
-    """The few-row kernel's stream-K schedule never won on the H200 (gpu_speed.md, session 9): the tuner
-    may time it (and so pick it) only with QUANTLLM_CUDA_GEMV_STREAM=1, for the few-row kernel's row counts."""
-    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
-    monkeypatch.delenv(cuda_kernel.GEMV_STREAM_ENV, raising=False)
-    assert not any(c.stream for c in candidates(1, 4096, 14336, 128))
-    monkeypatch.setenv(cuda_kernel.GEMV_STREAM_ENV, "1")
-    streams = [c for c in candidates(1, 4096, 14336, 128) if c.stream]
-    assert [c.label() for c in streams] == ["gemv:k"] and streams[0].cluster == 1
-    assert any(c.stream for c in candidates(16, 4096, 4096, 128))
-    assert not any(c.stream for c in candidates(17, 4096, 4096, 128))
-
-
 def test_shipped_defaults_name_real_candidates(monkeypatch):
     """Every shipped pick must be a label the tuner could choose for its key, else it is never used
     (the shipped GPUs are sm_90: cluster sizes of the few-row kernel and the wgmma kernel count)."""

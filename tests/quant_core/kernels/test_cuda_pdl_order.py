@@ -1,12 +1,11 @@
-"""The few-row kernel's machine code (and its stream-K schedule's) keeps programmatic dependent launch
-(PDL) correct: read off the SASS that nvcc and cuobjdump make here, no GPU needed (skipped without them).
+"""The few-row kernel's machine code keeps programmatic dependent launch (PDL) correct: read off the SASS
+that nvcc and cuobjdump make here, no GPU needed (skipped without them).
 
 Session 7 found the few-row kernel's graph chains with PDL wrong on the H200 (int4 M=1). Its SASS showed
 why: ptxas had hoisted a read-only (.nc) load of x above griddepcontrol.wait (ACQBULK in SASS), where the
 previous kernel may still be writing x, and sunk the weight prefetch below it, where it overlaps nothing.
-These tests fail on that code: before the wait only weight (16-byte) loads or L2 prefetches and the
-scales' cp.async may run, and they must be there; x and every store come after it, and x never through
-the read-only path."""
+These tests fail on that code: before the wait only weight (16-byte) loads and the scales' cp.async may
+run, and they must be there; x and every store come after it, and x never through the read-only path."""
 from __future__ import annotations
 
 import importlib.util
@@ -55,9 +54,9 @@ def gemv_sass(tmp_path_factory) -> dict[str, list[str]]:
         pytest.skip("no cuobjdump (CUDA toolkit or Triton's package) to read the SASS")
     tmp = tmp_path_factory.mktemp("sass")
     src = tmp / "gemv.cu"
-    lines = ["#define QMM_CLUSTERS 1", '#include "cuda_gemv_stream.cuh"']
-    lines += [f"template __global__ void qmm::{kernel}<{t}, qmm::{f}, qmm::{z}, {m}>(const qmm::Args);"
-              for kernel in ("gemv_kernel", "gemv_stream_kernel") for t, f, z, m in KERNELS]
+    lines = ["#define QMM_CLUSTERS 1", '#include "cuda_gemv.cuh"']
+    lines += [f"template __global__ void qmm::gemv_kernel<{t}, qmm::{f}, qmm::{z}, {m}>(const qmm::Args);"
+              for t, f, z, m in KERNELS]
     src.write_text("\n".join(lines) + "\n")
     cubin = tmp / "gemv.cubin"
     cmd = [nvcc, "-O3", "-std=c++17", *cuda_build.arch_flags("90")[:1], f"-I{cuda_build.CSRC}", "-cubin", str(src),
@@ -69,7 +68,7 @@ def gemv_sass(tmp_path_factory) -> dict[str, list[str]]:
         name, body = part.split("\n", 1)
         kernels[name.strip()] = [ln.split("*/", 1)[1].split(";")[0].strip() for ln in body.splitlines()
                                  if re.match(r"\s*/\*[0-9a-f]{4}\*/", ln)]
-    assert len(kernels) == 2 * len(KERNELS), sorted(kernels)
+    assert len(kernels) == len(KERNELS), sorted(kernels)
     return kernels
 
 
@@ -84,7 +83,6 @@ def test_only_the_weight_and_scales_load_before_the_wait(gemv_sass):
         before, _ = _split_at_wait(instructions)
         loads = [m.group(1) for ins in before if (m := GLOBAL_LOAD.search(ins))]
         weight = [ld for ld in loads if ld.startswith("LDG.") and ".128" in ld]
-        weight += [ins for ins in before if ins.startswith("UBLKPF")]  # the stream-K kernel prefetches into L2
         assert weight, f"{name}: the first batch of weight loads sank below the wait (no overlap with PDL)"
         x_like = [ld for ld in loads if ld.startswith("LDG.") and ".128" not in ld]
         assert not x_like, f"{name}: {x_like} before the wait (x may still be written by the previous kernel)"
