@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .blocks import default_device
+from .calibration import calibration_dtype_on
 from .config import ALGORITHMS, QuantConfig
 from .errors import ConfigError
 from .model_surgery import mark_quantized, quantizable_linears
@@ -61,6 +63,8 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
                           f"registered: {', '.join(HANDLERS)}")
+    if config.algorithm != "rtn" and config.calibration_dtype == "auto":  # record the precision that ran, not "auto"
+        config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, device or default_device())})
     with torch.no_grad():
         model = handler(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,
                         device=device)

@@ -56,6 +56,16 @@ def test_auto_calibration_dtype_is_bf16_only_where_the_cpu_has_bf16_units(monkey
     assert calibration_dtype_on(QuantConfig(algorithm="gptq", calibration_dtype="bf16"), "cpu") == "bf16"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_quantized_model_records_the_calibration_precision_that_ran_not_auto(monkeypatch, native):
+    monkeypatch.setattr(cpu_features, "native_bf16", lambda: native)
+    model = quantize(tiny_llama_lm(layers=1), QuantConfig(algorithm="gptq", group_size=32), calibration=_batches(),
+                     progress=False, device="cpu")
+    assert model.config.quantization_config["calibration_dtype"] == ("bf16" if native else "fp32")
+    rtn = quantize(tiny_llama_lm(layers=1), QuantConfig(group_size=32), progress=False, device="cpu")
+    assert rtn.config.quantization_config["calibration_dtype"] == "auto"  # nothing calibrated, nothing to record
+
+
 def test_awq_forwards_run_in_the_calibration_precision_and_stay_close_to_fp32():
     ids = torch.cat(_batches())
     reference_model = tiny_llama_lm(layers=1)
