@@ -115,6 +115,10 @@ class QuantConfig(BaseModel):
     # AWQ.
     awq_n_grid: int = Field(20, gt=0, le=1000, description="AWQ: ratios r in [0, 1) tried by the scale search "
                                                   "(s = x_mean**r / w_mean**(1 - r)).")
+    awq_grid_step: int = Field(1, gt=0, le=1000, description="AWQ: the scale search scores every awq_grid_step-th "
+                               "ratio (and the last), then the best one's neighbours at halved distances down to 1 "
+                               "(4: 10 of the 20 ratios); the same choice as every ratio (1) where the error is "
+                               "unimodal in the ratio (quant_core/algorithms/grid_search.py).")
     awq_clip_grid: int = Field(20, gt=0, le=1000, description="AWQ: steps of the clipping search; range ratios "
                                                      "1 - i / awq_clip_grid are tried.")
     awq_clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="AWQ: the clipping search narrows a "

@@ -29,6 +29,7 @@ from .base import QuantResult
 from .clip_search import search_clip
 from .driver import CalibrationBlock, calibrated_algorithm
 from .equalize import ScaleGroup, equalize_block, normalized_scales, scale_groups
+from .grid_search import coarse_to_fine
 from .input_stats import InputStats, collect_input_stats
 from .pruned_argmin import pruned_argmin
 from .rounding import fake_quantize, quantize_clipped
@@ -96,7 +97,9 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     and activations weigh the linears' errors) summed over its recorded calibration batches when
     the group has them, else the linears' exact output error over all calibration tokens. The
     parent's sum stops early for a ratio that can no longer win (``pruned_argmin``: same choice);
-    such a ratio's error is then its partial sum, already larger than the winner's.
+    such a ratio's error is then its partial sum, already larger than the winner's. With
+    ``awq_grid_step > 1`` the ratios are scored coarse to fine (``grid_search``); a ratio never
+    scored reports NaN.
     """
     w = group.weight()
     x_mean = group.reduce_mean(stats.abs_mean)
@@ -127,13 +130,15 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
             return 1.0
         return unseen_input_factor(w - effective(key), H, config.awq_scale_ridge)
 
-    keys = [config.awq_n_grid, *range(config.awq_n_grid)]  # ties: RTN first, then the lower ratio (as a loop would)
+    rank = lambda key: -1 if key == config.awq_n_grid else key  # noqa: E731  ties: RTN, then the lower ratio
+    stage = lambda keys, incumbent: pruned_argmin(  # noqa: E731
+        keys, len(ref) if use_parent else 1, part_cost, factor, incumbent, rank)
     try:
-        best, costs = pruned_argmin(keys, len(ref) if use_parent else 1, part_cost, factor)
+        best, costs = coarse_to_fine(config.awq_n_grid, config.awq_grid_step, [config.awq_n_grid], stage)
     finally:
         for lin, original in zip(group.linears, originals):
             lin.weight.copy_(original)
-    return scales(best), [costs[i] for i in range(config.awq_n_grid)]
+    return scales(best), [costs.get(i, float("nan")) for i in range(config.awq_n_grid)]
 
 
 def unseen_input_factor(dw: torch.Tensor, H: torch.Tensor, ridge: float) -> float:
