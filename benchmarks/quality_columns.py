@@ -90,6 +90,14 @@ ROWS = {
     "AWQ bf16 calibration 8 search windows": dict(algorithm="awq", calibration_dtype="bf16", awq_parent_batches=1,
                                                     awq_scale_ridge=0.0),
     "QuantEase bf16 calibration": dict(algorithm="quantease", calibration_dtype="bf16"),
+    # session 9 (issue 19 part 5, AWQ <= 300 s on the 2-core CPU): the scale search on fewer calibration
+    # windows (its first 1 or 2 batches of 8) or coarse to fine over the ratios (awq_grid_step), every other
+    # field at its default (calibration_dtype auto: fp32 on a GPU); "AWQ all search windows" pins the search
+    # of sessions 7-8 (every ratio on all 16 batches) whatever the defaults become
+    "AWQ all search windows": dict(algorithm="awq", awq_parent_batches=32, awq_grid_step=1),
+    "AWQ 16 search windows": dict(algorithm="awq", awq_parent_batches=2, awq_grid_step=1),
+    "AWQ 8 search windows": dict(algorithm="awq", awq_parent_batches=1, awq_grid_step=1),
+    "AWQ coarse-to-fine ratios": dict(algorithm="awq", awq_parent_batches=32, awq_grid_step=4),
     # issue 19's outlier target is stated on "the same calibration as the existing table": the text shipped
     # before issue 16's (8 tokenized WikiText-2 valid articles, kept in benchmarks/data for this row)
     "QuantEase +1% outliers (previous text)": dict(algorithm="quantease", outlier_fraction=0.01,
