@@ -40,11 +40,10 @@ from quant_core.loading import load_model  # noqa: E402
 
 ROWS = {"full grid, all windows": dict(awq_grid_step=1, awq_parent_batches=32),
         "step 4, all windows": dict(awq_grid_step=4, awq_parent_batches=32),
-        "step 4, 32 windows": dict(awq_grid_step=4, awq_parent_batches=4),
-        "step 4, 24 windows": dict(awq_grid_step=4, awq_parent_batches=3),
-        "step 4, 16 windows": dict(awq_grid_step=4, awq_parent_batches=2),
-        "full grid, 16 windows": dict(awq_grid_step=1, awq_parent_batches=2)}
-SETTINGS = [(step, batches) for step in (1, 2, 4) for batches in (1, 2, 3, 4, 8, 16)]
+        **{f"full grid, {8 * n} {c} windows": dict(awq_grid_step=1, awq_parent_batches=n, awq_parent_batch_choice=c)
+           for n in (1, 2, 3) for c in ("spread", "first")}}
+# (ratio step, search batches, which batches): what part "choices" simulates on each group's error matrix
+SETTINGS = [(1, b, c) for c in ("first", "spread") for b in (1, 2, 3, 4)] + [(s, 16, "all") for s in (2, 4)]
 
 
 class Recorder:
@@ -75,23 +74,23 @@ class Recorder:
         return pruned_argmin(keys, n_parts, lambda k, i: parts[k, i], factor, incumbent, rank)
 
 
-def simulated_choice(matrix: dict, n_grid: int, step: int, batches: int) -> int:
-    """The key ``search_scales`` chooses at ``awq_grid_step=step`` on the first ``batches`` batches."""
-    rows = dict(zip(matrix["keys"], matrix["parts"]))
-    batches = min(batches, len(matrix["parts"][0]))
+def simulated_choice(matrix: dict, n_grid: int, step: int, batches: int, choice: str) -> int:
+    """The key ``search_scales`` chooses at ``awq_grid_step=step`` on the batches ``search_batches`` keeps."""
+    cols = sorted(awq.search_batches(len(matrix["parts"][0]), batches, choice))
+    rows = {k: [p[c] for c in cols] for k, p in zip(matrix["keys"], matrix["parts"])}
     rank = lambda k: -1 if k == n_grid else k  # noqa: E731
-    stage = lambda keys, inc: pruned_argmin(keys, batches, lambda k, i: rows[k][i], incumbent=inc, rank=rank)  # noqa
+    stage = lambda keys, inc: pruned_argmin(keys, len(cols), lambda k, i: rows[k][i], incumbent=inc, rank=rank)  # noqa
     return coarse_to_fine(n_grid, step, [n_grid], stage)[0]
 
 
 def report_choices(recorder: Recorder, n_grid: int) -> None:
-    print("| group | " + " | ".join(f"step {s}, {b * 8} win" for s, b in SETTINGS) + " |", flush=True)
+    print("| group | " + " | ".join(f"step {s}, {b * 8} {c}" for s, b, c in SETTINGS) + " |", flush=True)
     for g, matrix in enumerate(recorder.matrices):
         totals = {k: sum(p) for k, p in zip(matrix["keys"], matrix["parts"])}
         best = min(totals.values())
         cells = []
-        for step, batches in SETTINGS:
-            key = simulated_choice(matrix, n_grid, step, batches)
+        for step, batches, choice in SETTINGS:
+            key = simulated_choice(matrix, n_grid, step, batches, choice)
             cells.append(f"{key} ({totals[key] / best - 1:+.2%})")
         print(f"| {g} | " + " | ".join(cells) + " |", flush=True)
         print(json.dumps({"group": g, "totals": totals, "choices": dict(zip(map(str, SETTINGS), cells))}), flush=True)

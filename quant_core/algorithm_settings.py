@@ -15,7 +15,7 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
                   "outlier_structure", *_HESSIAN),
     "gptq_quantease": (*_GPTQ, "num_iter"),
     "awq": ("awq_n_grid", "awq_grid_step", "awq_clip_grid", "awq_clip_max_shrink", "awq_parent_batches",
-            "awq_duo_scaling", "awq_scale_ridge", "awq_hessian_shrinkage"),
+            "awq_parent_batch_choice", "awq_duo_scaling", "awq_scale_ridge", "awq_hessian_shrinkage"),
     "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check",
             "teq_hessian_shrinkage", "teq_clip_search"),
     "signround": ("signround_steps", "signround_lr", "signround_batch_windows", "signround_target",

@@ -125,6 +125,10 @@ class QuantConfig(BaseModel):
                                                                      "group's range by less than this fraction.")
     awq_parent_batches: int = Field(32, ge=0, le=MAX_COUNT, description="AWQ: calibration batches whose attention/MLP outputs "
                                                           "the scale search compares (0: each linear's own output).")
+    awq_parent_batch_choice: Literal["first", "spread"] = Field(
+        "spread", description="AWQ: when awq_parent_batches is fewer than the calibration batches, which ones the "
+        "scale search compares: the first (the start of the text: the windows are in text order), or spread "
+        "evenly over all (the middle batch of each equal stretch).")
     awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
                                                     "scaling); False: from activations alone.")
     awq_scale_ridge: float = Field(0.3, ge=0, le=1e6, description="AWQ: the scale search also counts inputs the "

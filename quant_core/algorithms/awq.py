@@ -5,7 +5,8 @@ For each group of linears that share an input (``equalize.ScaleGroup``), scales
 ``awq_duo_scaling=False``) are tried for ``awq_n_grid`` ratios ``r`` in ``[0, 1)``, and plain
 RTN (``s = 1``) is kept if nothing beats it. The objective, as in AutoAWQ, is the output
 error of the group's parent module (attention for q/k/v, the MLP for gate/up) on the
-first ``awq_parent_batches`` calibration batches; a lone linear (o_proj, down_proj) uses its
+``awq_parent_batches`` calibration batches (``awq_parent_batch_choice``: the first, or spread over the
+text); a lone linear (o_proj, down_proj) uses its
 exact squared output error over all calibration tokens, ``trace(dW H dW^T)`` with
 ``H = sum x x^T`` (``InputStats``; blended with its diagonal by ``awq_hessian_shrinkage``, as in
 the clipping search). The best scales are folded into the producer of the
@@ -39,7 +40,8 @@ from .rounding import fake_quantize, quantize_clipped
 def awq_step(block: CalibrationBlock) -> None:
     """Record the block's input statistics (and its parents' inputs), then scale, clip and install."""
     groups = scale_groups(block.module, block.arch, block.model_config)
-    with record_parent_inputs(groups, block.config.awq_parent_batches):
+    kept = search_batches(len(block.inputs.hidden), block.config.awq_parent_batches, block.config.awq_parent_batch_choice)
+    with record_parent_inputs(groups, kept):
         stats = collect_input_stats(block, groups)
     block.install(awq_block(groups, stats, block.config))
 
@@ -157,19 +159,34 @@ def unseen_input_factor(dw: torch.Tensor, H: torch.Tensor, ridge: float) -> floa
     return 1.0 + unseen / max(seen, torch.finfo(torch.float32).tiny)
 
 
+def search_batches(n_batches: int, max_batches: int, choice: str = "first") -> set[int]:
+    """Which calibration batches the scale search compares: all when ``max_batches >= n_batches``, else
+    the first ``max_batches``, or (``"spread"``) one from the middle of each of ``max_batches`` equal
+    stretches. The windows come in text order (``calibration.sample_windows`` sorts them), so the first
+    batches see only the start of the text (of the shipped text, only its Wikipedia half)."""
+    if max_batches >= n_batches:
+        return set(range(n_batches))
+    if choice == "first":
+        return set(range(max_batches))
+    return {int((i + 0.5) * n_batches / max_batches) for i in range(max_batches)}
+
+
 @contextlib.contextmanager
-def record_parent_inputs(groups: list[ScaleGroup], max_batches: int):
-    """Keep the (args, kwargs) of each group's parent module for its first ``max_batches`` calls."""
+def record_parent_inputs(groups: list[ScaleGroup], batches: int | set[int]):
+    """Keep the (args, kwargs) of each group's parent module for its calls numbered in ``batches``
+    (the calibration batches, in order; an int: the first that many)."""
+    keep = set(range(batches)) if isinstance(batches, int) else set(batches)
     handles = []
     for group in groups:
         group.parent_inputs = []
-        if group.parent is None or max_batches <= 0:
+        if group.parent is None or not keep:
             continue
 
-        def hook(_module, args, kwargs, _group=group):
-            if len(_group.parent_inputs) < max_batches:
+        def hook(_module, args, kwargs, _group=group, _calls=[0]):  # noqa: B006  one counter per group
+            if _calls[0] in keep:
                 _group.parent_inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
                                              dict(kwargs)))
+            _calls[0] += 1
         handles.append(group.parent.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         yield
