@@ -133,3 +133,35 @@ def test_awq_grid_step_round_trips_through_the_config():
     assert QuantConfig.from_dict(c.to_dict()).awq_grid_step == 4
     with pytest.raises(ValueError):
         QuantConfig(algorithm="awq", awq_grid_step=0)
+
+
+def test_search_batches_are_the_first_or_spread_over_the_text():
+    assert awq.search_batches(16, 32, "spread") == set(range(16)) == awq.search_batches(16, 16, "first")
+    assert awq.search_batches(16, 2, "first") == {0, 1}
+    assert awq.search_batches(16, 1, "spread") == {8}
+    assert awq.search_batches(16, 2, "spread") == {4, 12}
+    assert awq.search_batches(16, 3, "spread") == {2, 8, 13}
+    assert awq.search_batches(5, 0, "spread") == set()
+    for n in range(1, 40):
+        for k in range(1, n + 1):
+            assert len(awq.search_batches(n, k, "spread")) == k and max(awq.search_batches(n, k, "spread")) < n
+
+
+def test_record_parent_inputs_keeps_the_chosen_batches_in_order():
+    model = tiny("llama")
+    batches = list(ids(n=8, seed=3).split(2))  # 4 batches
+    inputs = capture_first_block_inputs(model, batches, "cpu")
+    block = decoder_layers(model)[0]
+    groups = scale_groups(block, architecture_of(model), model.config)
+    with record_parent_inputs(groups, {1, 3}):
+        block_stats(block, inputs, groups)
+        kept = {id(g): list(g.parent_inputs) for g in groups if g.parent is not None}
+    with record_parent_inputs(groups, 4):
+        block_stats(block, inputs, groups)
+    parents = [g for g in groups if g.parent is not None]
+    assert parents
+    for g in parents:
+        assert len(kept[id(g)]) == 2 and len(g.parent_inputs) == 4
+        for (args, kwargs), (all_args, all_kwargs) in zip(kept[id(g)], [g.parent_inputs[1], g.parent_inputs[3]]):
+            first = (args or tuple(kwargs.values()))[0]
+            assert torch.equal(first, (all_args or tuple(all_kwargs.values()))[0])
