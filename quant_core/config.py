@@ -123,10 +123,8 @@ class QuantConfig(BaseModel):
                                                      "1 - i / awq_clip_grid are tried.")
     awq_clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="AWQ: the clipping search narrows a "
                                                                      "group's range by less than this fraction.")
-    awq_parent_batches: int = Field(2, ge=0, le=MAX_COUNT, description="AWQ: calibration batches whose attention/MLP "
-                                    "outputs the scale search compares (0: each linear's own output; 2 since session 9, "
-                                    "16 windows spread over the text: 14 of 16 groups chose the all-window ratio, "
-                                    "docs/calibration_speed.md; 32 before: every batch, ~4x the time).")
+    awq_parent_batches: int = Field(32, ge=0, le=MAX_COUNT, description="AWQ: calibration batches whose attention/MLP outputs "
+                                                          "the scale search compares (0: each linear's own output).")
     awq_parent_batch_choice: Literal["first", "spread"] = Field(
         "spread", description="AWQ: when awq_parent_batches is fewer than the calibration batches, which ones the "
         "scale search compares: the first (the start of the text: the windows are in text order), or spread "
