@@ -93,8 +93,7 @@ ROWS = {
     # session 9 (issue 19 part 5, AWQ <= 300 s on the 2-core CPU): the scale search on fewer calibration
     # batches of 8 windows, spread over the text (the windows are in text order) or the first ones, or coarse
     # to fine over the ratios (awq_grid_step), every other field at its default (calibration_dtype auto: fp32
-    # on a GPU); "AWQ all search windows" pins the search of sessions 7-8 (every ratio on all 16 batches)
-    "AWQ all search windows": dict(algorithm="awq", awq_parent_batches=32, awq_grid_step=1),
+    # on a GPU); row "AWQ" is the default search (every ratio on all 16 batches)
     **{f"AWQ {8 * n} spread search windows": dict(algorithm="awq", awq_parent_batches=n, awq_grid_step=1,
                                                    awq_parent_batch_choice="spread") for n in (1, 2, 3)},
     "AWQ 16 first search windows": dict(algorithm="awq", awq_parent_batches=2, awq_grid_step=1,
@@ -171,12 +170,6 @@ ROWS = {
     # each token's error weighed as the next RMSNorm scales it (the attention sink no longer decides the fit)
     "SignRound token-weighted": dict(algorithm="signround", signround_token_weighting=True),
 }
-# AWQ's default search compares 2 calibration batches spread over the text since session 9; every AWQ row
-# measured before searched on all of them, so each keeps that unless it names its own batches ("AWQ" is the
-# default, whatever it is)
-for _row, _fields in ROWS.items():
-    if _fields["algorithm"] == "awq" and _row != "AWQ":
-        _fields.setdefault("awq_parent_batches", 32)
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
 SIGNROUND_ROWS = tuple(row for row in ROWS if row.startswith("SignRound"))

@@ -6,6 +6,8 @@ the run it came from, shown as a letter that the Runs section resolves.
 """
 from __future__ import annotations
 
+import statistics
+
 import report
 from quality_columns import (ALL_COLUMNS, COLUMNS, DOUBLE_QUANT_COLUMNS, N_SAMPLES, QUANTEASE_ROWS, ROWS,
                              RTN_ONLY_COLUMNS, STORE, cell_key)
@@ -218,24 +220,36 @@ def quantease_targets(cells: dict, n: int) -> list[str]:
     return out
 
 
-DEFAULT_ROWS = ("GPTQ", "AWQ", "TEQ", "QuantEase", "GPTQ->QuantEase")  # each calibrated algorithm as a user gets it
+DEFAULT_ROWS = ("GPTQ", "AWQ", "TEQ", "QuantEase", "GPTQ->QuantEase", "SignRound")  # as a user gets each
+
+
+def median_of_draws(cells: dict, row: str, column: str, n: int, text: str) -> tuple[float, int] | None:
+    """The median perplexity of ``row``'s calibration draws at ``column`` (the row itself and its
+    'calibration seed i' rows that were measured there), and how many: one draw's luck is not a setting's."""
+    draws = [v for r in (row, *(f"{row} calibration seed {i}" for i in range(1, 10)))
+             if (v := ppl(cells, cell_key(r, column, n), text)) is not None]
+    return (statistics.median(draws), len(draws)) if draws else None
 
 
 def ood_targets(cells: dict, n: int) -> list[str]:
     """Issue 16: every calibrated algorithm at its defaults at least as good as RTN on each other text, in
-    every format, and still better in domain; GPTQ int4 g128 sym closes >= 30 % of RTN's gap on legal-ood."""
+    every format, and still better in domain (each by the median of its measured calibration draws); GPTQ
+    int4 g128 sym closes >= 30 % of RTN's gap on legal-ood."""
     out = []
-    for text in [t for t in TEXTS if t != PRIMARY]:
+    for text in TEXTS:
         label = TEXTS[text].label
-        pairs = [(r, c) for r in DEFAULT_ROWS for c in COLUMNS
-                 if None not in (ppl(cells, cell_key(r, c, n), text), ppl(cells, cell_key("RTN", c, n), text))]
-        worse = [f"{r} {COLUMNS[c]['label']} ({ppl(cells, cell_key(r, c, n), text):.2f} > RTN "
-                 f"{ppl(cells, cell_key('RTN', c, n), text):.2f})" for r, c in pairs
-                 if ppl(cells, cell_key(r, c, n), text) > ppl(cells, cell_key("RTN", c, n), text)]
+        found = {(r, c): m for r in DEFAULT_ROWS for c in COLUMNS
+                 if (m := median_of_draws(cells, r, c, n, text)) and ppl(cells, cell_key("RTN", c, n), text)}
+        worse = [f"{r} {COLUMNS[c]['label']} ({v:.2f}{f' median of {k} draws' if k > 1 else ''} > RTN "
+                 f"{ppl(cells, cell_key('RTN', c, n), text):.2f})" for (r, c), (v, k) in found.items()
+                 if v > ppl(cells, cell_key("RTN", c, n), text)]
         out.append(f"- Every calibrated algorithm at its defaults ({', '.join(DEFAULT_ROWS)}) at least as good as "
-                   f"RTN on {label}: " + ("not measured" if not pairs else
-                                         f"met in the {len(pairs)} measured cells" if not worse else
-                                         f"MISSED in {len(worse)} of {len(pairs)}: " + "; ".join(worse)))
+                   f"RTN on {label}, by the median of its measured calibration draws: "
+                   + ("not measured" if not found else
+                      f"met in the {len(found)} measured cells" if not worse else
+                      f"MISSED in {len(worse)} of {len(found)}: " + "; ".join(worse)))
+        if text == PRIMARY:
+            continue
         g = gap(cells, "GPTQ", "int4_g128_sym", n, text)
         out.append(f"- GPTQ at {COLUMNS['int4_g128_sym']['label']} closes >= 30 % of RTN's gap on {label}: "
                    + ("not measured" if g is None else f"{g:.0f} % -> " + ("met" if g >= 30 else

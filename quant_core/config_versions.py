@@ -18,7 +18,9 @@ than RTN out of domain); earlier TEQ checkpoints ran with neither.
 signround_token_weighting); an older quantllm would refuse them as unknown fields.
 12: new defaults measured better on both texts in every column (issues 16, 19): AWQ's awq_scale_ridge 0.3 (AWQ had
 been worse than RTN out of domain at int4 g128 sym) and SignRound's signround_target "float_model"; earlier AWQ
-checkpoints ran with ridge 0 and earlier SignRound ones towards the float block.
+checkpoints ran with ridge 0 and earlier SignRound ones towards the float block. Also new: AWQ's awq_grid_step and
+awq_parent_batch_choice (earlier checkpoints searched every ratio on all their recorded batches, which the
+defaults 1 and "spread" reproduce).
 """
 from __future__ import annotations
 
