@@ -24,16 +24,20 @@ from .primitives import per_channel
 
 Handler = Callable[..., nn.Module]
 HANDLERS: dict[str, Handler] = {}  # algorithm name -> handler
+CALIBRATED: set[str] = set()  # algorithms whose handler runs calibration forwards (config.calibration_dtype)
 
 
-def register_algorithm(name: str) -> Callable[[Handler], Handler]:
-    """Decorator: ``handler`` quantizes models whose config names algorithm ``name``."""
+def register_algorithm(name: str, calibrated: bool = False) -> Callable[[Handler], Handler]:
+    """Decorator: ``handler`` quantizes models whose config names algorithm ``name``; ``calibrated``: it
+    runs calibration forwards, so the saved config records the precision they ran in."""
     if name not in ALGORITHMS:
         raise ConfigError(f"algorithm {name!r} has no entry in quant_core.config.ALGORITHM_SETTINGS; "
                           f"add it there with its settings first")
 
     def register(handler: Handler) -> Handler:
         HANDLERS[name] = handler
+        if calibrated:
+            CALIBRATED.add(name)
         return handler
     return register
 
@@ -63,7 +67,7 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
                           f"registered: {', '.join(HANDLERS)}")
-    if config.algorithm != "rtn" and config.calibration_dtype == "auto":  # record the precision that ran, not "auto"
+    if config.algorithm in CALIBRATED and config.calibration_dtype == "auto":  # record the precision that ran
         config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, device or default_device())})
     with torch.no_grad():
         model = handler(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,

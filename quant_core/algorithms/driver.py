@@ -153,6 +153,6 @@ def calibrated_algorithm(name: str) -> Callable[[Step], Step]:
                     progress: bool = True, device=None) -> nn.Module:
             return calibrate(model, config, step, calibration, tokenizer, progress=progress, device=device,
                              desc=name.upper())
-        register_algorithm(name)(handler)
+        register_algorithm(name, calibrated=True)(handler)
         return step
     return register
