@@ -79,6 +79,10 @@ ROWS = {
     "GPTQ->QuantEase": dict(algorithm="gptq_quantease"),
     "QuantEase +1% outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="unstructured"),
     "QuantEase +1% column outliers": dict(algorithm="quantease", outlier_fraction=0.01, outlier_structure="columns"),
+    # int3 g128 asym <= 34.0 (issue 19): GPTQ's best int3 setting (act_order + clip, 36.41) as QuantEase's start,
+    # and QuantEase sweeping in act order (both on the unshrunk Hessian, as GPTQ act_order clip)
+    "QuantEase act_order": dict(algorithm="quantease", act_order=True),
+    "GPTQ act_order clip->QuantEase": dict(algorithm="gptq_quantease", act_order=True, mse_clip=True),
     # issue 19 part 5, calibration speed: bf16 calibration forwards (2x fp32's GEMM speed on a CPU with bf16
     # units), and AWQ's scale search on its first 2 calibration batches (16 windows) instead of all of them
     "GPTQ bf16 calibration": dict(algorithm="gptq", act_order=False, calibration_dtype="bf16"),
@@ -169,6 +173,8 @@ ROWS = {
     "SignRound 1000 steps": dict(algorithm="signround", signround_steps=1000),
     # each token's error weighed as the next RMSNorm scales it (the attention sink no longer decides the fit)
     "SignRound token-weighted": dict(algorithm="signround", signround_token_weighting=True),
+    # other calibration draws: how far one draw's luck moves SignRound (against AutoRound's int4 g128 sym cell)
+    **{f"SignRound calibration seed {i}": dict(algorithm="signround", calibration_seed=i) for i in (1, 2)},
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
