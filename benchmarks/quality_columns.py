@@ -74,6 +74,9 @@ ROWS = {
     # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
     "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True, hessian_shrinkage=0.0),
     "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0),
+    # GPTQ's best int3 setting with the default's Hessian shrinkage (issue 16's out-of-domain fix)
+    **{f"GPTQ act_order clip Hessian shrinkage {s}": dict(algorithm="gptq", act_order=True, mse_clip=True,
+                                                          hessian_shrinkage=s) for s in (0.2, 0.5)},
     # QuantEase (issue 19) at its defaults; GPTQ->QuantEase; 1 % of the weights / input columns kept in fp16
     "QuantEase": dict(algorithm="quantease"),
     "GPTQ->QuantEase": dict(algorithm="gptq_quantease"),
@@ -100,6 +103,9 @@ ROWS = {
     # on a GPU); row "AWQ" is the default search (every ratio on all 16 batches)
     **{f"AWQ {8 * n} spread search windows": dict(algorithm="awq", awq_parent_batches=n, awq_grid_step=1,
                                                    awq_parent_batch_choice="spread") for n in (1, 2, 3)},
+    **{f"AWQ 8 spread search windows calibration seed {i}": dict(
+        algorithm="awq", awq_parent_batches=1, awq_grid_step=1, awq_parent_batch_choice="spread", calibration_seed=i)
+       for i in (1, 2)},
     "AWQ 16 first search windows": dict(algorithm="awq", awq_parent_batches=2, awq_grid_step=1,
                                         awq_parent_batch_choice="first"),
     "AWQ coarse-to-fine ratios": dict(algorithm="awq", awq_parent_batches=32, awq_grid_step=4),
