@@ -65,6 +65,7 @@ class QuantLinear(nn.Module):
         self._kernel = None
         self._kernel_key = None
         self._outliers = None  # the outliers as PreparedResidual on the input's device
+        self.fused = None  # a FusedProjections this layer takes its columns from (fused_projections.py)
 
     @classmethod
     def from_packed(cls, packed: PackedWeight, bias: torch.Tensor | None, compute_dtype: str = "auto",
@@ -117,6 +118,8 @@ class QuantLinear(nn.Module):
             # the one place loaded scale codes become the scales every kernel reads (in the layer's scale dtype)
             self.scales = self._double_quant().decode(self.scales.dtype)
             self._kernel = None
+            if self.fused is not None:
+                self.fused.reset()
 
     def resolved_compute_dtype(self, device_type: str, x_dtype: torch.dtype) -> str:
         if self.compute_dtype != "auto":
@@ -132,7 +135,7 @@ class QuantLinear(nn.Module):
 
     @property
     def kernel(self):
-        return self._kernel
+        return self.fused.kernel if self.fused is not None else self._kernel
 
     def _prepare(self, x: torch.Tensor):
         key = (x.device, x.dtype)
@@ -146,6 +149,8 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._kernel = self._outliers = None  # moved or cast: the repacked copies are stale
+        if self.fused is not None:
+            self.fused.reset()
         stored = dict(self._buffers)
         out = super()._apply(fn, *args, **kwargs)
         for name, old in stored.items():  # model.to(bf16) must not re-round the stored scales:
@@ -155,7 +160,7 @@ class QuantLinear(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._prepare(x).forward(x)
+        y = self.fused.output(self, x) if self.fused is not None else self._prepare(x).forward(x)
         if self.outlier_structure is not None:  # the sparse residual, for every kernel alike
             residual = self._outliers.matmul(x.reshape(-1, self.in_features))
             y = y + residual.reshape(y.shape).to(y.dtype)
@@ -164,7 +169,9 @@ class QuantLinear(nn.Module):
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        kname = self._kernel.name if self._kernel is not None else "unchosen"
+        kname = self.kernel.name if self.kernel is not None else "unchosen"
+        if self.fused is not None:
+            kname += f" (fused x{len(self.fused.members)})"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"weight_dtype={self.weight_dtype}, group_size={self.group_size}, "
                 f"sym={self.zeros is None}, kernel={kname}"

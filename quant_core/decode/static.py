@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from transformers import StaticCache
 
+from ..fused_projections import fuse_projections, fusion_wanted
 from .prompt_check import check_prompt
 
 
@@ -37,6 +38,8 @@ class StaticDecoder:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
         self.model, self.batch_size, self.max_len = model, batch_size, max_len
         self.device = next(model.parameters()).device
+        if fusion_wanted(self.device.type) and not compile_step:  # q/k/v, gate/up one launch each (the
+            fuse_projections(model)  # weights stay as they are; a compiled step would trace the group's Python)
         self.cache = StaticCache(config=model.config, max_cache_len=max_len)
         self.compiled = compile_step
         self._step_fn = torch.compile(self._forward, dynamic=False) if compile_step else self._forward
