@@ -26,7 +26,7 @@ from .modules import QuantLinear
 from .packed import PackedWeight
 
 FUSE_ENV = "QUANTLLM_FUSE_PROJECTIONS"
-DEFAULT_ON_CUDA = False  # opt-in until the H200 decode measurement decides
+DEFAULT_ON_CUDA = True  # H200 decode, synthetic 8B: int4 1.38x -> 1.52x bf16 at batch 1 (commit message)
 # child names of one parent module that take the same input (Llama, Mistral, Qwen, Gemma, ...)
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
