@@ -19,7 +19,9 @@
 // with ones as A sums the activations, S. At each group's end, per column,
 //     acc += scale * (sum - (BASE + z) * S)        (+ min * S for float minimums)
 // in fp32. The cancellation costs ~8 of fp32's 24 bits: far below the bf16/fp16 output.
-// nf4/fp4 and int8 decode to scaled fragments as the mma kernel does (cuda_dequant.cuh).
+// nf4/fp4 do the same without S: A is the unscaled level (exact in T, looked up as the mma kernel
+// does), and acc += scale * sum at each group's end, so no per-register scale multiply.
+// int8 decodes to scaled fragments as the mma kernel does (cuda_dequant.cuh).
 //
 // Each warp's group rows (scales, zeros) are staged by cp.async into its own shared memory at
 // start, so a new group never waits on a global load.
@@ -132,9 +134,9 @@ struct GemvAcc {
   }
 };
 
-// int4: one group's raw sums into the result (see the top). The lane's 8 columns 8s + g sit side by
-// side at 8g + s of a staged (shuffled) group row.
-template <typename T, int ZM, bool M16>
+// int4, nf4/fp4: one group's raw sums into the result (see the top). The lane's 8 columns 8s + g sit
+// side by side at 8g + s of a staged (shuffled) group row.
+template <typename T, int FMT, int ZM, bool M16>
 __device__ __forceinline__ void fold_group(GemvAcc<M16>& r, const T* srow, const uint8_t* zrow, int g) {
   const uint4 sv = *reinterpret_cast<const uint4*>(srow + 8 * g);
   const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w};
@@ -158,7 +160,11 @@ __device__ __forceinline__ void fold_group(GemvAcc<M16>& r, const T* srow, const
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         float& out = r.acc[h][s >> 1][2 * (s & 1) + e];
-        out = fmaf(sc, fmaf(-zz, r.cs[h][e], r.c[h][s >> 1][2 * (s & 1) + e]), fmaf(mn, r.cs[h][e], out));
+        if constexpr (FMT == CB4) {
+          out = fmaf(sc, r.c[h][s >> 1][2 * (s & 1) + e], out);
+        } else {
+          out = fmaf(sc, fmaf(-zz, r.cs[h][e], r.c[h][s >> 1][2 * (s & 1) + e]), fmaf(mn, r.cs[h][e], out));
+        }
       }
   }
   r.zero_group();
@@ -182,7 +188,22 @@ __device__ __forceinline__ void mma_raw_int4(GemvAcc<M16>& r, uint4 q0, const ui
   for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.cs[h], ones, xb + 2 * h);
 }
 
-// nf4/fp4, int8: scaled fragments as the mma kernel decodes them, straight into the result.
+// nf4/fp4: one unit's unscaled levels (lookup4's registers in mma_scaled's A order) times the activations.
+template <typename T, bool M16>
+__device__ __forceinline__ void mma_raw_cb4(GemvAcc<M16>& r, uint4 q0, const uint32_t lut[8], const uint32_t xb[4]) {
+  const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    uint32_t v[4];
+    lookup4(q[j], lut, v[0], v[1]);
+    lookup4(q[j] >> 16, lut, v[2], v[3]);
+    const uint32_t a[4] = {v[0], v[2], v[1], v[3]};
+#pragma unroll
+    for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.c[h][j], a, xb + 2 * h);
+  }
+}
+
+// int8: scaled fragments as the mma kernel decodes them, straight into the result.
 template <typename T, int FMT, int ZM, bool M16>
 __device__ __forceinline__ void mma_scaled(GemvAcc<M16>& r, uint4 q0, uint4 q1, const GroupRegs<T, FMT, ZM>& gp,
                                            const Args& a, const uint32_t xb[4]) {
@@ -281,10 +302,14 @@ __device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, 
   for (int i = 0; i < U; ++i) {
     if (b + i >= b1) break;
     const int grp = gs.of(b + i);
-    if constexpr (FMT == INT4) {
-      if (grp != gs.cur && gs.cur >= 0) fold_group<T, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), lane >> 2);
+    if constexpr (FMT == INT4 || FMT == CB4) {
+      if (grp != gs.cur && gs.cur >= 0) fold_group<T, FMT, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), lane >> 2);
       gs.cur = grp;
-      mma_raw_int4<T, M16>(r, bt.q0[i], bt.xb[i]);
+      if constexpr (FMT == INT4) {
+        mma_raw_int4<T, M16>(r, bt.q0[i], bt.xb[i]);
+      } else {
+        mma_raw_cb4<T, M16>(r, bt.q0[i], a.lut, bt.xb[i]);
+      }
     } else {
       if (grp != gs.cur) {
         gp.load(gs.scales(grp), gs.zeros(grp), lane);
@@ -337,8 +362,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
     even.template load<T>(qsrc, qstride, xlo, xhi, b + 2 * U, b0, b1, has_lo, has_hi);
     compute_batch<T, FMT, ZM, M16, U>(r, odd, gs, gp, a, b + U, b1, lane);
   }
-  if constexpr (FMT == INT4) {
-    if (gs.cur >= 0) fold_group<T, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), g);
+  if constexpr (FMT == INT4 || FMT == CB4) {
+    if (gs.cur >= 0) fold_group<T, FMT, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), g);
   }
   __syncthreads();  // every warp is done with its staged groups: the space takes the partial sums
   float* recv = reinterpret_cast<float*>(smem + gemv_work_bytes<T, ZM, M16>(a, gridDim.x));
