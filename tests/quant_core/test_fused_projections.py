@@ -122,3 +122,23 @@ def test_static_decoder_fuses_when_asked(tiny_llama, monkeypatch):
     assert model.model.layers[1].mlp.up_proj.fused is not None
     got = [dec.prefill(ids)] + [dec.step(torch.tensor([5 + i])) for i in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_double_quantized_and_act_order_members_fuse_exactly():
+    from dataclasses import replace
+    config = QuantConfig(weight_dtype="int4", group_size=32)
+    parent = torch.nn.Module()
+    perm_groups = torch.randperm(64) // 32  # one act-order group index per input column, shared
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        packed = rtn(torch.nn.Linear(64, 32).weight, config).pack(config).with_double_quant(2)
+        members.append(QuantLinear.from_packed(replace(packed, g_idx=perm_groups.to(torch.int32)), None,
+                                               kernel="reference"))
+    parent.gate_proj, parent.up_proj = members
+    x = torch.randn(2, 64)
+    separate = [m(x) for m in members]
+    assert fuse_projections(parent) == 1
+    assert all(torch.equal(m(x), ref) for m, ref in zip(members, separate))
+    members[1].g_idx = torch.arange(64, dtype=torch.int32) // 32
+    assert fusion_reason(members) == "members differ in act-order group indices"
