@@ -181,6 +181,11 @@ ROWS = {
     "SignRound token-weighted": dict(algorithm="signround", signround_token_weighting=True),
     # other calibration draws: how far one draw's luck moves SignRound (against AutoRound's int4 g128 sym cell)
     **{f"SignRound calibration seed {i}": dict(algorithm="signround", calibration_seed=i) for i in (1, 2)},
+    # learned rounding started from a layer solver's codes and ranges instead of RTN's (issue 19, session 10);
+    # the GPTQ start without hessian_shrinkage, as the best int3 GPTQ rows, and with their clipping search
+    "SignRound from GPTQ": dict(algorithm="signround", signround_start="gptq"),
+    "SignRound from GPTQ clip": dict(algorithm="signround", signround_start="gptq", mse_clip=True),
+    "SignRound from QuantEase": dict(algorithm="signround", signround_start="quantease"),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

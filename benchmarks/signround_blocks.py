@@ -52,7 +52,15 @@ ROWS = {"RTN": (rtn_step, dict(algorithm="rtn")), "GPTQ": (gptq_step, dict(algor
         "SignRound float-block target": (signround_step, dict(algorithm="signround", signround_target="float_block")),
         "SignRound token-weighted": (signround_step, dict(algorithm="signround", signround_token_weighting=True)),
         "SignRound float-block target token-weighted": (signround_step, dict(
-            algorithm="signround", signround_target="float_block", signround_token_weighting=True))}
+            algorithm="signround", signround_target="float_block", signround_token_weighting=True)),
+        "SignRound from GPTQ": (signround_step, dict(algorithm="signround", signround_start="gptq")),
+        "SignRound from GPTQ clip": (signround_step, dict(algorithm="signround", signround_start="gptq",
+                                                          mse_clip=True)),
+        "SignRound from QuantEase": (signround_step, dict(algorithm="signround", signround_start="quantease")),
+        "SignRound from GPTQ nearest": (signround_step, dict(algorithm="signround", signround_start="gptq",
+                                                             signround_start_offset="nearest")),
+        "SignRound from QuantEase nearest": (signround_step, dict(
+            algorithm="signround", signround_start="quantease", signround_start_offset="nearest"))}
 
 
 def mse(outputs: list[torch.Tensor], targets: list[torch.Tensor], token_weighting: bool = False) -> float:

@@ -109,3 +109,13 @@ class AlgorithmFields(BaseModel):
                                             "error by 1/mean(target^2), the scale the next RMSNorm divides it by, "
                                             "so the attention-sink token's huge hidden state does not decide the "
                                             "fit (as GPTQ's token_weighting for down_proj); False: plain MSE.")
+    signround_start: Literal["rtn", "gptq", "quantease"] = Field(
+        "rtn", description="SignRound: the codes and ranges its learned rounding starts from and refines: RTN's "
+        "(the paper's), or a layer solver's (GPTQ or QuantEase at their defaults, on each linear's Hessian over "
+        "the block's calibration inputs, without GPTQ's hessian_shrinkage); a block keeps the best of the "
+        "trained codes, the start and RTN by its output error on all calibration windows.")
+    signround_start_offset: Literal["centre", "nearest"] = Field(
+        "centre", description="SignRound from a solver (signround_start): where each weight starts inside its "
+        "solver code's rounding interval: at its centre (every code equally hard to leave), or at the point "
+        "nearest its own W / s (where the solver kept RTN's code, as from RTN; elsewhere just inside the "
+        "interval's edge, so training can return it to RTN's code cheaply).")

@@ -19,6 +19,7 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "teq": ("teq_steps", "teq_lr", "teq_batch_tokens", "teq_keep_tokens", "teq_scale_ridge", "teq_scale_check",
             "teq_hessian_shrinkage", "teq_clip_search"),
     "signround": ("signround_steps", "signround_lr", "signround_batch_windows", "signround_target",
-                  "signround_token_weighting"),
+                  "signround_token_weighting", "signround_start",
+                  "signround_start_offset"),
 }
 ALGORITHMS = tuple(ALGORITHM_SETTINGS)

@@ -13,9 +13,12 @@ passed straight through (STE). Each step moves every parameter by ``lr * sign(gr
 says little once rounding is in the loss), the rate decaying linearly from ``signround_lr``
 (``1 / steps`` by default: over the run an offset moves by up to half a code) to 0.
 
+With ``signround_start`` "gptq" or "quantease" the offsets and range factors start at a layer
+solver's solution instead of RTN's (``signround_start.py``).
+
 The parameters of the step with the lowest mini-batch loss are kept and rounded once, scales to
-their stored dtype; they replace RTN's only if the block's error over all calibration windows is
-lower, so no block ends worse than RTN on its calibration inputs. Forwards run in the calibration
+their stored dtype; they replace RTN's (and the solver's start) only if the block's error over all
+calibration windows is lower, so no block ends worse than its start on its calibration inputs. Forwards run in the calibration
 precision (bf16 autocast where ``calibration_dtype`` resolves to it); parameters and gradients are
 fp32. Integer formats only: ``QuantConfig`` refuses codebook formats (nf4, fp4) for SignRound.
 """
@@ -35,6 +38,7 @@ from .base import QuantResult
 from .driver import CalibrationBlock, calibrated_algorithm
 from .rounding import straight_through
 from .rtn import rtn
+from .signround_start import solver_starts, start_offset, start_range
 
 log = logging.getLogger("quant_core")
 
@@ -43,16 +47,26 @@ OFFSET_MAX = 0.5  # |V|: half a code either way, so any weight can reach both ne
 
 
 class LearnedRounding:
-    """One linear's trainable rounding: offsets ``[N, G, gs]`` and range factors ``[N, G]``."""
+    """One linear's trainable rounding: offsets ``[N, G, gs]`` and range factors ``[N, G]``, around RTN or
+    around a ``start`` (a solver's result: ``signround_start.py``)."""
 
-    def __init__(self, weight: torch.Tensor, config: QuantConfig):
+    def __init__(self, weight: torch.Tensor, config: QuantConfig, start: QuantResult | None = None):
         self.config = config
         self.shape, self.dtype = weight.shape, weight.dtype
         self.groups = grouped(weight.detach().float(), config.group_size)  # [N, G, gs], zero-padded
         n, g, _ = self.groups.shape
+        self.range_groups = self.groups  # whose max and min the range factors scale
+        top = torch.ones(n, g, device=weight.device)
+        bottom = None if config.sym else torch.ones_like(top)
+        if start is not None:
+            self.range_groups, top, bottom = start_range(self.groups, start, config)
+        self.floors = [f.clamp(max=RANGE_MIN) for f in (top, bottom) if f is not None]
+        self.top = top.requires_grad_()
+        self.bottom = None if bottom is None else bottom.requires_grad_()
+        self.start_offset = torch.zeros_like(self.groups)  # V0: the offset the trained one moves around
+        if start is not None:
+            self.start_offset = start_offset(self.groups, start.codes, *self.stored_qparams(), config)
         self.offset = torch.zeros_like(self.groups, requires_grad=True)
-        self.top = torch.ones(n, g, device=weight.device, requires_grad=True)
-        self.bottom = None if config.sym else torch.ones(n, g, device=weight.device, requires_grad=True)
 
     def parameters(self) -> list[torch.Tensor]:
         return [p for p in (self.offset, self.top, self.bottom) if p is not None]
@@ -61,18 +75,24 @@ class LearnedRounding:
         """Scale and zero point ``[N, G]`` of the narrowed ranges (differentiable)."""
         fmt = self.config.format
         if self.bottom is None:
-            return group_qparams(self.groups, fmt, True, shrink=self.top)
-        wmax = (self.groups.amax(-1) * self.top).clamp_min(0)
-        wmin = (self.groups.amin(-1) * self.bottom).clamp_max(0)
+            return group_qparams(self.range_groups, fmt, True, shrink=self.top)
+        wmax = (self.range_groups.amax(-1) * self.top).clamp_min(0)
+        wmin = (self.range_groups.amin(-1) * self.bottom).clamp_max(0)
         scale = ((wmax - wmin) / fmt.max_code).clamp_min(1e-10)
         zero = straight_through(-wmin / scale, torch.round(-wmin / scale)).clamp(0, fmt.max_code)
         return scale, zero
+
+    @torch.no_grad()
+    def stored_qparams(self):
+        """``qparams`` with the scales rounded to their stored dtype (what the codes are computed on)."""
+        scale, zero = self.qparams()
+        return stored_scale(scale, self.config.torch_scale_dtype), None if zero is None else zero.detach()
 
     def fake_weight(self) -> torch.Tensor:
         """The ``[N, K]`` weight the linear computes with (in its dtype), differentiable in the parameters."""
         scale, zero = self.qparams()
         fmt = self.config.format
-        x = self.groups / scale.unsqueeze(-1) + self.offset
+        x = self.groups / scale.unsqueeze(-1) + self.start_offset + self.offset
         z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
         q = torch.clamp(straight_through(x, torch.round(x)) + z, 0, fmt.max_code)
         return ((q - z) * scale.unsqueeze(-1)).reshape(self.shape[0], -1)[:, :self.shape[1]].to(self.dtype)
@@ -83,20 +103,19 @@ class LearnedRounding:
         for p, g in zip(self.parameters(), grads):
             p.sub_(lr * g.sign())
         self.offset.clamp_(-OFFSET_MAX, OFFSET_MAX)
-        self.top.clamp_(RANGE_MIN, 1.0)
-        if self.bottom is not None:
-            self.bottom.clamp_(RANGE_MIN, 1.0)
+        for factor, floor in zip(self.parameters()[1:], self.floors):
+            factor.clamp_(min=floor).clamp_(max=1.0)
 
     @torch.no_grad()
     def result(self) -> QuantResult:
         """Codes with the learned offsets, on scales rounded to their stored dtype."""
-        scale, zero = self.qparams()
-        scale = stored_scale(scale, self.config.torch_scale_dtype)
+        scale, zero = self.stored_qparams()
         fmt = self.config.format
         z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
-        codes = torch.clamp(torch.round(self.groups / scale.unsqueeze(-1) + self.offset) + z, 0, fmt.max_code)
+        x = self.groups / scale.unsqueeze(-1) + self.start_offset + self.offset
+        codes = torch.clamp(torch.round(x) + z, 0, fmt.max_code)
         codes = codes.to(torch.uint8).reshape(self.shape[0], -1)[:, :self.shape[1]]
-        return QuantResult(codes, scale, None if zero is None else zero.detach().clone())
+        return QuantResult(codes, scale, None if zero is None else zero.clone())
 
 
 def _rows_of(value, rows: torch.Tensor, batch: int):
@@ -206,21 +225,24 @@ def float_targets(block: CalibrationBlock) -> list[torch.Tensor]:
 
 
 def signround_block(block: CalibrationBlock) -> tuple[dict[str, QuantResult], dict[str, float]]:
-    """The codes of every linear of one block, and the block's output loss (``output_loss``) with RTN's
-    and with the trained codes (``{"rtn": ..., "signround": ...}``) over all its calibration windows."""
+    """The codes of every linear of one block, and the block's output loss (``output_loss``) over all its
+    calibration windows with each candidate: RTN's codes, the trained ones and, with a solver's start,
+    the start's (``{"rtn": ..., "start": ..., "signround": ...}``). The lowest wins, ties to the trained."""
     config = block.config
     names = [name for group in block.linear_groups() for name in group]
     linears = {name: block.module.get_submodule(name) for name in names}
+    starts = solver_starts(block) if config.signround_start != "rtn" else {}
     targets = float_targets(block)
-    roundings = {name: LearnedRounding(lin.weight, config) for name, lin in linears.items()}
+    roundings = {name: LearnedRounding(lin.weight, config, starts.get(name)) for name, lin in linears.items()}
     train(block, roundings, targets)
-    trained = {name: r.result() for name, r in roundings.items()}
-    plain = {name: rtn(lin.weight, config) for name, lin in linears.items()}
+    candidates = {"signround": {name: r.result() for name, r in roundings.items()}, "start": starts,
+                  "rtn": {name: rtn(lin.weight, config) for name, lin in linears.items()}}
+    candidates = {label: results for label, results in candidates.items() if results}
     errors = {label: block_error(block, {n: r.pack(config).dequantize(linears[n].weight.dtype)
                                          for n, r in results.items()}, targets)
-              for label, results in (("rtn", plain), ("signround", trained))}
-    log.info("SignRound block %d: output MSE %.4g (RTN %.4g)", block.index, errors["signround"], errors["rtn"])
-    return (trained if errors["signround"] <= errors["rtn"] else plain), errors
+              for label, results in candidates.items()}
+    log.info("SignRound block %d: output MSE %s", block.index, ", ".join(f"{k} {v:.4g}" for k, v in errors.items()))
+    return candidates[min(candidates, key=errors.get)], errors
 
 
 @calibrated_algorithm("signround")

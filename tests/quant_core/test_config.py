@@ -64,7 +64,8 @@ def test_a_version_1_dict_loads_with_the_settings_it_ran_with():
 def _other_value(name):
     default = QuantConfig.model_fields[name].default
     if isinstance(default, str):  # a choice: QuantEase's outlier_structure
-        return {"unstructured": "columns", "all": "held_out", "float_model": "float_block", "spread": "first"}[default]
+        return {"unstructured": "columns", "all": "held_out", "float_model": "float_block", "spread": "first",
+                "rtn": "gptq", "centre": "nearest"}[default]
     if isinstance(default, float) or default is None:  # None: SignRound's lr, derived from its steps
         return default / 2 if default else 0.01
     return (not default) if isinstance(default, bool) else default + 1
