@@ -186,6 +186,10 @@ ROWS = {
     "SignRound from GPTQ": dict(algorithm="signround", signround_start="gptq"),
     "SignRound from GPTQ clip": dict(algorithm="signround", signround_start="gptq", mse_clip=True),
     "SignRound from QuantEase": dict(algorithm="signround", signround_start="quantease"),
+    # each weight started at the point of its solver code's interval nearest W / s instead of its centre
+    "SignRound from GPTQ nearest": dict(algorithm="signround", signround_start="gptq", signround_start_offset="nearest"),
+    "SignRound from QuantEase nearest": dict(algorithm="signround", signround_start="quantease",
+                                             signround_start_offset="nearest"),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
