@@ -181,13 +181,16 @@ ROWS = {
     "SignRound token-weighted": dict(algorithm="signround", signround_token_weighting=True),
     # other calibration draws: how far one draw's luck moves SignRound (against AutoRound's int4 g128 sym cell)
     **{f"SignRound calibration seed {i}": dict(algorithm="signround", calibration_seed=i) for i in (1, 2)},
-    # learned rounding started from a layer solver's codes and ranges instead of RTN's (issue 19, session 10);
-    # the GPTQ start without hessian_shrinkage, as the best int3 GPTQ rows, and with their clipping search
+    # learned rounding started from a layer solver's codes and ranges instead of RTN's (issue 19, session 10):
+    # each weight at the centre of its solver code's rounding interval (the GPTQ start without
+    # hessian_shrinkage, as the best int3 GPTQ rows) ...
     "SignRound from GPTQ": dict(algorithm="signround", signround_start="gptq"),
-    "SignRound from GPTQ clip": dict(algorithm="signround", signround_start="gptq", mse_clip=True),
     "SignRound from QuantEase": dict(algorithm="signround", signround_start="quantease"),
-    # each weight started at the point of its solver code's interval nearest W / s instead of its centre
+    # ... or at the interval's point nearest W / s (lower block errors on SmolLM2's first blocks; also with
+    # GPTQ's clipping search, as "GPTQ clip")
     "SignRound from GPTQ nearest": dict(algorithm="signround", signround_start="gptq", signround_start_offset="nearest"),
+    "SignRound from GPTQ clip nearest": dict(algorithm="signround", signround_start="gptq", mse_clip=True,
+                                             signround_start_offset="nearest"),
     "SignRound from QuantEase nearest": dict(algorithm="signround", signround_start="quantease",
                                              signround_start_offset="nearest"),
 }

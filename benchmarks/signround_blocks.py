@@ -54,8 +54,8 @@ ROWS = {"RTN": (rtn_step, dict(algorithm="rtn")), "GPTQ": (gptq_step, dict(algor
         "SignRound float-block target token-weighted": (signround_step, dict(
             algorithm="signround", signround_target="float_block", signround_token_weighting=True)),
         "SignRound from GPTQ": (signround_step, dict(algorithm="signround", signround_start="gptq")),
-        "SignRound from GPTQ clip": (signround_step, dict(algorithm="signround", signround_start="gptq",
-                                                          mse_clip=True)),
+        "SignRound from GPTQ clip nearest": (signround_step, dict(
+            algorithm="signround", signround_start="gptq", mse_clip=True, signround_start_offset="nearest")),
         "SignRound from QuantEase": (signround_step, dict(algorithm="signround", signround_start="quantease")),
         "SignRound from GPTQ nearest": (signround_step, dict(algorithm="signround", signround_start="gptq",
                                                              signround_start_offset="nearest")),
