@@ -77,10 +77,36 @@ __host__ __device__ int gemv_work_bytes(const Args& a, int cluster) {
   const int sums = GEMV_WARPS * (M16 ? 16 : 8) * 64 * 4;
   return staged > sums ? staged : sums;
 }
-// Shared memory: the work area, then (clusters) the receive area of cuda_gemv_store.cuh, [cluster][share] fp32.
-template <typename T, int ZM, bool M16>
+// nf4/fp4: a table of the level pairs of every code byte, one copy per lane so that a warp's 32 reads hit
+// 32 distinct banks whatever the codes: word (byte << 5) + lane = level(byte & 15) | level(byte >> 4) << 16.
+template <int FMT>
+__host__ __device__ constexpr int gemv_lut_bytes() {
+  return FMT == CB4 ? 256 * 32 * 4 : 0;
+}
+// Shared memory: (nf4/fp4) the byte table, the work area, then (clusters) the receive area of
+// cuda_gemv_store.cuh, [cluster][share] fp32.
+template <typename T, int FMT, int ZM, bool M16>
 __host__ int gemv_smem_bytes(const Args& a, int blocks, int cluster) {
-  return gemv_work_bytes<T, ZM, M16>(a, blocks) + (cluster > 1 ? cluster * gemv_share(a, cluster) * 4 : 0);
+  return gemv_lut_bytes<FMT>() + gemv_work_bytes<T, ZM, M16>(a, blocks) +
+         (cluster > 1 ? cluster * gemv_share(a, cluster) * 4 : 0);
+}
+
+// Every block writes its own table (the rows b = tid and tid + 128, 16-byte stores), from the codebook
+// registers as lookup4 decodes them; read with lut_pair below.
+__device__ __forceinline__ void fill_byte_table(uint32_t* tab, const uint32_t lut[8]) {
+  for (int b = threadIdx.x; b < 256; b += GEMV_WARPS * 32) {
+    uint32_t pair, unused;
+    lookup4(static_cast<uint32_t>(b), lut, pair, unused);
+    const uint4 four = make_uint4(pair, pair, pair, pair);
+#pragma unroll
+    for (int c = 0; c < 32; c += 4) *reinterpret_cast<uint4*>(tab + b * 32 + c) = four;
+  }
+}
+// The levels of the two codes in bits 8i..8i+7 of q (this lane's copy: lane4 = 4 * lane).
+template <int I>
+__device__ __forceinline__ uint32_t lut_pair(const uint8_t* tab, uint32_t q, uint32_t lane4) {
+  const uint32_t off = (I == 0 ? q << 7 : (q >> (8 * I - 7))) & 0x7F80u;
+  return *reinterpret_cast<const uint32_t*>(tab + (off | lane4));
 }
 
 // Copies rows [g_lo, g_lo + rows) of this column block's scales (then zeros) into the warp's slot.
@@ -188,16 +214,16 @@ __device__ __forceinline__ void mma_raw_int4(GemvAcc<M16>& r, uint4 q0, const ui
   for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.cs[h], ones, xb + 2 * h);
 }
 
-// nf4/fp4: one unit's unscaled levels (lookup4's registers in mma_scaled's A order) times the activations.
+// nf4/fp4: one unit's unscaled levels (bytes 0-3 of a word are lookup4's v[0], v[1], v[2], v[3]; in
+// mma_scaled's A order) times the activations, the levels read from the block's byte table.
 template <typename T, bool M16>
-__device__ __forceinline__ void mma_raw_cb4(GemvAcc<M16>& r, uint4 q0, const uint32_t lut[8], const uint32_t xb[4]) {
+__device__ __forceinline__ void mma_raw_cb4(GemvAcc<M16>& r, uint4 q0, const uint8_t* tab, uint32_t lane4,
+                                            const uint32_t xb[4]) {
   const uint32_t q[4] = {q0.x, q0.y, q0.z, q0.w};
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    uint32_t v[4];
-    lookup4(q[j], lut, v[0], v[1]);
-    lookup4(q[j] >> 16, lut, v[2], v[3]);
-    const uint32_t a[4] = {v[0], v[2], v[1], v[3]};
+    const uint32_t a[4] = {lut_pair<0>(tab, q[j], lane4), lut_pair<2>(tab, q[j], lane4),
+                           lut_pair<1>(tab, q[j], lane4), lut_pair<3>(tab, q[j], lane4)};
 #pragma unroll
     for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.c[h][j], a, xb + 2 * h);
   }
@@ -297,7 +323,8 @@ struct Groups {
 
 template <typename T, int FMT, int ZM, bool M16, int U>
 __device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, U>& bt, Groups<T, ZM>& gs,
-                                              GroupRegs<T, FMT, ZM>& gp, const Args& a, int b, int b1, int lane) {
+                                              GroupRegs<T, FMT, ZM>& gp, const Args& a, const uint8_t* tab, int b,
+                                              int b1, int lane) {
 #pragma unroll
   for (int i = 0; i < U; ++i) {
     if (b + i >= b1) break;
@@ -308,7 +335,7 @@ __device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, 
       if constexpr (FMT == INT4) {
         mma_raw_int4<T, M16>(r, bt.q0[i], bt.xb[i]);
       } else {
-        mma_raw_cb4<T, M16>(r, bt.q0[i], a.lut, bt.xb[i]);
+        mma_raw_cb4<T, M16>(r, bt.q0[i], tab, 4u * lane, bt.xb[i]);
       }
     } else {
       if (grp != gs.cur) {
@@ -324,7 +351,8 @@ template <typename T, int FMT, int ZM, bool M16>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) {
   // units a batch: 16 code bytes a lane a unit (int8: 32), two batches live, within 168 registers
   constexpr int UNIT = FMT == INT8 ? 1024 : 512, U = GEMV_UNROLL / (FMT == INT8 ? 2 : 1) / (M16 ? 2 : 1);
-  extern __shared__ __align__(16) uint8_t smem[];
+  extern __shared__ __align__(16) uint8_t smem_all[];
+  uint8_t* const smem = smem_all + gemv_lut_bytes<FMT>();  // the table first (nf4/fp4), the rest after it
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   pdl_launch();
 #if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -352,15 +380,19 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
   // two batches in flight: the next one's loads are issued before the current one is multiplied
   Batch<FMT, U> even, odd;
   even.template load_codes<true>(qsrc, qstride, b0, b0, b1);  // the weight is constant: streamed before the wait
+  if constexpr (FMT == CB4) {  // while the first codes stream in (and before the wait: no input read)
+    fill_byte_table(reinterpret_cast<uint32_t*>(smem_all), a.lut);
+    __syncthreads();
+  }
   pdl_wait();  // x (and the output) only once the previous kernel on the stream is done
   even.template load_x<T>(xlo, xhi, b0, b1, has_lo, has_hi);
   cp_async_wait<0>();  // this warp's group rows
   __syncwarp();
   for (int b = b0; b < b1; b += 2 * U) {
     odd.template load<T>(qsrc, qstride, xlo, xhi, b + U, b0, b1, has_lo, has_hi);
-    compute_batch<T, FMT, ZM, M16, U>(r, even, gs, gp, a, b, b1, lane);
+    compute_batch<T, FMT, ZM, M16, U>(r, even, gs, gp, a, smem_all, b, b1, lane);
     even.template load<T>(qsrc, qstride, xlo, xhi, b + 2 * U, b0, b1, has_lo, has_hi);
-    compute_batch<T, FMT, ZM, M16, U>(r, odd, gs, gp, a, b + U, b1, lane);
+    compute_batch<T, FMT, ZM, M16, U>(r, odd, gs, gp, a, smem_all, b + U, b1, lane);
   }
   if constexpr (FMT == INT4 || FMT == CB4) {
     if (gs.cur >= 0) fold_group<T, FMT, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), g);

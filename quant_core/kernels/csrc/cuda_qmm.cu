@@ -113,7 +113,7 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
       (a.splits > 1 && cluster > 1) || a.splits < 1 || a.splits > a.K / 16)
     return cudaErrorInvalidValue;
   const int blocks = a.splits > 1 ? a.splits : cluster;
-  const int smem = qmm::gemv_smem_bytes<T, QMM_ZM, M16>(a, blocks, cluster);
+  const int smem = qmm::gemv_smem_bytes<T, QMM_FMT, QMM_ZM, M16>(a, blocks, cluster);
   static int raised = 48 * 1024;
   if (smem > raised) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
