@@ -189,8 +189,9 @@ ROWS = {
     # learned rounding started from a layer solver's codes and ranges instead of RTN's (issue 19, session 10):
     # each weight at the centre of its solver code's rounding interval (the GPTQ start without
     # hessian_shrinkage, as the best int3 GPTQ rows) ...
-    "SignRound from GPTQ": dict(algorithm="signround", signround_start="gptq"),
-    "SignRound from QuantEase": dict(algorithm="signround", signround_start="quantease"),
+    "SignRound from GPTQ centre": dict(algorithm="signround", signround_start="gptq", signround_start_offset="centre"),
+    "SignRound from QuantEase centre": dict(algorithm="signround", signround_start="quantease",
+                                            signround_start_offset="centre"),
     # ... or at the interval's point nearest W / s (lower block errors on SmolLM2's first blocks; also with
     # GPTQ's clipping search, as "GPTQ clip")
     "SignRound from GPTQ nearest": dict(algorithm="signround", signround_start="gptq", signround_start_offset="nearest"),

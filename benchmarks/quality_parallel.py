@@ -51,7 +51,7 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            "SignRound": 200, "SignRound float-block target": 200, "SignRound 400 steps": 380,
            "SignRound 1000 steps": 900, "SignRound token-weighted": 200,
            # started from a solver's codes: SignRound's 200 plus the solver's (its Hessians and solve)
-           "SignRound from GPTQ": 260, "SignRound from QuantEase": 450, "SignRound from GPTQ nearest": 260,
+           "SignRound from GPTQ centre": 260, "SignRound from QuantEase centre": 450, "SignRound from GPTQ nearest": 260,
            "SignRound from GPTQ clip nearest": 290, "SignRound from QuantEase nearest": 450}
 
 

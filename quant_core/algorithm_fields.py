@@ -115,7 +115,8 @@ class AlgorithmFields(BaseModel):
         "the block's calibration inputs, without GPTQ's hessian_shrinkage); a block keeps the best of the "
         "trained codes, the start and RTN by its output error on all calibration windows.")
     signround_start_offset: Literal["centre", "nearest"] = Field(
-        "centre", description="SignRound from a solver (signround_start): where each weight starts inside its "
-        "solver code's rounding interval: at its centre (every code equally hard to leave), or at the point "
-        "nearest its own W / s (where the solver kept RTN's code, as from RTN; elsewhere just inside the "
-        "interval's edge, so training can return it to RTN's code cheaply).")
+        "nearest", description="SignRound from a solver (signround_start): where each weight starts inside its "
+        "solver code's rounding interval: at the point nearest its own W / s (where the solver kept RTN's code, "
+        "as from RTN; elsewhere just inside the interval's edge, so training can return it to RTN's code "
+        "cheaply), or at its centre (every code equally hard to leave: 200 steps barely move it; from QuantEase "
+        "at int3 g128 asym 39.00 against nearest's 34.63 on WikiText-2).")

@@ -21,6 +21,8 @@ been worse than RTN out of domain at int4 g128 sym) and SignRound's signround_ta
 checkpoints ran with ridge 0 and earlier SignRound ones towards the float block. Also new: AWQ's awq_grid_step and
 awq_parent_batch_choice (earlier checkpoints searched every ratio on all their recorded batches, which the
 defaults 1 and "spread" reproduce).
+13: SignRound's signround_start and signround_start_offset (learned rounding started from GPTQ's or QuantEase's
+codes); an older quantllm would refuse them as unknown fields. The default start, RTN's, is the earlier behaviour.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any
 from .algorithm_settings import ALGORITHM_SETTINGS
 from .errors import ConfigError
 
-CONFIG_VERSION = 12
+CONFIG_VERSION = 13
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8

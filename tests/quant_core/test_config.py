@@ -65,7 +65,7 @@ def _other_value(name):
     default = QuantConfig.model_fields[name].default
     if isinstance(default, str):  # a choice: QuantEase's outlier_structure
         return {"unstructured": "columns", "all": "held_out", "float_model": "float_block", "spread": "first",
-                "rtn": "gptq", "centre": "nearest"}[default]
+                "rtn": "gptq", "nearest": "centre"}[default]
     if isinstance(default, float) or default is None:  # None: SignRound's lr, derived from its steps
         return default / 2 if default else 0.01
     return (not default) if isinstance(default, bool) else default + 1

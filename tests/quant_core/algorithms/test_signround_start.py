@@ -64,7 +64,7 @@ def test_the_nearest_start_leaves_weights_where_the_solver_kept_rtns_code():
     assert torch.equal(moved[:, :2], ((at - code).abs() > EDGE)[:, :2])  # the full groups (the last is padded)
     assert bool((moved & (code != at.round())).any())  # codes the solver changed from RTN's are among them
     torch.testing.assert_close((at + rounding.start_offset - code).abs()[moved], torch.full_like(at[moved], EDGE))
-    centre = LearnedRounding(w, config_for("gptq"), solved)
+    centre = LearnedRounding(w, config_for("gptq", signround_start_offset="centre"), solved)
     x = centre.groups / scale.unsqueeze(-1) + zero.unsqueeze(-1) + centre.start_offset
     torch.testing.assert_close(x[:, :2], x[:, :2].round(), atol=1e-4, rtol=0)
 
