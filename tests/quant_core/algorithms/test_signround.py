@@ -6,15 +6,14 @@ import copy
 from collections import Counter
 
 import pytest
+from signround_support import first_block, ids, tiny, train_to_far_edge
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from quant_core import QuantConfig, QuantLinear, quantize
 from quant_core.algorithms import signround
-from quant_core.algorithms.driver import CalibrationBlock
 from quant_core.algorithms.rtn import rtn
 from quant_core.algorithms.signround import LearnedRounding, _block_output, _rows_of, signround_block
-from quant_core.blocks import architecture_of, capture_first_block_inputs, decoder_layers
+from quant_core.blocks import architecture_of
 from quant_core.calibration import DEFAULT_CALIBRATION_FILE
 from quant_core.cli import build_parser, main
 from quant_core.errors import ConfigError
@@ -23,28 +22,6 @@ from quant_core.serialization import load_quantized, save_quantized
 FORMATS = [("int4_fullrange", "sym", 32), ("int4_fullrange", "asym", 32), ("int4_clip", "sym", -1),
            ("int3", "asym", 32), ("int3", "sym", 32), ("int2", "asym", 32), ("int8", "sym", 32),
            ("int8", "asym", -1)]
-
-
-def tiny(layers=2) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-                                        max_position_embeddings=256, tie_word_embeddings=True)).eval()
-
-
-def ids(n=8, t=32, seed=1) -> torch.Tensor:
-    return torch.randint(3, 256, (n, t), generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def model_and_inputs():
-    model = tiny()
-    return model, capture_first_block_inputs(model, list(ids().split(4)), "cpu")  # 2 batches of 4 windows
-
-
-def first_block(model, inputs, config) -> CalibrationBlock:
-    return CalibrationBlock(decoder_layers(model)[0], inputs, 0, "model.layers.0", architecture_of(model), config,
-                            model.config)
 
 
 def signround_config(dtype="int4_fullrange", scheme="sym", group_size=32, **settings) -> QuantConfig:
@@ -110,13 +87,7 @@ def test_token_weighted_training_ends_at_or_below_rtn_in_its_own_loss(model_and_
 
 def test_a_block_never_installs_codes_worse_than_rtn(model_and_inputs, monkeypatch):
     """Training that ends somewhere bad (here: offsets pushed to the far edge) leaves RTN's codes in place."""
-    def train_badly(_block, roundings, _targets):
-        with torch.no_grad():
-            for rounding in roundings.values():
-                rounding.offset.fill_(0.5)
-        return 0.0
-
-    monkeypatch.setattr(signround, "train", train_badly)
+    monkeypatch.setattr(signround, "train", train_to_far_edge)
     model, inputs = model_and_inputs
     config = signround_config("int4_fullrange", "sym", 32)
     block = first_block(model, inputs, config)

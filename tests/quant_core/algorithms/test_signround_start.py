@@ -2,18 +2,16 @@
 bit for bit, a trained block ends at or below the start's output error, the block keeps the best of its
 candidates, and the setting is checked at the config."""
 import pytest
+from signround_support import first_block, train_to_far_edge
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from quant_core import QuantConfig
 from quant_core.algorithms import signround
-from quant_core.algorithms.driver import CalibrationBlock
 from quant_core.algorithms.gptq import gptq
 from quant_core.algorithms.quantease import quantease
 from quant_core.algorithms.rtn import rtn
 from quant_core.algorithms.signround import LearnedRounding, block_error, float_targets, signround_block
 from quant_core.algorithms.signround_start import EDGE, solver_starts
-from quant_core.blocks import architecture_of, capture_first_block_inputs, decoder_layers
 from quant_core.errors import ConfigError
 
 FORMATS = [("int4_fullrange", "sym", 32), ("int4_fullrange", "asym", 32), ("int4_clip", "sym", -1),
@@ -69,25 +67,6 @@ def test_the_nearest_start_leaves_weights_where_the_solver_kept_rtns_code():
     torch.testing.assert_close(x[:, :2], x[:, :2].round(), atol=1e-4, rtol=0)
 
 
-def tiny() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-                                        max_position_embeddings=256, tie_word_embeddings=True)).eval()
-
-
-@pytest.fixture(scope="module")
-def model_and_inputs():
-    model = tiny()
-    ids = torch.randint(3, 256, (8, 32), generator=torch.Generator().manual_seed(1))
-    return model, capture_first_block_inputs(model, list(ids.split(4)), "cpu")
-
-
-def first_block(model, inputs, config) -> CalibrationBlock:
-    return CalibrationBlock(decoder_layers(model)[0], inputs, 0, "model.layers.0", architecture_of(model), config,
-                            model.config)
-
-
 @pytest.mark.parametrize("start", ["gptq", "quantease"])
 @pytest.mark.parametrize("dtype,scheme", [("int3", "asym"), ("int4_fullrange", "sym")])
 def test_a_trained_block_ends_at_or_below_its_starts_output_error(model_and_inputs, start, dtype, scheme):
@@ -103,13 +82,7 @@ def test_a_trained_block_ends_at_or_below_its_starts_output_error(model_and_inpu
 
 
 def test_the_block_keeps_the_start_when_training_ends_worse(model_and_inputs, monkeypatch):
-    def train_badly(_block, roundings, _targets):
-        with torch.no_grad():
-            for rounding in roundings.values():
-                rounding.offset.fill_(0.5)
-        return 0.0
-
-    monkeypatch.setattr(signround, "train", train_badly)
+    monkeypatch.setattr(signround, "train", train_to_far_edge)
     model, inputs = model_and_inputs
     block = first_block(model, inputs, config_for("gptq"))
     starts = solver_starts(block)
