@@ -199,6 +199,16 @@ ROWS = {
                                              signround_start_offset="nearest"),
     "SignRound from QuantEase nearest": dict(algorithm="signround", signround_start="quantease",
                                              signround_start_offset="nearest"),
+    # session 11 (issue 19: int3 g128 asym 34.63 against <= 34.0; AutoRound ahead in domain at int4): the
+    # QuantEase start trained longer, on larger mini-batches, token-weighted, or with other step sizes
+    # (lr defaults to 1 / steps: 0.005 at 200 steps); and RTN-started SignRound on larger mini-batches
+    **{f"SignRound from QuantEase nearest {name}": dict(algorithm="signround", signround_start="quantease",
+                                                        signround_start_offset="nearest", **fields)
+       for name, fields in (("400 steps", dict(signround_steps=400)), ("1000 steps", dict(signround_steps=1000)),
+                            ("16 windows a step", dict(signround_batch_windows=16)),
+                            ("token-weighted", dict(signround_token_weighting=True)),
+                            ("lr 0.01", dict(signround_lr=0.01)), ("lr 0.0025", dict(signround_lr=0.0025)))},
+    "SignRound 16 windows a step": dict(algorithm="signround", signround_batch_windows=16),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

@@ -52,7 +52,9 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            "SignRound 1000 steps": 900, "SignRound token-weighted": 200,
            # started from a solver's codes: SignRound's 200 plus the solver's (its Hessians and solve)
            "SignRound from GPTQ centre": 260, "SignRound from QuantEase centre": 450, "SignRound from GPTQ nearest": 260,
-           "SignRound from GPTQ clip nearest": 290, "SignRound from QuantEase nearest": 450}
+           "SignRound from GPTQ clip nearest": 290, "SignRound from QuantEase nearest": 450,
+           "SignRound from QuantEase nearest 400 steps": 480, "SignRound from QuantEase nearest 1000 steps": 520,
+           "SignRound from QuantEase nearest 16 windows a step": 480, "SignRound 16 windows a step": 230}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
