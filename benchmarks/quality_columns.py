@@ -205,10 +205,10 @@ ROWS = {
     **{f"SignRound from QuantEase nearest {name}": dict(algorithm="signround", signround_start="quantease",
                                                         signround_start_offset="nearest", **fields)
        for name, fields in (("400 steps", dict(signround_steps=400)), ("1000 steps", dict(signround_steps=1000)),
-                            ("16 windows a step", dict(signround_batch_windows=16)),
+                            ("16 windows a step", dict(signround_batch_windows=16, calibration_batch_size=16)),
                             ("token-weighted", dict(signround_token_weighting=True)),
                             ("lr 0.01", dict(signround_lr=0.01)), ("lr 0.0025", dict(signround_lr=0.0025)))},
-    "SignRound 16 windows a step": dict(algorithm="signround", signround_batch_windows=16),
+    "SignRound 16 windows a step": dict(algorithm="signround", signround_batch_windows=16, calibration_batch_size=16),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

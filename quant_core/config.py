@@ -205,6 +205,12 @@ class QuantConfig(AlgorithmFields, GeneralFields):
             raise ValueError(f"algorithm='signround' learns offsets on an integer grid and does not run "
                              f"{self.format.name}; use an int format (int4_fullrange, int3, ...) or "
                              f"algorithm='gptq' / 'quantease' for {self.format.name}")
+        # a step's mini-batch is drawn from one calibration batch: more windows would be silently fewer
+        if self.algorithm == "signround" and self.signround_batch_windows > self.calibration_batch_size:
+            raise ValueError(f"signround_batch_windows={self.signround_batch_windows} exceeds "
+                             f"calibration_batch_size={self.calibration_batch_size} (a step draws its windows from "
+                             f"one calibration batch): raise calibration_batch_size to at least "
+                             f"{self.signround_batch_windows}, or ask for fewer windows")
         return self
 
     @model_validator(mode="after")

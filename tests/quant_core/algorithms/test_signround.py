@@ -158,6 +158,8 @@ def test_quantize_save_and_reload_give_the_same_logits(tmp_path):
     (dict(algorithm="signround", signround_lr=0.0), "signround_lr"),
     (dict(algorithm="signround", signround_lr=True), "not a bool"),
     (dict(algorithm="signround", signround_batch_windows=0), "signround_batch_windows"),
+    # 16 windows would silently have been the batch's 8
+    (dict(algorithm="signround", signround_batch_windows=16), "raise calibration_batch_size to at least 16"),
     (dict(algorithm="signround", signround_target="float"), "signround_target"),
     (dict(algorithm="gptq", signround_steps=50), "setting of algorithm='signround'"),
 ])
