@@ -63,6 +63,8 @@ def test_a_version_1_dict_loads_with_the_settings_it_ran_with():
 
 def _other_value(name):
     default = QuantConfig.model_fields[name].default
+    if name == "signround_batch_windows":  # bounded by calibration_batch_size (8): fewer, not more
+        return default // 2
     if isinstance(default, str):  # a choice: QuantEase's outlier_structure
         return {"unstructured": "columns", "all": "held_out", "float_model": "float_block", "spread": "first",
                 "rtn": "gptq", "nearest": "centre"}[default]
