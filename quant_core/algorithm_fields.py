@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field
 MAX_CALIBRATION_TOKENS = 1 << 24  # n_samples * seqlen (GPTQ's reference uses 128 * 2048 = 2**18)
 MAX_COUNT = 1 << 16  # samples, batches, block widths
 NUM_ITER_DEFAULT = 20
+# Settings that mean something only with scale_tuning_steps > 0.
+SCALE_TUNING_SETTINGS = ("scale_tuning_lr", "scale_tuning_batch_windows", "scale_tuning_objective")
 
 
 class AlgorithmFields(BaseModel):
@@ -120,3 +122,21 @@ class AlgorithmFields(BaseModel):
         "as from RTN; elsewhere just inside the interval's edge, so training can return it to RTN's code "
         "cheaply), or at its centre (every code equally hard to leave: 200 steps barely move it; from QuantEase "
         "at int3 g128 asym 39.00 against nearest's 34.63 on WikiText-2).")
+
+    # End-to-end scale tuning after any algorithm (quant_core/algorithms/scale_tuning.py; EfficientQAT's E2E-QP).
+    scale_tuning_steps: int = Field(0, ge=0, le=100_000, description="Scale tuning: Adam steps that train every "
+                                    "quantized linear's group scales through the whole model after the algorithm, "
+                                    "codes and zero points frozen, one mini-batch of calibration windows a step "
+                                    "(0: off, the default; needs calibration data, also after RTN). The model "
+                                    "must fit on the calibration device whole.")
+    scale_tuning_lr: float = Field(1e-3, gt=0, le=1, description="Scale tuning: Adam's learning rate on each "
+                                   "scale's log (so a step moves a scale by about this fraction, whatever its "
+                                   "size), decaying to 0 on a cosine; EfficientQAT's 1e-5 on raw int3/int4 step "
+                                   "sizes of about 0.01 is about 1e-3 of each.")
+    scale_tuning_batch_windows: int = Field(8, gt=0, le=MAX_COUNT, description="Scale tuning: calibration "
+                                            "windows per step (taken from one calibration batch, so at most "
+                                            "calibration_batch_size).")
+    scale_tuning_objective: Literal["kl", "ce"] = Field(
+        "kl", description="Scale tuning: what the steps lower: the KL divergence from the float model's "
+        "next-token distributions on the calibration windows (distillation), or the cross-entropy of the "
+        "windows' own next tokens.")

@@ -6,7 +6,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .algorithm_fields import MAX_CALIBRATION_TOKENS, MAX_COUNT, AlgorithmFields
+from .algorithm_fields import MAX_CALIBRATION_TOKENS, MAX_COUNT, SCALE_TUNING_SETTINGS, AlgorithmFields
 from .algorithm_settings import ALGORITHM_SETTINGS, ALGORITHMS
 from .config_compat import intel_fields, peer_fields
 from .config_versions import CONFIG_VERSION, read_saved_version
@@ -230,6 +230,15 @@ class QuantConfig(AlgorithmFields, GeneralFields):
         if not self.double_quant and self.double_quant_block != DEFAULT_BLOCK:
             raise ValueError(f"double_quant_block={self.double_quant_block} is a setting of double_quant=True; "
                              f"set double_quant=True or leave it at {DEFAULT_BLOCK}")
+        return self
+
+    @model_validator(mode="after")
+    def _scale_tuning_settings(self):
+        changed = [f"{name}={getattr(self, name)!r}" for name in SCALE_TUNING_SETTINGS
+                   if getattr(self, name) != type(self).model_fields[name].default]
+        if not self.scale_tuning_steps and changed:  # else silently ignored: tuning is off at 0 steps
+            raise ValueError(f"{', '.join(changed)} set while scale_tuning_steps=0 (scale tuning off): set "
+                             f"scale_tuning_steps (e.g. 128) or leave these at their defaults")
         return self
 
     def __eq__(self, other):  # by value: a WeightOnlyQuantConfig equals the QuantConfig it saves as

@@ -23,6 +23,9 @@ awq_parent_batch_choice (earlier checkpoints searched every ratio on all their r
 defaults 1 and "spread" reproduce).
 13: SignRound's signround_start and signround_start_offset (learned rounding started from GPTQ's or QuantEase's
 codes); an older quantllm would refuse them as unknown fields. The default start, RTN's, is the earlier behaviour.
+14: scale tuning (scale_tuning_steps, scale_tuning_lr, scale_tuning_batch_windows, scale_tuning_objective); an
+older quantllm would refuse them as unknown fields. Off (0 steps), the default, is the earlier behaviour; the
+checkpoint layout is unchanged (tuned scales are stored as any scales).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Any
 from .algorithm_settings import ALGORITHM_SETTINGS
 from .errors import ConfigError
 
-CONFIG_VERSION = 13
+CONFIG_VERSION = 14
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8

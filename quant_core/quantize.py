@@ -67,7 +67,8 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
                           f"registered: {', '.join(HANDLERS)}")
-    if config.algorithm in CALIBRATED and config.calibration_dtype == "auto":  # record the precision that ran
+    calibrates = config.algorithm in CALIBRATED or config.scale_tuning_steps > 0
+    if calibrates and config.calibration_dtype == "auto":  # record the precision that ran
         config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, device or default_device())})
     with torch.no_grad():
         model = handler(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,

@@ -13,7 +13,9 @@ handler with ``quantize`` that
    outputs have moved on, its installed linears become ``QuantLinear``s;
 3. quantizes with RTN, in one warning, every quantizable linear no step installed: an
    ``lm_head`` that is not excluded, linears outside the decoder blocks, linears of a block
-   that a step does not cover.
+   that a step does not cover;
+4. with ``config.scale_tuning_steps``, trains the quantized model's scales end to end
+   (``scale_tuning.py``), prepared on the float model before step 2.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..blocks import Architecture, BlockInputs, architecture_of, run_blockwise
+from ..blocks import Architecture, BlockInputs, architecture_of, default_device, run_blockwise
 from ..calibration import forward_precision, resolve_calibration
 from ..config import QuantConfig
 from ..freed_memory import release_freed_memory
@@ -34,6 +36,7 @@ from ..quantize import register_algorithm
 from .module_replay import ModuleReplay
 from .base import QuantResult
 from .rtn import rtn
+from .scale_tuning import start_scale_tuning
 
 log = logging.getLogger("quant_core")
 
@@ -122,6 +125,7 @@ def calibrate(model: nn.Module, config: QuantConfig, step: Step, calibration=Non
     """Quantize ``model`` block by block with ``step`` (see the module docstring)."""
     arch = architecture_of(model)  # unsupported architectures fail here, before any work
     batches = resolve_calibration(config, calibration, tokenizer)
+    tuning = start_scale_tuning(model, config, batches, device or default_device())  # on the float model
     current: list[CalibrationBlock] = []
     run_state: dict[str, Any] = {}
 
@@ -143,6 +147,8 @@ def calibrate(model: nn.Module, config: QuantConfig, step: Step, calibration=Non
         log.warning("%s does not cover %s: quantized with RTN", desc, ", ".join(name for name, _ in leftovers))
     for name, linear in leftovers:
         replace_linear(model, name, rtn(linear.weight, config).pack(config), linear.bias, config)
+    if tuning is not None:
+        tuning.run(model, progress)
     return model
 
 

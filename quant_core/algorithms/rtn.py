@@ -4,11 +4,14 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..blocks import default_device
+from ..calibration import resolve_calibration
 from ..config import QuantConfig
 from ..model_surgery import quantizable_linears, replace_linear
 from ..primitives import quantize_weight
 from ..quantize import register_algorithm
 from .base import QuantResult
+from .scale_tuning import start_scale_tuning
 
 
 def rtn(weight: torch.Tensor, config: QuantConfig) -> QuantResult:
@@ -21,8 +24,15 @@ def rtn(weight: torch.Tensor, config: QuantConfig) -> QuantResult:
 @register_algorithm("rtn")
 def quantize_model(model: torch.nn.Module, config: QuantConfig, *, progress: bool = True, calibration=None,
                    tokenizer=None, device=None) -> torch.nn.Module:
-    """Every quantizable linear, where its weight is; RTN needs no calibration data."""
+    """Every quantizable linear, where its weight is; RTN needs no calibration data (but its scale
+    tuning, ``config.scale_tuning_steps``, does)."""
+    tuning = None
+    if config.scale_tuning_steps:
+        tuning = start_scale_tuning(model, config, resolve_calibration(config, calibration, tokenizer),
+                                    device or default_device())
     targets = quantizable_linears(model, config)
     for name, linear in tqdm(targets, desc="RTN", disable=not progress, unit="layer"):
         replace_linear(model, name, rtn(linear.weight, config).pack(config), linear.bias, config)
+    if tuning is not None:
+        tuning.run(model, progress)
     return model

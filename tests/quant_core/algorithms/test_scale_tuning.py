@@ -1,0 +1,101 @@
+"""Scale tuning (``scale_tuning_steps``): off by default, codes and zero points untouched, the calibration
+objective lower after any algorithm, never worse (the guard), bad settings refused, save and reload."""
+import pytest
+from signround_support import ids, tiny
+import torch
+
+from quant_core import QuantConfig, quantize
+from quant_core.algorithms import scale_tuning
+from quant_core.algorithms.scale_tuning import ScaleTuning
+from quant_core.errors import ConfigError
+from quant_core.modules import QuantLinear
+
+BASE = dict(weight_dtype="int3", scheme="asym", group_size=32, head_weight_dtype=None, n_samples=8, seqlen=32,
+            calibration_batch_size=4, calibration_dtype="fp32")
+ALGORITHMS = {"rtn": {}, "gptq": {}, "quantease": {"num_iter": 3},
+              "signround": {"signround_steps": 10, "signround_batch_windows": 2}}
+TUNING = dict(scale_tuning_steps=30, scale_tuning_lr=1e-2, scale_tuning_batch_windows=2)
+
+
+def run(algorithm, **fields):
+    config = QuantConfig(algorithm=algorithm, **BASE, **ALGORITHMS[algorithm], **fields)
+    return quantize(tiny(), config, calibration=list(ids().split(4)), progress=False, device="cpu")
+
+
+def judge(objective="kl") -> ScaleTuning:
+    """The objective as the stage measures it, prepared on a fresh float model."""
+    config = QuantConfig(**BASE, scale_tuning_steps=1, scale_tuning_batch_windows=2, scale_tuning_objective=objective)
+    return ScaleTuning(tiny(), config, list(ids().split(4)), "cpu")
+
+
+def layers(model):
+    return {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def test_off_by_default_never_runs(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("scale tuning ran")
+    monkeypatch.setattr(scale_tuning.ScaleTuning, "__init__", refuse)
+    assert QuantConfig().scale_tuning_steps == 0
+    for algorithm in ("rtn", "gptq"):
+        run(algorithm)
+    with pytest.raises(AssertionError, match="scale tuning ran"):  # the stand-in would have caught a run
+        run("rtn", **TUNING)
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_codes_and_zero_points_stay_and_the_objective_falls(algorithm):
+    plain, tuned = layers(run(algorithm)), layers(run(algorithm, **TUNING))
+    assert plain.keys() == tuned.keys() and len(plain) == 14
+    for name, packed in plain.items():
+        assert torch.equal(packed.qweight, tuned[name].qweight), name
+        assert torch.equal(packed.zeros, tuned[name].zeros), name
+        assert tuned[name].scales.dtype == packed.scales.dtype == torch.float16
+    assert any(not torch.equal(p.scales, tuned[n].scales) for n, p in plain.items())
+    kl = judge()
+    before, after = kl.loss(run(algorithm)), kl.loss(run(algorithm, **TUNING))
+    assert after < 0.9 * before, (before, after)
+
+
+def test_cross_entropy_objective_falls_too():
+    model = run("rtn")
+    config = QuantConfig(algorithm="rtn", **BASE, **TUNING, scale_tuning_objective="ce")
+    before, after = ScaleTuning(tiny(), config, list(ids().split(4)), "cpu").run(model, progress=False)
+    assert after < before
+    assert judge("ce").loss(model) == pytest.approx(after, rel=1e-6)  # the model keeps what was measured
+
+
+def test_scales_that_end_worse_are_not_kept(monkeypatch):
+    def push_up(_self, _model, params, _progress):  # a stand-in for training that ends far off
+        with torch.no_grad():
+            for p in params:
+                p.fill_(2.0)
+    monkeypatch.setattr(ScaleTuning, "_train", push_up)
+    plain, tuned = layers(run("gptq")), layers(run("gptq", **TUNING))
+    for name, packed in plain.items():
+        assert torch.equal(packed.scales, tuned[name].scales), name
+
+
+def test_bad_settings_are_refused():
+    for fields, words in [({"scale_tuning_steps": -1}, "scale_tuning_steps"),
+                          ({"scale_tuning_steps": 8, "scale_tuning_lr": 0}, "scale_tuning_lr"),
+                          ({"scale_tuning_steps": 8, "scale_tuning_batch_windows": 0}, "scale_tuning_batch_windows"),
+                          ({"scale_tuning_steps": 8, "scale_tuning_objective": "mse"}, "scale_tuning_objective"),
+                          ({"scale_tuning_lr": 1e-2}, "scale_tuning_steps=0")]:
+        with pytest.raises(ConfigError, match=words):
+            QuantConfig(**fields)
+
+
+def test_save_and_reload_with_double_quantized_scales(tmp_path):
+    from quant_core.serialization import load_quantized, save_quantized
+
+    model = run("rtn", **TUNING, double_quant=True, double_quant_block=16)
+    x = ids(2, 16, seed=3)
+    with torch.no_grad():
+        expected = model(x).logits
+    save_quantized(model, None, tmp_path / "q")
+    loaded, _ = load_quantized(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, expected)
+    config = loaded.config.quantization_config
+    assert config["scale_tuning_steps"] == 30 and config["scale_tuning_lr"] == 1e-2
