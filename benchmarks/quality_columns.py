@@ -209,6 +209,18 @@ ROWS = {
                             ("token-weighted", dict(signround_token_weighting=True)),
                             ("lr 0.01", dict(signround_lr=0.01)), ("lr 0.0025", dict(signround_lr=0.0025)))},
     "SignRound 16 windows a step": dict(algorithm="signround", signround_batch_windows=16, calibration_batch_size=16),
+    # issue 19, session 11: the scales then trained end to end (EfficientQAT's E2E-QP: its 128 steps, about its
+    # 1e-5 on raw step sizes as the default 1e-3 on log-scales; 8 windows a step: 8 epochs of 128 windows),
+    # towards the float model's next-token distributions; "CE": on the text's own next tokens instead
+    **{f"{row} + scale tuning": {**settings, "scale_tuning_steps": 128} for row, settings in (
+        ("SignRound from QuantEase nearest", dict(algorithm="signround", signround_start="quantease",
+                                                  signround_start_offset="nearest")),
+        ("SignRound", dict(algorithm="signround")),
+        ("GPTQ act_order clip", dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0)),
+        ("RTN", dict(algorithm="rtn")))},
+    "SignRound from QuantEase nearest + scale tuning 512 steps": dict(
+        algorithm="signround", signround_start="quantease", signround_start_offset="nearest", scale_tuning_steps=512),
+    "RTN + scale tuning CE": dict(algorithm="rtn", scale_tuning_steps=128, scale_tuning_objective="ce"),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

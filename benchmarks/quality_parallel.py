@@ -54,7 +54,12 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            "SignRound from GPTQ centre": 260, "SignRound from QuantEase centre": 450, "SignRound from GPTQ nearest": 260,
            "SignRound from GPTQ clip nearest": 290, "SignRound from QuantEase nearest": 450,
            "SignRound from QuantEase nearest 400 steps": 480, "SignRound from QuantEase nearest 1000 steps": 520,
-           "SignRound from QuantEase nearest 16 windows a step": 480, "SignRound 16 windows a step": 230}
+           "SignRound from QuantEase nearest 16 windows a step": 480, "SignRound 16 windows a step": 230,
+           # + scale tuning: the row's own time plus 128 whole-model forwards and backwards on 8 windows, a float
+           # teacher pass and two evaluations (not yet measured on the GPU: about 60 s guessed, 200 s for 512 steps)
+           "SignRound from QuantEase nearest + scale tuning": 510, "SignRound + scale tuning": 260,
+           "GPTQ act_order clip + scale tuning": 150, "RTN + scale tuning": 75, "RTN + scale tuning CE": 75,
+           "SignRound from QuantEase nearest + scale tuning 512 steps": 650}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
