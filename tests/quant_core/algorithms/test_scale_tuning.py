@@ -18,7 +18,7 @@ TUNING = dict(scale_tuning_steps=30, scale_tuning_lr=1e-2, scale_tuning_batch_wi
 
 
 def run(algorithm, **fields):
-    config = QuantConfig(algorithm=algorithm, **BASE, **ALGORITHMS[algorithm], **fields)
+    config = QuantConfig(**{**BASE, "algorithm": algorithm, **ALGORITHMS.get(algorithm, {}), **fields})
     return quantize(tiny(), config, calibration=list(ids().split(4)), progress=False, device="cpu")
 
 
@@ -55,6 +55,21 @@ def test_codes_and_zero_points_stay_and_the_objective_falls(algorithm):
     kl = judge()
     before, after = kl.loss(run(algorithm)), kl.loss(run(algorithm, **TUNING))
     assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.parametrize("algorithm,fields", [("rtn", dict(weight_dtype="nf4", scheme="sym")),  # a codebook
+                                              ("rtn", dict(group_size=-1)),  # a scale per output channel
+                                              ("gptq", dict(act_order=True)),  # g_idx
+                                              ("quantease", dict(outlier_fraction=0.02))])  # sparse outliers
+def test_every_layout_keeps_its_tensors_but_the_scales(algorithm, fields):
+    plain, tuned = run(algorithm, **fields), run(algorithm, **fields, **TUNING)
+    for name, packed in layers(plain).items():
+        kept = {k: v for k, v in packed.tensors().items() if k != "scales"}
+        assert kept.keys() == {k for k in layers(tuned)[name].tensors() if k != "scales"}
+        for key, tensor in kept.items():
+            assert torch.equal(tensor, layers(tuned)[name].tensors()[key]), (name, key)
+    kl = judge()
+    assert kl.loss(tuned) < kl.loss(plain)
 
 
 def test_cross_entropy_objective_falls_too():
