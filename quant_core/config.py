@@ -239,6 +239,11 @@ class QuantConfig(AlgorithmFields, GeneralFields):
         if not self.scale_tuning_steps and changed:  # else silently ignored: tuning is off at 0 steps
             raise ValueError(f"{', '.join(changed)} set while scale_tuning_steps=0 (scale tuning off): set "
                              f"scale_tuning_steps (e.g. 128) or leave these at their defaults")
+        if self.scale_tuning_steps and self.scale_tuning_batch_windows > self.calibration_batch_size:  # else fewer, silently
+            raise ValueError(f"scale_tuning_batch_windows={self.scale_tuning_batch_windows} exceeds "
+                             f"calibration_batch_size={self.calibration_batch_size} (a step's windows come from one "
+                             f"calibration batch): raise calibration_batch_size to at least "
+                             f"{self.scale_tuning_batch_windows}, or ask for fewer windows")
         return self
 
     def __eq__(self, other):  # by value: a WeightOnlyQuantConfig equals the QuantConfig it saves as

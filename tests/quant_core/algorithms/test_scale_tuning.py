@@ -96,7 +96,9 @@ def test_bad_settings_are_refused():
                           ({"scale_tuning_steps": 8, "scale_tuning_lr": 0}, "scale_tuning_lr"),
                           ({"scale_tuning_steps": 8, "scale_tuning_batch_windows": 0}, "scale_tuning_batch_windows"),
                           ({"scale_tuning_steps": 8, "scale_tuning_objective": "mse"}, "scale_tuning_objective"),
-                          ({"scale_tuning_lr": 1e-2}, "scale_tuning_steps=0")]:
+                          ({"scale_tuning_lr": 1e-2}, "scale_tuning_steps=0"),
+                          ({"scale_tuning_steps": 8, "scale_tuning_batch_windows": 16},  # would be the batch's 8
+                           "raise calibration_batch_size to at least 16")]:
         with pytest.raises(ConfigError, match=words):
             QuantConfig(**fields)
 
