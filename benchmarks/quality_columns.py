@@ -221,6 +221,13 @@ ROWS = {
     "SignRound from QuantEase nearest + scale tuning 512 steps": dict(
         algorithm="signround", signround_start="quantease", signround_start_offset="nearest", scale_tuning_steps=512),
     "RTN + scale tuning CE": dict(algorithm="rtn", scale_tuning_steps=128, scale_tuning_objective="ce"),
+    # other calibration draws of the best tuned rows, and the outlier row tuned (issue 19's int3 per-channel bar)
+    **{f"{row} calibration seed {i}": {**ROW, "calibration_seed": i} for i in (1, 2) for row, ROW in (
+        ("SignRound from QuantEase nearest + scale tuning", dict(
+            algorithm="signround", signround_start="quantease", signround_start_offset="nearest", scale_tuning_steps=128)),
+        ("SignRound + scale tuning", dict(algorithm="signround", scale_tuning_steps=128)))},
+    "QuantEase +1% outliers + scale tuning": dict(algorithm="quantease", outlier_fraction=0.01,
+                                                  outlier_structure="unstructured", scale_tuning_steps=128),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar

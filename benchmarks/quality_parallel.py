@@ -59,7 +59,11 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            # teacher pass and two evaluations (not yet measured on the GPU: about 60 s guessed, 200 s for 512 steps)
            "SignRound from QuantEase nearest + scale tuning": 510, "SignRound + scale tuning": 260,
            "GPTQ act_order clip + scale tuning": 150, "RTN + scale tuning": 75, "RTN + scale tuning CE": 75,
-           "SignRound from QuantEase nearest + scale tuning 512 steps": 650}
+           "SignRound from QuantEase nearest + scale tuning 512 steps": 650,
+           # measured with 5 cells on one H200 (run 2026-11-30T21:41): about 110 s more than the untuned row
+           **{f"SignRound from QuantEase nearest + scale tuning calibration seed {i}": 370 for i in (1, 2)},
+           **{f"SignRound + scale tuning calibration seed {i}": 260 for i in (1, 2)},
+           "QuantEase +1% outliers + scale tuning": 390}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
