@@ -208,7 +208,8 @@ def quantease_targets(cells: dict, n: int) -> list[str]:
     quantease = " or ".join(QUANTEASE_ROWS)
     goals = [(quantease, QUANTEASE_ROWS, "int4_g128_sym", 29.0), ("Ours (best row)", SETTING_ROWS, "int3_g128_asym", 34.0),
              ("Ours (best row)", SETTING_ROWS, "int4_pc_asym", 30.5),
-             ("QuantEase +1% outliers", ("QuantEase +1% outliers",), "int3_pc_asym", None if fp32 is None else 1.25 * fp32),
+             ("QuantEase +1% outliers (best row)", ("QuantEase +1% outliers", "QuantEase +1% outliers + scale tuning"),
+              "int3_pc_asym", None if fp32 is None else 1.25 * fp32),
              # the issue's "same calibration as the existing table": the text shipped before issue 16's
              ("QuantEase +1% outliers (previous text)", ("QuantEase +1% outliers (previous text)",), "int3_pc_asym",
               None if fp32 is None else 1.25 * fp32)]
