@@ -1,9 +1,10 @@
 """Whole-model parts of gpu_speed.py: decode tokens/s and GPTQ on a synthetic Llama-3-8B.
 
 The model is built from its config with random weights directly on the GPU (never
-downloaded). Decode runs through ``quant_core.decode.StaticDecoder``, what
-``generate`` uses: a static KV cache and the one-token step captured once in a
-CUDA graph and replayed (so per-kernel launch costs do not hide kernel speed).
+downloaded). Decode runs through the product's decoders (``quant_core.decode``): a static
+KV cache and the one-token step captured once in a CUDA graph and replayed (so per-kernel
+launch costs do not hide kernel speed); bf16 through both transformers' modules
+(``StaticDecoder``) and the CUDA lean step, quantized formats through ``make_decoder``'s pick.
 """
 from __future__ import annotations
 
@@ -34,14 +35,26 @@ def synthetic_llama(layers: int, device="cuda", **overrides):
     return model.eval()
 
 
-def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> tuple[float, str, float]:
-    """Greedy decode through the product's own ``StaticDecoder`` (static cache; on CUDA each step
-    is one CUDA-graph replay, captured at the first step), timed after a few warm-up steps.
-    Also returns the seconds the prefill and warm-up took: first use, kernel tuning included."""
-    from quant_core.decode import StaticDecoder
+def decoder_for(model, batch: int, max_len: int, step: str = "auto"):
+    """``step``: "auto" the product's pick (``make_decoder``), "static" transformers' modules
+    (``StaticDecoder``), "lean" the CUDA lean step (``CudaLeanDecoder``; a float model's q/k/v and
+    gate/up stacked into one matmul each, as quantized models' are)."""
+    from quant_core.decode import StaticDecoder, make_decoder
 
+    if step == "static":
+        return StaticDecoder(model, batch, max_len)
+    if step == "lean":
+        from quant_core.decode.cuda_lean import CudaLeanDecoder
+        return CudaLeanDecoder(model, batch, max_len, stack_float=True)
+    return make_decoder(model, batch, max_len)
+
+
+def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64, step: str = "auto") -> tuple[float, str, float]:
+    """Greedy decode through a decoder of the product (``decoder_for``; on CUDA each step is one
+    CUDA-graph replay, captured at the first step), timed after a few warm-up steps.
+    Also returns the seconds the prefill and warm-up took: first use, kernel tuning included."""
     t_start = time.perf_counter()
-    dec = StaticDecoder(model, batch, prompt + steps + 1)
+    dec = decoder_for(model, batch, prompt + steps + 1, step)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=model.device)
     token = dec.prefill(ids).argmax(-1)
     for _ in range(4):
@@ -53,12 +66,16 @@ def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64) -> t
     for _ in range(n):
         token = dec.step(token).argmax(-1)
     torch.cuda.synchronize()
-    return batch * n / (time.perf_counter() - t0), "graph" if dec.graphed else "eager", warm_s
+    mode = ("graph" if dec.graphed else "eager") + (" lean" if type(dec).__name__ == "CudaLeanDecoder" else "")
+    return batch * n / (time.perf_counter() - t0), mode, warm_s
 
 
-DECODE_FORMATS = [("bf16", None), ("int4 g128", dict(weight_dtype="int4", group_size=128)),
-                  ("nf4 g64", dict(weight_dtype="nf4", group_size=64)),
-                  ("int8 per-channel", dict(weight_dtype="int8", group_size=-1))]
+# (label, quantization, decoder step): bf16 through both steps, so that a reader sees what the step
+# gains apart from the kernels; the ratios divide by the faster bf16 of the two
+DECODE_FORMATS = [("bf16", None, "static"), ("bf16 (lean step)", None, "lean"),
+                  ("int4 g128", dict(weight_dtype="int4", group_size=128), "auto"),
+                  ("nf4 g64", dict(weight_dtype="nf4", group_size=64), "auto"),
+                  ("int8 per-channel", dict(weight_dtype="int8", group_size=-1), "auto")]
 
 
 class PeerLinear(torch.nn.Module):
@@ -84,9 +101,10 @@ def decode_section(run: str, layers: int, batches=(1, 16), peers=(), on_row=None
     """Rows of gpu_speed.json's ``decode``: every linear quantized (lm_head included), RTN.
     ``peers``: (label, builder) pairs from gpu_peers.py, run through the same decoder."""
     base, out = {}, []
-    rows = [(label, qcfg, None) for label, qcfg in DECODE_FORMATS]
-    rows += [(f"peer {label}", None, build) for label, build in peers if not isinstance(build, str)]
-    for label, qcfg, build in rows:
+    rows = list(DECODE_FORMATS)
+    rows += [(f"peer {label}", None, "auto", build) for label, build in peers if not isinstance(build, str)]
+    for label, qcfg, step, *peer in rows:
+        build = peer[0] if peer else None
         row = {"run": run, "layers": layers, "weights": label}
         try:
             model = synthetic_llama(layers)
@@ -97,14 +115,16 @@ def decode_section(run: str, layers: int, batches=(1, 16), peers=(), on_row=None
             torch.cuda.empty_cache()
             row["batches"] = {}
             for b in batches:
-                tps, mode, warm_s = tokens_per_second(model, b)
-                base.setdefault(b, tps)
+                tps, mode, warm_s = tokens_per_second(model, b, step=step)
+                if label.startswith("bf16"):
+                    base[b] = max(base.get(b, 0.0), tps)
                 row["batches"][str(b)] = {"tok_s": tps, "mode": mode, "x_bf16": tps / base[b],
                                           "first_use_s": warm_s}
             row["kernels"] = sorted({m.kernel.name for m in model.modules()
                                      if getattr(m, "kernel", None) is not None and hasattr(m.kernel, "name")})
+            _rescale(out + [row], base)
             print(f"decode {label}: kernels {row['kernels']}; " + "; ".join(
-                f"batch {b}: {v['tok_s']:.1f} tok/s ({v['x_bf16']:.2f}x, first use {v['first_use_s']:.0f} s)"
+                f"batch {b}: {v['tok_s']:.1f} tok/s ({v['x_bf16']:.2f}x, {v['mode']}, first use {v['first_use_s']:.0f} s)"
                 for b, v in row["batches"].items()), flush=True)
         except Exception as exc:  # noqa: BLE001 - a peer that cannot decode is a table entry
             if not build:
@@ -117,6 +137,13 @@ def decode_section(run: str, layers: int, batches=(1, 16), peers=(), on_row=None
         model = None
         torch.cuda.empty_cache()
     return out
+
+
+def _rescale(rows: list[dict], base: dict) -> None:
+    """Every row's x_bf16 against the faster bf16 step so far (the second bf16 row may beat the first)."""
+    for row in rows:
+        for b, cell in row.get("batches", {}).items():
+            cell["x_bf16"] = cell["tok_s"] / base[int(b)]
 
 
 def gptq_section(run: str, layers: int, samples: int = 128, seqlen: int = 2048) -> dict:

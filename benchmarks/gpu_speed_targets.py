@@ -92,7 +92,7 @@ def decode_target(rows: list[dict]) -> dict:
     int4 = by_name.get("int4 g128", {}).get("batches", {})
     xs = [int4.get(b, {}).get("x_bf16") for b in DECODE_TARGETS]
     others = "; ".join(f"{name} {_join(r['batches'].get(b, {}).get('x_bf16') for b in DECODE_TARGETS)}"
-                       for name, r in by_name.items() if name not in ("bf16", "int4 g128"))
+                       for name, r in by_name.items() if not name.startswith("bf16") and name != "int4 g128")
     short = [b for b, x in zip(DECODE_TARGETS, xs) if x is None or x < DECODE_TARGETS[b]]
     return {"target": "decode of the synthetic 8B: " + ", ".join(f"batch {b} >= {v}×" for b, v in DECODE_TARGETS.items()),
             "measured": f"int4 {_join(xs)}" + (f"; {others}" if others else ""),

@@ -92,10 +92,14 @@ class FusedProjections:
             self.kernel, self._key = choose_kernel(spec, first.forced_kernel)(packed, spec), key
         return self.kernel
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's columns side by side, without the members' biases (the CUDA lean step reads this)."""
+        return self._prepare(x).forward(x)
+
     def output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         """``member``'s columns of the stacked product with ``x`` (computed once per input)."""
         if x is not self._x or id(member) in self._taken:
-            self._y, self._x, self._taken = self._prepare(x).forward(x), x, set()
+            self._y, self._x, self._taken = self.forward(x), x, set()
         self._taken.add(id(member))
         lo, hi = self.columns[id(member)]
         y = self._y[..., lo:hi]

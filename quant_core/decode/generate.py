@@ -1,15 +1,20 @@
 """Picking a decoder for a model, and the greedy loop benchmarks and tests run on it."""
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
+from .cuda_model import cuda_lean_reason
 from .lean import LeanDecoder
 from .lean_model import lean_reason
 from .static import StaticDecoder
+
+CUDA_LEAN_ENV = "QUANTLLM_CUDA_LEAN"
+CUDA_LEAN_DEFAULT = False  # until measured: the benchmark's "bf16 (lean step)" and quantized rows decide
 
 
 def lean_fits(model, max_len: int) -> str | None:
@@ -32,9 +37,26 @@ def _hooked(model: nn.Module) -> str | None:
     return None
 
 
+def cuda_lean_fits(model, max_len: int) -> str | None:
+    """Why ``CudaLeanDecoder`` cannot run ``model`` with a ``max_len`` cache (None: it can)."""
+    return cuda_lean_reason(model, max_len) or _hooked(model)
+
+
+def cuda_lean_wanted() -> bool:
+    """Whether ``make_decoder`` picks the CUDA lean step where it fits ($QUANTLLM_CUDA_LEAN "1" on, "0" off)."""
+    setting = os.environ.get(CUDA_LEAN_ENV, "").strip()
+    return setting == "1" if setting in ("0", "1") else CUDA_LEAN_DEFAULT
+
+
 def make_decoder(model, batch_size: int, max_len: int, compile_step: bool = False, lean: bool | None = None):
-    """``LeanDecoder`` where it fits (decoder families of lean_model.FAMILIES on CPU), else
-    ``StaticDecoder``. ``lean=True`` insists (and raises where it does not fit), ``False`` refuses."""
+    """A lean step where it fits (decoder families of lean_model.FAMILIES: ``LeanDecoder`` on CPU,
+    ``CudaLeanDecoder`` on CUDA), else ``StaticDecoder``. ``lean=True`` insists (and raises where it
+    does not fit), ``False`` refuses."""
+    if next(model.parameters()).device.type == "cuda":
+        if lean or (lean is None and not compile_step and cuda_lean_wanted() and cuda_lean_fits(model, max_len) is None):
+            from .cuda_lean import CudaLeanDecoder  # imports Triton: only where it runs
+            return CudaLeanDecoder(model, batch_size, max_len)
+        return StaticDecoder(model, batch_size, max_len, compile_step)
     if lean or (lean is None and not compile_step and lean_fits(model, max_len) is None):
         return LeanDecoder(model, batch_size, max_len)
     return StaticDecoder(model, batch_size, max_len, compile_step)

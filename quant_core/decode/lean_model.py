@@ -65,6 +65,17 @@ class LeanModel:
 
 def lean_reason(model: nn.Module) -> str | None:
     """Why the lean step cannot run ``model`` (None: it can)."""
+    why = family_reason(model)
+    if why:
+        return why
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        return f"the lean step runs on CPU, the model is on {device}"
+    return None
+
+
+def family_reason(model: nn.Module) -> str | None:
+    """Why ``model`` is not a decoder of ``FAMILIES`` with the modules a lean step reads (None: it is)."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
@@ -79,9 +90,6 @@ def lean_reason(model: nn.Module) -> str | None:
         for name in attn_names + mlp_names + ("self_attn.o_proj", "mlp.down_proj"):
             if not isinstance(_get(layer, name), nn.Module):
                 return f"decoder layer has no {name}"
-    device = next(model.parameters()).device
-    if device.type != "cpu":
-        return f"the lean step runs on CPU, the model is on {device}"
     return None
 
 

@@ -1,0 +1,132 @@
+"""Where a decode step's GPU time goes: linears against everything else, kernels per layer.
+
+For the synthetic Llama-3-8B (gpu_speed_model.synthetic_llama), bf16 and int4 g128, at each batch:
+one eager step of transformers' modules (``StaticDecoder``) and of the CUDA lean step
+(``CudaLeanDecoder``) under torch.profiler (kernel times summed on the device, so launch gaps do not
+count), then both graph-replayed for tokens/s, and their greedy tokens and logits side by side.
+
+    python benchmarks/gpu_speed_decode_profile.py --out /tmp/profile.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_speed_model import decoder_for, synthetic_llama, tokens_per_second  # noqa: E402 - same folder
+
+from quant_core.config import QuantConfig  # noqa: E402
+from quant_core.quantize import quantize  # noqa: E402
+
+# kernel names of matmuls: ours (csrc/cuda_*.cuh, triton_gemv/gemm) and cuBLAS' families
+LINEAR_NAMES = ("qmm_kernel", "wg_kernel", "gemv_kernel", "dequant_kernel", "_gemv", "_gemm", "gemm", "gemv",
+                "cutlass", "nvjet", "xmma", "splitk")
+
+
+def is_linear(name: str) -> bool:
+    return any(key in name.lower() for key in LINEAR_NAMES)
+
+
+def kernel_profile(dec, batch: int, vocab: int, steps: int = 2) -> dict:
+    """Device time and kernel counts of ``steps`` eager steps, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    token = dec.prefill(torch.randint(0, vocab, (batch, 16), device="cuda")).argmax(-1)
+    for _ in range(3):  # kernels compile and tune before the profile
+        token = dec.step(token).argmax(-1)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            token = dec.step(token).argmax(-1)
+        torch.cuda.synchronize()
+    by_name = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(e, "device_time_total", None)
+        us = getattr(e, "cuda_time_total", 0.0) if us is None else us
+        by_name[e.name][0] += 1
+        by_name[e.name][1] += us
+    kernels = {n: {"count": c / steps, "us": t / steps, "linear": is_linear(n)} for n, (c, t) in by_name.items()}
+    linear_us = sum(k["us"] for k in kernels.values() if k["linear"])
+    other_us = sum(k["us"] for k in kernels.values() if not k["linear"])
+    return {"linear_us": linear_us, "other_us": other_us,
+            "linear_kernels": sum(k["count"] for k in kernels.values() if k["linear"]),
+            "other_kernels": sum(k["count"] for k in kernels.values() if not k["linear"]),
+            "top": sorted(([n[:90], k["count"], round(k["us"], 1), k["linear"]] for n, k in kernels.items()),
+                          key=lambda r: -r[2])[:25]}
+
+
+@torch.inference_mode()
+def agreement(model, batch: int, steps: int = 8) -> dict:
+    """Greedy tokens of both steps from one prompt (each fed its own tokens), and their logits' distance."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, 24), device="cuda", generator=None)
+    runs = {}
+    for step in ("static", "lean"):
+        dec = decoder_for(model, batch, 24 + steps + 1, step)
+        logits = [dec.prefill(ids).float()]
+        for _ in range(steps - 1):
+            logits.append(dec.step(logits[-1].argmax(-1)).float())
+        runs[step] = torch.stack(logits, 1)  # [B, steps, vocab]
+        del dec
+    a, b = runs["static"], runs["lean"]
+    same = (a.argmax(-1) == b.argmax(-1))
+    first_diff = [int(row.logical_not().nonzero()[0]) if not row.all() else steps for row in same]
+    return {"tokens_equal": int(same.all(-1).sum()), "rows": batch, "steps": steps,
+            "first_differing_step": first_diff,
+            "prefill_max_abs": float((a[:, 0] - b[:, 0]).abs().max()),
+            "prefill_logit_scale": float(a[:, 0].abs().max()),
+            "rel_l2_per_step": [round(float((a[:, s] - b[:, s]).norm() / a[:, s].norm()), 5) for s in range(steps)]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--formats", nargs="+", default=["bf16", "int4"])
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    formats = {"bf16": None, "int4": dict(weight_dtype="int4", group_size=128),
+               "nf4": dict(weight_dtype="nf4", group_size=64), "int8": dict(weight_dtype="int8", group_size=-1)}
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers, "rows": []}
+    for fmt in args.formats:
+        t0 = time.perf_counter()
+        model = synthetic_llama(args.layers)
+        if formats[fmt]:
+            quantize(model, QuantConfig(**formats[fmt], modules_to_not_convert=[]), progress=False)
+        torch.cuda.empty_cache()
+        print(f"{fmt}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        for b in args.batches:
+            row = {"weights": fmt, "batch": b}
+            for step in ("static", "lean"):
+                if not args.no_profile:
+                    dec = decoder_for(model, b, 64, step)
+                    dec.graphed = False  # profile the eager step: the graph replays these same kernels
+                    prof = kernel_profile(dec, b, model.config.vocab_size)
+                    del dec
+                    print(f"{fmt} b{b} {step}: linears {prof['linear_us']:.0f} us ({prof['linear_kernels']:.0f} kernels), "
+                          f"other {prof['other_us']:.0f} us ({prof['other_kernels']:.0f} kernels, "
+                          f"{prof['other_kernels'] / args.layers:.1f} a layer)", flush=True)
+                    for name, count, us, linear in prof["top"][:14]:
+                        print(f"    {us:9.1f} us {count:6.0f}x {'L' if linear else ' '} {name}", flush=True)
+                    row[f"profile_{step}"] = prof
+                tps, mode, warm = tokens_per_second(model, b, step=step)
+                row[f"tok_s_{step}"] = tps
+                print(f"{fmt} b{b} {step}: {tps:.1f} tok/s ({mode}, first use {warm:.1f} s)", flush=True)
+            row["agreement"] = agreement(model, b)
+            print(f"{fmt} b{b} agreement: {row['agreement']}", flush=True)
+            result["rows"].append(row)
+            args.out.write_text(json.dumps(result, indent=1))
+        del model
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
