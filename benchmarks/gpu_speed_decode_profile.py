@@ -1,18 +1,22 @@
 """Where a decode step's GPU time goes: linears against everything else, kernels per layer.
 
 For the synthetic Llama-3-8B (gpu_speed_model.synthetic_llama), bf16 and int4 g128, at each batch:
-one eager step of transformers' modules (``StaticDecoder``) and of the CUDA lean step
-(``CudaLeanDecoder``) under torch.profiler (kernel times summed on the device, so launch gaps do not
-count), then both graph-replayed for tokens/s, and their greedy tokens and logits side by side.
+the step each decoder captures in its CUDA graph, transformers' modules (``StaticDecoder``) and the
+CUDA lean step (``CudaLeanDecoder``), run eagerly under torch.profiler (kernel times summed on the
+device, so launch gaps do not count; the argmax and the token copy are in both); then both
+graph-replayed for tokens/s; then both fed the same tokens, their logits against the reference's
+(``agreement``).
 
     python benchmarks/gpu_speed_decode_profile.py --out /tmp/profile.json
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
+import traceback
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,16 +38,20 @@ def is_linear(name: str) -> bool:
 
 
 def kernel_profile(dec, batch: int, vocab: int, steps: int = 2) -> dict:
-    """Device time and kernel counts of ``steps`` eager steps, per step."""
+    """Device time and kernel counts of ``steps`` steps, per step: the body each decoder captures in its
+    graph, run eagerly (the graph replays the same kernels without the launch gaps)."""
+    # under inference mode, as step() runs: the caches were made there and are written in place
     from torch.profiler import ProfilerActivity, profile
 
     token = dec.prefill(torch.randint(0, vocab, (batch, 16), device="cuda")).argmax(-1)
-    for _ in range(3):  # kernels compile and tune before the profile
+    for _ in range(3):  # kernels compile and tune, the graph is captured, before the profile
         token = dec.step(token).argmax(-1)
+    body = dec._graph_body if hasattr(dec, "_graph_body") and not hasattr(dec, "_step_body") else dec._step_body
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            token = dec.step(token).argmax(-1)
+            dec._ids.copy_(token.reshape(-1, 1))
+            token = body().argmax(-1)
         torch.cuda.synchronize()
     by_name = defaultdict(lambda: [0, 0.0])
     for e in prof.events():
@@ -64,25 +72,42 @@ def kernel_profile(dec, batch: int, vocab: int, steps: int = 2) -> dict:
 
 
 @torch.inference_mode()
-def agreement(model, batch: int, steps: int = 8) -> dict:
-    """Greedy tokens of both steps from one prompt (each fed its own tokens), and their logits' distance."""
-    ids = torch.randint(0, model.config.vocab_size, (batch, 24), device="cuda", generator=None)
-    runs = {}
-    for step in ("static", "lean"):
-        dec = decoder_for(model, batch, 24 + steps + 1, step)
-        logits = [dec.prefill(ids).float()]
-        for _ in range(steps - 1):
-            logits.append(dec.step(logits[-1].argmax(-1)).float())
-        runs[step] = torch.stack(logits, 1)  # [B, steps, vocab]
-        del dec
-    a, b = runs["static"], runs["lean"]
-    same = (a.argmax(-1) == b.argmax(-1))
-    first_diff = [int(row.logical_not().nonzero()[0]) if not row.all() else steps for row in same]
-    return {"tokens_equal": int(same.all(-1).sum()), "rows": batch, "steps": steps,
-            "first_differing_step": first_diff,
-            "prefill_max_abs": float((a[:, 0] - b[:, 0]).abs().max()),
-            "prefill_logit_scale": float(a[:, 0].abs().max()),
-            "rel_l2_per_step": [round(float((a[:, s] - b[:, s]).norm() / a[:, s].norm()), 5) for s in range(steps)]}
+def logits_along(dec, ids: torch.Tensor, tokens: torch.Tensor | None, steps: int) -> torch.Tensor:
+    """fp32 logits [B, steps, vocab]: the prompt's, then each step's fed ``tokens`` [B, steps] (None: its own
+    greedy tokens)."""
+    out = [dec.prefill(ids).float()]
+    for s in range(steps - 1):
+        out.append(dec.step(out[-1].argmax(-1) if tokens is None else tokens[:, s]).float())
+    return torch.stack(out, 1)
+
+
+@torch.inference_mode()
+def agreement(model, batch: int, steps: int = 8, fp32_reference: bool = False) -> dict:
+    """Both steps fed the same tokens (the reference's greedy ones): each one's logits against the
+    reference's (relative L2 per step) and how often its argmax is the reference's token. The reference
+    is the module path (StaticDecoder), or with ``fp32_reference`` the same weights in fp32 through it,
+    which tells whether either bf16 step is closer to the exact values."""
+    from quant_core.decode import StaticDecoder
+
+    ids = torch.randint(0, model.config.vocab_size, (batch, 24), device="cuda")
+    max_len = 24 + steps + 1
+    if fp32_reference:
+        ref_model = copy.deepcopy(model).float()
+        ref = logits_along(StaticDecoder(ref_model, batch, max_len), ids, None, steps)
+        del ref_model
+        torch.cuda.empty_cache()
+    else:
+        ref = logits_along(decoder_for(model, batch, max_len, "static"), ids, None, steps)
+    tokens = ref.argmax(-1)
+    out = {"reference": "fp32 module path" if fp32_reference else "module path", "rows": batch, "steps": steps}
+    for step in ("static", "lean") if fp32_reference else ("lean",):
+        got = logits_along(decoder_for(model, batch, max_len, step), ids, tokens, steps)
+        out[step] = {"top1_equal": f"{int((got.argmax(-1) == tokens).sum())}/{tokens.numel()}",
+                     "rel_l2_per_step": [round(float((got[:, s] - ref[:, s]).norm() / ref[:, s].norm()), 4)
+                                         for s in range(steps)],
+                     "max_abs": round(float((got - ref).abs().max()), 4),
+                     "logit_scale": round(float(ref.abs().max()), 3)}
+    return out
 
 
 def main() -> None:
@@ -106,26 +131,36 @@ def main() -> None:
         for b in args.batches:
             row = {"weights": fmt, "batch": b}
             for step in ("static", "lean"):
-                if not args.no_profile:
-                    dec = decoder_for(model, b, 64, step)
-                    dec.graphed = False  # profile the eager step: the graph replays these same kernels
-                    prof = kernel_profile(dec, b, model.config.vocab_size)
-                    del dec
-                    print(f"{fmt} b{b} {step}: linears {prof['linear_us']:.0f} us ({prof['linear_kernels']:.0f} kernels), "
-                          f"other {prof['other_us']:.0f} us ({prof['other_kernels']:.0f} kernels, "
-                          f"{prof['other_kernels'] / args.layers:.1f} a layer)", flush=True)
-                    for name, count, us, linear in prof["top"][:14]:
-                        print(f"    {us:9.1f} us {count:6.0f}x {'L' if linear else ' '} {name}", flush=True)
-                    row[f"profile_{step}"] = prof
-                tps, mode, warm = tokens_per_second(model, b, step=step)
-                row[f"tok_s_{step}"] = tps
-                print(f"{fmt} b{b} {step}: {tps:.1f} tok/s ({mode}, first use {warm:.1f} s)", flush=True)
-            row["agreement"] = agreement(model, b)
-            print(f"{fmt} b{b} agreement: {row['agreement']}", flush=True)
+                try:
+                    measure(model, b, step, row, args)
+                except Exception as exc:  # noqa: BLE001 - the other step's figures still come back
+                    traceback.print_exc()
+                    row[f"error_{step}"] = f"{type(exc).__name__}: {exc}"[:300]
+            if "error_lean" not in row:
+                row["agreement"] = agreement(model, b, fp32_reference=fmt == "bf16")
+                print(f"{fmt} b{b} agreement: {row['agreement']}", flush=True)
             result["rows"].append(row)
             args.out.write_text(json.dumps(result, indent=1))
         del model
         torch.cuda.empty_cache()
+
+
+def measure(model, b: int, step: str, row: dict, args) -> None:
+    """One step's profile (unless --no-profile) and graph-replayed tokens/s, into ``row``."""
+    fmt = row["weights"]
+    if not args.no_profile:
+        dec = decoder_for(model, b, 64, step)
+        prof = kernel_profile(dec, b, model.config.vocab_size)
+        del dec
+        print(f"{fmt} b{b} {step}: linears {prof['linear_us']:.0f} us ({prof['linear_kernels']:.0f} kernels), "
+              f"other {prof['other_us']:.0f} us ({prof['other_kernels']:.0f} kernels, "
+              f"{prof['other_kernels'] / args.layers:.1f} a layer)", flush=True)
+        for name, count, us, linear in prof["top"][:14]:
+            print(f"    {us:9.1f} us {count:6.0f}x {'L' if linear else ' '} {name}", flush=True)
+        row[f"profile_{step}"] = prof
+    tps, mode, warm = tokens_per_second(model, b, step=step)
+    row[f"tok_s_{step}"] = tps
+    print(f"{fmt} b{b} {step}: {tps:.1f} tok/s ({mode}, first use {warm:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

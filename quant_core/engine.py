@@ -8,8 +8,8 @@ every row is done, counts tokens and streams text deltas. A row may carry a ``Co
 (quant_core.constrained: a JSON schema, regex or grammar); its disallowed tokens are masked
 before each pick, and rows with and without constraints share one batch.
 
-Decoder-only models on CPU decode with quant_core.decode's lean step (no transformers modules per
-token) where it fits, else through transformers' modules over a static or dynamic cache
+Decoder-only models decode with quant_core.decode's lean step (no transformers modules per
+token; on CPU and on CUDA) where it fits, else through transformers' modules over a static or dynamic cache
 (``decode_step``; ``$QUANTLLM_DECODE_STEP=transformers`` brings back the module path everywhere).
 
 Threads: every forward pass holds the model's one lock, so passes of different calls never
@@ -71,7 +71,7 @@ class GenerationEngine:
         "dynamic" (transformers' own), or "auto": static for decoder-only models that transformers
         marks as compilable (static-cache capable), dynamic otherwise and for encoder-decoders.
         ``decode_step`` (static cache only): "auto" (the lean step where it fits: Llama, Mistral,
-        Qwen2/3, Phi-3 on CPU, no hooks on the model), "lean" (insist) or "transformers" (the model's
+        Qwen2/3, Phi-3 on CPU, and on CUDA unless $QUANTLLM_CUDA_LEAN=0; no hooks on the model), "lean" (insist) or "transformers" (the model's
         own modules); None reads $QUANTLLM_DECODE_STEP, default "auto". ``n_threads``: CPU threads of
         each forward pass (None: the physical cores), set around the pass only."""
         if not isinstance(max_batch_size, int) or max_batch_size < 1:

@@ -20,6 +20,11 @@ from . import cuda_ops as ops
 from .cuda_model import GpuLayer, cuda_lean_reason, gpu_model
 from .prompt_check import check_prompt
 
+# cuda_ops.attend runs one program per (row, head) that walks the cache positions in turn: at 64-97
+# positions it took 4.2 us a layer against 6.2 us for cuDNN's attention through SDPA (H200, synthetic 8B,
+# batch 1); longer caches take SDPA, as transformers' modules do (no figure of ours beyond 97 positions)
+TRITON_ATTENTION_MAX_LEN = 128
+
 
 class CudaLeanDecoder:
     """Prefill then one token per step over a preallocated KV cache of ``max_len`` positions.
@@ -30,7 +35,10 @@ class CudaLeanDecoder:
     their weights (their memory twice); ``cuda_graph=False`` runs the step eagerly (profiling).
     """
 
-    def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True, stack_float: bool = False):
+    def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True, stack_float: bool = False,
+                 attention: str | None = None):
+        """``attention``: "triton" (cuda_ops.attend) or "sdpa" (PyTorch's SDPA over the whole cache, masked, as
+        transformers' modules run it); None picks by ``max_len`` (``TRITON_ATTENTION_MAX_LEN``)."""
         if max_len <= 0 or batch_size <= 0:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
         why = cuda_lean_reason(model, max_len)
@@ -51,6 +59,9 @@ class CudaLeanDecoder:
         self._pos = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self._slot = torch.zeros(1, dtype=torch.long, device=self.device)
         self._zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        if attention not in (None, "triton", "sdpa"):
+            raise ValueError(f"attention must be 'triton' or 'sdpa', not {attention!r}")
+        self.attention = attention or ("triton" if max_len <= TRITON_ATTENTION_MAX_LEN else "sdpa")
         self.graphed = cuda_graph
         self._graph = None
         self.length = 0
@@ -107,8 +118,7 @@ class CudaLeanDecoder:
         x, cos, sin = self._embed_rotary(self._ids, self._pos)
         pending = None
         for index, layer in enumerate(self.m.layers):
-            pending = self._layer(index, layer, x, pending, cos, sin, 1, self._slot,
-                                  lambda q, k, v: ops.attend(q, k, v, self.valid, self._slot, self.m.scaling))
+            pending = self._layer(index, layer, x, pending, cos, sin, 1, self._slot, self._attend)
         logits = self._logits(x, pending)
         self._pos.add_(1)
         self._slot.add_(1)
@@ -132,6 +142,16 @@ class CudaLeanDecoder:
                            k_cache, v_cache, slot)
         h = ops.add_rms_norm(x, layer.o(attention(q, k_cache, v_cache)), layer.norm2.weight, layer.norm2.eps)
         return layer.down(ops.swiglu(layer.gate_up(h).contiguous(), m.intermediate))
+
+    def _attend(self, q, k_cache, v_cache) -> torch.Tensor:
+        """One new token per row over the layer's cache: [B, heads * D]."""
+        if self.attention == "triton":
+            return ops.attend(q, k_cache, v_cache, self.valid, self._slot, self.m.scaling)
+        # a row's query heads as the positions of its K/V head's query (transformers' pack_gqa): no K/V copy
+        b, m = q.shape[0], self.m
+        att = F.scaled_dot_product_attention(q.view(b, m.kv_heads, m.heads // m.kv_heads, m.head_dim), k_cache,
+                                             v_cache, attn_mask=self.valid[:, None, None, :], scale=m.scaling)
+        return att.reshape(b, m.heads * m.head_dim)
 
     def _prompt_attend(self, q, k_cache, v_cache, b: int, t: int, attn_mask) -> torch.Tensor:
         """A prompt at cache positions [0, t): PyTorch's SDPA (run once a request, not worth a kernel)."""

@@ -67,6 +67,29 @@ def test_logits_match_the_module_path_and_padding_is_ignored(on_cpu):
     assert torch.allclose(c, lean.prefill(ids, mask)[1:], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_both_attentions_agree_on_a_padded_batch(family, on_cpu):
+    model = tiny(family).to(DEVICE)
+    ids = prompt(b=2, t=6).to(DEVICE)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    runs = {}
+    for attention in ("triton", "sdpa"):
+        dec = decoder(model, 2, 14, attention=attention)
+        logits = [dec.prefill(ids, mask)]
+        for _ in range(5):
+            logits.append(dec.step(logits[-1].argmax(-1)))
+        runs[attention] = torch.stack(logits, 1)
+    assert torch.allclose(runs["triton"], runs["sdpa"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(runs["triton"].argmax(-1), runs["sdpa"].argmax(-1))
+
+
+def test_long_caches_take_sdpa(on_cpu):
+    model = tiny("llama").to(DEVICE)
+    assert decoder(model, 1, cuda_lean.TRITON_ATTENTION_MAX_LEN).attention == "triton"
+    assert decoder(model, 1, cuda_lean.TRITON_ATTENTION_MAX_LEN + 1).attention == "sdpa"
+
+
 def test_quantized_model_matches_its_module_path(on_cpu):
     model = quantize(tiny("qwen2").to(DEVICE), QuantConfig(weight_dtype="int4", group_size=32,
                                                            modules_to_not_convert=[]))
