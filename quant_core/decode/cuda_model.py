@@ -24,10 +24,13 @@ def cuda_lean_reason(model: nn.Module, max_len: int) -> str | None:
     why = family_reason(model)
     if why:
         return why
+    embed = model.model.embed_tokens
+    if type(embed) is not nn.Embedding:  # e.g. output_head.QuantEmbedding, whose lookup goes through the host
+        return f"the input embedding is a {type(embed).__name__}, not an nn.Embedding"
     param = next(model.parameters())
     if param.device.type != "cuda":
         return f"the CUDA lean step needs the model on a CUDA device, not {param.device}"
-    dtype = model.model.embed_tokens.weight.dtype
+    dtype = embed.weight.dtype
     if dtype not in DTYPES:
         return f"activations of dtype {dtype} (the kernels take bf16, fp16, fp32)"
     window = getattr(model.config, "sliding_window", None)

@@ -116,6 +116,15 @@ def test_a_cpu_model_is_refused_with_its_reason():
         CudaLeanDecoder(model, 1, 16)
 
 
+def test_a_packed_tied_embedding_keeps_the_module_path():
+    from quant_core.decode.cuda_model import cuda_lean_reason
+    from quant_core.output_head import QuantEmbedding
+
+    model = tiny("llama")
+    model.model.embed_tokens = QuantEmbedding(model, torch.float32)
+    assert "QuantEmbedding" in cuda_lean_reason(model, 16)
+
+
 def test_decoder_guards_its_size(on_cpu):
     model = tiny("llama").to(DEVICE)
     dec = decoder(model, 1, 8)
