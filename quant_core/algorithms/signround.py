@@ -91,11 +91,16 @@ class LearnedRounding:
     def fake_weight(self) -> torch.Tensor:
         """The ``[N, K]`` weight the linear computes with (in its dtype), differentiable in the parameters."""
         scale, zero = self.qparams()
-        fmt = self.config.format
-        x = self.groups / scale.unsqueeze(-1) + self.start_offset + self.offset
-        z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
-        q = torch.clamp(straight_through(x, torch.round(x)) + z, 0, fmt.max_code)
+        q, z = self._grid_codes(scale, zero, lambda x: straight_through(x, torch.round(x)))
         return ((q - z) * scale.unsqueeze(-1)).reshape(self.shape[0], -1)[:, :self.shape[1]].to(self.dtype)
+
+    def _grid_codes(self, scale: torch.Tensor, zero: torch.Tensor | None, rounding):
+        """Codes ``[N, G, gs]`` (float) of the weights plus the offsets on ``scale`` / ``zero``, rounded by
+        ``rounding``, and the zero point they sit around."""
+        fmt = self.config.format
+        z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
+        x = self.groups / scale.unsqueeze(-1) + self.start_offset + self.offset
+        return torch.clamp(rounding(x) + z, 0, fmt.max_code), z
 
     @torch.no_grad()
     def descend(self, grads: list[torch.Tensor], lr: float) -> None:
@@ -110,10 +115,7 @@ class LearnedRounding:
     def result(self) -> QuantResult:
         """Codes with the learned offsets, on scales rounded to their stored dtype."""
         scale, zero = self.stored_qparams()
-        fmt = self.config.format
-        z = fmt.sym_zero if zero is None else zero.unsqueeze(-1)
-        x = self.groups / scale.unsqueeze(-1) + self.start_offset + self.offset
-        codes = torch.clamp(torch.round(x) + z, 0, fmt.max_code)
+        codes, _ = self._grid_codes(scale, zero, torch.round)
         codes = codes.to(torch.uint8).reshape(self.shape[0], -1)[:, :self.shape[1]]
         return QuantResult(codes, scale, None if zero is None else zero.clone())
 
