@@ -228,6 +228,10 @@ ROWS = {
         ("SignRound + scale tuning", dict(algorithm="signround", scale_tuning_steps=128)))},
     "QuantEase +1% outliers + scale tuning": dict(algorithm="quantease", outlier_fraction=0.01,
                                                   outlier_structure="unstructured", scale_tuning_steps=128),
+    # what a 2-core CPU can afford (128 steps cost ~70 min there): 16 steps at a larger rate (Adam moves a log-scale
+    # about lr a step: 16 x 0.005 against 128 x 0.001), after RTN and after GPTQ's default
+    "RTN + scale tuning 16 steps": dict(algorithm="rtn", scale_tuning_steps=16, scale_tuning_lr=0.005),
+    "GPTQ + scale tuning 16 steps": dict(algorithm="gptq", scale_tuning_steps=16, scale_tuning_lr=0.005),
 }
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
