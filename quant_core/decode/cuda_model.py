@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..modules import QuantLinear
-from .lean_model import FAMILIES, _get, family_reason
+from .lean_model import family_reason, layer_modules
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -120,17 +120,10 @@ def gpu_model(model: nn.Module, stack_float: bool = False) -> GpuModel:
     """The model's parts for the CUDA lean step (``cuda_lean_reason`` must hold)."""
     config, inner = model.config, model.model
     dtype = inner.embed_tokens.weight.dtype
-    attn_names, mlp_names = FAMILIES[config.model_type]
-    layers = []
-    for layer in inner.layers:
-        attn = layer.self_attn
-        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        layers.append(GpuLayer(
-            GpuNorm.of(layer.input_layernorm, dtype), GpuProjection([_get(layer, n) for n in attn_names], stack_float),
-            GpuNorm.of(q_norm, dtype) if q_norm is not None else None,
-            GpuNorm.of(k_norm, dtype) if k_norm is not None else None,
-            GpuProjection([attn.o_proj]), GpuNorm.of(layer.post_attention_layernorm, dtype),
-            GpuProjection([_get(layer, n) for n in mlp_names], stack_float), GpuProjection([layer.mlp.down_proj])))
+    layers = [GpuLayer(GpuNorm.of(p.norm1, dtype), GpuProjection(p.qkv, stack_float),
+                       None if p.q_norm is None else GpuNorm.of(p.q_norm, dtype), None if p.k_norm is None else GpuNorm.of(p.k_norm, dtype),
+                       GpuProjection([p.o]), GpuNorm.of(p.norm2, dtype), GpuProjection(p.gate_up, stack_float),
+                       GpuProjection([p.down])) for p in layer_modules(model)]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return GpuModel(inner.embed_tokens, inner.rotary_emb, layers, GpuNorm.of(inner.norm, dtype),

@@ -100,6 +100,28 @@ def _get(module: nn.Module, name: str):
         return None
 
 
+@dataclass
+class LayerModules:
+    """One decoder layer's modules in the order a lean step (CPU or CUDA) runs them."""
+    norm1: nn.Module
+    qkv: list  # the linears reading the attention input (FAMILIES names them)
+    q_norm: nn.Module | None  # Qwen3's per-head norms
+    k_norm: nn.Module | None
+    o: nn.Module
+    norm2: nn.Module
+    gate_up: list  # the linears reading the MLP input
+    down: nn.Module
+
+
+def layer_modules(model: nn.Module) -> list[LayerModules]:
+    """Every decoder layer's modules (``family_reason`` must hold)."""
+    attn_names, mlp_names = FAMILIES[model.config.model_type]
+    return [LayerModules(layer.input_layernorm, [_get(layer, n) for n in attn_names],
+                         getattr(layer.self_attn, "q_norm", None), getattr(layer.self_attn, "k_norm", None),
+                         layer.self_attn.o_proj, layer.post_attention_layernorm, [_get(layer, n) for n in mlp_names],
+                         layer.mlp.down_proj) for layer in model.model.layers]
+
+
 # model -> (its tensors' identity and versions, its LeanModel): building one re-stacks every fused
 # projection's kernel (~17 ms of a 15-token request's ~44 ms on SmolLM2), so requests share it
 _BUILT: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -134,16 +156,9 @@ def _build_lean_model(model: nn.Module) -> LeanModel:
         raise UnsupportedModelError(f"the lean decode step cannot run this model: {why}; "
                                     "use quant_core.decode.StaticDecoder (transformers' own modules)")
     config, inner = model.config, model.model
-    attn_names, mlp_names = FAMILIES[config.model_type]
-    layers = []
-    for layer in inner.layers:
-        attn = layer.self_attn
-        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        layers.append(LeanLayer(
-            Norm.of(layer.input_layernorm), Projection([_get(layer, n) for n in attn_names]),
-            Norm.of(q_norm) if q_norm is not None else None, Norm.of(k_norm) if k_norm is not None else None,
-            Projection([attn.o_proj]), Norm.of(layer.post_attention_layernorm),
-            Projection([_get(layer, n) for n in mlp_names]), Projection([layer.mlp.down_proj])))
+    layers = [LeanLayer(Norm.of(p.norm1), Projection(p.qkv), None if p.q_norm is None else Norm.of(p.q_norm),
+                        None if p.k_norm is None else Norm.of(p.k_norm), Projection([p.o]), Norm.of(p.norm2), Projection(p.gate_up),
+                        Projection([p.down])) for p in layer_modules(model)]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return LeanModel(inner.embed_tokens, inner.rotary_emb, layers, Norm.of(inner.norm), Projection([model.lm_head]),
