@@ -51,6 +51,9 @@ for _column in ALL_COLUMNS.values():
     _column["quant_config"].setdefault("head_weight_dtype", None)
 
 # Rows: algorithm name -> extra QuantConfig fields.
+# settings several rows build on
+FROM_QUANTEASE = dict(algorithm="signround", signround_start="quantease", signround_start_offset="nearest")
+GPTQ_ACT_ORDER_CLIP = dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0)
 ROWS = {
     "RTN": dict(algorithm="rtn"),
     # Neural Compressor keeps fp32 scales; ours are stored in fp16 by default: this row compares like with like
@@ -73,7 +76,7 @@ ROWS = {
     "TEQ before session 8": dict(algorithm="teq", teq_clip_search=False, teq_scale_ridge=0.0),
     # GPTQ choosing each group's scale by the clipping search (the reference GPTQ's `mse` quantizer option)
     "GPTQ clip": dict(algorithm="gptq", act_order=False, mse_clip=True, hessian_shrinkage=0.0),
-    "GPTQ act_order clip": dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0),
+    "GPTQ act_order clip": GPTQ_ACT_ORDER_CLIP,
     # GPTQ's best int3 setting with the default's Hessian shrinkage (issue 16's out-of-domain fix)
     **{f"GPTQ act_order clip Hessian shrinkage {s}": dict(algorithm="gptq", act_order=True, mse_clip=True,
                                                           hessian_shrinkage=s) for s in (0.2, 0.5)},
@@ -197,13 +200,11 @@ ROWS = {
     "SignRound from GPTQ nearest": dict(algorithm="signround", signround_start="gptq", signround_start_offset="nearest"),
     "SignRound from GPTQ clip nearest": dict(algorithm="signround", signround_start="gptq", mse_clip=True,
                                              signround_start_offset="nearest"),
-    "SignRound from QuantEase nearest": dict(algorithm="signround", signround_start="quantease",
-                                             signround_start_offset="nearest"),
+    "SignRound from QuantEase nearest": FROM_QUANTEASE,
     # session 11 (issue 19: int3 g128 asym 34.63 against <= 34.0; AutoRound ahead in domain at int4): the
     # QuantEase start trained longer, on larger mini-batches, token-weighted, or with other step sizes
     # (lr defaults to 1 / steps: 0.005 at 200 steps); and RTN-started SignRound on larger mini-batches
-    **{f"SignRound from QuantEase nearest {name}": dict(algorithm="signround", signround_start="quantease",
-                                                        signround_start_offset="nearest", **fields)
+    **{f"SignRound from QuantEase nearest {name}": {**FROM_QUANTEASE, **fields}
        for name, fields in (("400 steps", dict(signround_steps=400)), ("1000 steps", dict(signround_steps=1000)),
                             ("16 windows a step", dict(signround_batch_windows=16, calibration_batch_size=16)),
                             ("token-weighted", dict(signround_token_weighting=True)),
@@ -213,18 +214,14 @@ ROWS = {
     # 1e-5 on raw step sizes as the default 1e-3 on log-scales; 8 windows a step: 8 epochs of 128 windows),
     # towards the float model's next-token distributions; "CE": on the text's own next tokens instead
     **{f"{row} + scale tuning": {**settings, "scale_tuning_steps": 128} for row, settings in (
-        ("SignRound from QuantEase nearest", dict(algorithm="signround", signround_start="quantease",
-                                                  signround_start_offset="nearest")),
-        ("SignRound", dict(algorithm="signround")),
-        ("GPTQ act_order clip", dict(algorithm="gptq", act_order=True, mse_clip=True, hessian_shrinkage=0.0)),
+        ("SignRound from QuantEase nearest", FROM_QUANTEASE), ("SignRound", dict(algorithm="signround")),
+        ("GPTQ act_order clip", GPTQ_ACT_ORDER_CLIP),
         ("RTN", dict(algorithm="rtn")))},
-    "SignRound from QuantEase nearest + scale tuning 512 steps": dict(
-        algorithm="signround", signround_start="quantease", signround_start_offset="nearest", scale_tuning_steps=512),
+    "SignRound from QuantEase nearest + scale tuning 512 steps": {**FROM_QUANTEASE, "scale_tuning_steps": 512},
     "RTN + scale tuning CE": dict(algorithm="rtn", scale_tuning_steps=128, scale_tuning_objective="ce"),
     # other calibration draws of the best tuned rows, and the outlier row tuned (issue 19's int3 per-channel bar)
     **{f"{row} calibration seed {i}": {**ROW, "calibration_seed": i} for i in (1, 2) for row, ROW in (
-        ("SignRound from QuantEase nearest + scale tuning", dict(
-            algorithm="signround", signround_start="quantease", signround_start_offset="nearest", scale_tuning_steps=128)),
+        ("SignRound from QuantEase nearest + scale tuning", {**FROM_QUANTEASE, "scale_tuning_steps": 128}),
         ("SignRound + scale tuning", dict(algorithm="signround", scale_tuning_steps=128)))},
     "QuantEase +1% outliers + scale tuning": dict(algorithm="quantease", outlier_fraction=0.01,
                                                   outlier_structure="unstructured", scale_tuning_steps=128),
