@@ -63,7 +63,9 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            # measured with 5 cells on one H200 (run 2026-11-30T21:41): about 110 s more than the untuned row
            **{f"SignRound from QuantEase nearest + scale tuning calibration seed {i}": 370 for i in (1, 2)},
            **{f"SignRound + scale tuning calibration seed {i}": 260 for i in (1, 2)},
-           "QuantEase +1% outliers + scale tuning": 390}
+           "QuantEase +1% outliers + scale tuning": 390,
+           # GPTQ act_order + clip: 55-60 s a cell alone on the H200 (run az), ~110 s more tuned (run be)
+           "GPTQ act_order clip Hessian shrinkage 0.5": 90, "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": 200}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
