@@ -237,6 +237,9 @@ ROWS = {
                                                                           "calibration_seed": i} for i in (1, 2)},
     "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": {**GPTQ_ACT_ORDER_CLIP_SHRUNK, "scale_tuning_steps": 128},
 }
+# scale_tuning_steps defaults to None ("auto": 128 steps where calibration runs on a GPU): every row runs what its
+# name says, so a row without "scale tuning" in its name runs none, on any device
+ROWS = {name: {"scale_tuning_steps": 0, **fields} for name, fields in ROWS.items()}
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
 SIGNROUND_ROWS = tuple(row for row in ROWS if row.startswith("SignRound"))

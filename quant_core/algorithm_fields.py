@@ -124,11 +124,13 @@ class AlgorithmFields(BaseModel):
         "at int3 g128 asym 39.00 against nearest's 34.63 on WikiText-2).")
 
     # End-to-end scale tuning after any algorithm (quant_core/algorithms/scale_tuning.py; EfficientQAT's E2E-QP).
-    scale_tuning_steps: int = Field(0, ge=0, le=100_000, description="Scale tuning: Adam steps that train every "
-                                    "quantized linear's group scales through the whole model after the algorithm, "
-                                    "codes and zero points frozen, one mini-batch of calibration windows a step "
-                                    "(0: off, the default; needs calibration data, also after RTN). The model "
-                                    "must fit on the calibration device whole.")
+    scale_tuning_steps: int | None = Field(None, ge=0, le=100_000, description="Scale tuning: Adam steps that train "
+                                           "every quantized linear's group scales through the whole model after the "
+                                           "algorithm, codes and zero points frozen, one mini-batch of calibration "
+                                           "windows a step (0: off; needs calibration data, also after RTN; the model "
+                                           "must fit on the calibration device whole). None (the default): 128 where "
+                                           "a calibrated algorithm runs on a CUDA GPU with room for it, else 0 "
+                                           "(quant_core/scale_tuning_auto.py); the saved config records the count.")
     scale_tuning_lr: float = Field(1e-3, gt=0, le=1, description="Scale tuning: Adam's learning rate on each "
                                    "scale's log (so a step moves a scale by about this fraction, whatever its "
                                    "size), decaying to 0 on a cosine; EfficientQAT's 1e-5 on raw int3/int4 step "

@@ -236,7 +236,7 @@ class QuantConfig(AlgorithmFields, GeneralFields):
     def _scale_tuning_settings(self):
         changed = [f"{name}={getattr(self, name)!r}" for name in SCALE_TUNING_SETTINGS
                    if getattr(self, name) != type(self).model_fields[name].default]
-        if not self.scale_tuning_steps and changed:  # else silently ignored: tuning is off at 0 steps
+        if self.scale_tuning_steps == 0 and changed:  # else silently ignored: tuning is off at 0 steps
             raise ValueError(f"{', '.join(changed)} set while scale_tuning_steps=0 (scale tuning off): set "
                              f"scale_tuning_steps (e.g. 128) or leave these at their defaults")
         if self.scale_tuning_steps and self.scale_tuning_batch_windows > self.calibration_batch_size:  # else fewer, silently

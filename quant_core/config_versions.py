@@ -25,7 +25,9 @@ defaults 1 and "spread" reproduce).
 codes); an older quantllm would refuse them as unknown fields. The default start, RTN's, is the earlier behaviour.
 14: scale tuning (scale_tuning_steps, scale_tuning_lr, scale_tuning_batch_windows, scale_tuning_objective); an
 older quantllm would refuse them as unknown fields. Off (0 steps), the default, is the earlier behaviour; the
-checkpoint layout is unchanged (tuned scales are stored as any scales).
+checkpoint layout is unchanged (tuned scales are stored as any scales). Since session 12 the field defaults to None
+("auto": 128 steps where a calibrated algorithm runs on a CUDA GPU with room for it, else 0); a saved dict holds the
+resolved count, so the version stays 14, and an earlier version's dict, which lacks the field, reads as 0.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8
 TEQ_DEFAULTS_VERSION = 10
 AWQ_SIGNROUND_DEFAULTS_VERSION = 12
+SCALE_TUNING_VERSION = 14
 
 
 def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
@@ -67,4 +70,6 @@ def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("awq_scale_ridge", 0.0)
     if version < AWQ_SIGNROUND_DEFAULTS_VERSION and data.get("algorithm") == "signround":
         data.setdefault("signround_target", "float_block")
+    if version < SCALE_TUNING_VERSION:
+        data.setdefault("scale_tuning_steps", 0)  # ran without; today's default (None) would read as "auto"
     return {**data, "version": CONFIG_VERSION}  # older versions only lack fields

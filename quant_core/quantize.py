@@ -21,6 +21,7 @@ from .model_surgery import mark_quantized, quantizable_linears
 from .modules import QuantLinear
 from .output_head import float_head, head_group_size, quantize_head
 from .primitives import per_channel
+from .scale_tuning_auto import resolve_scale_tuning
 
 Handler = Callable[..., nn.Module]
 HANDLERS: dict[str, Handler] = {}  # algorithm name -> handler
@@ -67,6 +68,7 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
                           f"registered: {', '.join(HANDLERS)}")
+    config = resolve_scale_tuning(model, config, device or default_device(), config.algorithm in CALIBRATED)
     calibrates = config.algorithm in CALIBRATED or config.scale_tuning_steps > 0
     if calibrates and config.calibration_dtype == "auto":  # record the precision that ran
         config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, device or default_device())})

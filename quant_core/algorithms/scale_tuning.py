@@ -87,9 +87,15 @@ class ScaleTuning:
         with _on(model, self.device), _frozen(model):
             layers = {name: TrainableScales(m) for name, m in model.named_modules() if isinstance(m, QuantLinear)}
             originals = {name: _swap(model, name, layer) for name, layer in layers.items()}
-            before = self.loss(model)
-            with torch.enable_grad():
-                self._train(model, [layer.log_ratio for layer in layers.values()], progress)
+            try:
+                before = self.loss(model)
+                with torch.enable_grad():
+                    self._train(model, [layer.log_ratio for layer in layers.values()], progress)
+            except torch.OutOfMemoryError:  # the algorithm's work is done: keep it rather than lose it
+                for name in layers:
+                    _swap(model, name, originals[name])
+                _out_of_memory(self.device)
+                return float("nan"), float("nan")
             stored = {name: layer.stored() for name, layer in layers.items()}
             for name, layer in layers.items():
                 layer.restart_from(stored[name])
@@ -121,8 +127,23 @@ class ScaleTuning:
 
 def start_scale_tuning(model: nn.Module, config: QuantConfig, batches: list[torch.Tensor],
                        device) -> ScaleTuning | None:
-    """The stage, prepared on the float model before any quantization; None when it is off."""
-    return ScaleTuning(model, config, batches, device) if config.scale_tuning_steps else None
+    """The stage, prepared on the float model before any quantization; None when it is off (or its
+    teacher pass does not fit on the device)."""
+    if not config.scale_tuning_steps:
+        return None
+    try:
+        return ScaleTuning(model, config, batches, device)
+    except torch.OutOfMemoryError:
+        _out_of_memory(torch.device(device))
+        return None
+
+
+def _out_of_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log.warning("scale tuning ran out of memory on %s and was skipped: the algorithm's scales stay (the checkpoint "
+                "is as with scale_tuning_steps=0, though its config records the steps asked); calibrate on a larger "
+                "device, or lower scale_tuning_batch_windows", device)
 
 
 def _epochs(n: int, seed: int):

@@ -1,4 +1,4 @@
-"""Scale tuning (``scale_tuning_steps``): off by default, codes and zero points untouched, the calibration
+"""Scale tuning (``scale_tuning_steps``): by default on a GPU with room for it only, codes and zero points untouched, the calibration
 objective lower after any algorithm, never worse (the guard), bad settings refused, save and reload."""
 import pytest
 from signround_support import ids, tiny
@@ -32,15 +32,43 @@ def layers(model):
     return {name: m.packed for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def test_off_by_default_never_runs(monkeypatch):
+def test_auto_by_default_never_runs_on_a_cpu(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("scale tuning ran")
     monkeypatch.setattr(scale_tuning.ScaleTuning, "__init__", refuse)
-    assert QuantConfig().scale_tuning_steps == 0
+    assert QuantConfig().scale_tuning_steps is None
     for algorithm in ("rtn", "gptq"):
-        run(algorithm)
+        assert run(algorithm).config.quantization_config["scale_tuning_steps"] == 0  # the saved config: what ran
     with pytest.raises(AssertionError, match="scale tuning ran"):  # the stand-in would have caught a run
         run("rtn", **TUNING)
+
+
+def test_auto_resolves_by_device_memory_and_algorithm():
+    from quant_core.scale_tuning_auto import AUTO_STEPS, resolve_scale_tuning, training_bytes
+
+    model, config = tiny(), QuantConfig(**BASE, algorithm="gptq", scale_tuning_batch_windows=2)
+    need = training_bytes(model, config)
+    assert need > sum(p.numel() for p in model.parameters()) * 4  # at least the fp32 parameters
+
+    def steps(device, calibrated=True, free=None, cfg=config):
+        return resolve_scale_tuning(model, cfg, device, calibrated, free_bytes=free).scale_tuning_steps
+    assert steps("cuda", free=2 * need) == AUTO_STEPS  # free_bytes given: no GPU needed to decide
+    assert steps("cuda", free=need) == 0  # the estimate may take only part of the free memory
+    assert steps("cuda", calibrated=False, free=2 * need) == 0  # RTN needs no calibration data: none asked
+    assert steps("cpu") == 0
+    assert steps("cuda", free=0, cfg=QuantConfig(**BASE, algorithm="gptq", **{**TUNING, "scale_tuning_steps": 5})) == 5
+    narrow = QuantConfig(**BASE, algorithm="gptq")  # a step's default 8 windows exceed the batches' 4
+    assert steps("cuda", free=2 * need, cfg=narrow) == 0
+
+
+def test_out_of_memory_keeps_the_algorithms_scales(monkeypatch, caplog):
+    def oom(*_args, **_kwargs):
+        raise torch.OutOfMemoryError("stand-in")
+    monkeypatch.setattr(ScaleTuning, "_train", oom)
+    plain, tuned = layers(run("gptq")), layers(run("gptq", **TUNING))
+    for name, packed in plain.items():
+        assert torch.equal(packed.scales, tuned[name].scales) and torch.equal(packed.qweight, tuned[name].qweight), name
+    assert "ran out of memory" in caplog.text
 
 
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
@@ -96,7 +124,7 @@ def test_bad_settings_are_refused():
                           ({"scale_tuning_steps": 8, "scale_tuning_lr": 0}, "scale_tuning_lr"),
                           ({"scale_tuning_steps": 8, "scale_tuning_batch_windows": 0}, "scale_tuning_batch_windows"),
                           ({"scale_tuning_steps": 8, "scale_tuning_objective": "mse"}, "scale_tuning_objective"),
-                          ({"scale_tuning_lr": 1e-2}, "scale_tuning_steps=0"),
+                          ({"scale_tuning_steps": 0, "scale_tuning_lr": 1e-2}, "scale_tuning_steps=0"),
                           ({"scale_tuning_steps": 8, "scale_tuning_batch_windows": 16},  # would be the batch's 8
                            "raise calibration_batch_size to at least 16")]:
         with pytest.raises(ConfigError, match=words):
@@ -116,3 +144,9 @@ def test_save_and_reload_with_double_quantized_scales(tmp_path):
         assert torch.equal(loaded(x).logits, expected)
     config = loaded.config.quantization_config
     assert config["scale_tuning_steps"] == 30 and config["scale_tuning_lr"] == 1e-2
+
+
+def test_earlier_checkpoints_read_as_untuned_and_settings_may_go_with_auto():
+    assert QuantConfig.from_dict({"version": 13, "algorithm": "gptq"}).scale_tuning_steps == 0  # ran without
+    assert QuantConfig.from_dict({"version": 14, "algorithm": "gptq", "scale_tuning_steps": 128}).scale_tuning_steps == 128
+    assert QuantConfig(scale_tuning_lr=5e-3).scale_tuning_lr == 5e-3  # used if "auto" turns tuning on
