@@ -236,6 +236,10 @@ ROWS = {
     **{f"GPTQ act_order clip Hessian shrinkage 0.5 calibration seed {i}": {**GPTQ_ACT_ORDER_CLIP_SHRUNK,
                                                                           "calibration_seed": i} for i in (1, 2)},
     "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": {**GPTQ_ACT_ORDER_CLIP_SHRUNK, "scale_tuning_steps": 128},
+    # what "auto" (the default since session 12) runs on a GPU: each algorithm's defaults, then 128 steps
+    **{f"{row} + scale tuning": dict(algorithm=algorithm, scale_tuning_steps=128) for row, algorithm in (
+        ("GPTQ", "gptq"), ("AWQ", "awq"), ("TEQ", "teq"), ("QuantEase", "quantease"),
+        ("GPTQ->QuantEase", "gptq_quantease"))},
 }
 # scale_tuning_steps defaults to None ("auto": 128 steps where calibration runs on a GPU): every row runs what its
 # name says, so a row without "scale tuning" in its name runs none, on any device

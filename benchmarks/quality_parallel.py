@@ -65,7 +65,10 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            **{f"SignRound + scale tuning calibration seed {i}": 260 for i in (1, 2)},
            "QuantEase +1% outliers + scale tuning": 390,
            # GPTQ act_order + clip: 55-60 s a cell alone on the H200 (run az), ~110 s more tuned (run be)
-           "GPTQ act_order clip Hessian shrinkage 0.5": 90, "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": 200}
+           "GPTQ act_order clip Hessian shrinkage 0.5": 90, "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": 200,
+           # the defaults' rows plus ~110 s of tuning (run 2026-12-01T00:26: 124-163 s tuned GPTQ cells, 5 at once)
+           "GPTQ + scale tuning": 170, "AWQ + scale tuning": 170, "TEQ + scale tuning": 230,
+           "QuantEase + scale tuning": 370, "GPTQ->QuantEase + scale tuning": 400}
 
 
 # A row without its own estimate (seeds, ablations) costs what its algorithm's default row costs.
