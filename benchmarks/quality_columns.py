@@ -244,6 +244,9 @@ ROWS = {
 # scale_tuning_steps defaults to None ("auto": 128 steps where calibration runs on a GPU): every row runs what its
 # name says, so a row without "scale tuning" in its name runs none, on any device
 ROWS = {name: {"scale_tuning_steps": 0, **fields} for name, fields in ROWS.items()}
+# likewise GPTQ's act_order and mse_clip, on by default at 3 bits and below since session 12: off unless named
+ROWS = {name: {"act_order": False, "mse_clip": False, **fields} if fields["algorithm"] == "gptq" else fields
+        for name, fields in ROWS.items()}
 QUANTEASE_ROWS = ("QuantEase", "GPTQ->QuantEase")
 # The SignRound cells to measure: its rows on the integer columns where the peers' AutoRound cell is the bar
 SIGNROUND_ROWS = tuple(row for row in ROWS if row.startswith("SignRound"))

@@ -24,7 +24,8 @@ class AlgorithmFields(BaseModel):
     # GPTQ.
     damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ: Hessian damping as a fraction of its mean "
                                                               "diagonal; raised automatically if Cholesky fails.")
-    act_order: bool = Field(False, description="GPTQ: quantize columns in order of decreasing Hessian diagonal (desc_act).")
+    act_order: bool = Field(False, description="GPTQ: quantize columns in order of decreasing Hessian diagonal "
+                            "(desc_act); on by default for GPTQ at 3 bits and below (with mse_clip).")
     static_groups: bool = Field(False, description="GPTQ act_order: fix group qparams before reordering "
                                                    "(no g_idx needed at inference).")
     true_sequential: bool = Field(True, description="GPTQ, QuantEase: quantize a block's linear groups one after "

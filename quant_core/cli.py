@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--scheme", default="sym", help="sym | asym (default sym)")
     q.add_argument("--compute-dtype", default="auto", help="auto | fp32 | bf16 | fp16 | int8")
     q.add_argument("--scale-dtype", default="fp16", help="fp16 | bf16 | fp32 (default fp16)")
-    q.add_argument("--mse-clip", action="store_true", help="RTN: search per-group clipping ratios")
+    q.add_argument("--mse-clip", action="store_true", default=None,
+                   help="search per-group clipping ratios (RTN, GPTQ; default: on for GPTQ at 3 bits and below, "
+                        "else off; --option mse_clip=false turns it off)")
     q.add_argument("--keep-float", nargs="*", default=["lm_head"], metavar="NAME",
                    help="linear layers (name substrings) left in float (default: lm_head)")
     q.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",

@@ -36,10 +36,11 @@ def check_device(device: str) -> str:
 def quant_config_from_args(args) -> QuantConfig:
     """quantize's flags and ``--option KEY=VALUE`` pairs -> a validated QuantConfig, its calibration
     file checked. An option may set a field that has a flag, unless the flag sets it otherwise."""
-    fields = {field: getattr(args, dest) for dest, field in _flag_dests().items()}
+    # a flag left out (None: --mse-clip) leaves its field to QuantConfig, whose default may depend on others
+    fields = {field: getattr(args, dest) for dest, field in _flag_dests().items() if getattr(args, dest) is not None}
     for key, value in args.option:
         flag = FLAG_FIELDS.get(key)
-        if flag and fields[key] != _default(key) and fields[key] != value:
+        if flag and key in fields and fields[key] != _default(key) and fields[key] != value:
             raise ConfigError(f"{flag} {_shown(fields[key])} and --option {key}={_shown(value)} disagree; "
                               f"give the setting once")
         fields[key] = value

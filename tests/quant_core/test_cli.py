@@ -155,3 +155,13 @@ def test_generate_and_eval_without_a_model_use_the_embedded_float_model(tmp_path
 def test_export_of_a_float_model_says_to_quantize_first(tiny_hf_dir, tmp_path, capsys):
     assert main(["export", str(tiny_hf_dir), "--to", "gptq", "-o", str(tmp_path / "x")]) == 2
     assert "float model: nothing to export" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,expected", [([], True), (["--option", "mse_clip=false"], False),
+                                            (["--weight-dtype", "int4"], False)])
+def test_quantize_leaves_gptqs_low_bit_clipping_to_the_config_unless_given(extra, expected):
+    """--mse-clip left out must not pin mse_clip=False: GPTQ at 3 bits and below turns it on by default."""
+    from quant_core.cli import build_parser
+    from quant_core.cli_checks import quant_config_from_args
+    argv = ["quantize", "-o", "out", "--algorithm", "gptq", "--weight-dtype", "int3", *extra]
+    assert quant_config_from_args(build_parser().parse_args(argv)).mse_clip is expected

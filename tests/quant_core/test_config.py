@@ -108,3 +108,14 @@ def test_coerce_takes_configs_dicts_and_load_in_shortcuts():
         QuantConfig.coerce(c, load_in_4bit=True)
     with pytest.raises(TypeError, match="not str"):
         QuantConfig.coerce("int4")
+
+
+def test_gptq_turns_act_order_and_clipping_on_at_three_bits_and_below_unless_given():
+    for dtype, on in [("int3", True), ("int2", True), ("int4_fullrange", False), ("nf4", False), ("int8", False)]:
+        config = QuantConfig(algorithm="gptq", weight_dtype=dtype)
+        assert (config.act_order, config.mse_clip) == (on, on), dtype
+    assert QuantConfig(algorithm="gptq", weight_dtype="int3", act_order=False).act_order is False  # given: kept
+    assert QuantConfig(algorithm="rtn", weight_dtype="int3").mse_clip is False  # GPTQ's measurement only
+    assert QuantConfig(algorithm="quantease", weight_dtype="int3").act_order is False  # measured worse there
+    saved = QuantConfig(algorithm="gptq", weight_dtype="int3", act_order=False).to_dict()
+    assert QuantConfig.from_dict(saved).act_order is False  # a saved config reads as it ran
