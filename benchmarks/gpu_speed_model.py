@@ -35,26 +35,27 @@ def synthetic_llama(layers: int, device="cuda", **overrides):
     return model.eval()
 
 
-def decoder_for(model, batch: int, max_len: int, step: str = "auto"):
+def decoder_for(model, batch: int, max_len: int, step: str = "auto", **lean_options):
     """``step``: "auto" the product's pick (``make_decoder``), "static" transformers' modules
     (``StaticDecoder``), "lean" the CUDA lean step (``CudaLeanDecoder``; a float model's q/k/v and
-    gate/up stacked into one matmul each, as quantized models' are)."""
+    gate/up stacked into one matmul each, as quantized models' are; ``lean_options`` its other arguments)."""
     from quant_core.decode import StaticDecoder, make_decoder
 
     if step == "static":
         return StaticDecoder(model, batch, max_len)
     if step == "lean":
         from quant_core.decode.cuda_lean import CudaLeanDecoder
-        return CudaLeanDecoder(model, batch, max_len, stack_float=True)
+        return CudaLeanDecoder(model, batch, max_len, stack_float=True, **lean_options)
     return make_decoder(model, batch, max_len)
 
 
-def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64, step: str = "auto") -> tuple[float, str, float]:
+def tokens_per_second(model, batch: int, prompt: int = 32, steps: int = 64, step: str = "auto",
+                      **lean_options) -> tuple[float, str, float]:
     """Greedy decode through a decoder of the product (``decoder_for``; on CUDA each step is one
     CUDA-graph replay, captured at the first step), timed after a few warm-up steps.
     Also returns the seconds the prefill and warm-up took: first use, kernel tuning included."""
     t_start = time.perf_counter()
-    dec = decoder_for(model, batch, prompt + steps + 1, step)
+    dec = decoder_for(model, batch, prompt + steps + 1, step, **lean_options)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=model.device)
     token = dec.prefill(ids).argmax(-1)
     for _ in range(4):

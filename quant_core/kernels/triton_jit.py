@@ -25,6 +25,23 @@ if interpreting():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+try:  # grid dependency control (Triton 3.3+): kernels launched with launch_pdl=True call them
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402, F401
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
+
+
+def pdl_launch_supported(device) -> bool:
+    """Whether Triton kernels can be launched with programmatic dependent launch (``launch_pdl=True``) on
+    ``device``: compiled (not interpreted), a Triton that has the option, a GPU of compute capability 9.0+."""
+    if interpreting() or gdc_wait is None or torch.device(device).type != "cuda":
+        return False
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return "launch_pdl" in CUDAOptions.__dataclass_fields__ and torch.cuda.get_device_capability(device)[0] >= 9
+
 
 def jit(fn):
     if interpreting():

@@ -1,0 +1,69 @@
+"""Options of the CUDA lean step that change how it launches, not what it computes: rotary, cache write and
+attention in one kernel (``rope_attend``), and programmatic dependent launch of its Triton kernels (``pdl``).
+
+Each must give the logits of the step without it. Without a GPU the step runs eagerly with its Triton
+kernels interpreted (PDL is then off: the interpreter has no launches to overlap).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton (see kernels/triton_jit.py)
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton", reason="Triton is not installed (pip install .[gpu])")
+
+from quant_core.config import QuantConfig  # noqa: E402
+from quant_core.kernels.triton_jit import pdl_launch_supported  # noqa: E402
+from quant_core.quantize import quantize  # noqa: E402
+
+from test_decode_cuda_lean import CUDA, DEVICE, decoder, on_cpu  # noqa: E402, F401 - on_cpu is a fixture
+from test_decode_lean import prompt, tiny  # noqa: E402
+
+PDL_GPU = pytest.mark.skipif(not (CUDA and pdl_launch_supported("cuda")),
+                             reason="PDL needs a compiled Triton with launch_pdl and a GPU of compute capability 9.0+")
+
+
+def logits_along(model, steps: int = 10, **options) -> torch.Tensor:
+    """Prefill of a left-padded batch of 2, then ``steps`` greedy steps: [2, steps + 1, vocab]."""
+    ids = prompt(b=2, t=6).to(DEVICE)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    dec = decoder(model, 2, 6 + steps + 1, attention="triton", **options)
+    out = [dec.prefill(ids, mask)]
+    for _ in range(steps):
+        out.append(dec.step(out[-1].argmax(-1)))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.usefixtures("on_cpu")
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_rope_attend_gives_the_logits_of_two_kernels(family):
+    model = tiny(family).to(DEVICE)
+    want, got = logits_along(model), logits_along(model, rope_attend=True)
+    assert len(set(want.argmax(-1).flatten().tolist())) > 3  # tokens vary: a real comparison
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.usefixtures("on_cpu")
+def test_pdl_is_off_where_it_cannot_run():
+    model = tiny("llama").to(DEVICE)
+    assert decoder(model, 1, 8, pdl=False).pdl is False
+    assert decoder(model, 1, 8, pdl=True).pdl is pdl_launch_supported(DEVICE)
+
+
+@PDL_GPU
+@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("rope_attend", [False, True])
+def test_pdl_launches_give_the_same_logits(quantized, rope_attend):
+    """Graph-replayed with PDL: a kernel that read what the kernel before it writes ahead of its wait would
+    race and differ here (quantized: our CUDA GEMMs, which stream weights before their wait, between them)."""
+    model = tiny("llama").to("cuda", torch.bfloat16)  # bf16: the activations our CUDA GEMMs take
+    if quantized:
+        quantize(model, QuantConfig(weight_dtype="int4", group_size=32, modules_to_not_convert=[]))
+    want = logits_along(model, 12, pdl=False, rope_attend=rope_attend)
+    got = logits_along(model, 12, pdl=True, rope_attend=rope_attend)
+    assert torch.equal(got, want), (got - want).abs().max()
