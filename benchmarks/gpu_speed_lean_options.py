@@ -4,9 +4,9 @@ cost between the kernels of a decode step).
 For each option set (``VARIANTS``, ``CudaLeanDecoder`` arguments): graph-replayed tokens/s at each batch,
 in rounds that interleave the sets so that drift spreads over all of them; one graph replay's kernel
 timeline under torch.profiler (kernel time, the span from the first kernel's start to the last one's end,
-the idle time between kernels, the longest kinds of gap); and its logits against the step without options
-and against transformers' modules (``StaticDecoder``), fed the same tokens, plus its own greedy tokens.
-bf16 also runs transformers' modules for tokens/s, the baseline gpu_speed.md divides by.
+the idle time between kernels, the longest kinds of gap); and its logits against the first set's and
+against transformers' modules (``StaticDecoder``), fed the same tokens, plus its own greedy tokens.
+With --modules, bf16 also times transformers' modules, the other baseline gpu_speed.md divides by.
 
     python benchmarks/gpu_speed_lean_options.py --formats bf16 --out /tmp/options.json
 """
@@ -30,8 +30,9 @@ from gpu_speed_model import decoder_for, synthetic_llama, tokens_per_second  # n
 from quant_core.config import QuantConfig  # noqa: E402
 from quant_core.quantize import quantize  # noqa: E402
 
-VARIANTS = {"base": {}, "pdl": {"pdl": True}, "rope_attend": {"rope_attend": True},
-            "pdl+rope_attend": {"pdl": True, "rope_attend": True}}
+# the first is the base the others are compared with
+VARIANTS = {"nopdl": {"pdl": False}, "pdl": {"pdl": True}, "pdl_b64": {"pdl": True, "attention_block": 64},
+            "pdl_b128": {"pdl": True, "attention_block": 128}}
 FORMATS = {"bf16": None, "int4": dict(weight_dtype="int4", group_size=128)}
 
 
@@ -86,15 +87,16 @@ def timeline(kernels: list[tuple[float, float, str]]) -> dict:
 @torch.inference_mode()
 def correctness(model, batch: int, steps: int = 12) -> dict:
     """Each option set's logits fed the module path's greedy tokens: against the module path (relative L2, top-1
-    agreement) and against the step without options (bit-equal or max |diff|); and its own greedy tokens against
-    the step without options'."""
+    agreement) and against the first set's (bit-equal or max |diff|); and its own greedy tokens against the first
+    set's. The first set runs twice: whether the step is deterministic at all."""
     ids = torch.randint(0, model.config.vocab_size, (batch, 24), device="cuda",
                         generator=torch.Generator("cuda").manual_seed(batch))
     max_len = 24 + steps + 1
     ref = logits_along(decoder_for(model, batch, max_len, "static"), ids, None, steps)
     tokens = ref.argmax(-1)
     out, base, base_greedy = {}, None, None
-    for name, options in VARIANTS.items():
+    first = next(iter(VARIANTS))
+    for name, options in [*VARIANTS.items(), (f"{first} again", VARIANTS[first])]:
         got = logits_along(decoder_for(model, batch, max_len, "lean", **options), ids, tokens, steps)
         greedy = logits_along(decoder_for(model, batch, max_len, "lean", **options), ids, None, steps).argmax(-1)
         if base is None:
@@ -116,6 +118,10 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--formats", nargs="+", default=["bf16", "int4"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="option sets to time (the first is the base)")
+    ap.add_argument("--modules", action="store_true", help="bf16: also time transformers' modules")
+    ap.add_argument("--timeline", nargs="*", default=list(VARIANTS)[:2], help="option sets to profile")
+    ap.add_argument("--no-correctness", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
@@ -128,7 +134,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         print(f"{fmt}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
         row = result["formats"][fmt] = {"tok_s": defaultdict(dict)}
-        names = (["modules"] if fmt == "bf16" else []) + list(VARIANTS)
+        names = (["modules"] if fmt == "bf16" and args.modules else []) + args.variants
         runs = {(n, b): [] for n in names for b in args.batches}
         for r in range(args.rounds):
             for name in names:
@@ -139,13 +145,14 @@ def main() -> None:
         for (name, b), values in runs.items():
             row["tok_s"][name][str(b)] = {"median": statistics.median(values), "all": [round(v, 1) for v in values]}
         for b in args.batches:
-            base = row["tok_s"]["base"][str(b)]["median"]
+            base = row["tok_s"][args.variants[0]][str(b)]["median"]
             print(f"{fmt} b{b}: " + "; ".join(f"{n} {row['tok_s'][n][str(b)]['median']:.1f} tok/s "
                                               f"({row['tok_s'][n][str(b)]['median'] / base:.3f}x base)"
                                               for n in names), flush=True)
         args.out.write_text(json.dumps(result, indent=1))
         row["timeline"] = {}
-        for name, options in VARIANTS.items():
+        for name in args.timeline:
+            options = VARIANTS[name]
             for b in args.batches:
                 dec = decoder_for(model, b, 64, "lean", **options)
                 tl = row["timeline"][f"{name} b{b}"] = timeline(kernel_intervals(dec, b, model.config.vocab_size))
@@ -153,8 +160,9 @@ def main() -> None:
                 print(f"{fmt} timeline {name} b{b}: " + json.dumps({k: v for k, v in tl.items() if k != "by_kernel"}),
                       flush=True)
         args.out.write_text(json.dumps(result, indent=1))
-        row["correctness"] = {str(b): correctness(model, b) for b in args.batches}
-        args.out.write_text(json.dumps(result, indent=1))
+        if not args.no_correctness:
+            row["correctness"] = {str(b): correctness(model, b) for b in args.batches}
+            args.out.write_text(json.dumps(result, indent=1))
         del model
         torch.cuda.empty_cache()
 

@@ -28,13 +28,15 @@ from .prompt_check import check_prompt
 # batch 1); longer caches take SDPA, as transformers' modules do (no figure of ours beyond 97 positions)
 TRITON_ATTENTION_MAX_LEN = 128
 
-# "1": the step's Triton kernels launch with programmatic dependent launch (cuda_ops), where supported
+# the step's Triton kernels launch with programmatic dependent launch (cuda_ops) where supported, unless
+# this is "0". H200, synthetic 8B, graph-replayed, same process: int4 g128 363.2 -> 406.4 tok/s at batch 1,
+# 4745.8 -> 5233.1 at batch 16; bf16 214.7 -> 217.0 and 3237.7 -> 3273.2 (benchmarks/gpu_speed_lean_options.py)
 PDL_ENV = "QUANTLLM_LEAN_PDL"
 
 
 def lean_pdl_wanted() -> bool:
-    """$QUANTLLM_LEAN_PDL: "1" on; unset or "0" off."""
-    return os.environ.get(PDL_ENV, "0").strip() == "1"
+    """$QUANTLLM_LEAN_PDL: "0" off; unset or anything else on."""
+    return os.environ.get(PDL_ENV, "1").strip() != "0"
 
 
 class CudaLeanDecoder:
@@ -47,12 +49,12 @@ class CudaLeanDecoder:
     """
 
     def __init__(self, model, batch_size: int, max_len: int, cuda_graph: bool = True, stack_float: bool = False,
-                 attention: str | None = None, pdl: bool | None = None, rope_attend: bool = False):
+                 attention: str | None = None, pdl: bool | None = None, attention_block: int = 32):
         """``attention``: "triton" (cuda_ops.attend) or "sdpa" (PyTorch's SDPA over the whole cache, masked, as
         transformers' modules run it); None picks by ``max_len`` (``TRITON_ATTENTION_MAX_LEN``).
         ``pdl``: the Triton kernels launch with programmatic dependent launch where the GPU and Triton allow it
-        (None: ``lean_pdl_wanted()``). ``rope_attend``: with Triton's attention, a step's rotary, K/V cache write
-        and attention run as one kernel (cuda_ops.rope_attend) instead of two."""
+        (None: ``lean_pdl_wanted()``). ``attention_block``: cache positions one program of Triton's attention
+        reads at once (a power of two)."""
         if max_len <= 0 or batch_size <= 0:
             raise ValueError(f"batch_size and max_len must be positive, got {batch_size}, {max_len}")
         why = cuda_lean_reason(model, max_len)
@@ -78,7 +80,7 @@ class CudaLeanDecoder:
         self.attention = attention or ("triton" if max_len <= TRITON_ATTENTION_MAX_LEN else "sdpa")
         self.graphed = cuda_graph
         self.pdl = (lean_pdl_wanted() if pdl is None else pdl) and pdl_launch_supported(self.device)
-        self.rope_attend = rope_attend
+        self.attention_block = attention_block
         self._graph = None
         self.length = 0
 
@@ -133,9 +135,8 @@ class CudaLeanDecoder:
         self.valid.index_fill_(1, self._slot, True)
         x, cos, sin = self._embed_rotary(self._ids, self._pos)
         pending = None
-        attention = None if self.rope_attend and self.attention == "triton" else self._attend
         for index, layer in enumerate(self.m.layers):
-            pending = self._layer(index, layer, x, pending, cos, sin, 1, self._slot, attention)
+            pending = self._layer(index, layer, x, pending, cos, sin, 1, self._slot, self._attend)
         logits = self._logits(x, pending)
         self._pos.add_(1)
         self._slot.add_(1)
@@ -150,24 +151,21 @@ class CudaLeanDecoder:
 
     def _layer(self, index: int, layer: GpuLayer, x, pending, cos, sin, t: int, slot, attention) -> torch.Tensor:
         """One decoder layer on the residual ``x`` (updated in place); returns its down projection, which
-        the next norm adds into ``x``. ``attention`` None: one new token per row, through cuda_ops.rope_attend."""
+        the next norm adds into ``x``."""
         m, pdl = self.m, self.pdl
         k_cache, v_cache = self.k_cache[index], self.v_cache[index]
         h = ops.add_rms_norm(x, pending, layer.norm1.weight, layer.norm1.eps, pdl)
         qkv = layer.qkv(h).contiguous()
-        if attention is None:
-            att = ops.rope_attend(qkv, m.heads, m.kv_heads, m.head_dim, cos, sin, layer.q_norm, layer.k_norm,
-                                  k_cache, v_cache, self.valid, slot, m.scaling, pdl)
-        else:
-            att = attention(ops.rope_cache(qkv, t, m.heads, m.kv_heads, m.head_dim, cos, sin, layer.q_norm,
-                                           layer.k_norm, k_cache, v_cache, slot, pdl), k_cache, v_cache)
-        h = ops.add_rms_norm(x, layer.o(att), layer.norm2.weight, layer.norm2.eps, pdl)
+        q = ops.rope_cache(qkv, t, m.heads, m.kv_heads, m.head_dim, cos, sin, layer.q_norm, layer.k_norm,
+                           k_cache, v_cache, slot, pdl)
+        h = ops.add_rms_norm(x, layer.o(attention(q, k_cache, v_cache)), layer.norm2.weight, layer.norm2.eps, pdl)
         return layer.down(ops.swiglu(layer.gate_up(h).contiguous(), m.intermediate, pdl))
 
     def _attend(self, q, k_cache, v_cache) -> torch.Tensor:
         """One new token per row over the layer's cache: [B, heads * D]."""
         if self.attention == "triton":
-            return ops.attend(q, k_cache, v_cache, self.valid, self._slot, self.m.scaling, self.pdl)
+            return ops.attend(q, k_cache, v_cache, self.valid, self._slot, self.m.scaling, self.pdl,
+                              self.attention_block)
         # a row's query heads as the positions of its K/V head's query (transformers' pack_gqa): no K/V copy
         b, m = q.shape[0], self.m
         att = F.scaled_dot_product_attention(q.view(b, m.kv_heads, m.heads // m.kv_heads, m.head_dim), k_cache,

@@ -59,34 +59,6 @@ def add_rms_norm(x: torch.Tensor, y: torch.Tensor | None, weight: torch.Tensor, 
 
 
 @jit
-def _rotated(src, cos_ptr, sin_ptr, qn_ptr, kn_ptr, qk_eps, is_q, D: tl.constexpr, RD: tl.constexpr,
-             QK_NORM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The head at ``src`` (D values; Qwen3: RMS-normed with the q or k norm) rotated on its first RD dims by
-    the row's cos/sin, in the source dtype."""
-    i = tl.arange(0, BLOCK_D)
-    inside = i < D
-    rot = i < RD
-    half = RD // 2
-    partner = tl.where(i < half, i + half, i - half)
-    x = tl.load(src + i, mask=inside, other=0.0)
-    xp = tl.load(src + partner, mask=inside & rot, other=0.0)
-    dt = x.dtype
-    xf = x.to(tl.float32)
-    xpf = xp.to(tl.float32)
-    if QK_NORM:  # Qwen3: RMSNorm over each q/k head's dims before rotary
-        w = tl.where(is_q, tl.load(qn_ptr + i, mask=inside, other=0.0), tl.load(kn_ptr + i, mask=inside, other=0.0))
-        wp = tl.where(is_q, tl.load(qn_ptr + partner, mask=inside & rot, other=0.0),
-                      tl.load(kn_ptr + partner, mask=inside & rot, other=0.0))
-        r = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / D + qk_eps)
-        xf = ((xf * r).to(dt).to(tl.float32) * w.to(tl.float32)).to(dt).to(tl.float32)
-        xpf = ((xpf * r).to(dt).to(tl.float32) * wp.to(tl.float32)).to(dt).to(tl.float32)
-    c = tl.load(cos_ptr + i, mask=inside & rot, other=1.0).to(tl.float32)
-    s = tl.load(sin_ptr + i, mask=inside & rot, other=0.0).to(tl.float32)
-    turned = tl.where(i < half, -xpf, xpf)
-    return tl.where(rot, xf * c + turned * s, xf).to(dt)
-
-
-@jit
 def _rope_cache(qkv_ptr, cos_ptr, sin_ptr, qn_ptr, kn_ptr, qk_eps, q_ptr, k_ptr, v_ptr, slot_ptr,
                 T, HEADS, KV_HEADS, MAXLEN, D: tl.constexpr, RD: tl.constexpr, QK_NORM: tl.constexpr,
                 BLOCK_D: tl.constexpr, PDL: tl.constexpr):
@@ -97,11 +69,30 @@ def _rope_cache(qkv_ptr, cos_ptr, sin_ptr, qn_ptr, kn_ptr, qk_eps, q_ptr, k_ptr,
     b = row // T
     t = row % T
     _after_previous(PDL)
+    width = (HEADS + 2 * KV_HEADS) * D
     i = tl.arange(0, BLOCK_D)
     inside = i < D
-    src = qkv_ptr + row * (HEADS + 2 * KV_HEADS) * D + head * D
-    out = _rotated(src, cos_ptr + row * RD, sin_ptr + row * RD, qn_ptr, kn_ptr, qk_eps, head < HEADS,
-                   D, RD, QK_NORM, BLOCK_D)
+    rot = i < RD
+    half = RD // 2
+    partner = tl.where(i < half, i + half, i - half)
+    src = qkv_ptr + row * width + head * D
+    x = tl.load(src + i, mask=inside, other=0.0)
+    xp = tl.load(src + partner, mask=inside & rot, other=0.0)
+    dt = x.dtype
+    xf = x.to(tl.float32)
+    xpf = xp.to(tl.float32)
+    if QK_NORM:  # Qwen3: RMSNorm over each q/k head's dims before rotary
+        is_q = head < HEADS
+        w = tl.where(is_q, tl.load(qn_ptr + i, mask=inside, other=0.0), tl.load(kn_ptr + i, mask=inside, other=0.0))
+        wp = tl.where(is_q, tl.load(qn_ptr + partner, mask=inside & rot, other=0.0),
+                      tl.load(kn_ptr + partner, mask=inside & rot, other=0.0))
+        r = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / D + qk_eps)
+        xf = ((xf * r).to(dt).to(tl.float32) * w.to(tl.float32)).to(dt).to(tl.float32)
+        xpf = ((xpf * r).to(dt).to(tl.float32) * wp.to(tl.float32)).to(dt).to(tl.float32)
+    c = tl.load(cos_ptr + row * RD + i, mask=inside & rot, other=1.0).to(tl.float32)
+    s = tl.load(sin_ptr + row * RD + i, mask=inside & rot, other=0.0).to(tl.float32)
+    turned = tl.where(i < half, -xpf, xpf)
+    out = tl.where(rot, xf * c + turned * s, xf).to(dt)
     slot = tl.load(slot_ptr) + t
     if head < HEADS:
         tl.store(q_ptr + (row * HEADS + head) * D + i, out, mask=inside)
@@ -130,13 +121,18 @@ def rope_cache(qkv, t, heads, kv_heads, d, cos, sin, q_norm, k_norm, k_cache, v_
 
 
 @jit
-def _attend_cache(q, k_ptr, v_ptr, valid_ptr, b, kv, n, k_new, v_new, KV_HEADS, MAXLEN, D: tl.constexpr,
-                  BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NEW: tl.constexpr):
-    """fp32 attention output [BLOCK_D] of the fp32 query ``q`` (scaled) over cache positions [0, n) of row
-    ``b``'s K/V head ``kv``, skipping those ``valid`` marks as padding; online softmax in fp32. NEW: position
-    n - 1 is taken from ``k_new``/``v_new`` (fp32 [BLOCK_D]) instead of the cache, which is being written."""
+def _attend(q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr, scale, HEADS, KV_HEADS, MAXLEN,
+            D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    """Program (row, head): one query over cache positions [0, slot], skipping those ``valid`` marks
+    as padding; online softmax in fp32."""
+    b = tl.program_id(0)
+    head = tl.program_id(1)
+    _after_previous(PDL)
+    kv = head // (HEADS // KV_HEADS)
     i = tl.arange(0, BLOCK_D)
     inside = i < D
+    q = tl.load(q_ptr + (b * HEADS + head) * D + i, mask=inside, other=0.0).to(tl.float32) * scale
+    n = tl.load(slot_ptr) + 1
     base = (b * KV_HEADS + kv) * MAXLEN * D
     m = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), 0)
     total = tl.sum(tl.zeros([BLOCK_N], tl.float32), 0)
@@ -144,92 +140,29 @@ def _attend_cache(q, k_ptr, v_ptr, valid_ptr, b, kv, n, k_new, v_new, KV_HEADS, 
     for start in range(0, n, BLOCK_N):
         pos = start + tl.arange(0, BLOCK_N)
         keep = (pos < n) & (tl.load(valid_ptr + b * MAXLEN + pos, mask=pos < n, other=0) != 0)
-        cached = keep
-        if NEW:
-            cached = keep & (pos != n - 1)
         at = base + pos[:, None] * D + i[None, :]
-        k = tl.load(k_ptr + at, mask=cached[:, None] & inside[None, :], other=0.0).to(tl.float32)
-        if NEW:
-            k = tl.where((pos == n - 1)[:, None], k_new[None, :], k)
+        k = tl.load(k_ptr + at, mask=keep[:, None] & inside[None, :], other=0.0).to(tl.float32)
         score = tl.where(keep, tl.sum(k * q[None, :], 1), float("-inf"))
         m_new = tl.maximum(m, tl.max(score, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block of padding only: no exp(-inf + inf)
         p = tl.exp(score - m_safe)
         fade = tl.exp(m - m_safe)
-        v = tl.load(v_ptr + at, mask=cached[:, None] & inside[None, :], other=0.0).to(tl.float32)
-        if NEW:
-            v = tl.where((pos == n - 1)[:, None], v_new[None, :], v)
+        v = tl.load(v_ptr + at, mask=keep[:, None] & inside[None, :], other=0.0).to(tl.float32)
         acc = acc * fade + tl.sum(p[:, None] * v, 0)
         total = total * fade + tl.sum(p, 0)
         m = m_new
-    return acc / total
+    tl.store(out_ptr + (b * HEADS + head) * D + i, (acc / total).to(out_ptr.dtype.element_ty), mask=inside)
 
 
-@jit
-def _attend(q_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr, scale, HEADS, KV_HEADS, MAXLEN,
-            D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    """Program (row, head): one query over cache positions [0, slot]."""
-    b = tl.program_id(0)
-    head = tl.program_id(1)
-    _after_previous(PDL)
-    i = tl.arange(0, BLOCK_D)
-    inside = i < D
-    q = tl.load(q_ptr + (b * HEADS + head) * D + i, mask=inside, other=0.0).to(tl.float32) * scale
-    acc = _attend_cache(q, k_ptr, v_ptr, valid_ptr, b, head // (HEADS // KV_HEADS), tl.load(slot_ptr) + 1, q, q,
-                        KV_HEADS, MAXLEN, D, BLOCK_D, BLOCK_N, False)
-    tl.store(out_ptr + (b * HEADS + head) * D + i, acc.to(out_ptr.dtype.element_ty), mask=inside)
-
-
-def attend(q, k_cache, v_cache, valid, slot, scale, pdl: bool = False) -> torch.Tensor:
+def attend(q, k_cache, v_cache, valid, slot, scale, pdl: bool = False, block_n: int = 32) -> torch.Tensor:
     """One new token per row: q [B, heads, D] over its cache [B, kv_heads, maxlen, D] positions
-    [0, slot[0]] where ``valid`` [B, maxlen] (bool) is set: [B, heads * D]."""
+    [0, slot[0]] where ``valid`` [B, maxlen] (bool) is set: [B, heads * D]. ``block_n``: cache positions a
+    program reads at once (a power of two)."""
     b, heads, d = q.shape
     out = torch.empty(b, heads * d, dtype=q.dtype, device=q.device)
     _attend[(b, heads)](q, k_cache, v_cache, valid, slot, out, scale, heads, k_cache.shape[1], k_cache.shape[2],
-                        D=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_N=32, PDL=pdl, num_warps=4, launch_pdl=pdl)
-    return out
-
-
-@jit
-def _rope_attend(qkv_ptr, cos_ptr, sin_ptr, qn_ptr, kn_ptr, qk_eps, k_ptr, v_ptr, valid_ptr, slot_ptr, out_ptr,
-                 scale, HEADS, KV_HEADS, MAXLEN, D: tl.constexpr, RD: tl.constexpr, QK_NORM: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
-    """Program (row, head): rope_cache and attend of one new token in one kernel. Each program rotates its
-    query head and its K/V head's new key (the group's first program writes that key and value into the
-    cache); the new position comes from registers, so no program reads the cache slot being written."""
-    b = tl.program_id(0)
-    head = tl.program_id(1)
-    kv = head // (HEADS // KV_HEADS)
-    _after_previous(PDL)
-    i = tl.arange(0, BLOCK_D)
-    inside = i < D
-    row = qkv_ptr + b * (HEADS + 2 * KV_HEADS) * D
-    cos, sin = cos_ptr + b * RD, sin_ptr + b * RD
-    q = _rotated(row + head * D, cos, sin, qn_ptr, kn_ptr, qk_eps, True, D, RD, QK_NORM, BLOCK_D)
-    k = _rotated(row + (HEADS + kv) * D, cos, sin, qn_ptr, kn_ptr, qk_eps, False, D, RD, QK_NORM, BLOCK_D)
-    v = tl.load(row + (HEADS + KV_HEADS + kv) * D + i, mask=inside, other=0.0)
-    slot = tl.load(slot_ptr)
-    if head % (HEADS // KV_HEADS) == 0:
-        at = ((b * KV_HEADS + kv) * MAXLEN + slot) * D + i
-        tl.store(k_ptr + at, k, mask=inside)
-        tl.store(v_ptr + at, v, mask=inside)
-    acc = _attend_cache(q.to(tl.float32) * scale, k_ptr, v_ptr, valid_ptr, b, kv, slot + 1, k.to(tl.float32),
-                        v.to(tl.float32), KV_HEADS, MAXLEN, D, BLOCK_D, BLOCK_N, True)
-    tl.store(out_ptr + (b * HEADS + head) * D + i, acc.to(out_ptr.dtype.element_ty), mask=inside)
-
-
-def rope_attend(qkv, heads, kv_heads, d, cos, sin, q_norm, k_norm, k_cache, v_cache, valid, slot, scale,
-                pdl: bool = False) -> torch.Tensor:
-    """``attend(rope_cache(qkv, 1, ...), ...)`` in one kernel, for one new token per row: qkv [B, (heads +
-    2 kv_heads) D]; the new keys and values land in the caches at slot[0] as rope_cache writes them: [B, heads * D]."""
-    b = qkv.shape[0]
-    out = torch.empty(b, heads * d, dtype=qkv.dtype, device=qkv.device)
-    qn = q_norm.weight if q_norm is not None else qkv
-    kn = k_norm.weight if k_norm is not None else qkv
-    _rope_attend[(b, heads)](qkv, cos, sin, qn, kn, q_norm.eps if q_norm is not None else 0.0, k_cache, v_cache,
-                             valid, slot, out, scale, heads, kv_heads, k_cache.shape[2], D=d, RD=cos.shape[-1],
-                             QK_NORM=q_norm is not None, BLOCK_D=triton.next_power_of_2(d), BLOCK_N=32, PDL=pdl,
-                             num_warps=4, launch_pdl=pdl)
+                        D=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_N=block_n, PDL=pdl,
+                        num_warps=4 if block_n <= 64 else 8, launch_pdl=pdl)
     return out
 
 

@@ -86,15 +86,16 @@ def test_rope_cache_rotates_and_writes_the_cache(dtype, d, rd, qk_norm):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("d", [16, 24])
-def test_attend_over_the_valid_cache_positions(dtype, d):
-    b, heads, kv, maxlen, slot = 2, 4, 2, 70, 66  # 67 positions: three blocks of 32, the last one partial
+@pytest.mark.parametrize("d,block_n", [(16, 32), (24, 32), (16, 64), (16, 128)])
+def test_attend_over_the_valid_cache_positions(dtype, d, block_n):
+    b, heads, kv, maxlen, slot = 2, 4, 2, 70, 66  # 67 positions: three blocks of 32 (two of 64), the last partial
     q, k_cache, v_cache = rand(b, heads, d, dtype=dtype), rand(b, kv, maxlen, d, dtype=dtype, seed=1), \
         rand(b, kv, maxlen, d, dtype=dtype, seed=2)
     valid = torch.zeros(b, maxlen, dtype=torch.bool, device=DEVICE)
     valid[0, : slot + 1] = True
     valid[1, 40: slot + 1] = True  # a left-padded row: its first block is padding only
-    out = cuda_ops.attend(q, k_cache, v_cache, valid, torch.tensor([slot], device=DEVICE), d ** -0.5)
+    out = cuda_ops.attend(q, k_cache, v_cache, valid, torch.tensor([slot], device=DEVICE), d ** -0.5,
+                          block_n=block_n)
     k = k_cache[:, :, : slot + 1].repeat_interleave(heads // kv, 1)
     v = v_cache[:, :, : slot + 1].repeat_interleave(heads // kv, 1)
     want = F.scaled_dot_product_attention(q[:, :, None].float(), k.float(), v.float(),
@@ -107,26 +108,3 @@ def test_swiglu(dtype):
     gu = rand(3, 2 * 1100, dtype=dtype)  # two column blocks, the second partial
     want = F.silu(gu[:, :1100]) * gu[:, 1100:]
     assert rel(cuda_ops.swiglu(gu, 1100), want) < TOL[dtype]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("d,rd,qk_norm", [(16, 16, False), (24, 12, False), (16, 16, True)])
-def test_rope_attend_is_rope_cache_then_attend(dtype, d, rd, qk_norm):
-    b, heads, kv, maxlen, slot = 2, 4, 2, 70, 66  # the new position is the last of three blocks of 32
-    qkv = rand(b, (heads + 2 * kv) * d, dtype=dtype)
-    angles = rand(b, rd // 2, seed=3)
-    cos, sin = (torch.cat((f(angles), f(angles)), -1).to(dtype) for f in (torch.cos, torch.sin))
-    norms = (GpuNorm(rand(d, dtype=dtype, seed=4), 1e-6), GpuNorm(rand(d, dtype=dtype, seed=5), 1e-6)) \
-        if qk_norm else (None, None)
-    caches = [rand(b, kv, maxlen, d, dtype=dtype, seed=6 + i) for i in range(2)]
-    k2, v2 = (c.clone() for c in caches)
-    valid = torch.zeros(b, maxlen, dtype=torch.bool, device=DEVICE)
-    valid[0, : slot + 1] = True
-    valid[1, 40: slot + 1] = True
-    at = torch.tensor([slot], device=DEVICE)
-    q = cuda_ops.rope_cache(qkv, 1, heads, kv, d, cos, sin, *norms, *caches, at)
-    want = cuda_ops.attend(q, *caches, valid, at, d ** -0.5)
-    got = cuda_ops.rope_attend(qkv, heads, kv, d, cos, sin, *norms, k2, v2, valid, at, d ** -0.5)
-    # the same values in the same order: the new position comes from registers instead of the cache
-    assert torch.equal(k2, caches[0]) and torch.equal(v2, caches[1])
-    assert torch.equal(got, want)
