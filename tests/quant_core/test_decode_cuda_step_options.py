@@ -1,5 +1,6 @@
-"""Programmatic dependent launch of the CUDA lean step's Triton kernels (``pdl``) changes how they launch,
-not what they compute: the step must give the logits it gives without it, bit for bit.
+"""Options of the CUDA lean step that change how its kernels launch, not what they compute. Programmatic
+dependent launch of its Triton kernels (``pdl``): the step must give the logits it gives without it, bit for
+bit. The attention's block of cache positions (``attention_block``): the same logits to fp32 rounding.
 
 Without a GPU the step runs eagerly with its Triton kernels interpreted, and PDL is off (the interpreter
 has no launches to overlap).
@@ -16,6 +17,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton (se
 pytest.importorskip("triton", reason="Triton is not installed (pip install .[gpu])")
 
 from quant_core.config import QuantConfig  # noqa: E402
+from quant_core.decode.cuda_lean import attention_block_for  # noqa: E402
 from quant_core.kernels.triton_jit import pdl_launch_supported  # noqa: E402
 from quant_core.quantize import quantize  # noqa: E402
 
@@ -62,3 +64,20 @@ def test_pdl_launches_give_the_same_logits(quantized):
     got = logits_along(model, 12, pdl=True)
     assert torch.equal(again, want), "the step without PDL is not deterministic here: no bit-equality to test"
     assert torch.equal(got, want), (got - want).abs().max()
+
+
+@pytest.mark.usefixtures("on_cpu")
+def test_attention_blocks_give_the_same_logits():
+    model = tiny("llama").to(DEVICE)
+    want = logits_along(model, attention_block=32)  # 17 positions at the end: one block or part of one
+    for block in (64, 128):
+        got = logits_along(model, attention_block=block)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4), (block, (got - want).abs().max())
+
+
+def test_wide_attention_blocks_while_the_programs_fit_on_the_sms():
+    assert attention_block_for(32, torch.device("cpu")) == 64
+    if CUDA:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        assert attention_block_for(sms, torch.device("cuda")) == 128
+        assert attention_block_for(sms + 1, torch.device("cuda")) == 64
