@@ -92,22 +92,23 @@ def _source_hash() -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("cuda_*")))).hexdigest()[:16]
 
 
-def library_path(bf16: bool, fmt: str, zero_mode: str, arch: str) -> Path:
-    flags = " ".join(BASE_FLAGS + arch_flags(arch) + variant_defines(bf16, fmt, zero_mode))
+def library_path(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[str, ...] = ()) -> Path:
+    flags = " ".join(BASE_FLAGS + arch_flags(arch) + variant_defines(bf16, fmt, zero_mode) + list(extra))
     key = hashlib.sha256((_source_hash() + flags + _nvcc_version(nvcc())).encode()).hexdigest()[:16]
     dtype = "bf16" if bf16 else "fp16"
     return cache_root() / "kernels" / f"cuda_qmm_{dtype}_{fmt}_{zero_mode}_sm{arch}_{key}.so"
 
 
-def build(bf16: bool, fmt: str, zero_mode: str, arch: str) -> Path:
-    """Compile the variant into the cache unless it is there; returns the library's path."""
-    out = library_path(bf16, fmt, zero_mode, arch)
+def build(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[str, ...] = ()) -> Path:
+    """Compile the variant into the cache unless it is there; returns the library's path. ``extra``:
+    more nvcc flags (the few-row kernel's measurement knobs, benchmarks/gpu_gemv_cost.py), none in use."""
+    out = library_path(bf16, fmt, zero_mode, arch, extra)
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = compile_command(tmp, bf16, fmt, zero_mode, arch)
+    cmd = compile_command(tmp, bf16, fmt, zero_mode, arch, extra)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         os.unlink(tmp)
@@ -117,12 +118,12 @@ def build(bf16: bool, fmt: str, zero_mode: str, arch: str) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(build(bf16, fmt, zero_mode, arch)))
+def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build(bf16, fmt, zero_mode, arch, extra)))
     p = ctypes.c_void_p
     lib.qmm_run.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
     lib.qmm_run.restype = ctypes.c_int
-    lib.qmm_gemv.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, p]
+    lib.qmm_gemv.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, ctypes.c_int, p]
     lib.qmm_gemv.restype = ctypes.c_int
     lib.qmm_wgmma.argtypes = [ctypes.POINTER(QmmArgs), ctypes.c_int, ctypes.c_int, p]
     lib.qmm_wgmma.restype = ctypes.c_int

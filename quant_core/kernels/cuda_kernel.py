@@ -42,6 +42,10 @@ KEPT_MIN_ROWS = 32  # ... or from here when the dequantized weight is kept (DENS
 GEMV_MAX_ROWS = 16  # the few-row kernel takes x as one or two 8-row mma operands
 GEMV_CLUSTERS = (1, 2, 4, 8)  # blocks along K that meet in distributed shared memory (sm_90+; 1 elsewhere)
 GEMV_BLOCKS_PER_SM = 3  # what its 4-warp blocks fit per SM by registers (168 a thread)
+# and its second register budget, to 8 rows: 4 blocks an SM (128 registers, half the batch); the tuner
+# picks between them per shape (neither wins everywhere on the H200: benchmarks/gpu_gemv_cost.py)
+GEMV_BLOCKS_PER_SM_SMALL = 4
+GEMV_SMALL_MAX_ROWS = 8
 GEMV_WARPS = 4  # warps a block of the few-row kernel (csrc/cuda_gemv.cuh)
 DEFAULTS_FILE = Path(__file__).with_name("cuda_defaults.json")
 SHIPPED_ENV = "QUANTLLM_CUDA_SHIPPED"  # "0": ignore the shipped table and time every new key
@@ -59,12 +63,14 @@ class CudaConfig:
     cluster: int = 0  # > 0: the few-row kernel with this many blocks along K per 64 columns
     # (the few-row kernel with cluster 1 and splits > 1: that many blocks along K meeting in the workspace)
     mn: int = 0  # > 0: the wgmma kernel (tile indexes WG_TILES), this many rows of x a block
+    occupancy: int = 0  # the few-row kernel's register budget in blocks an SM (0: GEMV_BLOCKS_PER_SM)
 
     def label(self) -> str:
         if self.dequant:
             return "dequant+mm"
         if self.cluster:
-            return f"gemv:s{self.splits}" if self.splits > 1 else f"gemv:c{self.cluster}"
+            budget = f"b{self.occupancy}" if self.occupancy else ""
+            return (f"gemv:s{self.splits}" if self.splits > 1 else f"gemv:c{self.cluster}") + budget
         if self.mn:
             bn, bk = WG_TILES[self.tile]
             return f"wg{self.tile}:n{bn}k{bk}m{self.mn}x{self.splits}"
@@ -84,18 +90,26 @@ def _clusters_ok() -> bool:
 
 def gemv_candidates(m: int, n: int, k: int, group: int) -> list[CudaConfig]:
     """The few-row kernel's configs, the one nearest one full wave of blocks first: K split over a
-    cluster (sm_90), or over blocks meeting in the workspace (no cluster to co-schedule, any split)."""
+    cluster (sm_90), or over blocks meeting in the workspace (no cluster to co-schedule, any split);
+    then, to 8 rows, the same for the 4-blocks-an-SM register budget."""
     if m > GEMV_MAX_ROWS or k % 16 or (group < k and group < 16) or os.environ.get(GEMV_ENV) == "0":
         return []
+    out = _gemv_configs(n, k, GEMV_BLOCKS_PER_SM, 0)
+    if m <= GEMV_SMALL_MAX_ROWS:
+        out += _gemv_configs(n, k, GEMV_BLOCKS_PER_SM_SMALL, GEMV_BLOCKS_PER_SM_SMALL)
+    return out
+
+
+def _gemv_configs(n: int, k: int, per_sm_max: int, occupancy: int) -> list[CudaConfig]:
     clusters = GEMV_CLUSTERS if _clusters_ok() else (1,)
-    wave = GEMV_BLOCKS_PER_SM * sm_count()
+    wave = per_sm_max * sm_count()
     best = max([c for c in clusters if c * (n // 64) <= wave] or [1])
-    out = [CudaConfig(0, cluster=c) for c in sorted(clusters, key=lambda c: c != best)]
+    out = [CudaConfig(0, cluster=c, occupancy=occupancy) for c in sorted(clusters, key=lambda c: c != best)]
     # splits that fill one wave, and ~2 blocks an SM; each warp keeps >= 2 bands (the kernel's 4 warps)
-    for per_sm in (GEMV_BLOCKS_PER_SM, 2):
+    for per_sm in (per_sm_max, 2):
         s = min(per_sm * sm_count() // (n // 64), k // 16 // (2 * GEMV_WARPS))
-        if s > 1 and CudaConfig(0, s, cluster=1) not in out:
-            out.append(CudaConfig(0, s, cluster=1))
+        if s > 1 and CudaConfig(0, s, cluster=1, occupancy=occupancy) not in out:
+            out.append(CudaConfig(0, s, cluster=1, occupancy=occupancy))
     return out
 
 
@@ -267,7 +281,7 @@ class CudaKernel(Kernel):
         out = torch.empty((m, w.out_features), device=x.device, dtype=self.dtype)
         args.x, args.out = x.data_ptr(), out.data_ptr()
         if cfg.cluster:
-            self._check(self.lib.qmm_gemv(ctypes.byref(args), cfg.cluster, stream))
+            self._check(self.lib.qmm_gemv(ctypes.byref(args), cfg.cluster, cfg.occupancy or GEMV_BLOCKS_PER_SM, stream))
         elif cfg.mn:
             self._check(self.lib.qmm_wgmma(ctypes.byref(args), cfg.tile, cfg.mn, stream))
         else:

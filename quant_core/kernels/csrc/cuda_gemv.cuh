@@ -25,13 +25,32 @@
 //
 // Each warp's group rows (scales, zeros) are staged by cp.async into its own shared memory at
 // start, so a new group never waits on a global load.
+//
+// Two register budgets are built up to 8 rows (OCC, gemv_unroll below): 3 blocks an SM with batches of
+// 8 units, or 4 blocks with batches of 4; the tuner picks per shape. Measured on the H200 (graph replay,
+// rotated weights): 4 blocks win int4 M=1 on 4096x4096 (5.5 vs 6.5 us), 4096x28672 (23.3 vs 27.9) and
+// 4096x128256 (85.6 vs 90.4). What the rest of the time is: meeting along K (split-K workspace or
+// cluster) ~1.3-1.7 us of a small call, the activation-sum mma ~0.2-0.6 us, the staged-group wait ~0.
 #pragma once
 #include "cuda_gemv_store.cuh"
 #include "cuda_qmm.cuh"
 
 namespace qmm {
 
-constexpr int GEMV_WARPS = 4, GEMV_UNROLL = 8;
+// Measurement only (wrong results, benchmarks/gpu_gemv_cost.py): bit 1 skips the staged-group wait,
+// 2 the meeting of the blocks along K (each block stores its own sums), 4 int4's activation-sum mma.
+#ifndef QMM_GEMV_ABLATE
+#define QMM_GEMV_ABLATE 0
+#endif
+constexpr int GEMV_WARPS = 4;
+// Units a batch (M <= 8, 4-bit codes) for registers capped at OCC blocks an SM: 8 within 168 registers
+// (3 blocks), 4 within 128 (4 blocks: more warps an SM, each with half the bytes in flight, and 4 x 132
+// blocks a wave). Neither wins every shape on the H200 (gpu_gemv_cost.py), so the tuner picks.
+template <int OCC>
+__host__ __device__ constexpr int gemv_unroll() {
+  static_assert(OCC == 3 || OCC == 4, "few-row kernel variants: 3 or 4 blocks an SM");
+  return OCC == 4 ? 4 : 8;
+}
 
 template <typename T>
 struct Raw;  // int4 "raw" fragments: BASE + u in both halves of a register
@@ -210,8 +229,10 @@ __device__ __forceinline__ void mma_raw_int4(GemvAcc<M16>& r, uint4 q0, const ui
 #pragma unroll
     for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.c[h][j], a, xb + 2 * h);
   }
+  if constexpr (!(QMM_GEMV_ABLATE & 4)) {
 #pragma unroll
-  for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.cs[h], ones, xb + 2 * h);
+    for (int h = 0; h < GemvAcc<M16>::H; ++h) mma16816<T>(r.cs[h], ones, xb + 2 * h);
+  }
 }
 
 // nf4/fp4: one unit's unscaled levels (bytes 0-3 of a word are lookup4's v[0], v[1], v[2], v[3]; in
@@ -264,6 +285,14 @@ __device__ __forceinline__ void gemv_store(const GemvAcc<M16>& r, float* red, fl
                                            int warp, int lane) {
   warp_sums_to<M16>(r, red, warp, lane);
   __syncthreads();
+  if constexpr (QMM_GEMV_ABLATE & 2) {
+#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (gridDim.x > 1 && a.splits == 1) cluster_wait();  // pairs with the arrival at entry
+#endif
+    for (int o = threadIdx.x; o < a.M * 64; o += GEMV_WARPS * 32)
+      store_out<T>(a, cb, o, warp_total<GEMV_WARPS, M16 ? 16 : 8>(red, o));
+    return;
+  }
   store_sums<T, GEMV_WARPS, M16 ? 16 : 8>(red, recv, a, cb);
 }
 
@@ -347,10 +376,10 @@ __device__ __forceinline__ void compute_batch(GemvAcc<M16>& r, const Batch<FMT, 
   }
 }
 
-template <typename T, int FMT, int ZM, bool M16>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) {
-  // units a batch: 16 code bytes a lane a unit (int8: 32), two batches live, within 168 registers
-  constexpr int UNIT = FMT == INT8 ? 1024 : 512, U = GEMV_UNROLL / (FMT == INT8 ? 2 : 1) / (M16 ? 2 : 1);
+template <typename T, int FMT, int ZM, bool M16, int OCC = 3>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, OCC) gemv_kernel(const Args a) {
+  // units a batch: 16 code bytes a lane a unit (int8: 32), two batches live, within OCC's registers
+  constexpr int UNIT = FMT == INT8 ? 1024 : 512, U = gemv_unroll<OCC>() / (FMT == INT8 ? 2 : 1) / (M16 ? 2 : 1);
   extern __shared__ __align__(16) uint8_t smem_all[];
   uint8_t* const smem = smem_all + gemv_lut_bytes<FMT>();  // the table first (nf4/fp4), the rest after it
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -386,7 +415,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv_kernel(const Args a) 
   }
   pdl_wait();  // x (and the output) only once the previous kernel on the stream is done
   even.template load_x<T>(xlo, xhi, b0, b1, has_lo, has_hi);
-  cp_async_wait<0>();  // this warp's group rows
+  if constexpr (!(QMM_GEMV_ABLATE & 1)) cp_async_wait<0>();  // this warp's group rows
   __syncwarp();
   for (int b = b0; b < b1; b += 2 * U) {
     odd.template load<T>(qsrc, qstride, xlo, xhi, b + U, b0, b1, has_lo, has_hi);

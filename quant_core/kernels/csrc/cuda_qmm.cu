@@ -105,9 +105,9 @@ cudaError_t launch_rows(const qmm::Args& a, cudaStream_t stream) {
 // The few-row kernel (cuda_gemv.cuh): grid (cluster, N / 64), `cluster` blocks along K meeting in
 // distributed shared memory (cluster > 1 needs sm_90); or, with a.splits > 1 (and cluster 1), grid
 // (a.splits, N / 64), the blocks along K meeting in the split-K workspace.
-template <bool M16>
+template <bool M16, int OCC = 3>
 cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
-  auto kernel = qmm::gemv_kernel<T, QMM_FMT, QMM_ZM, M16>;
+  auto kernel = qmm::gemv_kernel<T, QMM_FMT, QMM_ZM, M16, OCC>;
   if (a.M < 1 || a.M > (M16 ? 16 : 8) || a.N % 64 || a.K % 16 || cluster < 1 || cluster > 8 ||
       (a.group < a.K && (a.group < 16 || (1 << a.group_shift) != a.group)) || (!QMM_CLUSTERS && cluster > 1) ||
       (a.splits > 1 && cluster > 1) || a.splits < 1 || a.splits > a.K / 16)
@@ -197,8 +197,11 @@ int qmm_run(const qmm::Args* a, int tile, void* stream) {
   }
 }
 
-int qmm_gemv(const qmm::Args* a, int cluster, void* stream) {
+// occupancy: the register budget, 3 or 4 blocks an SM (cuda_gemv.cuh gemv_unroll); 4 only to 8 rows.
+int qmm_gemv(const qmm::Args* a, int cluster, int occupancy, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (occupancy == 4) return a->M <= 8 ? launch_gemv<false, 4>(*a, cluster, s) : cudaErrorInvalidValue;
+  if (occupancy != 3) return cudaErrorInvalidValue;
   return a->M <= 8 ? launch_gemv<false>(*a, cluster, s) : launch_gemv<true>(*a, cluster, s);
 }
 

@@ -100,13 +100,22 @@ def test_few_row_splits_over_the_workspace_fill_one_wave_at_most(fake_gpu, monke
     only where the column blocks alone leave SMs idle, never more blocks than one wave (3 a SM), and
     every warp keeps at least two 16-row bands."""
     monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
-    splits = [c for c in candidates(1, n, k, 128) if c.cluster == 1 and c.splits > 1]
-    assert bool(splits) == (2 * (n // 64) <= 3 * 132)
-    for c in splits:
-        assert c.splits * (n // 64) <= 3 * 132 and k // 16 >= 2 * cuda_kernel.GEMV_WARPS * c.splits
-        assert c.label() == f"gemv:s{c.splits}"
-    if k == 4096 and n == 4096:
-        assert {c.splits for c in splits} == {6, 4}  # 6 x 64 blocks: one wave; 4 x 64: two a SM
+    for occupancy, per_sm in ((0, 3), (4, 4)):  # the two register budgets: 3 or 4 blocks an SM
+        splits = [c for c in candidates(1, n, k, 128) if c.cluster == 1 and c.splits > 1 and c.occupancy == occupancy]
+        assert bool(splits) == (2 * (n // 64) <= per_sm * 132)
+        for c in splits:
+            assert c.splits * (n // 64) <= per_sm * 132 and k // 16 >= 2 * cuda_kernel.GEMV_WARPS * c.splits
+            assert c.label() == f"gemv:s{c.splits}" + (f"b{occupancy}" if occupancy else "")
+        if k == 4096 and n == 4096:  # per_sm x 64 blocks: one wave; 2 x 64: two a SM
+            assert {c.splits for c in splits} == {2 * per_sm, 4}
+
+
+def test_the_small_register_budget_stops_at_8_rows(fake_gpu, monkeypatch):
+    """The 4-blocks-an-SM build of the few-row kernel exists for x as one 8-row operand only."""
+    monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
+    assert {c.occupancy for c in candidates(8, 4096, 4096, 128) if c.cluster} == {0, 4}
+    assert {c.occupancy for c in candidates(9, 4096, 4096, 128) if c.cluster} == {0}
+    assert candidates(1, 4096, 4096, 128)[0].occupancy == 0  # the untuned default stays the shipped budget
 
 
 def test_kept_weights_and_the_gemv_switch_change_the_candidates(monkeypatch):

@@ -22,7 +22,9 @@ from quant_core.kernels import cuda_build
 # (T, FMT, ZM, M16) instantiations: int4 and its zero modes, the codebook and int8 paths, both row tiles
 KERNELS = [("__nv_bfloat16", "INT4", "ZNONE", "false"), ("half", "INT4", "ZINT", "true"),
            ("__nv_bfloat16", "INT4", "ZMIN", "false"), ("__nv_bfloat16", "CB4", "ZNONE", "true"),
-           ("half", "INT8", "ZNONE", "false")]
+           ("half", "INT8", "ZNONE", "false"),
+           ("__nv_bfloat16", "INT4", "ZNONE", "false, 4"), ("half", "CB4", "ZNONE", "false, 4"),  # 4 blocks an SM
+           ("__nv_bfloat16", "INT8", "ZINT", "false, 4")]
 GLOBAL_LOAD = re.compile(r"\b(LDG\.[A-Z0-9.]+|LDGSTS\.[A-Z0-9.]+)")
 WRITE = re.compile(r"\b(STG|RED|ATOM|ATOMG)\.")
 
