@@ -1,13 +1,18 @@
 """Where the few-row CUDA kernel's time goes (issue 18): every few-row launch config and kernel variant
 on the Llama-3-8B decode shapes, int4 g128 (nf4 g128 and int8 per-channel at one row), against bf16 cuBLAS.
 
-Variants are the kernel built with extra -D flags (csrc/cuda_gemv.cuh's QMM_GEMV_* knobs): other
-unrolls and register caps, and ablations that leave one stage out (wrong results, timing only); the
-difference to the base build is that stage's cost. Each config is timed as gpu_speed.py times layers
+Configs: clusters 1-8 and workspace splits 2-16, in both register budgets (3 blocks an SM, and 4 to 8
+rows). Builds: the kernel as shipped, and with extra -D flags (csrc/cuda_gemv.cuh's QMM_GEMV_ABLATE) that
+leave one stage out (wrong results, timing only); the difference to the base build is that stage's cost,
+measured on the base build's fastest configs. Each config is timed as gpu_speed.py times layers
 (CUDA-graph replay, weight copies rotated through HBM, median of repetitions) and with one weight copy
 (L2-resident: the fixed cost without the bytes). Run on a CUDA machine:
 
-  python benchmarks/gpu_gemv_cost.py --out cost.json [--variants base,u16b2] [--shapes 4096x4096,...]
+  python benchmarks/gpu_gemv_cost.py --out cost.json [--variants base,no_meeting] [--shapes 4096x4096,...]
+  python benchmarks/gpu_gemv_cost.py --out cmp.json --variants '' --compare OLD_cuda_defaults.json
+
+results/gpu_gemv_cost.json keeps one sweep and one --compare run (their output under "sweep" and "compare");
+benchmarks/gpu_gemv_report.py renders it.
 """
 from __future__ import annotations
 

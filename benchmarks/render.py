@@ -17,6 +17,7 @@ import batch_constrained_report  # noqa: E402
 import batch_report  # noqa: E402
 import cpu_speed_report  # noqa: E402
 import demo_recipes_report  # noqa: E402
+import gpu_gemv_report  # noqa: E402
 import gpu_speed_report  # noqa: E402
 import interop_report  # noqa: E402
 import quality_peer_report  # noqa: E402
@@ -36,6 +37,7 @@ RENDERERS = {
     "quality_peer": quality_peer_report.render_peer,
     "cpu_speed": cpu_speed_report.render,
     "gpu_speed": gpu_speed_report.render,
+    "gpu_gemv_cost": gpu_gemv_report.render,
     "batch": batch_report.render,
     "batch_constrained": batch_constrained_report.render,
     "interop": interop_report.render,

@@ -223,7 +223,7 @@ def test_matches_the_reference_kernel(fmt, group, zero_mode, act_order, compute)
             assert torch.isfinite(out).all()
             assert ((out.double() - want).norm() / want.norm()).item() < tol
         xp = x.to(kern.dtype) if kern.weight.perm is None else x.to(kern.dtype)[:, kern.weight.perm].contiguous()
-        for cfg in candidates(m, 256, 512, kern.weight.group):
+        for cfg in candidates(m, 256, 512, kern.weight.group, kind=kern.weight.kind):  # as config_for asks
             got = kern._launch(xp, cfg)
             again = kern._launch(xp, cfg)  # split-K workspace back to zero: only summation order may differ
             assert ((got.double() - want).norm() / want.norm()).item() < tol, cfg.label()
