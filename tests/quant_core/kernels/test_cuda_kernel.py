@@ -148,6 +148,10 @@ def test_tiles_match_the_cuda_source():
         assert f"struct Shape<{i}> {{ static constexpr int BN = {bn}, BK = {bk}, WARPS = {warps}; }}" in src
     for i, (bn, bk) in enumerate(cuda_kernel.WG_TILES):
         assert f"struct WgShape<{i}> {{ static constexpr int WG = {bn // 64}, BK = {bk}; }}" in src
+    # the few-row kernel's two register budgets, and the small one only for x as one 8-row operand
+    small, rows = cuda_kernel.GEMV_BLOCKS_PER_SM_SMALL, cuda_kernel.GEMV_SMALL_MAX_ROWS
+    assert f"if (occupancy == {small}) return a->M <= {rows} ? launch_gemv<false, {small}>" in src
+    assert f"if (occupancy != {cuda_kernel.GEMV_BLOCKS_PER_SM}) return cudaErrorInvalidValue;" in src
 
 
 @pytest.mark.parametrize("m", [2, 16, 17, 33, 64, 65, 130, 256, 1000])
