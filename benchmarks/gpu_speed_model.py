@@ -156,7 +156,7 @@ def gptq_section(run: str, layers: int, samples: int = 128, seqlen: int = 2048) 
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    # GPTQ alone (scale tuning's "auto" would skip an 8B model on one H200 anyway: it estimates ~170 GiB)
+    # GPTQ alone (scale tuning's "auto" would skip an 8B model on one H200 anyway: it estimates 194 GiB)
     quantize(model, QuantConfig(algorithm="gptq", weight_dtype="int4", group_size=128, scale_tuning_steps=0),
              calibration=calib, device="cuda", progress=True)
     torch.cuda.synchronize()
