@@ -110,24 +110,38 @@ def agreement(model, batch: int, steps: int = 8, fp32_reference: bool = False) -
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+FORMATS = {"bf16": None, "int4": dict(weight_dtype="int4", group_size=128),
+           "nf4": dict(weight_dtype="nf4", group_size=64), "int8": dict(weight_dtype="int8", group_size=-1)}
+
+
+def ready_model(fmt: str, layers: int):
+    """The synthetic Llama-3-8B in ``fmt`` (a FORMATS key; every linear, the head too, quantized), on the GPU."""
+    t0 = time.perf_counter()
+    model = synthetic_llama(layers)
+    if FORMATS[fmt]:
+        quantize(model, QuantConfig(**FORMATS[fmt], modules_to_not_convert=[]), progress=False)
+    torch.cuda.empty_cache()
+    print(f"{fmt}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    return model
+
+
+def decode_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of every decode measurement script: decoder layers, batches, formats, the output file."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--formats", nargs="+", default=["bf16", "int4"])
-    ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
+    return ap
+
+
+def main() -> None:
+    ap = decode_arguments(__doc__)
+    ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args()
-    formats = {"bf16": None, "int4": dict(weight_dtype="int4", group_size=128),
-               "nf4": dict(weight_dtype="nf4", group_size=64), "int8": dict(weight_dtype="int8", group_size=-1)}
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers, "rows": []}
     for fmt in args.formats:
-        t0 = time.perf_counter()
-        model = synthetic_llama(args.layers)
-        if formats[fmt]:
-            quantize(model, QuantConfig(**formats[fmt], modules_to_not_convert=[]), progress=False)
-        torch.cuda.empty_cache()
-        print(f"{fmt}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        model = ready_model(fmt, args.layers)
         for b in args.batches:
             row = {"weights": fmt, "batch": b}
             for step in ("static", "lean"):

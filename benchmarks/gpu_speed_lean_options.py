@@ -12,28 +12,23 @@ With --modules, bf16 also times transformers' modules, the other baseline gpu_sp
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_speed_decode_profile import logits_along  # noqa: E402 - same folder
-from gpu_speed_model import decoder_for, synthetic_llama, tokens_per_second  # noqa: E402
+from gpu_speed_decode_profile import decode_arguments, logits_along, ready_model  # noqa: E402 - same folder
+from gpu_speed_model import decoder_for, tokens_per_second  # noqa: E402
 
-from quant_core.config import QuantConfig  # noqa: E402
-from quant_core.quantize import quantize  # noqa: E402
 
 # the first is the base the others are compared with
 VARIANTS = {"nopdl": {"pdl": False}, "pdl": {"pdl": True}, "pdl_b64": {"pdl": True, "attention_block": 64},
             "pdl_b128": {"pdl": True, "attention_block": 128}}
-FORMATS = {"bf16": None, "int4": dict(weight_dtype="int4", group_size=128)}
 
 
 def kernel_intervals(dec, batch: int, vocab: int) -> list[tuple[float, float, str]]:
@@ -113,26 +108,17 @@ def correctness(model, batch: int, steps: int = 12) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=32)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--formats", nargs="+", default=["bf16", "int4"])
+    ap = decode_arguments(__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="option sets to time (the first is the base)")
     ap.add_argument("--modules", action="store_true", help="bf16: also time transformers' modules")
     ap.add_argument("--timeline", nargs="*", default=list(VARIANTS)[:2], help="option sets to profile")
     ap.add_argument("--no-correctness", action="store_true")
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "layers": args.layers,
               "variants": VARIANTS, "formats": {}}
     for fmt in args.formats:
-        t0 = time.perf_counter()
-        model = synthetic_llama(args.layers)
-        if FORMATS[fmt]:
-            quantize(model, QuantConfig(**FORMATS[fmt], modules_to_not_convert=[]), progress=False)
-        torch.cuda.empty_cache()
-        print(f"{fmt}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        model = ready_model(fmt, args.layers)
         row = result["formats"][fmt] = {"tok_s": defaultdict(dict)}
         names = (["modules"] if fmt == "bf16" and args.modules else []) + args.variants
         runs = {(n, b): [] for n in names for b in args.batches}
