@@ -147,6 +147,7 @@ def quantize_once(model, config: QuantConfig, progress: bool = True):
     if have is None:
         raise ConfigError("model is already quantized but records no quantization_config to compare with "
                           "the requested one; pass quantization_config=None to use it as it is")
+    config = config.as_ran(have)  # "auto" fields match whatever the run decided
     if have != config:
         theirs, ours = have.to_dict(), config.to_dict()
         differ = ", ".join(f"{k}={theirs[k]!r} (asked: {ours[k]!r})" for k in ours if theirs.get(k) != ours[k])

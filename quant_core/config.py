@@ -258,6 +258,12 @@ class QuantConfig(AlgorithmFields, GeneralFields):
                              f"{self.scale_tuning_batch_windows}, or ask for fewer windows")
         return self
 
+    def as_ran(self, ran: "QuantConfig") -> "QuantConfig":
+        """This config with the fields it left to the run (``DECIDED_AT_RUN``) as ``ran``, a config that
+        quantized a model, resolved them: what asking for this config on that model means."""
+        return self.model_copy(update={name: getattr(ran, name) for name, auto in DECIDED_AT_RUN.items()
+                                       if getattr(self, name) == auto})
+
     def __eq__(self, other):  # by value: a WeightOnlyQuantConfig equals the QuantConfig it saves as
         return isinstance(other, QuantConfig) and self.model_dump() == other.model_dump()
 
@@ -316,6 +322,11 @@ class QuantConfig(AlgorithmFields, GeneralFields):
 
 def _problems(exc: ValidationError) -> str:
     return "; ".join(_problem(e) for e in exc.errors())
+
+
+# Fields a config may leave to be decided where quantization runs, and the value that says so; a saved config
+# holds what they were decided to be.
+DECIDED_AT_RUN = {"scale_tuning_steps": None, "calibration_dtype": "auto"}
 
 
 def _bits(weight_dtype) -> int:

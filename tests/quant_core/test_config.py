@@ -119,3 +119,10 @@ def test_gptq_turns_act_order_and_clipping_on_at_three_bits_and_below_unless_giv
     assert QuantConfig(algorithm="quantease", weight_dtype="int3").act_order is False  # measured worse there
     saved = QuantConfig(algorithm="gptq", weight_dtype="int3", act_order=False).to_dict()
     assert QuantConfig.from_dict(saved).act_order is False  # a saved config reads as it ran
+
+
+def test_a_request_leaving_fields_to_the_run_matches_what_the_run_decided():
+    ran = QuantConfig(algorithm="gptq", scale_tuning_steps=0, calibration_dtype="bf16")  # as a saved config holds
+    assert QuantConfig(algorithm="gptq").as_ran(ran) == ran  # "auto" steps and dtype: whatever was decided
+    assert QuantConfig(algorithm="gptq", scale_tuning_steps=128).as_ran(ran) != ran  # asked for, not left to the run
+    assert QuantConfig(algorithm="gptq", calibration_dtype="fp32").as_ran(ran) != ran
