@@ -13,6 +13,7 @@ from quant_core.algorithms.rounding import fake_quantize
 from quant_core.blocks import (UnsupportedModelError, architecture_of, capture_first_block_inputs,
                                decoder_layers, linearize_conv1d, record_inputs)
 from quant_core.calibration import CalibrationError
+from reload_support import reloaded_logits
 
 _SMALL = dict(vocab_size=128, num_hidden_layers=2, num_attention_heads=4)
 CONFIGS = {  # GQA (llama), biases on q/k/v (qwen2), LayerNorm with bias + ReLU fc1 -> fc2 (opt)
@@ -156,13 +157,6 @@ def test_too_little_calibration_data_is_an_error():
 
 
 def test_awq_model_saves_and_reloads_with_the_folded_norms(tmp_path):
-    from quant_core.serialization import load_quantized, save_quantized
-
     model = quantize(tiny(), QuantConfig(algorithm="awq", group_size=32), calibration=ids(), progress=False)
-    x = ids(1, 16, seed=3)
-    with torch.no_grad():
-        expected = model(x).logits
-    save_quantized(model, None, tmp_path / "awq")
-    loaded, _ = load_quantized(tmp_path / "awq")
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x).logits, expected, atol=1e-5, rtol=0)
+    expected, got, _ = reloaded_logits(model, tmp_path / "awq", ids(1, 16, seed=3))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

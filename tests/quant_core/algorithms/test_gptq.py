@@ -13,6 +13,7 @@ from quant_core.algorithms.gptq import gptq, inverse_cholesky
 from quant_core.algorithms.rtn import rtn
 from quant_core.blocks import UnsupportedModelError
 from quant_core.calibration import CalibrationError
+from reload_support import reloaded_logits
 
 SETTINGS = [("int4_fullrange", "sym", 64), ("int4_fullrange", "asym", 64), ("int4_clip", "sym", 64),
             ("int4_fullrange", "asym", -1), ("int3", "asym", 64), ("int2", "asym", 64),
@@ -107,19 +108,12 @@ def test_model_gptq_beats_rtn_and_replaces_every_linear(tiny_llama, true_sequent
 
 
 def test_act_order_model_saves_reloads_and_runs(tiny_llama, tmp_path):
-    from quant_core.serialization import load_quantized, save_quantized
-
     cfg = QuantConfig(algorithm="gptq", group_size=32, act_order=True)
     model = quantize(copy.deepcopy(tiny_llama), cfg, calibration=_ids(), progress=False)
     assert model.model.layers[0].mlp.down_proj.g_idx is not None
-    ids = torch.cat(_ids())
-    with torch.no_grad():
-        expected = model(ids).logits
-    save_quantized(model, None, tmp_path / "q")
-    again, _ = load_quantized(tmp_path / "q")
+    expected, got, again = reloaded_logits(model, tmp_path / "q", torch.cat(_ids()))
     assert again.model.layers[0].mlp.down_proj.g_idx is not None
-    with torch.no_grad():
-        torch.testing.assert_close(again(ids).logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_excluded_modules_stay_float(tiny_llama):

@@ -9,6 +9,7 @@ from quant_core.algorithms import scale_tuning
 from quant_core.algorithms.scale_tuning import ScaleTuning
 from quant_core.errors import ConfigError
 from quant_core.modules import QuantLinear
+from reload_support import reloaded_logits
 
 BASE = dict(weight_dtype="int3", scheme="asym", group_size=32, head_weight_dtype=None, n_samples=8, seqlen=32,
             calibration_batch_size=4, calibration_dtype="fp32")
@@ -132,16 +133,9 @@ def test_bad_settings_are_refused():
 
 
 def test_save_and_reload_with_double_quantized_scales(tmp_path):
-    from quant_core.serialization import load_quantized, save_quantized
-
     model = run("rtn", **TUNING, double_quant=True, double_quant_block=16)
-    x = ids(2, 16, seed=3)
-    with torch.no_grad():
-        expected = model(x).logits
-    save_quantized(model, None, tmp_path / "q")
-    loaded, _ = load_quantized(tmp_path / "q")
-    with torch.no_grad():
-        assert torch.equal(loaded(x).logits, expected)
+    expected, got, loaded = reloaded_logits(model, tmp_path / "q", ids(2, 16, seed=3))
+    assert torch.equal(got, expected)
     config = loaded.config.quantization_config
     assert config["scale_tuning_steps"] == 30 and config["scale_tuning_lr"] == 1e-2
 

@@ -17,7 +17,8 @@ from quant_core.blocks import architecture_of
 from quant_core.calibration import DEFAULT_CALIBRATION_FILE
 from quant_core.cli import build_parser, main
 from quant_core.errors import ConfigError
-from quant_core.serialization import load_quantized, save_quantized
+from quant_core.serialization import load_quantized
+from reload_support import reloaded_logits
 
 FORMATS = [("int4_fullrange", "sym", 32), ("int4_fullrange", "asym", 32), ("int4_clip", "sym", -1),
            ("int3", "asym", 32), ("int3", "sym", 32), ("int2", "asym", 32), ("int8", "sym", 32),
@@ -144,10 +145,8 @@ def test_quantize_save_and_reload_give_the_same_logits(tmp_path):
             errors[algorithm] = (model(held_out).logits - reference).pow(2).mean().item()
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 14
     assert errors["signround"] < errors["rtn"], errors
-    save_quantized(model, None, tmp_path / "q")
-    again, _ = load_quantized(tmp_path / "q")
-    with torch.no_grad():
-        assert torch.equal(again(held_out).logits, model(held_out).logits)
+    expected, got, again = reloaded_logits(model, tmp_path / "q", held_out)
+    assert torch.equal(got, expected)
     assert again.config.quantization_config["signround_steps"] == 40
 
 
