@@ -68,10 +68,12 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     if handler is None:
         raise ConfigError(f"algorithm {config.algorithm!r} is not registered in this build; "
                           f"registered: {', '.join(HANDLERS)}")
-    config = resolve_scale_tuning(model, config, device or default_device(), config.algorithm in CALIBRATED)
+    # the fields left to the run (config.DECIDED_AT_RUN), decided for where calibration runs and recorded
+    where = device or default_device()
+    config = resolve_scale_tuning(model, config, where, config.algorithm in CALIBRATED)
     calibrates = config.algorithm in CALIBRATED or config.scale_tuning_steps > 0
-    if calibrates and config.calibration_dtype == "auto":  # record the precision that ran
-        config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, device or default_device())})
+    if calibrates and config.calibration_dtype == "auto":
+        config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, where)})
     with torch.no_grad():
         model = handler(model, config, calibration=calibration, tokenizer=tokenizer, progress=progress,
                         device=device)
