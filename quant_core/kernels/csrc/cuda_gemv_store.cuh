@@ -45,10 +45,9 @@ __device__ __forceinline__ void store_split(const float* red, const Args& a, int
   const int outputs = a.M * 64, tid = threadIdx.x;
   for (int o = tid; o < outputs; o += THREADS)
     red_add(a.ws + static_cast<size_t>(o / 64) * a.N + cb * 64 + o % 64, warp_total<WARPS, ROWS>(red, o));
-  __threadfence();  // this block's sums are visible in L2 before it counts itself in
   __syncthreads();
   int* counter = a.counters + cb;
-  if (tid == 0) last_arrival = atomicAdd(counter, 1) == a.splits - 1;
+  if (tid == 0) last_arrival = arrive_acq_rel(counter) == a.splits - 1;  // after every thread's adds
   __syncthreads();
   if (!last_arrival) return;
   for (int o = tid; o < outputs; o += THREADS) {

@@ -217,10 +217,9 @@ __device__ __forceinline__ void store_tile(const float* red, const Args& a, int 
     }
   }
   if (a.splits == 1) return;
-  __threadfence();  // this block's sums are visible in L2 before it counts itself in
   __syncthreads();
   int* counter = a.counters + blockIdx.x * gridDim.y + blockIdx.y;
-  if (tid == 0) last_arrival = atomicAdd(counter, 1) == a.splits - 1;
+  if (tid == 0) last_arrival = arrive_acq_rel(counter) == a.splits - 1;  // after every thread's adds
   __syncthreads();
   if (!last_arrival) return;
   for (int i = tid; i < rows * HALF; i += C::THREADS) {
