@@ -11,8 +11,7 @@
 // activations the B operand (8 rows of x, loaded as 4-byte pairs from L1/L2), so for M <= 8 no
 // half of an mma is spent on absent rows. The warps' sums meet in shared memory; on sm_90 the
 // CLUSTER blocks that share a column block (a thread-block cluster along K) meet through
-// distributed shared memory: each warp puts its sums straight into the owning blocks' memory,
-// each block writing 1/CLUSTER of the outputs. Nothing is left
+// distributed shared memory, each block writing 1/CLUSTER of the outputs. Nothing is left
 // behind in global memory, so no counter, workspace or second pass.
 //
 // int4 skips the per-register zero point and scale (two of four dequantize instructions): A is
@@ -104,11 +103,11 @@ __host__ __device__ constexpr int gemv_lut_bytes() {
   return FMT == CB4 ? 256 * 32 * 4 : 0;
 }
 // Shared memory: (nf4/fp4) the byte table, the work area, then (clusters) the receive area of
-// cuda_gemv_store.cuh, [cluster x GEMV_WARPS][share] fp32.
+// cuda_gemv_store.cuh, [cluster][share] fp32.
 template <typename T, int FMT, int ZM, bool M16>
 __host__ int gemv_smem_bytes(const Args& a, int blocks, int cluster) {
   return gemv_lut_bytes<FMT>() + gemv_work_bytes<T, ZM, M16>(a, blocks) +
-         (cluster > 1 ? cluster * GEMV_WARPS * gemv_share(a, cluster) * 4 : 0);
+         (cluster > 1 ? cluster * gemv_share(a, cluster) * 4 : 0);
 }
 
 // Every block writes its own table (the rows b = tid and tid + 128, 16-byte stores), from the codebook
@@ -280,10 +279,10 @@ __device__ __forceinline__ void warp_sums_to(const GemvAcc<M16>& r, float* red, 
         mine[(8 * h + 2 * t + (i & 1)) * 64 + 8 * (2 * j + (i >> 1)) + g] = r.acc[h][j][i];
 }
 
-// No cluster: the block's sums to the output (cuda_gemv_store.cuh), this warp's into its slot, then the block's.
+// The block's sums to the output (cuda_gemv_store.cuh): this warp's into its slot, then the block's.
 template <typename T, bool M16>
-__device__ __forceinline__ void gemv_store(const GemvAcc<M16>& r, float* red, const Args& a, int cb, int warp, int lane) {
-  __syncthreads();  // every warp is done with its staged groups: the space takes the partial sums
+__device__ __forceinline__ void gemv_store(const GemvAcc<M16>& r, float* red, float* recv, const Args& a, int cb,
+                                           int warp, int lane) {
   warp_sums_to<M16>(r, red, warp, lane);
   __syncthreads();
   if constexpr (QMM_GEMV_ABLATE & 2) {
@@ -294,34 +293,8 @@ __device__ __forceinline__ void gemv_store(const GemvAcc<M16>& r, float* red, co
       store_out<T>(a, cb, o, warp_total<GEMV_WARPS, M16 ? 16 : 8>(red, o));
     return;
   }
-  store_sums<T, GEMV_WARPS, M16 ? 16 : 8>(red, a, cb);
+  store_sums<T, GEMV_WARPS, M16 ? 16 : 8>(red, recv, a, cb);
 }
-
-#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// In a cluster: this warp's sums of rows below M straight into their owners' receive areas (distributed
-// shared memory; sum_received in cuda_gemv_store.cuh), its slot rank x GEMV_WARPS + warp, then its arrival.
-// Session 12's path put them through the block's own memory and a block barrier first.
-template <bool M16>
-__device__ __forceinline__ void push_sums(const GemvAcc<M16>& r, float* recv, const Args& a, int warp, int lane) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int share = gemv_share(a, static_cast<int>(gridDim.x)), shift = __ffs(share) - 1;
-  const int slot = (static_cast<int>(cluster.block_rank()) * GEMV_WARPS + warp) * share;
-  const int g = lane >> 2, t = lane & 3;
-  cluster_wait();  // (pairs with the arrival at entry) every block of the cluster has started
-#pragma unroll
-  for (int h = 0; h < GemvAcc<M16>::H; ++h)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {  // i = 2f + e: column 8(2j + f) + g, row 8h + 2t + e
-        const int o = (8 * h + 2 * t + (i & 1)) * 64 + 8 * (2 * j + (i >> 1)) + g;
-        if (o < a.M * 64) cluster.map_shared_rank(recv, o >> shift)[slot + (o & (share - 1))] = r.acc[h][j][i];
-      }
-  __syncwarp();
-  cluster_arrive();  // release: this warp's sums are in their owners' memory
-}
-#endif
 
 // One batch of U units of a warp's band range, in registers: codes and the activations' B fragments.
 template <int FMT, int U>
@@ -453,15 +426,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, OCC) gemv_kernel(const Args a
   if constexpr (FMT == INT4 || FMT == CB4) {
     if (gs.cur >= 0) fold_group<T, FMT, ZM, M16>(r, gs.scales(gs.cur), gs.zeros(gs.cur), g);
   }
-#if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (!(QMM_GEMV_ABLATE & 2) && gridDim.x > 1 && a.splits == 1) {
-    float* recv = reinterpret_cast<float*>(smem + gemv_work_bytes<T, ZM, M16>(a, gridDim.x));
-    push_sums<M16>(r, recv, a, warp, lane);
-    sum_received<T, GEMV_WARPS>(recv, a, cb);
-    return;
-  }
-#endif
-  gemv_store<T, M16>(r, reinterpret_cast<float*>(smem), a, cb, warp, lane);
+  __syncthreads();  // every warp is done with its staged groups: the space takes the partial sums
+  float* recv = reinterpret_cast<float*>(smem + gemv_work_bytes<T, ZM, M16>(a, gridDim.x));
+  gemv_store<T, M16>(r, reinterpret_cast<float*>(smem), recv, a, cb, warp, lane);
 }
 
 }  // namespace qmm

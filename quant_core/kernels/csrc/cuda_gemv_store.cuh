@@ -1,6 +1,6 @@
 // The few-row kernel's partial sums to the output (cuda_gemv.cuh): one block along K writes them; K
-// split over blocks without a cluster meet in the split-K workspace; in a thread-block cluster the
-// warps' sums meet in distributed shared memory with one cluster barrier.
+// split over blocks without a cluster meet in the split-K workspace; in a thread-block cluster they
+// meet in distributed shared memory with one cluster barrier.
 #pragma once
 #include "cuda_ptx.cuh"
 #include "cuda_qmm.cuh"
@@ -12,14 +12,8 @@
 namespace qmm {
 
 // Outputs of a cluster's column block that each block sums and writes (its share); the receive area
-// where the cluster's warps put their partial sums of them is [cluster x warps][share] fp32. A power of
-// two, so that a warp finds an output's owner by a shift, not a division (the last blocks may own fewer).
-__host__ __device__ inline int gemv_share(const Args& a, int cluster) {
-  const int even = (a.M * 64 + cluster - 1) / cluster;
-  int share = 1;
-  while (share < even) share <<= 1;
-  return share;
-}
+// where the cluster's blocks put their partial sums of them is [cluster][share] fp32.
+__host__ __device__ inline int gemv_share(const Args& a, int cluster) { return (a.M * 64 + cluster - 1) / cluster; }
 
 #if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
@@ -64,35 +58,39 @@ __device__ __forceinline__ void store_split(const float* red, const Args& a, int
   if (tid == 0) *counter = 0;
 }
 
-// The block's sums to the output without a cluster: one block along K writes them, several meet in the
-// split-K workspace. `red` holds the block's warps' sums, one [ROWS][64] slot a warp, written and synchronised.
+// The block's sums to the output. In a cluster (blocks along K of one column block), each block owns
+// a share of the outputs: every block writes its partial sums of block q's share into q's receive
+// area (distributed shared memory), one cluster barrier, then each block sums its area in rank order
+// and writes its share. No block reads another's memory after the barrier, so none waits to leave.
+// `red` holds the block's warps' sums, one [ROWS][64] slot a warp, written and synchronised.
 template <typename T, int WARPS, int ROWS>
-__device__ __forceinline__ void store_sums(const float* red, const Args& a, int cb) {
+__device__ __forceinline__ void store_sums(const float* red, float* recv, const Args& a, int cb) {
   constexpr int THREADS = WARPS * 32;
+  const int outputs = a.M * 64, tid = threadIdx.x;
+  if (gridDim.x == 1) {
+    for (int o = tid; o < outputs; o += THREADS) store_out<T>(a, cb, o, warp_total<WARPS, ROWS>(red, o));
+    return;
+  }
   if (a.splits > 1) {
     store_split<T, WARPS, ROWS>(red, a, cb);
     return;
   }
-  for (int o = threadIdx.x; o < a.M * 64; o += THREADS) store_out<T>(a, cb, o, warp_total<WARPS, ROWS>(red, o));
-}
-
 #if QMM_CLUSTERS && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// In a thread-block cluster (blocks along K of one column block) each block owns a share of the outputs.
-// Every warp of the cluster has put its partial sums of block q's share straight into q's receive area,
-// [cluster x WARPS][share] fp32 (cuda_gemv.cuh push_sums), and arrived at the cluster barrier; once all
-// have, each block sums its area in (rank, warp) order (deterministic) and writes its share. No block
-// reads another's memory, so none waits to leave.
-template <typename T, int WARPS>
-__device__ __forceinline__ void sum_received(const float* recv, const Args& a, int cb) {
-  const int blocks = static_cast<int>(gridDim.x), share = gemv_share(a, blocks), outputs = a.M * 64;
-  const int base = static_cast<int>(cooperative_groups::this_cluster().block_rank()) * share;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank()), blocks = static_cast<int>(gridDim.x);
+  const int share = gemv_share(a, blocks);
+  cluster_wait();  // (pairs with the arrival at entry) every block of the cluster has started
+  for (int o = tid; o < outputs; o += THREADS)
+    cluster.map_shared_rank(recv, o / share)[rank * share + o % share] = warp_total<WARPS, ROWS>(red, o);
+  cluster_arrive();  // release: this block's partial sums are in their owners' memory
   cluster_wait();
-  for (int i = threadIdx.x; i < share && base + i < outputs; i += WARPS * 32) {
+  for (int i = tid; i < share && rank * share + i < outputs; i += THREADS) {
     float v = 0.f;
-    for (int q = 0; q < blocks * WARPS; ++q) v += recv[q * share + i];
-    store_out<T>(a, cb, base + i, v);
+    for (int q = 0; q < blocks; ++q) v += recv[q * share + i];
+    store_out<T>(a, cb, rank * share + i, v);
   }
-}
 #endif
+}
 
 }  // namespace qmm

@@ -114,9 +114,7 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   const int blocks = a.splits > 1 ? a.splits : cluster;
   const int smem = qmm::gemv_smem_bytes<T, QMM_FMT, QMM_ZM, M16>(a, blocks, cluster);
-  // Granted at first use whatever the size: the kernel's static __shared__ counts against the default 48 KB
-  // too (nf4 with a cluster's receive area reached exactly 48 KB dynamic at 7 rows: the launch failed).
-  static int raised = 0;
+  static int raised = 48 * 1024;
   if (smem > raised) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
