@@ -67,6 +67,10 @@ class AlgorithmFields(BaseModel):
         "spread", description="AWQ: when awq_parent_batches is fewer than the calibration batches, which ones the "
         "scale search compares: the first (the start of the text: the windows are in text order), or spread "
         "evenly over all (the middle batch of each equal stretch).")
+    awq_mlp_token_stride: int = Field(1, ge=1, le=MAX_COUNT, description="AWQ: > 1: the scale search of a group "
+                                      "whose parent acts on each token alone (the MLP) compares every n-th token of "
+                                      "all calibration windows instead of awq_parent_batches whole batches "
+                                      "(attention keeps whole windows); 1: whole batches for every parent.")
     awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
                                                     "scaling); False: from activations alone.")
     awq_scale_ridge: float = Field(0.3, ge=0, le=1e6, description="AWQ: the scale search also counts inputs the "

@@ -6,7 +6,8 @@ For each group of linears that share an input (``equalize.ScaleGroup``), scales
 RTN (``s = 1``) is kept if nothing beats it. The objective, as in AutoAWQ, is the output
 error of the group's parent module (attention for q/k/v, the MLP for gate/up) on the
 ``awq_parent_batches`` calibration batches (``awq_parent_batch_choice``: the first, or spread over the
-text); a lone linear (o_proj, down_proj) uses its
+text; ``awq_mlp_token_stride > 1``: the MLP instead on every n-th token of all windows,
+``token_sample``); a lone linear (o_proj, down_proj) uses its
 exact squared output error over all calibration tokens, ``trace(dW H dW^T)`` with
 ``H = sum x x^T`` (``InputStats``; blended with its diagonal by ``awq_hessian_shrinkage``, as in
 the clipping search). The best scales are folded into the producer of the
@@ -34,6 +35,7 @@ from .grid_search import coarse_to_fine
 from .input_stats import InputStats, collect_input_stats
 from .pruned_argmin import pruned_argmin
 from .rounding import fake_quantize, quantize_clipped
+from .token_sample import acts_per_token, hidden_only, interleaved_parts, strided_tokens
 
 
 @calibrated_algorithm("awq")
@@ -41,7 +43,7 @@ def awq_step(block: CalibrationBlock) -> None:
     """Record the block's input statistics (and its parents' inputs), then scale, clip and install."""
     groups = scale_groups(block.module, block.arch, block.model_config)
     kept = search_batches(len(block.inputs.hidden), block.config.awq_parent_batches, block.config.awq_parent_batch_choice)
-    with record_parent_inputs(groups, kept):
+    with record_parent_inputs(groups, kept, block.config.awq_mlp_token_stride, block.config.calibration_skip_tokens):
         stats = collect_input_stats(block, groups)
     block.install(awq_block(groups, stats, block.config))
 
@@ -110,7 +112,7 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     use_parent = group.parent is not None and bool(group.parent_inputs)
     originals = [lin.weight.detach().clone() for lin in group.linears]
     splits = [lin.out_features for lin in group.linears]
-    skip = config.calibration_skip_tokens
+    skip = 0 if group.parent_tokens_sampled else config.calibration_skip_tokens  # samples start past it
 
     scales = lambda key: _candidate_scales(key, x_mean, w_mean, config)  # noqa: E731
     effective = lambda key: _effective_weight(w, group, scales(key), config)  # noqa: E731
@@ -172,17 +174,25 @@ def search_batches(n_batches: int, max_batches: int, choice: str = "first") -> s
 
 
 @contextlib.contextmanager
-def record_parent_inputs(groups: list[ScaleGroup], batches: int | set[int]):
+def record_parent_inputs(groups: list[ScaleGroup], batches: int | set[int], token_stride: int = 1, skip: int = 0):
     """Keep the (args, kwargs) of each group's parent module for its calls numbered in ``batches``
-    (the calibration batches, in order; an int: the first that many)."""
+    (the calibration batches, in order; an int: the first that many).
+
+    ``token_stride > 1``: a parent that acts on each token alone (``token_sample``: the MLP) instead
+    keeps every ``token_stride``-th token of every call's windows past their first ``skip``."""
     keep = set(range(batches)) if isinstance(batches, int) else set(batches)
-    handles = []
+    handles, samples = [], {}
     for group in groups:
-        group.parent_inputs = []
+        group.parent_inputs, group.parent_tokens_sampled = [], False
         if group.parent is None or not keep:
             continue
 
-        def hook(_module, args, kwargs, _group=group, _calls=[0]):  # noqa: B006  one counter per group
+        def hook(_module, args, kwargs, _group=group, _calls=[0], _windows=[0]):  # noqa: B006  per group
+            x = hidden_only(args, kwargs) if token_stride > 1 else None
+            if x is not None:
+                samples.setdefault(id(_group), (_group, x[:1].detach().clone(), []))[2].append(
+                    strided_tokens(x.detach(), token_stride, skip, _windows[0]))
+                _windows[0] += x.shape[0]
             if _calls[0] in keep:
                 _group.parent_inputs.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
                                              dict(kwargs)))
@@ -193,3 +203,7 @@ def record_parent_inputs(groups: list[ScaleGroup], batches: int | set[int]):
     finally:
         for h in handles:
             h.remove()
+    for group, probe, tokens in samples.values():
+        if acts_per_token(group.parent, probe):
+            group.parent_inputs = [((part,), {}) for part in interleaved_parts(torch.cat(tokens))]
+            group.parent_tokens_sampled = True

@@ -37,6 +37,7 @@ class ScaleGroup:
     prev_name: str = ""
     parent: nn.Module | None = None  # smallest module around the linears whose output a search compares
     parent_inputs: list[tuple[tuple, dict]] = field(default_factory=list)  # recorded (args, kwargs) of parent
+    parent_tokens_sampled: bool = False  # parent_inputs are token samples, first tokens already dropped
 
     @property
     def in_features(self) -> int:
