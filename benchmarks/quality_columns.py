@@ -115,6 +115,15 @@ ROWS = {
     **{f"AWQ 8 spread search windows ridge {r}{seed}": dict(
         algorithm="awq", awq_parent_batches=1, awq_scale_ridge=r, **({"calibration_seed": i} if i else {}))
        for r in (0.6, 1.0) for i, seed in ((0, ""), (1, " calibration seed 1"), (2, " calibration seed 2"))},
+    # session 13 (issue 19 part 5): the MLP's search on every n-th token of all 128 windows
+    # (awq_mlp_token_stride) instead of a few whole batches; attention keeps whole batches
+    **{f"AWQ {windows}MLP token stride {stride}{seed}": dict(
+        algorithm="awq", awq_grid_step=1, awq_mlp_token_stride=stride, **batches,
+        **({"calibration_seed": i} if i else {}))
+       for stride, windows, batches in (
+           (16, "", {}), (16, "16 spread search windows ", dict(awq_parent_batches=2, awq_parent_batch_choice="spread")),
+           (32, "8 spread search windows ", dict(awq_parent_batches=1, awq_parent_batch_choice="spread")))
+       for i, seed in ((0, ""), (1, " calibration seed 1"), (2, " calibration seed 2"))},
     "AWQ 16 first search windows": dict(algorithm="awq", awq_parent_batches=2, awq_grid_step=1,
                                         awq_parent_batch_choice="first"),
     "AWQ coarse-to-fine ratios": dict(algorithm="awq", awq_parent_batches=32, awq_grid_step=4),

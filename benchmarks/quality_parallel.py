@@ -43,6 +43,10 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            "GPTQ bf16 calibration": 60, "GPTQ no Hessian shrinkage bf16 calibration": 60, "AWQ bf16 calibration": 50, "AWQ bf16 calibration 16 search windows": 40,
            "AWQ bf16 calibration 8 search windows": 40, "QuantEase bf16 calibration": 250,
            "QuantEase +1% outliers (previous text)": 280, "AWQ calibration seed 1": 50, "AWQ calibration seed 2": 50, "AWQ no scale ridge": 50,
+           # the MLP's search on every n-th token (session 13): as AWQ's, or shorter on fewer attention windows
+           **{f"AWQ {windows}MLP token stride {stride}{seed}": seconds for stride, windows, seconds in (
+               (16, "", 50), (16, "16 spread search windows ", 40), (32, "8 spread search windows ", 40))
+              for seed in ("", " calibration seed 1", " calibration seed 2")},
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,
            "TEQ held-out scale check": 110,
            # SignRound: 200 block forwards and backwards on 8 windows per block (estimated from TEQ's 200 steps
