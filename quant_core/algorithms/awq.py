@@ -116,12 +116,18 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
 
     scales = lambda key: _candidate_scales(key, x_mean, w_mean, config)  # noqa: E731
     effective = lambda key: _effective_weight(w, group, scales(key), config)  # noqa: E731
-    loaded = [None]
+    loaded, terms = [None], {}
     ref = [_parent_output(group, b, config) for b in range(len(group.parent_inputs))] if use_parent else []
+
+    def linear_terms(key: int) -> tuple[float, float]:  # once per ratio: a lone linear's cost and factor share it
+        if key not in terms:
+            dw = w - effective(key)
+            terms[key] = output_error(dw, H).item(), dw.pow(2).sum().item()
+        return terms[key]
 
     def part_cost(key: int, batch: int) -> float:
         if not use_parent:
-            return output_error(w - effective(key), H).item()
+            return linear_terms(key)[0]
         if loaded[0] != key:
             for lin, part in zip(group.linears, effective(key).split(splits)):
                 lin.weight.copy_(part.to(lin.weight.dtype))
@@ -132,7 +138,7 @@ def search_scales(group: ScaleGroup, stats: InputStats, config: QuantConfig) -> 
     def factor(key: int) -> float:  # awq_scale_ridge 0: factor 1, skip its weight-sized difference
         if config.awq_scale_ridge == 0:
             return 1.0
-        return unseen_input_factor(w - effective(key), H, config.awq_scale_ridge)
+        return ridge_factor(*linear_terms(key), H, config.awq_scale_ridge)
 
     rank = lambda key: -1 if key == config.awq_n_grid else key  # noqa: E731  ties: RTN, then the lower ratio
     stage = lambda keys, incumbent: pruned_argmin(  # noqa: E731
@@ -156,8 +162,12 @@ def unseen_input_factor(dw: torch.Tensor, H: torch.Tensor, ridge: float) -> floa
     """
     if ridge == 0:
         return 1.0
-    seen = output_error(dw, H).item()
-    unseen = ridge * H.trace().item() / H.shape[0] * dw.pow(2).sum().item()
+    return ridge_factor(output_error(dw, H).item(), dw.pow(2).sum().item(), H, ridge)
+
+
+def ridge_factor(seen: float, dw_squared: float, H: torch.Tensor, ridge: float) -> float:
+    """``unseen_input_factor`` from ``seen = trace(dW H dW^T)`` and ``dw_squared = |dW|^2``."""
+    unseen = ridge * H.trace().item() / H.shape[0] * dw_squared
     return 1.0 + unseen / max(seen, torch.finfo(torch.float32).tiny)
 
 

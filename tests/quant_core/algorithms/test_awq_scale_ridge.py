@@ -90,3 +90,13 @@ def test_a_version_11_awq_checkpoint_loads_with_the_ridge_it_ran_with():
     assert QuantConfig.from_dict({"version": 11, "algorithm": "awq"}).awq_scale_ridge == 0.0
     assert QuantConfig.from_dict({"version": 12, "algorithm": "awq"}).awq_scale_ridge == 0.3
     assert QuantConfig.from_dict({"version": 11, "algorithm": "awq", "awq_scale_ridge": 0.1}).awq_scale_ridge == 0.1
+
+
+def test_a_lone_linear_search_computes_each_ratios_output_error_once(monkeypatch):
+    from quant_core.algorithms import awq
+    group, stats = lone_linear_group()
+    config = QuantConfig(algorithm="awq", weight_dtype="int4", group_size=32, scale_dtype="fp32", awq_scale_ridge=0.3)
+    calls, real = [], awq.output_error
+    monkeypatch.setattr(awq, "output_error", lambda dw, H: calls.append(1) or real(dw, H))
+    _, errors = search_scales(group, stats, config)
+    assert len(calls) == config.awq_n_grid + 1  # every ratio and RTN, each once: its cost and its factor share it
