@@ -47,6 +47,8 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            **{f"AWQ {windows}MLP token stride {stride}{seed}": seconds for stride, windows, seconds in (
                (16, "", 50), (16, "16 spread search windows ", 40), (32, "8 spread search windows ", 40))
               for seed in ("", " calibration seed 1", " calibration seed 2")},
+           **{f"AWQ 8 spread search windows MLP token stride 32 ridge 1.0{seed}": 40
+              for seed in ("", " calibration seed 1", " calibration seed 2")},
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,
            "TEQ held-out scale check": 110,
            # SignRound: 200 block forwards and backwards on 8 windows per block (estimated from TEQ's 200 steps
