@@ -61,22 +61,27 @@ class AlgorithmFields(BaseModel):
                                                      "1 - i / awq_clip_grid are tried.")
     awq_clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="AWQ: the clipping search narrows a "
                                                                      "group's range by less than this fraction.")
-    awq_parent_batches: int = Field(32, ge=0, le=MAX_COUNT, description="AWQ: calibration batches whose attention/MLP outputs "
-                                                          "the scale search compares (0: each linear's own output).")
+    awq_parent_batches: int | None = Field(None, ge=0, le=MAX_COUNT, description="AWQ: calibration batches whose "
+                                           "attention/MLP outputs the scale search compares (0: each linear's own "
+                                           "output). None (the default): 1 on a CPU, all (32) elsewhere "
+                                           "(quant_core/awq_search_auto.py, as awq_mlp_token_stride and awq_scale_ridge); "
+                                           "the saved config records the value.")
     awq_parent_batch_choice: Literal["first", "spread"] = Field(
         "spread", description="AWQ: when awq_parent_batches is fewer than the calibration batches, which ones the "
         "scale search compares: the first (the start of the text: the windows are in text order), or spread "
         "evenly over all (the middle batch of each equal stretch).")
-    awq_mlp_token_stride: int = Field(1, ge=1, le=MAX_COUNT, description="AWQ: > 1: the scale search of a group "
-                                      "whose parent acts on each token alone (the MLP) compares every n-th token of "
-                                      "all calibration windows instead of awq_parent_batches whole batches "
-                                      "(attention keeps whole windows); 1: whole batches for every parent.")
+    awq_mlp_token_stride: int | None = Field(None, ge=1, le=MAX_COUNT, description="AWQ: > 1: the scale search of "
+                                             "a group whose parent acts on each token alone (the MLP) compares every "
+                                             "n-th token of all calibration windows instead of awq_parent_batches whole "
+                                             "batches (attention keeps whole windows); 1: whole batches for every "
+                                             "parent. None (the default): 32 on a CPU, 1 elsewhere.")
     awq_duo_scaling: bool = Field(True, description="AWQ: scales from activations and weights (AutoAWQ's duo "
                                                     "scaling); False: from activations alone.")
-    awq_scale_ridge: float = Field(0.3, ge=0, le=1e6, description="AWQ: the scale search also counts inputs the "
-                                   "calibration text never showed, as an isotropic part ridge * trace(H) / K of each "
-                                   "input's Hessian H (K channels): larger values keep scales nearer RTN's "
-                                   "(0: off; 0.3 since session 9, issue 16).")
+    awq_scale_ridge: float | None = Field(None, ge=0, le=1e6, description="AWQ: the scale search also counts "
+                                          "inputs the calibration text never showed, as an isotropic part ridge * "
+                                          "trace(H) / K of each input's Hessian H (K channels): larger values keep "
+                                          "scales nearer RTN's (0: off). None (the default): 1.0 on a CPU (its "
+                                          "search sees fewer windows), 0.3 elsewhere (since session 9, issue 16).")
     awq_hessian_shrinkage: float = Field(0.0, ge=0, le=1, description="AWQ: the clipping search and a lone "
                                          "linear's scale search measure error with (1-s)H + s diag(H), as GPTQ's "
                                          "hessian_shrinkage, so they lean less on the calibration text's channel "

@@ -326,7 +326,8 @@ def _problems(exc: ValidationError) -> str:
 
 # Fields a config may leave to be decided where quantization runs, and the value that says so; a saved config
 # holds what they were decided to be.
-DECIDED_AT_RUN = {"scale_tuning_steps": None, "calibration_dtype": "auto"}
+DECIDED_AT_RUN = {"scale_tuning_steps": None, "calibration_dtype": "auto", "awq_parent_batches": None,
+                  "awq_mlp_token_stride": None, "awq_scale_ridge": None}
 
 
 def _bits(weight_dtype) -> int:

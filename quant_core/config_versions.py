@@ -28,6 +28,10 @@ older quantllm would refuse them as unknown fields. Off (0 steps), the default, 
 checkpoint layout is unchanged (tuned scales are stored as any scales). Since session 12 the field defaults to None
 ("auto": 128 steps where a calibrated algorithm runs on a CUDA GPU with room for it, else 0); a saved dict holds the
 resolved count, so the version stays 14, and an earlier version's dict, which lacks the field, reads as 0.
+15: AWQ's awq_parent_batches, awq_mlp_token_stride and awq_scale_ridge default to None, decided where AWQ
+calibrates (quant_core/awq_search_auto.py: a CPU searches on fewer windows with a larger ridge); a saved AWQ
+dict holds the resolved values. An earlier AWQ dict ran the all-window search (32 / 1 and its ridge, 0.3 since
+version 12); an earlier dict of another algorithm recorded the then-defaults, which now read as None.
 """
 from __future__ import annotations
 
@@ -36,13 +40,15 @@ from typing import Any
 from .algorithm_settings import ALGORITHM_SETTINGS
 from .errors import ConfigError
 
-CONFIG_VERSION = 14
+CONFIG_VERSION = 15
 HEAD_FIELD_VERSION = 4
 HESSIAN_FIELDS_VERSION = 6
 HESSIAN_SHRINKAGE_VERSION = 8
 TEQ_DEFAULTS_VERSION = 10
 AWQ_SIGNROUND_DEFAULTS_VERSION = 12
 SCALE_TUNING_VERSION = 14
+AWQ_SEARCH_AUTO_VERSION = 15
+AWQ_SEARCH_BEFORE = {"awq_parent_batches": 32, "awq_mlp_token_stride": 1, "awq_scale_ridge": 0.3}
 
 
 def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
@@ -72,4 +78,10 @@ def read_saved_version(data: dict[str, Any]) -> dict[str, Any]:
         data.setdefault("signround_target", "float_block")
     if version < SCALE_TUNING_VERSION:
         data.setdefault("scale_tuning_steps", 0)  # ran without; today's default (None) would read as "auto"
+    if version < AWQ_SEARCH_AUTO_VERSION:
+        for name, before in AWQ_SEARCH_BEFORE.items():
+            if data.get("algorithm") == "awq":
+                data.setdefault(name, before)  # the search it ran (ridge 0 before version 12: set above)
+            else:  # another algorithm's dict recorded the then-defaults, unused (any other value was refused)
+                data.pop(name, None)
     return {**data, "version": CONFIG_VERSION}  # older versions only lack fields

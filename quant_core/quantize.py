@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .awq_search_auto import resolve_awq_search
 from .blocks import default_device
 from .calibration import calibration_dtype_on
 from .config import ALGORITHMS, QuantConfig
@@ -71,6 +72,7 @@ def quantize(model: nn.Module, config: QuantConfig | dict | None = None, *, cali
     # the fields left to the run (config.DECIDED_AT_RUN), decided for where calibration runs and recorded
     where = device or default_device()
     config = resolve_scale_tuning(model, config, where, config.algorithm in CALIBRATED)
+    config = resolve_awq_search(config, where)
     calibrates = config.algorithm in CALIBRATED or config.scale_tuning_steps > 0
     if calibrates and config.calibration_dtype == "auto":
         config = config.model_copy(update={"calibration_dtype": calibration_dtype_on(config, where)})

@@ -24,6 +24,7 @@ import contextlib
 
 import torch
 
+from ..awq_search_auto import resolve_awq_search
 from ..calibration import forward_precision, statistics_rows
 from ..config import QuantConfig
 from ..primitives import grouped, output_error, shrunk
@@ -41,11 +42,13 @@ from .token_sample import acts_per_token, hidden_only, interleaved_parts, stride
 @calibrated_algorithm("awq")
 def awq_step(block: CalibrationBlock) -> None:
     """Record the block's input statistics (and its parents' inputs), then scale, clip and install."""
+    # quantize() has decided the search's fields; a caller of this step alone gets its device's choice
+    config = resolve_awq_search(block.config, next(block.module.parameters()).device)
     groups = scale_groups(block.module, block.arch, block.model_config)
-    kept = search_batches(len(block.inputs.hidden), block.config.awq_parent_batches, block.config.awq_parent_batch_choice)
-    with record_parent_inputs(groups, kept, block.config.awq_mlp_token_stride, block.config.calibration_skip_tokens):
+    kept = search_batches(len(block.inputs.hidden), config.awq_parent_batches, config.awq_parent_batch_choice)
+    with record_parent_inputs(groups, kept, config.awq_mlp_token_stride, config.calibration_skip_tokens):
         stats = collect_input_stats(block, groups)
-    block.install(awq_block(groups, stats, block.config))
+    block.install(awq_block(groups, stats, config))
 
 
 def awq_block(groups: list[ScaleGroup], stats: dict[str, InputStats], config: QuantConfig) -> dict[str, QuantResult]:

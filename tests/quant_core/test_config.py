@@ -1,3 +1,5 @@
+import typing
+
 import pytest
 
 from quant_core import QuantConfig, WeightOnlyQuantConfig
@@ -68,7 +70,9 @@ def _other_value(name):
     if isinstance(default, str):  # a choice: QuantEase's outlier_structure
         return {"unstructured": "columns", "all": "held_out", "float_model": "float_block", "spread": "first",
                 "rtn": "gptq", "nearest": "centre"}[default]
-    if isinstance(default, float) or default is None:  # None: SignRound's lr, derived from its steps
+    if default is None:  # derived (SignRound's lr) or decided where it runs (AWQ's search): a value of its type
+        return 2 if int in typing.get_args(QuantConfig.model_fields[name].annotation) else 0.01
+    if isinstance(default, float):
         return default / 2 if default else 0.01
     return (not default) if isinstance(default, bool) else default + 1
 

@@ -64,7 +64,7 @@ def test_awq_scales_fold_without_changing_the_float_model_output(model_type):
         before = model(x).logits
     arch = architecture_of(model)
     inputs = capture_first_block_inputs(model, [x], "cpu")
-    config = QuantConfig(weight_dtype="int4", group_size=32)
+    config = QuantConfig(algorithm="awq", weight_dtype="int4", group_size=32, awq_scale_ridge=0.3)
     folded = nontrivial = 0
     for block in decoder_layers(model):
         if arch.conv1d:
@@ -93,7 +93,8 @@ def test_awq_block_output_error_is_lower_than_rtn(weight_dtype, group_size, sche
     model = tiny()
     inputs = capture_first_block_inputs(model, list(ids().split(1)), "cpu")
     block = decoder_layers(model)[0]
-    config = QuantConfig(weight_dtype=weight_dtype, group_size=group_size, scheme=scheme)
+    config = QuantConfig(algorithm="awq", weight_dtype=weight_dtype, group_size=group_size, scheme=scheme,
+                         awq_scale_ridge=0.3)
     with torch.no_grad():
         ref = torch.cat(inputs.forward(block))
 

@@ -94,7 +94,8 @@ def coarse_and_full_searches(model_type: str, monkeypatch) -> list[tuple]:
     model = tiny(model_type)
     inputs = capture_first_block_inputs(model, list(ids(n=8, seed=3).split(2)), "cpu")
     block = decoder_layers(model)[0]
-    full_config = QuantConfig(algorithm="awq", weight_dtype="int4", group_size=32, awq_grid_step=1)
+    full_config = QuantConfig(algorithm="awq", weight_dtype="int4", group_size=32, awq_grid_step=1,
+                              awq_scale_ridge=0.3)
     coarse_config = full_config.model_copy(update={"awq_grid_step": 4})
     groups = scale_groups(block, architecture_of(model), model.config)
     with record_parent_inputs(groups, 1):

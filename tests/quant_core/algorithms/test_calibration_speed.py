@@ -77,8 +77,10 @@ def test_awq_forwards_run_in_the_calibration_precision_and_stay_close_to_fp32():
         seen = []
         hook = model.model.layers[0].mlp.register_forward_hook(
             lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
-        quantize(model, QuantConfig(algorithm="awq", group_size=32, calibration_dtype=dtype), calibration=_batches(),
-                 progress=False, device="cpu")
+        # whole batches for every parent: the token sample's per-token probe (a CPU's default, stride 32) runs
+        # after the recorded forwards, outside their precision, in fp32
+        config = QuantConfig(algorithm="awq", group_size=32, calibration_dtype=dtype, awq_mlp_token_stride=1)
+        quantize(model, config, calibration=_batches(), progress=False, device="cpu")
         hook.remove()
         autocast_seen[dtype] = set(seen)
         with torch.no_grad():
