@@ -10,10 +10,11 @@ setting of ``SETTINGS`` (a ratio step and a number of search batches), the ratio
 chooses on the same weights (the same sums in the same order, as ``search_scales`` adds them) and its
 *regret*: its error on all batches over the best error on all batches, minus 1. Key 20 is plain RTN.
 
-Part ``runs``: each row of ``ROWS`` calibrated through the shared driver (block by block, every other
-field at its default, int4 g128 sym), recording per block the chosen ratios, the parent forwards, the
-step's seconds and the output errors after the block (``signround_blocks.measured``: ``local`` against
-the float block on the same inputs, ``model`` against the float model's hidden states).
+Part ``runs``: each row of ``ROWS`` calibrated through the shared driver (block by block, int4 g128 sym,
+every other field at its default, but AWQ's search fields at the all-window search's, quality_columns.
+AWQ_ALL_WINDOWS, as on a GPU), recording per block the chosen ratios, the parent forwards, the step's
+seconds and the output errors after the block (``signround_blocks.measured``: ``local`` against the float
+block on the same inputs, ``model`` against the float model's hidden states).
 Prints JSON lines and tables; writes nothing.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_columns import COLUMNS  # noqa: E402
+from quality_columns import AWQ_ALL_WINDOWS, COLUMNS  # noqa: E402
 from signround_blocks import measured  # noqa: E402
 
 from quant_core import QuantConfig  # noqa: E402
@@ -104,7 +105,7 @@ def cut_model(model, blocks: int):
 
 
 def run(model, tok, fields: dict, args, full_matrix: bool) -> tuple[list[dict], Recorder]:
-    config = QuantConfig(**{**COLUMNS[args.column]["quant_config"], "algorithm": "awq", **fields,
+    config = QuantConfig(**{**COLUMNS[args.column]["quant_config"], "algorithm": "awq", **AWQ_ALL_WINDOWS, **fields,
                             "n_samples": args.n_samples, "seqlen": args.seqlen})
     saved = awq.coarse_to_fine, awq._parent_output, awq.pruned_argmin
     recorder, records = Recorder(full_matrix), []

@@ -7,6 +7,12 @@ Each column is one weight format setting; ``quant_config`` gives our QuantConfig
 """
 from pathlib import Path
 
+# the search every AWQ row ran before session 14 (AWQ's defaults then, a GPU's since), kept literal so the rows
+# keep their meaning whatever a device's default becomes
+AWQ_ALL_WINDOWS = dict(awq_parent_batches=32, awq_mlp_token_stride=1, awq_scale_ridge=0.3)
+# the row with a CPU's AWQ search since session 14 (quant_core/awq_search_auto.py)
+AWQ_CPU_DEFAULT_ROW = "AWQ 8 spread search windows MLP token stride 32 ridge 1.0"
+
 COLUMNS = {
     "int4_g128_sym": dict(label="int4_fullrange g128 sym",
                           quant_config=dict(weight_dtype="int4_fullrange", group_size=128, scheme="sym"),
@@ -125,8 +131,9 @@ ROWS = {
            (32, "8 spread search windows ", dict(awq_parent_batches=1, awq_parent_batch_choice="spread")))
        for i, seed in ((0, ""), (1, " calibration seed 1"), (2, " calibration seed 2"))},
     # the fastest of them (274.5 s on the 2-core CPU) with session 10's larger ridge, which kept the 8-window
-    # search below RTN out of domain at int4 g128 sym (its asym median was 0.08 above)
-    **{f"AWQ 8 spread search windows MLP token stride 32 ridge 1.0{seed}": dict(
+    # search below RTN out of domain at int4 g128 sym (its asym median was 0.08 above); a CPU's AWQ default since
+    # session 14
+    **{f"{AWQ_CPU_DEFAULT_ROW}{seed}": dict(
         algorithm="awq", awq_grid_step=1, awq_mlp_token_stride=32, awq_parent_batches=1,
         awq_parent_batch_choice="spread", awq_scale_ridge=1.0, **({"calibration_seed": i} if i else {}))
        for i, seed in ((0, ""), (1, " calibration seed 1"), (2, " calibration seed 2"))},
@@ -259,6 +266,10 @@ ROWS = {
 # scale_tuning_steps defaults to None ("auto": 128 steps where calibration runs on a GPU): every row runs what its
 # name says, so a row without "scale tuning" in its name runs none, on any device
 ROWS = {name: {"scale_tuning_steps": 0, **fields} for name, fields in ROWS.items()}
+# likewise AWQ's scale search, decided by the device since session 14 (quant_core/awq_search_auto.py): every AWQ
+# row searches as on a GPU (all windows, ridge 0.3; what its cells measured) unless its name says otherwise; the
+# CPU's default is row "AWQ 8 spread search windows MLP token stride 32 ridge 1.0"
+ROWS = {name: {**AWQ_ALL_WINDOWS, **fields} if fields["algorithm"] == "awq" else fields for name, fields in ROWS.items()}
 # likewise GPTQ's act_order and mse_clip, on by default at 3 bits and below since session 12: off unless named
 ROWS = {name: {"act_order": False, "mse_clip": False, **fields} if fields["algorithm"] == "gptq" else fields
         for name, fields in ROWS.items()}

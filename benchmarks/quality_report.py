@@ -9,8 +9,8 @@ from __future__ import annotations
 import statistics
 
 import report
-from quality_columns import (ALL_COLUMNS, COLUMNS, DOUBLE_QUANT_COLUMNS, N_SAMPLES, QUANTEASE_ROWS, ROWS,
-                             RTN_ONLY_COLUMNS, STORE, cell_key)
+from quality_columns import (ALL_COLUMNS, AWQ_CPU_DEFAULT_ROW, COLUMNS, DOUBLE_QUANT_COLUMNS, N_SAMPLES,
+                             QUANTEASE_ROWS, ROWS, RTN_ONLY_COLUMNS, STORE, cell_key)
 from quality_peer_report import PEER
 from quality_texts import PRIMARY, TEXTS, cell_ppl, cell_run, text_id, windows_label
 
@@ -224,7 +224,8 @@ def quantease_targets(cells: dict, n: int) -> list[str]:
     return out
 
 
-DEFAULT_ROWS = ("GPTQ", "AWQ", "TEQ", "QuantEase", "GPTQ->QuantEase", "SignRound")  # as a user gets each
+# as a user gets each; AWQ searches differently by device since session 14: row "AWQ" is a GPU's default
+DEFAULT_ROWS = ("GPTQ", "AWQ", AWQ_CPU_DEFAULT_ROW, "TEQ", "QuantEase", "GPTQ->QuantEase", "SignRound")
 
 
 def median_of_draws(cells: dict, row: str, column: str, n: int, text: str) -> tuple[float, int] | None:
