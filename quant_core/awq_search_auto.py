@@ -7,9 +7,10 @@ those forwards are most of AWQ's time: on all 16 calibration batches SmolLM2 tak
 table and scale tuning after it were measured with (26 of 26 tuned cells better on both texts).
 On a CPU the search therefore compares one spread batch (8 windows) for attention and every 32nd
 token of all 128 windows for the MLP, with a larger scale ridge (1.0 instead of 0.3), which kept
-that smaller sample from fitting the calibration text's channels: 274.5-294 s on the 2-core CPU,
-int4 g128 sym legal-ood median of three draws 22.61 against the all-window search's 23.63 (RTN
-23.76); the other columns in benchmarks/results/quality.md (docs/calibration_speed.md, session 14).
+that smaller sample from fitting the calibration text's channels: `quantllm quantize --algorithm awq`
+quantized SmolLM2 in 232.3 s on the quiet 2-core CPU, int4 g128 sym legal-ood median of three draws
+22.61 against the all-window search's 23.63 (RTN 23.76), below RTN on both texts in every column of
+benchmarks/results/quality.md (docs/calibration_speed.md, session 14).
 Each field the user set keeps its value; the saved config records the resolved ones.
 """
 from __future__ import annotations
