@@ -268,7 +268,7 @@ ROWS = {
 ROWS = {name: {"scale_tuning_steps": 0, **fields} for name, fields in ROWS.items()}
 # likewise AWQ's scale search, decided by the device since session 14 (quant_core/awq_search_auto.py): every AWQ
 # row searches as on a GPU (all windows, ridge 0.3; what its cells measured) unless its name says otherwise; the
-# CPU's default is row "AWQ 8 spread search windows MLP token stride 32 ridge 1.0"
+# CPU's default is AWQ_CPU_DEFAULT_ROW
 ROWS = {name: {**AWQ_ALL_WINDOWS, **fields} if fields["algorithm"] == "awq" else fields for name, fields in ROWS.items()}
 # likewise GPTQ's act_order and mse_clip, on by default at 3 bits and below since session 12: off unless named
 ROWS = {name: {"act_order": False, "mse_clip": False, **fields} if fields["algorithm"] == "gptq" else fields

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_columns import COLUMNS, ROWS, STORE, cell_key  # noqa: E402
+from quality_columns import AWQ_CPU_DEFAULT_ROW, COLUMNS, ROWS, STORE, cell_key  # noqa: E402
 from quality_texts import TEXTS, missing_texts, parse_selection  # noqa: E402
 
 # The brief's order: the int4 g128 sym cells users meet first, then the issue-19 targets' settings.
@@ -47,7 +47,7 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            **{f"AWQ {windows}MLP token stride {stride}{seed}": seconds for stride, windows, seconds in (
                (16, "", 50), (16, "16 spread search windows ", 40), (32, "8 spread search windows ", 40))
               for seed in ("", " calibration seed 1", " calibration seed 2")},
-           **{f"AWQ 8 spread search windows MLP token stride 32 ridge 1.0{seed}": 40
+           **{f"{AWQ_CPU_DEFAULT_ROW}{seed}": 40
               for seed in ("", " calibration seed 1", " calibration seed 2")},
            "TEQ calibration seed 1": 110, "TEQ calibration seed 2": 110, "TEQ scale ridge 0.3": 110,
            "TEQ held-out scale check": 110,
