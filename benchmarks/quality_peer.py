@@ -23,6 +23,7 @@ its timeout still leaves every finished figure. A cell that cannot run says why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -34,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 from quality_columns import COLUMNS, N_SAMPLES, SEQLEN  # noqa: E402
-from quality_peer_report import NC_ROWS, PEER, PEER_ROWS, write_peer  # noqa: E402
+from quality_peer_report import NC_ROWS, PEER, PEER_RECIPES, PEER_ROWS, write_peer  # noqa: E402
 from quality_texts import PRIMARY, TEXTS, missing_texts, text_id  # noqa: E402
 DEFAULT_CELLS = ["RTN:int4_g128_sym", "GPTQ:int4_g128_sym", "GPTQ act_order:int4_g128_sym",
                  "RTN:int3_g128_asym", "GPTQ:int3_g128_asym", "AWQ:int4_g128_sym", "TEQ:int4_g128_sym"]
@@ -127,7 +128,7 @@ def nc_quantize(row: str, column: str, model, tok, n_samples: int, teq_steps: in
     return convert(model)
 
 
-def checkpoint_quantize(row: str, column: str, source, tok, n_samples: int, device: str, seqlen=None):
+def checkpoint_quantize(row: str, column: str, source, tok, n_samples: int, device: str, seqlen=None, iters=None):
     """GPTQModel or AutoRound: quantize the float model's folder, save a GPTQ checkpoint, load it with quantllm."""
     import tempfile
 
@@ -136,16 +137,18 @@ def checkpoint_quantize(row: str, column: str, source, tok, n_samples: int, devi
     from quant_core.loading import embedded_model_dir, gguf_cache_path, load_model
 
     model_dir = str(gguf_cache_path(Path(source)) if source else embedded_model_dir())
-    peer = {"GPTQModel GPTQ": peer_gptqmodel, "AutoRound": peer_autoround}[row]
+    peer = peer_gptqmodel if row == "GPTQModel GPTQ" else peer_autoround
+    iters = iters or PEER_RECIPES.get(row, {}).get("iters")
     with tempfile.TemporaryDirectory() as out:
-        settings = peer.quantize(model_dir, column, calibration_windows(tok, n_samples, seqlen), out, device)
+        settings = peer.quantize(model_dir, column, calibration_windows(tok, n_samples, seqlen), out, device,
+                                 **({"iters": iters} if iters else {}))
         checkpoint = next(Path(out).rglob("config.json")).parent  # AutoRound saves into a named subfolder
         model, _ = load_model(str(checkpoint), device=device)
     return model, settings
 
 
 def run_cell(row: str, column: str, n_samples: int, teq_steps: int, device: str = "cpu", source=None,
-             seqlen=None) -> dict:
+             seqlen=None, iters=None) -> dict:
     """Quantize with the peer and measure perplexity on every text (inside the cell's subprocess).
 
     ``device``: Neural Compressor picks its accelerator itself (``INC_TARGET_DEVICE``, set by
@@ -165,7 +168,7 @@ def run_cell(row: str, column: str, n_samples: int, teq_steps: int, device: str 
     if row in NC_ROWS:
         model = nc_quantize(row, column, model.to(device), tok, n_samples, teq_steps, device)
     else:
-        model, settings = checkpoint_quantize(row, column, source, tok, n_samples, device, seqlen)
+        model, settings = checkpoint_quantize(row, column, source, tok, n_samples, device, seqlen, iters)
     seconds = time.perf_counter() - start
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     ppl = evaluate(model, windows, TEXTS, device)  # some algorithms hand the model back on the CPU
@@ -180,7 +183,8 @@ def device_name(device: str) -> str:
     return f"CPU x{os.cpu_count()}"
 
 
-LIBRARIES = {"GPTQModel GPTQ": "gptqmodel", "AutoRound": "auto-round", **{r: "neural-compressor-pt" for r in NC_ROWS}}
+LIBRARIES = {"GPTQModel GPTQ": "gptqmodel", "AutoRound": "auto-round", **{r: "auto-round" for r in PEER_RECIPES},
+             **{r: "neural-compressor-pt" for r in NC_ROWS}}
 
 
 def library_versions(rows) -> dict:
@@ -201,15 +205,19 @@ def run_one(args, cell: str, n: int, run_id: str) -> dict:
     print(f"[peer] {cell} (load {load}, {n} samples) ...", flush=True)
     cmd = [sys.executable, __file__, "--one", cell, "--n-samples", str(n), "--teq-steps", str(args.teq_steps),
            "--device", args.device] + (["--model", args.model] if args.model else []) + \
-        (["--seqlen", str(args.seqlen)] if args.seqlen else [])
+        (["--seqlen", str(args.seqlen)] if args.seqlen else []) + (["--iters", str(args.iters)] if args.iters else [])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cell_timeout)
+        # --cell-log: a long cell's progress is readable while it runs, which a pipe's is not
+        with open(args.cell_log, "w") if args.cell_log else contextlib.nullcontext() as log:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log or subprocess.PIPE, text=True,
+                                  timeout=args.cell_timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {args.cell_timeout} s on {device_name(args.device)}", "run": run_id}
     found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if found:
         return {**json.loads(found[-1][7:]), "load": load, "n_samples": n, "run": run_id}
-    return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1], "run": run_id}
+    stderr = Path(args.cell_log).read_text() if args.cell_log else proc.stderr
+    return {"error": (stderr.strip().splitlines() or ["no output"])[-1], "run": run_id}
 
 
 def main(argv=None) -> None:
@@ -226,12 +234,14 @@ def main(argv=None) -> None:
                    "figures do not depend on it beyond float rounding; TF32 stays off)")
     p.add_argument("--model", default=None, help="model source (default: the embedded SmolLM2; a .gguf on a GPU machine)")
     p.add_argument("--seqlen", type=int, default=None, help="calibration window length (smoke tests only)")
+    p.add_argument("--iters", type=int, default=None, help="AutoRound iterations in place of the row's (smoke tests only)")
+    p.add_argument("--cell-log", default=None, help="file for the running cell's log (its stderr), to watch a long cell")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run a single cell, print JSON
     args = p.parse_args(argv)
     if args.one:
         row, column = args.one.split(":")
         print("RESULT " + json.dumps(run_cell(row, column, args.n_samples, args.teq_steps, args.device, args.model,
-                                              args.seqlen)), flush=True)
+                                              args.seqlen, args.iters)), flush=True)
         return
     cells = [f"{r}:{c}" for r in PEER_ROWS for c in COLUMNS] if args.cells == "all" else args.cells.split(",")
     for cell in cells:
@@ -240,7 +250,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"unknown cell {cell!r}: rows {', '.join(PEER_ROWS)}; columns {', '.join(COLUMNS)}")
     data = report.load(PEER)
     os.environ["INC_TARGET_DEVICE"] = args.device
-    row_samples = {k: int(v) for k, v in (x.split("=") for x in args.row_samples.split(",") if x)}
+    row_samples = {r: recipe["n_samples"] for r, recipe in PEER_RECIPES.items()}
+    row_samples.update({k: int(v) for k, v in (x.split("=") for x in args.row_samples.split(",") if x)})
     rows = {c.partition(":")[0] for c in cells}
     setup = data.setdefault("setup", {})
     setup.setdefault("versions", {}).update(library_versions(rows))

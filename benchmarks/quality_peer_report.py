@@ -7,7 +7,11 @@ from quality_texts import TEXTS, cell_ppl, text_id, windows_label
 
 PEER = "quality_peer"
 NC_ROWS = ("RTN", "GPTQ", "GPTQ act_order", "AWQ", "TEQ")  # Neural Compressor's, named as ours
-PEER_ROWS = (*NC_ROWS, "GPTQModel GPTQ", "AutoRound")
+# A peer's documented recipe beyond its defaults, as its own row: auto-round 0.16.1's RECIPES["best"]
+# (auto_round/cli/main.py) is 1000 iterations on 512 samples, batch 8; its 2048-token windows are the table's
+# 512 here, like every cell's. The 512 windows come from the same text and seed as our 128.
+PEER_RECIPES = {"AutoRound best": {"iters": 1000, "n_samples": 512}}
+PEER_ROWS = (*NC_ROWS, "GPTQModel GPTQ", "AutoRound", *PEER_RECIPES)
 
 
 def peer_cell(r, text: str) -> str:

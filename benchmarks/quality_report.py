@@ -11,7 +11,7 @@ import statistics
 import report
 from quality_columns import (ALL_COLUMNS, AWQ_CPU_DEFAULT_ROW, COLUMNS, DOUBLE_QUANT_COLUMNS, N_SAMPLES,
                              QUANTEASE_ROWS, ROWS, RTN_ONLY_COLUMNS, STORE, cell_key)
-from quality_peer_report import PEER
+from quality_peer_report import PEER, PEER_RECIPES
 from quality_texts import PRIMARY, TEXTS, cell_ppl, cell_run, text_id, windows_label
 
 TIMING_COLUMN = "int4_g128_sym"
@@ -270,7 +270,7 @@ SETTING_ROWS = [r for r in ROWS if "calibration seed" not in r]
 
 def our_row(cells: dict, peer_row: str, col: str, n: int, text: str):
     """(row, perplexity) of ours to hold against ``peer_row``: the same row, or our best at that setting."""
-    if peer_row != "AutoRound":
+    if not peer_row.startswith("AutoRound"):
         row = OUR_ROW_FOR_PEER.get(peer_row, peer_row)
         return row, ppl(cells, cell_key(row, col, n), text)
     found = [(v, r) for r in SETTING_ROWS if (v := ppl(cells, cell_key(r, col, n), text)) is not None]
@@ -281,7 +281,8 @@ def peer_comparison(cells: dict, peer: dict, n: int) -> str:
     comp = []
     for key, res in peer.get("results", {}).items():
         row, _, col = key.partition(":")
-        samples = n if row == "RTN" else res.get("n_samples", n)
+        # a peer's recipe that calibrates on more windows than ours is held against our cells as they are
+        samples = n if row == "RTN" or row in PEER_RECIPES else res.get("n_samples", n)
         for text in TEXTS:
             theirs = cell_ppl(res, text)
             name, ours = our_row(cells, row, col, samples, text)
