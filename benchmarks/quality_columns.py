@@ -258,6 +258,13 @@ ROWS = {
     **{f"GPTQ act_order clip Hessian shrinkage 0.5 calibration seed {i}": {**GPTQ_ACT_ORDER_CLIP_SHRUNK,
                                                                           "calibration_seed": i} for i in (1, 2)},
     "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": {**GPTQ_ACT_ORDER_CLIP_SHRUNK, "scale_tuning_steps": 128},
+    # session 15: AutoRound's best recipe (1000 iterations on 512 windows) reached 33.67 / 25.93 at int3 g128 asym,
+    # below our best out of domain (SignRound + scale tuning, 26.09): the token-weighted fit (each token's error
+    # as the next RMSNorm weighs it; the lowest untuned legal-ood figures), tuned; and longer tuning
+    **{f"{row} + scale tuning": {**settings, "scale_tuning_steps": 128} for row, settings in (
+        ("SignRound token-weighted", dict(algorithm="signround", signround_token_weighting=True)),
+        ("SignRound from QuantEase nearest token-weighted", {**FROM_QUANTEASE, "signround_token_weighting": True}))},
+    "SignRound + scale tuning 512 steps": dict(algorithm="signround", scale_tuning_steps=512),
     # what "auto" (the default since session 12) runs on a GPU: each algorithm's defaults, then 128 steps
     **{f"{row} + scale tuning": dict(algorithm=algorithm, scale_tuning_steps=128) for row, algorithm in (
         ("GPTQ", "gptq"), ("AWQ", "awq"), ("TEQ", "teq"), ("QuantEase", "quantease"),

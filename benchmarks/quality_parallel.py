@@ -70,6 +70,9 @@ SECONDS = {"RTN": 15, "RTN fp32 scales": 15, "RTN int8 head": 15, "RTN int4 head
            **{f"SignRound from QuantEase nearest + scale tuning calibration seed {i}": 370 for i in (1, 2)},
            **{f"SignRound + scale tuning calibration seed {i}": 260 for i in (1, 2)},
            "QuantEase +1% outliers + scale tuning": 390,
+           # session 15: the untuned rows' estimates plus ~110 s of tuning (~440 s for 512 steps)
+           "SignRound token-weighted + scale tuning": 310, "SignRound from QuantEase nearest token-weighted + scale "
+           "tuning": 560, "SignRound + scale tuning 512 steps": 640,
            # GPTQ act_order + clip: 55-60 s a cell alone on the H200 (run az), ~110 s more tuned (run be)
            "GPTQ act_order clip Hessian shrinkage 0.5": 90, "GPTQ act_order clip Hessian shrinkage 0.5 + scale tuning": 200,
            # the defaults' rows plus ~110 s of tuning (run 2026-12-01T00:26: 124-163 s tuned GPTQ cells, 5 at once)
