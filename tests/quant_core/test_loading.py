@@ -19,7 +19,12 @@ def test_missing_gguf_file():
 
 
 def test_unreachable_model_id(monkeypatch):
+    import huggingface_hub.constants
+
+    # the hub library reads the variable once, at import: an earlier test's import left it online, and each
+    # request to an unreachable hub then waits out its retries (46 s in the suite)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="local path or a reachable hub id"):
         load_model("no-such-org/no-such-model-xyz")
 
