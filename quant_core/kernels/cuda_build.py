@@ -129,6 +129,8 @@ def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[s
     lib.qmm_wgmma.restype = ctypes.c_int
     lib.qmm_dequant.argtypes = [ctypes.POINTER(QmmArgs), p, p]
     lib.qmm_dequant.restype = ctypes.c_int
+    lib.qmm_preload.argtypes = []
+    lib.qmm_preload.restype = ctypes.c_int
     lib.qmm_set_device.argtypes = [ctypes.c_int]
     lib.qmm_set_device.restype = ctypes.c_int
     lib.qmm_set_pdl.argtypes = [ctypes.c_int]
@@ -141,3 +143,19 @@ def load_library(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[s
         raise BuildError(f"CUDA kernel library reports variant {lib.qmm_variant()}, expected {want}; "
                          f"delete {cache_root() / 'kernels'} and retry")
     return lib
+
+
+_PRELOADED: set[tuple[int, int]] = set()
+
+
+def preload(lib: ctypes.CDLL, device: int) -> None:
+    """Load every kernel of ``lib`` on ``device`` now, once: under CUDA's lazy loading a kernel first
+    launched inside a CUDA-graph capture is loaded mid-capture, which invalidates the capture. Call it
+    outside any capture (a layer's construction does)."""
+    if (id(lib), device) in _PRELOADED:
+        return
+    lib.qmm_set_device(device)  # the library's own runtime keeps its own current device
+    err = lib.qmm_preload()
+    if err:
+        raise BuildError(f"loading the CUDA kernels on device {device} failed: {lib.qmm_error_string(err).decode()}")
+    _PRELOADED.add((id(lib), device))

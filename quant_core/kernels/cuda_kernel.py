@@ -242,6 +242,7 @@ class CudaKernel(Kernel):
         self.lib = cuda_build.load_library(self.dtype == torch.bfloat16, self.weight.kind, self.weight.zero_mode,
                                            _arch())
         self.device = self.weight.qweight.device
+        cuda_build.preload(self.lib, self.device.index or 0)  # no kernel may first load inside a graph capture
         self._ws = workspace(self.device, self.weight.out_features)
         self._configs: dict[int, CudaConfig] = {}  # rows -> tuned config
         self._args: dict[tuple, cuda_build.QmmArgs] = {}  # (rows, config) -> launch arguments

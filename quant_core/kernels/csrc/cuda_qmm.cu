@@ -34,10 +34,20 @@ constexpr int STAGES = 4;
 // sm_90, while qmm_set_pdl(1) (cuda_build.py sets it from QUANTLLM_CUDA_PDL).
 int pdl_enabled = 0;
 
+// Lazy module loading (CUDA's default since 12.2, PyTorch's too) loads a kernel at its first launch; a
+// first launch inside a CUDA-graph capture loads code mid-capture and invalidates the capture (seen on the
+// H200: the lean decode step's graph, after other layers in the process had tuned). qmm_preload() walks
+// every launch path with `preloading` set: launch_ex then asks the kernel's attributes, which loads it.
+bool preloading = false;
+
 // Every kernel launch: `cluster` blocks along x meet in a thread-block cluster when > 1; with PDL when enabled.
 template <typename K>
 cudaError_t launch_ex(K kernel, dim3 grid, int threads, int smem, cudaStream_t stream, const qmm::Args& a,
                       int cluster = 1) {
+  if (preloading) {
+    cudaFuncAttributes attrs;
+    return cudaFuncGetAttributes(&attrs, kernel);
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads, 1, 1);
@@ -228,6 +238,38 @@ int qmm_dequant(const qmm::Args* a, void* w, void* stream) {
   qmm::dequant_kernel<T, QMM_FMT, QMM_ZM>
       <<<(units + WARPS - 1) / WARPS, WARPS * 32, 0, static_cast<cudaStream_t>(stream)>>>(*a, static_cast<T*>(w));
   return cudaGetLastError();
+}
+
+// Loads every kernel of the library (see `preloading`); call once, outside any graph capture. Returns the
+// first error other than a shape a path rejects (cudaErrorInvalidValue), else 0.
+int qmm_preload() {
+  qmm::Args a = {};
+  a.N = 1024, a.K = 4096, a.k_split = 4096, a.splits = 1;
+  cudaError_t first = cudaSuccess;
+  auto keep = [&](int err) {
+    if (err != cudaSuccess && err != cudaErrorInvalidValue && err != cudaErrorNotSupported && first == cudaSuccess)
+      first = static_cast<cudaError_t>(err);
+  };
+  preloading = true;
+  for (const int group : {4096, 32}) {  // one group a stage, and several (the ONE_GROUP instantiations)
+    a.group = group, a.group_shift = group == 32 ? 5 : 12;
+    for (const int m : {1, 17, 33}) {  // the mma kernel's row tiles
+      a.M = m;
+      for (int tile = 0; tile < 6; ++tile) keep(qmm_run(&a, tile, nullptr));
+    }
+    for (const int m : {1, 9}) {  // the few-row kernel's operand counts and register budgets
+      a.M = m;
+      keep(qmm_gemv(&a, 1, 3, nullptr));
+      keep(qmm_gemv(&a, 1, 4, nullptr));
+    }
+    a.M = 2;
+    for (int tile = 0; tile < 3; ++tile)
+      for (const int mn : {16, 32, 64, 128, 256}) keep(qmm_wgmma(&a, tile, mn, nullptr));
+  }
+  preloading = false;
+  cudaFuncAttributes attrs;
+  keep(cudaFuncGetAttributes(&attrs, qmm::dequant_kernel<T, QMM_FMT, QMM_ZM>));
+  return first;
 }
 
 int qmm_set_device(int device) { return cudaSetDevice(device); }
