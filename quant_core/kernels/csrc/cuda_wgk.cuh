@@ -12,12 +12,17 @@
 // 128-byte-swizzled rows (64 k a row, 16-byte chunk c of row m at c ^ (m % 8)): the unswizzled
 // layout made the tensor cores' reads of x conflict 4-8 ways (measured: 0.2 of the mma kernel's
 // speed at 256 rows). While the tensor cores run stage i, the warps decode stage i + 1 into the
-// other register buffer. Few rows make each wgmma short, so consecutive 16-k bands accumulate into
+// other register buffer; to 64 rows stage i's wgmmas also stay in flight through the barrier and
+// the next copies' issue (WgTile::IN_FLIGHT). Few rows make each wgmma short, so consecutive 16-k bands accumulate into
 // NACC independent sets (summed at the end): a chain of dependent wgmmas costs their latency, not
 // their work. K splits meet like the mma kernel's (store_tile): fp32 workspace, last block writes.
 #pragma once
 #include "cuda_qmm.cuh"
 #include "cuda_wgmma.cuh"
+
+#ifndef QMM_WG_INFLIGHT
+#define QMM_WG_INFLIGHT -1  // the stage loop by rows (WgTile::IN_FLIGHT); 0 / 1: one loop for all (A/B timing)
+#endif
 
 namespace qmm {
 
@@ -30,6 +35,9 @@ struct WgTile {
   static constexpr int RED_STRIDE = BN + 4;
   static constexpr int BN_ = BN, FMT_ = FMT, ZM_ = ZM, MN_ = MN, WG_ = WG;
   static constexpr int NACC = MN <= 32 ? 4 : MN == 64 ? 2 : 1;  // independent accumulator sets
+  // Leave one stage's wgmmas in flight while the next is loaded and decoded, to 64 rows (1-8 % faster
+  // on the H200, 16-64 rows); from 128 rows drain each stage (2-7 % faster there: benchmarks/gpu_wgmma_pipeline.py).
+  static constexpr bool IN_FLIGHT = QMM_WG_INFLIGHT < 0 ? MN <= 64 : QMM_WG_INFLIGHT != 0;
   static constexpr int SWZ = 1024;  // a swizzle atom: 8 rows of 128 bytes, aligned to its size
   static_assert(MN % 16 == 0 && MN <= 256 && BK % 64 == 0 && ROWS % NACC == 0, "wgmma tile shape");
 
@@ -144,19 +152,42 @@ __device__ __forceinline__ void wg_decode(uint32_t (&af)[C::ROWS][4], const uint
   }
 }
 
+// Pins the accumulators to their registers across an asm boundary: with a wgmma still in flight
+// the compiler must not copy or re-define them (ptxas then serializes every wgmma, warning C7515).
+template <typename C>
+__device__ __forceinline__ void fence_operands(float (&acc)[C::NACC][C::MN_ / 2]) {
+#pragma unroll
+  for (int j = 0; j < C::NACC; ++j)
+#pragma unroll
+    for (int i = 0; i < C::MN_ / 2; ++i) asm volatile("" : "+f"(acc[j][i])::"memory");
+}
+
+template <typename C>
+__device__ __forceinline__ void zero_acc(float (&acc)[C::NACC][C::MN_ / 2]) {
+#pragma unroll
+  for (int j = 0; j < C::NACC; ++j)
+#pragma unroll
+    for (int i = 0; i < C::MN_ / 2; ++i) acc[j][i] = 0.f;
+}
+
 // The stage's wgmmas: band r reads x's columns 16r..16r+15, 32 bytes into a row of its 64-k block
 // (the start address moves inside the swizzle atom; the hardware swizzles the absolute address).
 template <typename C, typename T>
 __device__ __forceinline__ void wg_issue(float (&acc)[C::NACC][C::MN_ / 2], const uint32_t (&af)[C::ROWS][4],
-                                         const uint8_t* base) {
+                                         const uint8_t* base, bool first) {
   const uint64_t desc = smem_desc_sw128(base, 8 * 128);  // 8-row groups 1024 bytes apart
+  fence_operands<C>(acc);
   wgmma_fence();
 #pragma unroll
   for (int r = 0; r < C::ROWS; ++r) {
     const int offset = (r >> 2) * C::MN_ * 128 + (r & 3) * 32;
-    Wgmma<C::MN_, T>::run(acc[r % C::NACC], af[r], desc + static_cast<uint64_t>(offset >> 4));
+    // the first stage's first band of each set writes it (scale-d 0): no zeroing instruction defines
+    // an accumulator that a wgmma still in flight may write, which would serialize every wgmma
+    Wgmma<C::MN_, T>::run(acc[r % C::NACC], af[r], desc + static_cast<uint64_t>(offset >> 4),
+                          !(first && r < C::NACC));
   }
   wgmma_commit();
+  fence_operands<C>(acc);
 }
 
 template <typename T, int FMT, int ZM, int MN, int WG, int BK, int STAGES, bool ONE_GROUP>
@@ -178,11 +209,8 @@ __global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
       *reinterpret_cast<uint4*>(smem + st * stage_bytes + C::x_offset(m, kc)) = make_uint4(0, 0, 0, 0);
     }
   const WgPlan<C, T> plan(a, tid, m0, n0, rows, k_begin);
-  float acc[C::NACC][MN / 2];
-#pragma unroll
-  for (int j = 0; j < C::NACC; ++j)
-#pragma unroll
-    for (int i = 0; i < MN / 2; ++i) acc[j][i] = 0.f;
+  float acc[C::NACC][MN / 2];  // IN_FLIGHT: first written by the first stage's wgmmas (scale-d 0)
+  if constexpr (!C::IN_FLIGHT) zero_acc<C>(acc);
 
   // The first stages' weight before the wait (it overlaps the previous kernel's tail), their x after;
   // commit group 0 holds all of that weight, so "stage s landed" (group s) still means what it did.
@@ -202,24 +230,45 @@ __global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
   uint32_t af0[C::ROWS][4], af1[C::ROWS][4];  // two buffers: decode stage i + 1 while stage i multiplies
   if (iters > 0) wg_decode<C, ONE_GROUP, T>(af0, smem, sg, a, lane, wg, w);
 
-  // One stage: loads STAGES - 1 ahead, this stage's wgmmas, the next stage's decode, then the wait
-  // that frees this stage's slot (the barrier: every warpgroup's wgmmas read the same x tile).
+  // One stage. IN_FLIGHT: issue stage it's wgmmas, wait for stage it - 1's (its A registers and x slot
+  // become free), then one barrier that both frees that slot for every warpgroup and publishes stage
+  // it + 1's landed copies; refill the slot, decode stage it + 1. The tensor cores keep working through
+  // the barrier, the copies' issue and the decode. Otherwise (drained): loads STAGES - 1 ahead, this
+  // stage's wgmmas, the next stage's decode, then a wait for all of this stage's wgmmas and a barrier
+  // before the slot is refilled.
   auto step = [&](int it, const uint32_t (&cur)[C::ROWS][4], uint32_t (&nxt)[C::ROWS][4]) {
     const int ahead = it + STAGES - 1;
-    if (ahead < iters) plan.load(smem + (ahead % STAGES) * stage_bytes, ahead, a);
-    cp_async_commit();
-    wg_issue<C, T>(acc, cur, smem + (it % STAGES) * stage_bytes);
-    cp_async_wait<STAGES - 2>();
-    fence_proxy_async();
-    __syncthreads();
-    if (it + 1 < iters) wg_decode<C, ONE_GROUP, T>(nxt, smem + ((it + 1) % STAGES) * stage_bytes, sg, a, lane, wg, w);
-    wgmma_wait<0>();
-    __syncthreads();
+    uint8_t* next_slot = smem + ((it + 1) % STAGES) * stage_bytes;
+    if constexpr (C::IN_FLIGHT) {
+      static_assert(STAGES >= 3, "the slot refilled at stage it is stage it - 1's");
+      wg_issue<C, T>(acc, cur, smem + (it % STAGES) * stage_bytes, it == 0);
+      wgmma_wait<1>();
+      fence_operands<C>(acc);
+      cp_async_wait<STAGES - 3>();  // stages to it + 1 landed (it + STAGES - 2 committed so far)
+      fence_proxy_async();
+      __syncthreads();
+      if (ahead < iters) plan.load(smem + (ahead % STAGES) * stage_bytes, ahead, a);
+      cp_async_commit();
+      if (it + 1 < iters) wg_decode<C, ONE_GROUP, T>(nxt, next_slot, sg, a, lane, wg, w);
+    } else {
+      if (ahead < iters) plan.load(smem + (ahead % STAGES) * stage_bytes, ahead, a);
+      cp_async_commit();
+      wg_issue<C, T>(acc, cur, smem + (it % STAGES) * stage_bytes, false);
+      cp_async_wait<STAGES - 2>();
+      fence_proxy_async();
+      __syncthreads();
+      if (it + 1 < iters) wg_decode<C, ONE_GROUP, T>(nxt, next_slot, sg, a, lane, wg, w);
+      wgmma_wait<0>();
+      __syncthreads();
+    }
   };
   for (int it = 0; it < iters; it += 2) {
     step(it, af0, af1);
     if (it + 1 < iters) step(it + 1, af1, af0);
   }
+  wgmma_wait<0>();
+  if constexpr (C::IN_FLIGHT)
+    if (iters == 0) zero_acc<C>(acc);  // an empty K split (cuda_kernel.py makes none) adds nothing
   cp_async_wait<0>();
   __syncthreads();  // the pipeline's shared memory becomes the reduction buffer
 
