@@ -37,7 +37,8 @@ int pdl_enabled = 0;
 // Lazy module loading (CUDA's default since 12.2, PyTorch's too) loads a kernel at its first launch; a
 // first launch inside a CUDA-graph capture loads code mid-capture and invalidates the capture (seen on the
 // H200: the lean decode step's graph, after other layers in the process had tuned). qmm_preload() walks
-// every launch path with `preloading` set: launch_ex then asks the kernel's attributes, which loads it.
+// every launch path with `preloading` set: launch_ex then asks the kernel's attributes, which loads it,
+// and no shared-memory limit is raised (each stays as the real launches leave it).
 bool preloading = false;
 
 // Every kernel launch: `cluster` blocks along x meet in a thread-block cluster when > 1; with PDL when enabled.
@@ -92,7 +93,7 @@ cudaError_t launch(const qmm::Args& a, cudaStream_t stream) {
     return cudaErrorInvalidValue;  // the Python side filters configs; this keeps a wrong call harmless
   const int smem = C::smem_bytes(a.group);
   static int raised = 48 * 1024;  // per instantiation: the dynamic limit already granted
-  if (smem > raised) {
+  if (smem > raised && !preloading) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     raised = smem;
@@ -125,7 +126,7 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
   const int blocks = a.splits > 1 ? a.splits : cluster;
   const int smem = qmm::gemv_smem_bytes<T, QMM_FMT, QMM_ZM, M16>(a, blocks, cluster);
   static int raised = 48 * 1024;
-  if (smem > raised) {
+  if (smem > raised && !preloading) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     raised = smem;
@@ -161,7 +162,7 @@ cudaError_t launch_wg(const qmm::Args& a, cudaStream_t stream) {
     const int smem = C::smem_bytes(a.group);
     if (smem > 227 * 1024) return cudaErrorInvalidValue;
     static int raised = 48 * 1024;
-    if (smem > raised) {
+    if (smem > raised && !preloading) {
       const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
       if (err != cudaSuccess) return err;
       raised = smem;
