@@ -19,6 +19,7 @@ import cpu_speed_report  # noqa: E402
 import demo_recipes_report  # noqa: E402
 import gpu_gemv_report  # noqa: E402
 import gpu_speed_report  # noqa: E402
+import gpu_wgmma_report  # noqa: E402
 import interop_report  # noqa: E402
 import quality_peer_report  # noqa: E402
 import quality_report  # noqa: E402
@@ -38,6 +39,7 @@ RENDERERS = {
     "cpu_speed": cpu_speed_report.render,
     "gpu_speed": gpu_speed_report.render,
     "gpu_gemv_cost": gpu_gemv_report.render,
+    "gpu_wgmma_pipeline": gpu_wgmma_report.render,
     "batch": batch_report.render,
     "batch_constrained": batch_constrained_report.render,
     "interop": interop_report.render,

@@ -1,0 +1,46 @@
+"""Markdown of benchmarks/results/gpu_wgmma_pipeline.json (python benchmarks/render.py gpu_wgmma_pipeline): the
+CUDA kernel's many-row picks, the wgmma stage loop's builds side by side, and Nsight Compute of the picks."""
+from __future__ import annotations
+
+import report
+
+BUILDS = (("shipped", "shipped"), ("in_flight", "in flight everywhere"), ("drained", "drained everywhere"))
+
+
+def _best(row: dict, build: str, wg: bool | None = None) -> dict | None:
+    cells = [c for c in row["cells"] if c["build"] == build and (wg is None or c["config"].startswith("wg") == wg)]
+    return min(cells, key=lambda c: c["rot_us"]) if cells else None
+
+
+def _cell(row: dict, c: dict | None, label: bool = True) -> str:
+    if c is None:
+        return "–"
+    return (f"{c['config']} " if label else "") + f"{c['rot_us']:.1f} ({row['bf16_us'] / c['rot_us']:.2f}×)"
+
+
+def render(data: dict) -> list[str]:
+    sweep, runs = data["sweep"], data["runs"]
+    out = ["# CUDA kernel, 16 to 256 rows: the wgmma stage loop and the shipped picks", "",
+           report.GENERATED.format(name="gpu_wgmma_pipeline"), "",
+           f"Sweep, run {sweep['run']}: {runs[sweep['run']]['what']}", "",
+           "## Fastest config per build (µs per call, graph replay, weights rotated through HBM; × = bf16 cuBLAS / this)",
+           "", "'table pick before' = the shipped table's pick before this run, timed in the shipped build; "
+           "'fastest' = every candidate (mma tiles, few-row kernel, wgmma), shipped build; the wgmma columns: "
+           "that kernel's fastest config in each build.", "",
+           "| format | K×N | M | bf16 | table pick before | fastest | " + " | ".join(f"wgmma, {t}" for _, t in BUILDS) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(BUILDS)]
+    for r in sweep["rows"]:
+        before = next((c for c in r["cells"] if c["build"] == "shipped" and c["config"] == r.get("table_pick")), None)
+        out.append(f"| {r['fmt']} | {r['k']}×{r['n']} | {r['m']} | {r['bf16_us']:.1f} | {_cell(r, before)} | "
+                   f"{_cell(r, _best(r, 'shipped'))} | " + " | ".join(_cell(r, _best(r, b, True)) for b, _ in BUILDS) + " |")
+    prof = data.get("profile")
+    if prof:
+        out += ["", f"## Nsight Compute, run {prof['run']}", "", runs[prof["run"]]["what"], "",
+                "| K×N | M | config | grid × threads | µs | DRAM % | L2 % | SM % | SM active / elapsed cycles | "
+                "achieved occupancy % (block limit: registers / shared memory) | cycles per issued instruction |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {p['k']}×{p['n']} | {p['m']} | {p['config']} | ({p['grid']}) × {p['threads']} | {p['duration_us']:.1f} | "
+                f"{p['dram_pct']:.0f} | {p['l2_pct']:.0f} | {p['sm_pct']:.0f} | {p['sm_active_cycles']:,.0f} / "
+                f"{p['elapsed_cycles']:,.0f} | {p['occupancy_pct']:.1f} ({p['limit_regs']:.0f} / {p['limit_smem']:.0f}) | "
+                f"{p['issue_cycles']:.2f} |" for p in prof["rows"]]
+    return out + ["", "## Notes", ""] + [f"- {n}" for n in data.get("notes", [])]
