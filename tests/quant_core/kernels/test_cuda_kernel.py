@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from quant_core.errors import BuildError
 from quant_core.formats import get_format, pack_codes
 from quant_core.kernels import cuda_build, cuda_kernel, registry
 from quant_core.kernels.base import LayerSpec
@@ -22,6 +23,13 @@ def spec(fmt="int4_fullrange", group=128, k=4096, n=4096, compute="bf16", device
          g_idx=False) -> LayerSpec:
     f = get_format(fmt)
     return LayerSpec(f.name, f.bits, group, k, n, zero_mode == "none", g_idx, zero_mode, compute, device)
+
+
+@pytest.fixture(autouse=True)
+def no_user_switches(monkeypatch):
+    """The kernel's switches, set in a user's environment, would change the candidates asserted here."""
+    for switch in (cuda_kernel.WGMMA_ENV, cuda_kernel.GEMV_ENV, cuda_kernel.DENSE_CACHE_ENV, cuda_kernel.SHIPPED_ENV):
+        monkeypatch.delenv(switch, raising=False)
 
 
 @pytest.fixture
@@ -140,6 +148,60 @@ def test_shipped_defaults_name_real_candidates(monkeypatch):
         for key, label in picks.items():
             _, rows, k, n, kind, _, group, _ = ast.literal_eval(key)
             assert label in {c.label() for c in candidates(rows, n, k, group, kind=kind)}, (gpu, key, label)
+
+
+def test_preload_walks_every_launch_config():
+    """qmm_preload must reach every kernel a launch can pick (else that kernel may first load inside a
+    graph capture): each mma tile at each row tile, both few-row register budgets, each wgmma tile and
+    row block, each with one group a stage and several."""
+    src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
+    body = src[src.index("int qmm_preload() {"):]
+    body = body[:body.index("\n}\n")]
+    assert "for (const int group : {4096, 32})" in body
+    assert "for (const int m : {1, 17, 33})" in body  # launch_rows: <= 16, <= 32 and more rows
+    assert f"for (int tile = 0; tile < {len(TILES)}; ++tile) keep(qmm_run(&a, tile, nullptr));" in body
+    for occupancy in (cuda_kernel.GEMV_BLOCKS_PER_SM, cuda_kernel.GEMV_BLOCKS_PER_SM_SMALL):
+        assert f"keep(qmm_gemv(&a, 1, {occupancy}, nullptr));" in body
+    assert "for (const int m : {1, 9})" in body  # x as one 8-row operand, and as two
+    assert f"for (int tile = 0; tile < {len(cuda_kernel.WG_TILES)}; ++tile)" in body
+    assert "for (const int mn : {" + ", ".join(map(str, cuda_kernel.WG_ROWS)) + "})" in body
+    assert "dequant_kernel" in body
+
+
+class FakeLibrary:
+    def __init__(self, error=0):
+        self.error, self.calls = error, []
+
+    def qmm_set_device(self, device):
+        self.calls.append(("device", device))
+        return 0
+
+    def qmm_preload(self):
+        self.calls.append("preload")
+        return self.error
+
+    def qmm_error_string(self, err):
+        return b"no kernel image is available for execution on the device"
+
+
+def test_preload_once_per_library_and_device(monkeypatch):
+    monkeypatch.setattr(cuda_build, "_PRELOADED", set())
+    lib, other = FakeLibrary(), FakeLibrary()
+    for _ in range(3):
+        cuda_build.preload(lib, 0)
+    cuda_build.preload(lib, 1)
+    cuda_build.preload(other, 0)
+    assert lib.calls == [("device", 0), "preload", ("device", 1), "preload"]
+    assert other.calls == [("device", 0), "preload"]
+
+
+def test_a_failed_preload_raises_and_is_tried_again(monkeypatch):
+    monkeypatch.setattr(cuda_build, "_PRELOADED", set())
+    lib = FakeLibrary(error=209)
+    for _ in range(2):
+        with pytest.raises(BuildError, match="loading the CUDA kernels on device 0 failed: no kernel image"):
+            cuda_build.preload(lib, 0)
+    assert lib.calls.count("preload") == 2
 
 
 def test_tiles_match_the_cuda_source():
