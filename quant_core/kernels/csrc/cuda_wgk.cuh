@@ -13,9 +13,9 @@
 // layout made the tensor cores' reads of x conflict 4-8 ways (measured: 0.2 of the mma kernel's
 // speed at 256 rows). While the tensor cores run stage i, the warps decode stage i + 1 into the
 // other register buffer; to 64 rows stage i's wgmmas also stay in flight through the barrier and
-// the next copies' issue (WgTile::IN_FLIGHT). Few rows make each wgmma short, so consecutive 16-k bands accumulate into
-// NACC independent sets (summed at the end): a chain of dependent wgmmas costs their latency, not
-// their work. K splits meet like the mma kernel's (store_tile): fp32 workspace, last block writes.
+// the next copies' issue (WgTile::IN_FLIGHT). Few rows make each wgmma short, so consecutive 16-k
+// bands accumulate into NACC independent sets (summed at the end): a chain of dependent wgmmas
+// costs their latency, not their work. K splits meet like the mma kernel's (store_tile): fp32 workspace, last block writes.
 #pragma once
 #include "cuda_qmm.cuh"
 #include "cuda_wgmma.cuh"
@@ -35,8 +35,9 @@ struct WgTile {
   static constexpr int RED_STRIDE = BN + 4;
   static constexpr int BN_ = BN, FMT_ = FMT, ZM_ = ZM, MN_ = MN, WG_ = WG;
   static constexpr int NACC = MN <= 32 ? 4 : MN == 64 ? 2 : 1;  // independent accumulator sets
-  // Leave one stage's wgmmas in flight while the next is loaded and decoded, to 64 rows (1-8 % faster
-  // on the H200, 16-64 rows); from 128 rows drain each stage (2-7 % faster there: benchmarks/gpu_wgmma_pipeline.py).
+  // Leave one stage's wgmmas in flight while the next is loaded and decoded, to 64 rows (up to 11 %
+  // faster on the H200); drain each stage from 128 (128-row blocks 2-7 % faster so, 256-row ones
+  // within noise): benchmarks/results/gpu_wgmma_pipeline.md.
   static constexpr bool IN_FLIGHT = QMM_WG_INFLIGHT < 0 ? MN <= 64 : QMM_WG_INFLIGHT != 0;
   static constexpr int SWZ = 1024;  // a swizzle atom: 8 rows of 128 bytes, aligned to its size
   static_assert(MN % 16 == 0 && MN <= 256 && BK % 64 == 0 && ROWS % NACC == 0, "wgmma tile shape");
