@@ -2,7 +2,9 @@
 shapes, int4 g128 and nf4 g128, against bf16 cuBLAS, and the wgmma kernel in three builds: as shipped
 (csrc/cuda_wgk.cuh WgTile::IN_FLIGHT: one stage's wgmmas left in flight to 64 rows of a block, drained
 from 128), with -DQMM_WG_INFLIGHT=1 (in flight at every row count) and with -DQMM_WG_INFLIGHT=0
-(every stage's wgmmas drained before the next stage starts: the loop before session 16).
+(every stage's wgmmas drained before the next stage starts: the loop before session 16). ``--builds``
+times other builds instead, e.g. the -D timing knobs of csrc/cuda_qmm.cu (QMM_WG_STAGES_32 / _64 /
+_64_SHARED: pipeline stages to 32 rows, at 64 and at 64 with two blocks an SM).
 
 Each config is timed as gpu_speed.py times layers (CUDA-graph replay, weight copies rotated through
 HBM, median of repetitions) and checked against dequantize-then-matmul. ``--defaults OUT`` writes the
@@ -37,6 +39,16 @@ SHAPES = [(4096, 4096), (4096, 6144), (4096, 14336), (4096, 28672), (14336, 4096
 ROWS = (16, 64, 256)
 FORMATS = {"int4": ("int4", 128), "nf4": ("nf4", 128)}
 BUILDS = {"shipped": (), "in_flight": ("-DQMM_WG_INFLIGHT=1",), "drained": ("-DQMM_WG_INFLIGHT=0",)}
+SHIPPED = "shipped"  # the build whose fastest config is "best", --defaults' pick and --profile's launch
+
+
+def parse_builds(text: str) -> dict[str, tuple[str, ...]]:
+    """``name=flags,name=flags`` (flags space-separated)."""
+    builds = {}
+    for item in text.split(","):
+        name, _, flags = item.partition("=")
+        builds[name.strip()] = tuple(flags.split())
+    return builds
 
 
 def shape_rows(k: int, n: int, fmt_name: str, rows_list) -> list[dict]:
@@ -54,7 +66,7 @@ def shape_rows(k: int, n: int, fmt_name: str, rows_list) -> list[dict]:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         calls = [lambda w=w: F.linear(x, w) for w in bf16_w]
         bf16 = min(timed(calls, False, reps=9), timed(calls, True, reps=9))
-        kernels[0].lib = libs["shipped"]
+        kernels[0].lib = libs[SHIPPED]
         ref = reference(kernels[0], x)
         row = {"k": k, "n": n, "m": m, "fmt": fmt_name, "kind": w.kind, "zm": w.zero_mode, "group": w.group,
                "bytes": p0.nbytes(), "bf16_us": bf16, "cells": []}
@@ -63,7 +75,7 @@ def shape_rows(k: int, n: int, fmt_name: str, rows_list) -> list[dict]:
         for cfg in candidates(m, n, k, w.group, kind=w.kind):
             if cfg.dequant:
                 continue  # a fresh dequantize per call: never the pick without a kept copy
-            for build in BUILDS if cfg.mn else ("shipped",):
+            for build in BUILDS if cfg.mn else (SHIPPED,):
                 try:
                     rot, res = time_config(kernels, x, cfg, libs[build])
                     err = check(kernels, x, ref, cfg, libs[build])
@@ -74,7 +86,7 @@ def shape_rows(k: int, n: int, fmt_name: str, rows_list) -> list[dict]:
                 row["cells"].append({"build": build, "config": cfg.label(), "rot_us": rot, "res_us": res,
                                      "rel_err": err})
         for kk in kernels:
-            kk.lib = libs["shipped"]
+            kk.lib = libs[SHIPPED]
         print(summary(row), flush=True)
         out.append(row)
     del kernels, bf16_w
@@ -91,12 +103,12 @@ def best(row: dict, build: str | None = None, wg: bool | None = None) -> dict | 
 def summary(row: dict) -> str:
     bf16 = row["bf16_us"]
     parts = [f"{row['fmt']} {row['k']}x{row['n']} M={row['m']}: bf16 {bf16:.1f} us"]
-    for name, cell in (("best", best(row, "shipped")), ("wg", best(row, "shipped", True)),
-                       ("wg in flight", best(row, "in_flight", True)), ("wg drained", best(row, "drained", True)),
-                       ("not wg", best(row, "shipped", False))):
+    named = [("best", best(row, SHIPPED)), ("wg", best(row, SHIPPED, True))]
+    named += [(f"wg {b}", best(row, b, True)) for b in BUILDS if b != SHIPPED]
+    for name, cell in named + [("not wg", best(row, SHIPPED, False))]:
         if cell:
             parts.append(f"{name} {cell['config']} {cell['rot_us']:.1f} ({bf16 / cell['rot_us']:.2f}x)")
-    pick = next((c for c in row["cells"] if c["build"] == "shipped" and c["config"] == row["table_pick"]), None)
+    pick = next((c for c in row["cells"] if c["build"] == SHIPPED and c["config"] == row["table_pick"]), None)
     if pick:
         parts.append(f"table pick {pick['config']} {pick['rot_us']:.1f} ({bf16 / pick['rot_us']:.2f}x)")
     err = max(c["rel_err"] for c in row["cells"]) if row["cells"] else float("nan")
@@ -108,7 +120,7 @@ def write_defaults(rows: list[dict], path: str) -> None:
     table = json.loads(DEFAULTS_FILE.read_text())
     gpu = table.setdefault(torch.cuda.get_device_name(), {})
     for row in rows:
-        cell = best(row, "shipped")
+        cell = best(row, SHIPPED)
         key = ("cuda", rows_bucket(row["m"]), row["k"], row["n"], row["kind"], row["zm"], row["group"], "torch.bfloat16")
         gpu[str(key)] = cell["config"]
     json.dump(table, open(path, "w"), indent=None)
@@ -120,7 +132,7 @@ def profile(picks_path: str, shapes, rows_list, formats) -> None:
     for row in rows:
         if (row["k"], row["n"]) not in shapes or row["m"] not in rows_list or row["fmt"] not in formats:
             continue
-        cell = best(row, "shipped")
+        cell = best(row, SHIPPED)
         fmt, group = FORMATS[row["fmt"]]
         p = random_packed(fmt, row["k"], row["n"], group)
         kern = CudaKernel(p, LayerSpec.of(p, "bf16", "cuda"))
@@ -142,7 +154,15 @@ def main() -> None:
     ap.add_argument("--defaults", help="write the shipped table with this run's picks here")
     ap.add_argument("--profile", action="store_true", help="launch each --picks row's fastest config once")
     ap.add_argument("--picks", help="this script's JSON, for --profile")
+    ap.add_argument("--builds", help="builds of the wgmma kernel to time side by side, as name=flags,... "
+                    "(e.g. 'shipped=,s4=-DQMM_WG_STAGES_64=4'); "
+                    "default: shipped, in_flight and drained")
     args = ap.parse_args()
+    if args.builds:
+        BUILDS.clear()
+        BUILDS.update(parse_builds(args.builds))
+        if SHIPPED not in BUILDS:
+            ap.error(f"--builds must name a '{SHIPPED}' build (the one the table picks from)")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rows_list = [int(r) for r in args.rows.split(",")]
     if args.profile:

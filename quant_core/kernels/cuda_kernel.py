@@ -29,8 +29,10 @@ from ..formats import get_format
 
 # (BN, BK, warps) of csrc/cuda_qmm.cu's Shape<i>, by index.
 TILES = ((128, 128, 8), (256, 64, 8), (64, 256, 8), (128, 64, 4), (256, 128, 8), (64, 64, 4))
-# (BN, BK) of the wgmma kernel's WgShape<i> (csrc/cuda_qmm.cu; 128 threads per 64 columns), by index.
-WG_TILES = ((64, 128), (128, 64), (128, 128))
+# (BN, BK, blocks an SM's registers hold) of the wgmma kernel's WgShape<i> (csrc/cuda_qmm.cu; 128 threads
+# per 64 columns), by index. Tiles of two blocks an SM only to WG_SHARED_ROWS rows a block.
+WG_TILES = ((64, 128, 1), (128, 64, 1), (128, 128, 1), (128, 128, 2))
+WG_SHARED_ROWS = 64
 WG_MIN_ROWS = 2  # one row is the few-row kernel's
 WG_ROWS = (16, 32, 64, 128, 256)  # rows of x one wgmma block takes (the instruction's N)
 WG_SMEM = 200 * 1024  # shared memory the x tiles of its 4 stages may take (csrc/cuda_qmm.cu)
@@ -72,7 +74,7 @@ class CudaConfig:
             budget = f"b{self.occupancy}" if self.occupancy else ""
             return (f"gemv:s{self.splits}" if self.splits > 1 else f"gemv:c{self.cluster}") + budget
         if self.mn:
-            bn, bk = WG_TILES[self.tile]
+            bn, bk, _ = WG_TILES[self.tile]
             return f"wg{self.tile}:n{bn}k{bk}m{self.mn}x{self.splits}"
         bn, bk, warps = TILES[self.tile]
         return f"t{self.tile}:n{bn}k{bk}w{warps}x{self.splits}"
@@ -125,12 +127,12 @@ def wgmma_candidates(m: int, n: int, k: int, group: int, kind: str) -> list[Cuda
         return []
     out = []
     fit = min(r for r in WG_ROWS if r >= min(m, WG_ROWS[-1]))
-    for tile, (bn, bk) in enumerate(WG_TILES):
+    for tile, (bn, bk, blocks) in enumerate(WG_TILES):
         group_ok = bk % group == 0 if group < bk else (group >= k or group % bk == 0)
         if n % bn or k % bk or not group_ok:
             continue
         for mn in ((fit,) if m <= SPLIT_MAX_ROWS else [r for r in WG_ROWS if 64 <= r <= fit]):
-            if 4 * mn * bk * 2 > WG_SMEM:
+            if 4 * mn * bk * 2 > WG_SMEM or (blocks > 1 and mn > WG_SHARED_ROWS):
                 continue
             if m > SPLIT_MAX_ROWS:
                 out.append(CudaConfig(tile, mn=mn))

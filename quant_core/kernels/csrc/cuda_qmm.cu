@@ -137,24 +137,42 @@ cudaError_t launch_gemv(const qmm::Args& a, int cluster, cudaStream_t stream) {
   return launch_ex(kernel, dim3(blocks, a.N / 64, 1), qmm::GEMV_WARPS * 32, smem, stream, a, cluster);
 }
 #if QMM_WGMMA && QMM_FMT != 2
-// The wgmma kernel (cuda_wgk.cuh): (warpgroups, BK) by the tuner's `tile`; keep in step with
-// cuda_kernel.WG_TILES. MN (16..256) is the rows of x one block multiplies.
+// The wgmma kernel (cuda_wgk.cuh): (warpgroups, BK, blocks an SM's registers must hold) by the tuner's
+// `tile`; keep in step with cuda_kernel.WG_TILES. MN (16..256) is the rows of x one block multiplies.
+// Tile 3 is tile 2 capped at 128 registers a thread so that two blocks share an SM: to 64 rows it took up to
+// 16 % less time on the wide shapes and lost on 4096x4096 (gpu_wgmma_pipeline.md), so the tuner picks.
 template <int TILE> struct WgShape;
-template <> struct WgShape<0> { static constexpr int WG = 1, BK = 128; };
-template <> struct WgShape<1> { static constexpr int WG = 2, BK = 64; };
-template <> struct WgShape<2> { static constexpr int WG = 2, BK = 128; };
-// Few rows: small stages, so more of them keep enough weight bytes in flight to stream HBM.
-constexpr int wg_stages(int mn) { return mn <= 32 ? 6 : mn == 64 ? 5 : 4; }
+template <> struct WgShape<0> { static constexpr int WG = 1, BK = 128, BLOCKS = 1; };
+template <> struct WgShape<1> { static constexpr int WG = 2, BK = 64, BLOCKS = 1; };
+template <> struct WgShape<2> { static constexpr int WG = 2, BK = 128, BLOCKS = 1; };
+template <> struct WgShape<3> { static constexpr int WG = 2, BK = 128, BLOCKS = 2; };
+// Few rows: small stages, so more of them keep enough weight bytes in flight to stream HBM; two blocks an
+// SM at 64 rows share its shared memory, so 3 stages each. The -D knobs time other choices side by side
+// (gpu_wgmma_pipeline.py --builds).
+#ifndef QMM_WG_STAGES_32
+#define QMM_WG_STAGES_32 6  // blocks of 16 and 32 rows
+#endif
+#ifndef QMM_WG_STAGES_64
+#define QMM_WG_STAGES_64 5
+#endif
+#ifndef QMM_WG_STAGES_64_SHARED
+#define QMM_WG_STAGES_64_SHARED 3  // two blocks an SM
+#endif
+constexpr int wg_stages(int mn, int blocks) {
+  return mn <= 32 ? QMM_WG_STAGES_32 : mn > 64 ? 4 : blocks > 1 ? QMM_WG_STAGES_64_SHARED : QMM_WG_STAGES_64;
+}
 
 template <int TILE, int MN, bool ONE_GROUP>
 cudaError_t launch_wg(const qmm::Args& a, cudaStream_t stream) {
   using S = WgShape<TILE>;
-  constexpr int STAGES = wg_stages(MN);
+  constexpr int STAGES = wg_stages(MN, S::BLOCKS);
   using C = qmm::WgTile<T, QMM_FMT, QMM_ZM, MN, S::WG, S::BK, STAGES>;
   if constexpr (4 * (MN * S::BK * 2) > 200 * 1024) {
     return cudaErrorInvalidValue;  // x tiles alone overflow shared memory: not instantiated (cuda_kernel.WG_SMEM)
+  } else if constexpr (S::BLOCKS > 1 && MN > 64) {
+    return cudaErrorInvalidValue;  // more rows' accumulators overflow the shared SM's registers (WG_SHARED_ROWS)
   } else {
-    auto kernel = qmm::wg_kernel<T, QMM_FMT, QMM_ZM, MN, S::WG, S::BK, STAGES, ONE_GROUP>;
+    auto kernel = qmm::wg_kernel<T, QMM_FMT, QMM_ZM, MN, S::WG, S::BK, STAGES, S::BLOCKS, ONE_GROUP>;
     if (a.N % C::BN || a.K % S::BK || a.k_split % S::BK || (a.group < S::BK && S::BK % a.group) ||
         (a.group >= S::BK && a.group < a.K && a.group % S::BK) || (a.group < S::BK && (1 << a.group_shift) != a.group) ||
         (a.splits > 1 && a.M > MN))
@@ -225,6 +243,7 @@ int qmm_wgmma(const qmm::Args* a, int tile, int mn, void* stream) {
     case 0: return launch_wg_rows<0>(*a, mn, s);
     case 1: return launch_wg_rows<1>(*a, mn, s);
     case 2: return launch_wg_rows<2>(*a, mn, s);
+    case 3: return launch_wg_rows<3>(*a, mn, s);
     default: return cudaErrorInvalidValue;
   }
 #else
@@ -264,7 +283,7 @@ int qmm_preload() {
       keep(qmm_gemv(&a, 1, 4, nullptr));
     }
     a.M = 2;
-    for (int tile = 0; tile < 3; ++tile)
+    for (int tile = 0; tile < 4; ++tile)
       for (const int mn : {16, 32, 64, 128, 256}) keep(qmm_wgmma(&a, tile, mn, nullptr));
   }
   preloading = false;

@@ -191,8 +191,9 @@ __device__ __forceinline__ void wg_issue(float (&acc)[C::NACC][C::MN_ / 2], cons
   fence_operands<C>(acc);
 }
 
-template <typename T, int FMT, int ZM, int MN, int WG, int BK, int STAGES, bool ONE_GROUP>
-__global__ void __launch_bounds__(WG * 128, 1) wg_kernel(const Args a) {
+// BLOCKS: blocks of this kernel an SM's registers must hold (cuda_qmm.cu WgShape).
+template <typename T, int FMT, int ZM, int MN, int WG, int BK, int STAGES, int BLOCKS, bool ONE_GROUP>
+__global__ void __launch_bounds__(WG * 128, BLOCKS) wg_kernel(const Args a) {
   using C = WgTile<T, FMT, ZM, MN, WG, BK, STAGES>;
   extern __shared__ __align__(128) uint8_t wg_smem[];
   uint8_t* smem = wg_smem + ((C::SWZ - (smem_addr(wg_smem) & (C::SWZ - 1))) & (C::SWZ - 1));

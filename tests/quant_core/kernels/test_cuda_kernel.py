@@ -208,8 +208,9 @@ def test_tiles_match_the_cuda_source():
     src = (cuda_build.CSRC / "cuda_qmm.cu").read_text()
     for i, (bn, bk, warps) in enumerate(TILES):
         assert f"struct Shape<{i}> {{ static constexpr int BN = {bn}, BK = {bk}, WARPS = {warps}; }}" in src
-    for i, (bn, bk) in enumerate(cuda_kernel.WG_TILES):
-        assert f"struct WgShape<{i}> {{ static constexpr int WG = {bn // 64}, BK = {bk}; }}" in src
+    for i, (bn, bk, blocks) in enumerate(cuda_kernel.WG_TILES):
+        assert f"struct WgShape<{i}> {{ static constexpr int WG = {bn // 64}, BK = {bk}, BLOCKS = {blocks}; }}" in src
+    assert f"S::BLOCKS > 1 && MN > {cuda_kernel.WG_SHARED_ROWS}" in src
     # the few-row kernel's two register budgets, and the small one only for x as one 8-row operand
     small, rows = cuda_kernel.GEMV_BLOCKS_PER_SM_SMALL, cuda_kernel.GEMV_SMALL_MAX_ROWS
     assert f"if (occupancy == {small}) return a->M <= {rows} ? launch_gemv<false, {small}>" in src
@@ -223,10 +224,11 @@ def test_wgmma_candidates_cover_the_rows_and_fit(fake_gpu, monkeypatch, m, k, n,
     that row blocks of 64..256 rows and no splits; every tile divides the shape and the group."""
     monkeypatch.setattr(cuda_kernel, "sm_count", lambda: 132)
     cands = cuda_kernel.wgmma_candidates(m, n, k, group, "int4")
-    fits = [(bn, bk) for bn, bk in cuda_kernel.WG_TILES if n % bn == 0 and k % bk == 0]
+    fits = [(bn, bk) for bn, bk, _ in cuda_kernel.WG_TILES if n % bn == 0 and k % bk == 0]
     assert bool(cands) == bool(fits)
     for c in cands:
-        bn, bk = cuda_kernel.WG_TILES[c.tile]
+        bn, bk, blocks = cuda_kernel.WG_TILES[c.tile]
+        assert blocks == 1 or c.mn <= cuda_kernel.WG_SHARED_ROWS  # two blocks' accumulators fit to 64 rows
         assert n % bn == 0 and k % bk == 0 and (bk % group == 0 if group < bk else group % bk == 0 or group >= k)
         assert c.mn in cuda_kernel.WG_ROWS and 4 * c.mn * bk * 2 <= cuda_kernel.WG_SMEM
         if m <= cuda_kernel.SPLIT_MAX_ROWS:
