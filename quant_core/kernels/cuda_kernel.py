@@ -239,6 +239,9 @@ class CudaKernel(Kernel):
 
     def __init__(self, packed, spec: LayerSpec):
         super().__init__(packed, spec)
+        if not packed.qweight.is_cuda:  # host pointers would reach the kernel: an illegal address, not an error
+            raise ValueError(f"the CUDA kernel needs the layer's weights on a CUDA device, not "
+                             f"{packed.qweight.device}: move the model first (model.to('cuda'))")
         self.dtype = TORCH_DTYPES[spec.compute_dtype]
         self.weight: CudaWeight = make_weight(packed, self.dtype)
         self.lib = cuda_build.load_library(self.dtype == torch.bfloat16, self.weight.kind, self.weight.zero_mode,

@@ -298,6 +298,16 @@ def test_matches_the_reference_kernel(fmt, group, zero_mode, act_order, compute)
             assert ((again.double() - got.double()).norm() / got.double().norm()).item() < 1e-2, cfg.label()
 
 
+def test_refuses_weights_left_on_the_host(fake_gpu):
+    """A layer on the CPU with its input on the GPU: a clear error, not host pointers in a kernel launch
+    (an illegal address that poisons the CUDA context; session 17 met it in a test)."""
+    packed = PackedWeight(get_format("int4"), 128, 64, 64, pack_codes(torch.zeros(64, 128, dtype=torch.uint8), 4),
+                          torch.ones(64, 2, dtype=torch.float16), None, None)
+    with pytest.raises(ValueError, match=r"on a CUDA device, not cpu: move the model first"):
+        CudaKernel(packed, LayerSpec.of(packed, "bf16", "cuda"))
+    assert fake_gpu == []  # refused before any library is loaded
+
+
 @gpu
 def test_device_decoder_reproduces_the_reference_weight():
     packed = random_packed("int4", 256, 128, 64, "int", False)
