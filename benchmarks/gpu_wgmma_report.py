@@ -43,4 +43,25 @@ def render(data: dict) -> list[str]:
                 f"{p['dram_pct']:.0f} | {p['l2_pct']:.0f} | {p['sm_pct']:.0f} | {p['sm_active_cycles']:,.0f} / "
                 f"{p['elapsed_cycles']:,.0f} | {p['occupancy_pct']:.1f} ({p['limit_regs']:.0f} / {p['limit_smem']:.0f}) | "
                 f"{p['issue_cycles']:.2f} |" for p in prof["rows"]]
-    return out + ["", "## Notes", ""] + [f"- {n}" for n in data.get("notes", [])]
+    return out + _two_blocks(data) + ["", "## Notes", ""] + [f"- {n}" for n in data.get("notes", [])]
+
+
+def _two_blocks(data: dict) -> list[str]:
+    """Tile 3 (tile 2 at two blocks an SM): first as a build that capped every wgmma tile, then as a tile."""
+    two, runs = data.get("two_blocks"), data["runs"]
+    if not two:
+        return []
+    capped = {(r["fmt"], r["k"], r["n"], r["m"]): r for r in two["build_rows"]}
+    out = ["", "## Two blocks an SM to 64 rows (tile 3)", "", f"Run {two['build_run']}: {runs[two['build_run']]['what']}",
+           "", f"Run {two['tile_run']}: {runs[two['tile_run']]['what']}", "",
+           "| format | K×N | M | bf16 | table pick before | fastest without tile 3 | tile 3 | "
+           f"wgmma, build {two['build']} ({two['build_run']}) |", "|---|---|---|---|---|---|---|---|"]
+    for r in two["tile_rows"]:
+        before = next((c for c in r["cells"] if c["config"] == r.get("table_pick")), None)
+        rest = min((c for c in r["cells"] if not c["config"].startswith("wg3:")), key=lambda c: c["rot_us"])
+        tile3 = min((c for c in r["cells"] if c["config"].startswith("wg3:")), key=lambda c: c["rot_us"], default=None)
+        other = capped.get((r["fmt"], r["k"], r["n"], r["m"]))
+        build = _cell(other, _best(other, two["build"], True)) if other else "–"
+        out.append(f"| {r['fmt']} | {r['k']}×{r['n']} | {r['m']} | {r['bf16_us']:.1f} | {_cell(r, before)} | "
+                   f"{_cell(r, rest)} | {_cell(r, tile3)} | {build} |")
+    return out
