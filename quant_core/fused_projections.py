@@ -22,7 +22,7 @@ from torch import nn
 
 from .kernels.base import LayerSpec
 from .kernels.registry import choose_kernel
-from .modules import QuantLinear
+from .modules import QuantLinear, check_same_device
 from .packed import PackedWeight
 
 FUSE_ENV = "QUANTLLM_FUSE_PROJECTIONS"
@@ -87,6 +87,7 @@ class FusedProjections:
         key = (x.device, x.dtype)
         if self.kernel is None or self._key != key:
             first = self.members[0]
+            check_same_device(first.qweight, x)
             packed = stacked([m.packed.without_outliers() for m in self.members])
             spec = LayerSpec.of(packed, first.resolved_compute_dtype(x.device.type, x.dtype), x.device.type)
             self.kernel, self._key = choose_kernel(spec, first.forced_kernel)(packed, spec), key

@@ -22,6 +22,13 @@ _TENSOR_NAMES = ("qweight", "scales", "zeros", "g_idx", "scale_codes", "scale_ab
 _OUTLIER_NAMES = ("outlier_values", "outlier_indices", "outlier_row_ptr")
 
 
+def check_same_device(weight: torch.Tensor, x: torch.Tensor) -> None:
+    """As nn.Linear refuses; a GPU kernel handed host weights crashes instead (an illegal address)."""
+    if weight.device != x.device:
+        raise RuntimeError(f"QuantLinear's weights are on {weight.device} and its input on {x.device}: "
+                           f"move the model (model.to({str(x.device)!r})) or the input")
+
+
 class QuantLinear(nn.Module):
     """Drop-in for ``nn.Linear`` with a packed weight.
 
@@ -140,6 +147,7 @@ class QuantLinear(nn.Module):
     def _prepare(self, x: torch.Tensor):
         key = (x.device, x.dtype)
         if self._kernel is None or self._kernel_key != key:
+            check_same_device(self.qweight, x)
             spec = self.layer_spec(x.device.type, x.dtype)
             kernel_cls = choose_kernel(spec, self.forced_kernel)
             self._kernel, self._kernel_key = kernel_cls(self.packed.without_outliers(), spec), key

@@ -27,6 +27,17 @@ def test_quant_linear_keeps_no_float_weight():
     assert not any(t.is_floating_point() and t.shape == (24, 80) for t in q.state_dict().values())
 
 
+def test_input_on_another_device_is_refused_before_a_kernel_is_chosen(monkeypatch):
+    """A model left on the CPU with its input on a GPU: nn.Linear's refusal, not a kernel handed host
+    pointers (the CUDA kernel crashed on them). The meta device stands in for the GPU here."""
+    lin = torch.nn.Linear(80, 24)
+    config = QuantConfig(group_size=32)
+    q = QuantLinear.from_packed(rtn(lin.weight, config).pack(config), lin.bias)
+    monkeypatch.setattr("quant_core.modules.choose_kernel", lambda *a: pytest.fail("a kernel was chosen"))
+    with pytest.raises(RuntimeError, match=r"weights are on cpu and its input on meta: move the model"):
+        q(torch.randn(3, 80, device="meta"))
+
+
 @pytest.mark.parametrize("wd,scheme,gs", [("int4", "asym", 128), ("nf4", "sym", 64), ("int8", "sym", -1),
                                          ("int3", "asym", 128), ("fp4", "sym", 32)])
 def test_forward_equals_dequantized_linear(wd, scheme, gs):
