@@ -6,8 +6,8 @@ regenerates every markdown file and plot without running anything). Every JSON f
 the same envelope:
 
 - ``benchmark``: the name, ``schema``: the envelope version;
-- ``runs``: ``{run id: {"date", "commit", "device", "command", ...}}``, where each figure came
-  from (a file stitched from several runs says so by having several);
+- ``runs``: ``{run id: {"date", "commit", "code_hash", "device", "command", ...}}``, where each figure
+  came from (a file stitched from several runs says so by having several);
 - ``notes``: paragraphs written by a person after looking at a run (conditions, caveats),
   rendered as they are, so that regenerating the markdown never loses them;
 - the benchmark's own figures, each row or cell naming its ``run``.
@@ -16,6 +16,7 @@ Only the standard library here: rendering must work without torch or the model.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -80,10 +81,26 @@ def git_commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+PACKAGES = ("quant_core", "langchain_quant", "llamaindex_quant")
+
+
+def code_hash(root: Path | None = None) -> str:
+    """The packages' files hashed by content alone. A copied tree's git metadata can be stale (the GPU
+    machines copy the working tree and once recorded the session's first commit for a later one); this
+    names the code that ran: ``python benchmarks/report.py --code-hash`` at a checkout gives the same."""
+    root = root or Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".so"):
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def new_run(device: str, command: str, **extra) -> dict:
-    """Provenance of a run starting now: date (UTC), commit, device, the command line."""
+    """Provenance of a run starting now: date (UTC), commit, the code's content hash, device, the command line."""
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
-            "device": device, "command": command, "host": platform.machine(), **extra}
+            "code_hash": code_hash(), "device": device, "command": command, "host": platform.machine(), **extra}
 
 
 def add_run(data: dict, run: dict, run_id: str | None = None) -> str:
@@ -114,8 +131,9 @@ def runs_section(data: dict, title: str = "Runs") -> list[str]:
     lines = [f"## {title}", ""]
     for run_id, run in data.get("runs", {}).items():
         extra = "; ".join(f"{k}: {v}" for k, v in run.items()
-                          if k not in ("date", "commit", "device", "command", "host") and v)
-        lines.append(f"- **{run_id}**: {run.get('date', '?')}, commit {run.get('commit', '?')}, "
+                          if k not in ("date", "commit", "code_hash", "device", "command", "host") and v)
+        code = f" (code {run['code_hash']})" if run.get("code_hash") else ""
+        lines.append(f"- **{run_id}**: {run.get('date', '?')}, commit {run.get('commit', '?')}{code}, "
                      f"{run.get('device', '?')}" + (f", `{run['command']}`" if run.get("command") else "")
                      + (f". {extra}" if extra else ""))
     return lines + [""]
@@ -135,3 +153,14 @@ def write_markdown(name: str, lines: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Benchmark results' shared helpers.")
+    ap.add_argument("--code-hash", action="store_true", help="print this checkout's code hash (runs' code_hash)")
+    if ap.parse_args().code_hash:
+        print(code_hash())
+    else:
+        ap.print_help()

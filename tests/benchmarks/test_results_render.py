@@ -68,6 +68,26 @@ def test_save_update_and_runs(results_dir):
     assert again == "2026-01-01T00:00 abc1234 #2" and len(stored["runs"]) == 2
 
 
+def test_code_hash_names_the_packages_contents_alone(tmp_path):
+    """Same files, same hash wherever the tree lies (whatever its git metadata says); any edit changes it;
+    caches and built files do not count."""
+    (tmp_path / "quant_core" / "kernels").mkdir(parents=True)
+    (tmp_path / "quant_core" / "kernels" / "a.cu").write_text("kernel")
+    (tmp_path / "quant_core" / "b.py").write_text("x = 1")
+    first = report.code_hash(tmp_path)
+    (tmp_path / "quant_core" / "__pycache__").mkdir()
+    (tmp_path / "quant_core" / "__pycache__" / "b.pyc").write_bytes(b"compiled")
+    (tmp_path / "quant_core" / "lib.so").write_bytes(b"built")
+    (tmp_path / "README.md").write_text("not a package file")
+    assert report.code_hash(tmp_path) == first and len(first) == 12
+    (tmp_path / "quant_core" / "b.py").write_text("x = 2")
+    assert report.code_hash(tmp_path) != first
+    run = report.new_run("cpu", "python x.py")
+    assert run["code_hash"] == report.code_hash()
+    lines = report.runs_section({"runs": {"r": run}})
+    assert f"(code {run['code_hash']})" in lines[2] and "code_hash:" not in lines[2]
+
+
 def test_table_and_fmt():
     assert report.table(["a", "b"], [[1, None]]) == ["| a | b |", "|---|---|", "| 1 | None |"]
     assert report.fmt(None) == "-" and report.fmt(3.14159, ".3f") == "3.142"
