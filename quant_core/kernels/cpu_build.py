@@ -16,8 +16,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from ..cache import cache_root
 from ..errors import BuildError
@@ -93,8 +95,9 @@ def build(variant: str) -> Path:
     errors = []
     # Without OpenMP the kernels still run, on one thread: better than no kernel at all.
     for openmp in (["-fopenmp"], []):
+        desc = f"Compiling the {variant} CPU kernels" + ("" if openmp else " without OpenMP") + " (once, cached)"
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            error = _compile([compiler(), *base_flags(), *VARIANT_FLAGS[variant], *openmp], tmp)
+            error = _compile([compiler(), *base_flags(), *VARIANT_FLAGS[variant], *openmp], tmp, desc)
             if error is None:
                 os.replace(os.path.join(tmp, "lib.so"), out)  # atomic: a concurrent loader never sees half a file
                 return out
@@ -102,8 +105,9 @@ def build(variant: str) -> Path:
     raise BuildError("building the CPU kernels failed:\n" + "\n".join(errors))
 
 
-def _compile(cmd: list[str], tmp: str) -> str | None:
-    """Each source to an object, a core each, then one link into ``tmp/lib.so``; the error text, or None."""
+def _compile(cmd: list[str], tmp: str, desc: str) -> str | None:
+    """Each source to an object, a core each, then one link into ``tmp/lib.so``; the error text, or None.
+    A progress bar counts the files done: the first use waits 20-80 s for this."""
     timeout = 1800 if sanitized() else 300
 
     def run(args: list[str]) -> str | None:
@@ -111,10 +115,18 @@ def _compile(cmd: list[str], tmp: str) -> str | None:
         return None if proc.returncode == 0 else f"{' '.join(args)}\n{proc.stderr[-2000:]}"
 
     objects = [os.path.join(tmp, name + ".o") for name in SOURCES]
-    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
-        failed = [e for e in pool.map(run, [[*cmd, "-c", str(CSRC / n), "-o", o] for n, o in zip(SOURCES, objects)])
-                  if e]
-    return failed[0] if failed else run([*cmd, *objects, "-o", os.path.join(tmp, "lib.so")])
+    with tqdm(total=len(SOURCES) + 1, desc=desc, unit="file") as bar:
+        with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+            jobs = [pool.submit(run, [*cmd, "-c", str(CSRC / n), "-o", o]) for n, o in zip(SOURCES, objects)]
+            failed = []
+            for job in as_completed(jobs):
+                bar.update(1)
+                failed += [job.result()] if job.result() else []
+        if failed:
+            return failed[0]
+        error = run([*cmd, *objects, "-o", os.path.join(tmp, "lib.so")])
+        bar.update(1)
+        return error
 
 
 @functools.lru_cache(maxsize=None)

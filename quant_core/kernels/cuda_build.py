@@ -2,7 +2,8 @@
 
 A variant fixes what the kernels specialise on at compile time: activation dtype (fp16/bf16),
 weight format (int4 / 4-bit codebook / int8) and zero mode. The source (``csrc/cuda_*.cu*``)
-includes no torch headers, so ``nvcc`` alone builds it (about 10 s a variant on a GPU machine);
+includes no torch headers, so ``nvcc`` alone builds it (30-50 s a variant on the H200 machine, with a
+progress line: a model's first use on a GPU waits for its variants);
 it is loaded with ctypes and launched on PyTorch's current stream, which also puts it in CUDA
 graphs being captured. The CPU kernels are built the same way (``cpu_build.py``).
 
@@ -19,7 +20,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from ..cache import cache_root
 from ..errors import BuildError
@@ -101,7 +105,7 @@ def library_path(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[s
 
 def build(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[str, ...] = ()) -> Path:
     """Compile the variant into the cache unless it is there; returns the library's path. ``extra``:
-    more nvcc flags (the few-row kernel's measurement knobs, benchmarks/gpu_gemv_cost.py), none in use."""
+    more nvcc flags (the benchmarks' measurement knobs: gpu_gemv_cost.py, gpu_wgmma_pipeline.py --builds)."""
     out = library_path(bf16, fmt, zero_mode, arch, extra)
     if out.exists():
         return out
@@ -109,12 +113,35 @@ def build(bf16: bool, fmt: str, zero_mode: str, arch: str, extra: tuple[str, ...
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     cmd = compile_command(tmp, bf16, fmt, zero_mode, arch, extra)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise BuildError(f"building the CUDA kernels failed:\n{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    desc = f"Compiling the CUDA kernels ({'bf16' if bf16 else 'fp16'} {fmt} {zero_mode}, sm_{arch}; once, cached)"
+    try:
+        returncode, stderr = _run_with_clock(cmd, desc, timeout=900)
+        if returncode != 0:
+            raise BuildError(f"building the CUDA kernels failed:\n{' '.join(cmd)}\n{stderr[-3000:]}")
+    except BaseException:
+        os.unlink(tmp)  # nothing half-written stays in the cache
+        raise
     os.replace(tmp, out)  # atomic: a concurrent loader never sees half a file
     return out
+
+
+def _run_with_clock(cmd: list[str], desc: str, timeout: float) -> tuple[int, str]:
+    """``cmd``'s exit code and stderr, with a line whose clock ticks while nvcc runs (one opaque process)."""
+    with tqdm(total=1, desc=desc, bar_format="{desc}: {elapsed}") as clock:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _, stderr = proc.communicate(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.communicate()
+                    raise BuildError(f"building the CUDA kernels took over {timeout:.0f} s: {' '.join(cmd)}")
+                clock.refresh()
+        clock.update(1)
+    return proc.returncode, stderr
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,3 +40,14 @@ def test_every_source_is_compiled_once_then_linked(tmp_path, monkeypatch):
     assert sorted(c.split(" -c ")[1].split()[0].rsplit("/", 1)[1] for c in compiles) == sorted(cpu_build.SOURCES)
     assert len(calls) == len(cpu_build.SOURCES) + 1 and calls[-1].count(".o") == len(cpu_build.SOURCES)
     assert out.exists() and out.parent == tmp_path / "cache" / "kernels"
+
+
+def test_the_first_build_shows_its_progress(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QUANTLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path / "cxx", "never-matches"))
+    cpu_build.build("avx2")
+    files = len(cpu_build.SOURCES) + 1
+    err = capsys.readouterr().err
+    assert "Compiling the avx2 CPU kernels (once, cached)" in err and f"{files}/{files}" in err
+    cpu_build.build("avx2")
+    assert capsys.readouterr().err == ""  # cached: nothing to show
