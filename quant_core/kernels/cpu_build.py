@@ -121,7 +121,8 @@ def _compile(cmd: list[str], tmp: str, desc: str) -> str | None:
             failed = []
             for job in as_completed(jobs):
                 bar.update(1)
-                failed += [job.result()] if job.result() else []
+                if job.result():
+                    failed.append(job.result())
         if failed:
             return failed[0]
         error = run([*cmd, *objects, "-o", os.path.join(tmp, "lib.so")])

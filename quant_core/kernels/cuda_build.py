@@ -130,16 +130,19 @@ def _run_with_clock(cmd: list[str], desc: str, timeout: float) -> tuple[int, str
     with tqdm(total=1, desc=desc, bar_format="{desc}: {elapsed}") as clock:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                _, stderr = proc.communicate(timeout=1)
-                break
-            except subprocess.TimeoutExpired:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    proc.communicate()
-                    raise BuildError(f"building the CUDA kernels took over {timeout:.0f} s: {' '.join(cmd)}")
-                clock.refresh()
+        try:
+            while True:
+                try:
+                    _, stderr = proc.communicate(timeout=1)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        raise BuildError(f"building the CUDA kernels took over {timeout:.0f} s: {' '.join(cmd)}")
+                    clock.refresh()
+        finally:
+            if proc.poll() is None:  # past the limit or interrupted: no nvcc left writing into the cache
+                proc.kill()
+                proc.communicate()
         clock.update(1)
     return proc.returncode, stderr
 

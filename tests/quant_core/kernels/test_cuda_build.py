@@ -1,6 +1,7 @@
 """The CUDA kernels' build (no GPU needed: a fake nvcc): a progress line while nvcc runs, nothing left in the
 cache after a failure."""
 import os
+import time
 import stat
 
 import pytest
@@ -36,3 +37,12 @@ def test_a_failed_build_raises_with_nvcc_s_words_and_leaves_nothing(tmp_path, mo
         cuda_build.build(False, "cb4", "none", "80")
     assert "-DQMM_FMT=1" in str(err.value)  # the failing command, to rerun by hand
     assert os.listdir(tmp_path / "cache" / "kernels") == []
+
+
+def test_nvcc_past_its_limit_is_stopped_and_raises(tmp_path):
+    marker = tmp_path / "still-running"
+    cmd = ["sh", "-c", f"sleep 3; : > {marker}"]
+    with pytest.raises(BuildError, match="took over 1 s"):
+        cuda_build._run_with_clock(cmd, "slow", timeout=1)
+    time.sleep(3)
+    assert not marker.exists()  # killed, not left behind writing into the cache
